@@ -1,0 +1,1 @@
+"""ml-collections experiment configs: every experiment is one of these files plus overrides."""

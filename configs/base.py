@@ -1,0 +1,103 @@
+"""The full config tree with defaults; experiment files start from `base.get_config()`.
+
+Not an experiment itself: see `configs/pusht_small.py` (the README demo) and `configs/pretrain.py`.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+
+def model_config(preset: str = "tiny") -> mlc.ConfigDict:
+    from wam_jax.models import presets
+
+    c = mlc.ConfigDict()
+    c.preset = preset
+    c.image_size = 64
+    c.patch_size = 8
+    c.tubelet = 1  # 1: per-frame patches; 2: V-JEPA 2 tubelets (each frame duplicated per step)
+    c.in_channels = 3
+    c.pos_emb = "rope"  # 'rope' (3D RoPE, V-JEPA 2) or 'sincos'
+    c.encoder = presets.encoder_preset(preset)
+    c.predictor = presets.predictor_preset(preset)
+    c.action_dim = 7  # A: padded maximum over embodiments
+    c.proprio_dim = 8  # P
+    c.num_embodiments = 4
+    c.latent_action = mlc.ConfigDict(
+        dict(dim=8, bottleneck="fsq", fsq_levels=5, kl_weight=1e-3, noise_std=0.1, width=0, depth=2)
+    )
+    c.policy_horizon = 4  # h: action chunk length
+    c.rollout_k = 2
+    c.target = "ema"  # 'ema' or 'frozen'
+    c.ema = mlc.ConfigDict(dict(start=0.996, end=1.0))
+    c.ssl = mlc.ConfigDict(dict(enabled=False, mask_ratio=0.75, num_blocks=4, block_scale=0.15))
+    c.dtype = "float32"  # compute dtype: 'bfloat16' on accelerators
+    c.param_dtype = "float32"
+    c.remat = "none"  # 'none' | 'full' | 'dots'
+    c.scan_layers = True
+    c.attention = "xla"  # 'xla' | 'cudnn' (jax.nn.dot_product_attention implementation)
+    return c
+
+
+def loss_config() -> mlc.ConfigDict:
+    return mlc.ConfigDict(
+        dict(
+            ssl=0.0,
+            tf=1.0,
+            roll=1.0,
+            align=1.0,
+            bottleneck=1.0,
+            act=1.0,
+            act_pred=0.5,  # inverse dynamics applied to predicted latents
+            policy=1.0,
+        )
+    )
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.seed = 0
+    c.model = model_config(arg or "tiny")
+    c.loss = loss_config()
+
+    c.data = mlc.ConfigDict()
+    c.data.mixture = ""  # "DIR[:weight],DIR[:weight]" of converted datasets
+    c.data.num_frames = 4  # T: frames per clip
+    c.data.target_fps = 10.0  # per-source frame stride = round(source_fps / target_fps)
+    c.data.global_batch_size = 8
+    c.data.num_workers = 0  # grain multiprocess workers (0 = in-process)
+    c.data.prefetch = 2  # device prefetch depth
+    c.data.crop_scale = (0.8, 1.0)
+    c.data.color_jitter = 0.1
+    c.data.heldout_fraction = 0.1  # episodes held out for evaluation (by episode hash)
+
+    c.optim = mlc.ConfigDict()
+    c.optim.optimizer = "adamw"
+    c.optim.lr = 3e-4
+    c.optim.weight_decay = 0.05
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.schedule = "warmup_cosine"  # 'warmup_cosine' | 'wsd' | 'constant'
+    c.optim.warmup_steps = 50
+    c.optim.decay_fraction = 0.2  # WSD: final fraction of steps spent decaying
+    c.optim.grad_clip = 1.0
+    c.optim.grad_accum = 1
+
+    c.mesh = mlc.ConfigDict()
+    c.mesh.ici_data = 1
+    c.mesh.ici_fsdp = -1
+    c.mesh.ici_tensor = 1
+    c.mesh.dcn_data = 1
+    c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_tensor = 1
+
+    c.train = mlc.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.log_every = 10
+    c.train.checkpoint_every = 200
+    c.train.max_to_keep = 3
+    c.train.keep_period = 0  # keep every N-th step's checkpoint forever (0 = off)
+    c.train.eval_every = 0
+    c.train.profile_steps = 0  # capture a profile of this many steps after warm-up (0 = off)
+    c.train.export_at_end = True
+    return c

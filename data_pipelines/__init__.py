@@ -1,0 +1,1 @@
+"""Data pipelines: converters into the wam_jax episode format, and Grain streaming out of it."""

@@ -1,0 +1,1 @@
+"""wam_jax: latent-space World Action Models in JAX/Flax."""
