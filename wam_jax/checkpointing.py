@@ -1,0 +1,298 @@
+"""Orbax `CheckpointManager` wrapper: train state + data iterator + config + dataset statistics.
+
+One checkpoint step directory (`WORKDIR/checkpoints/<step>/`) holds
+
+- `state`:  params, EMA/frozen target, optimizer state, step, RNG (sharded arrays, OCDBT),
+- `data`:   the Grain iterator state, one JSON file per process (`process_i-of-n.json`),
+- `config`: the full ml_collections config as JSON,
+- `stats`:  the dataset statistics and mixture description (`loader.mixture_info`).
+
+Saves are asynchronous (the step loop keeps running while arrays are written) and atomic (Orbax
+writes `<step>.orbax-checkpoint-tmp-*` and renames it when complete). Restores go through an
+abstract target that carries a sharding for every leaf, so a checkpoint written on 8 devices
+restores onto 4, 1 or a different mesh shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+log = logging.getLogger(__name__)
+
+ITEMS = ("state", "data", "config", "stats")
+_TMP_RE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+class CheckpointMismatchError(ValueError):
+    """The workdir's checkpoint belongs to a different model; the message lists the paths."""
+
+
+class DataIteratorState:
+    """Grain-checkpointable view of "the iterator state after the last *consumed* batch".
+
+    Device prefetch pulls batches ahead of the step; saving the live iterator would skip those
+    batches on resume. The trainer records the state that goes with each batch as it is consumed
+    and hands this object to `grain.checkpoint.CheckpointSave`, which stores it per process.
+    """
+
+    def __init__(self, state: Any = None):
+        self.state = state
+
+    def get_state(self) -> bytes:  # grain's handler calls .decode() on non-DatasetIterator states
+        return json.dumps(self.state, indent=2).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+
+    def start_prefetch(self) -> None:  # called by grain's handler after restore
+        pass
+
+
+def _flat_paths(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'params/encoder/blocks/mlp/kernel' -> shape, for arrays and Orbax ArrayMetadata alike."""
+    out: dict[str, tuple[int, ...]] = {}
+
+    def key_str(k) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    for path, x in leaves:
+        if x is None or not hasattr(x, "shape"):
+            continue
+        out["/".join(key_str(k) for k in path)] = tuple(x.shape)
+    return out
+
+
+def describe_mismatch(saved: Mapping[str, tuple], expected: Mapping[str, tuple], limit: int = 12) -> str:
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    shapes = sorted(k for k in set(saved) & set(expected) if tuple(saved[k]) != tuple(expected[k]))
+    parts = []
+    if shapes:
+        parts.append(
+            "shape differs: "
+            + ", ".join(f"{k} (checkpoint {list(saved[k])}, model {list(expected[k])})" for k in shapes[:limit])
+            + (f" and {len(shapes) - limit} more" if len(shapes) > limit else "")
+        )
+    if missing:
+        parts.append("missing in checkpoint: " + ", ".join(missing[:limit]) + (f" and {len(missing) - limit} more" if len(missing) > limit else ""))
+    if unexpected:
+        parts.append("not in model: " + ", ".join(unexpected[:limit]) + (f" and {len(unexpected) - limit} more" if len(unexpected) > limit else ""))
+    return "; ".join(parts)
+
+
+def _config_diff(saved: Mapping[str, Any] | None, current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    if not isinstance(saved, Mapping):
+        return []
+    out = []
+    for k in sorted(set(saved) | set(current)):
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: checkpoint {a!r}, now {b!r}")
+    return out
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+    """ConfigDict -> plain JSON-able dict (tuples become lists)."""
+    return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+
+
+class Checkpointer:
+    """Async, atomic checkpoints of one training run, with resume and fall-back logic."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_to_keep: int = 3,
+        keep_period: int = 0,
+        async_save: bool = True,
+    ):
+        import grain.checkpoint  # noqa: F401  (registers CheckpointSave/CheckpointRestore handlers)
+
+        self.directory = os.path.abspath(directory)
+        keep = [policies.LatestN(n=max_to_keep if max_to_keep > 0 else None)]
+        if keep_period and keep_period > 0:
+            keep.append(policies.EveryNSteps(interval_steps=int(keep_period)))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(policies=keep),
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=False,  # we report interrupted saves before discarding them
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def incomplete_steps(self) -> list[tuple[int, str]]:
+        """Interrupted saves: Orbax temporary directories (or step dirs without a commit marker)."""
+        out = []
+        if not os.path.isdir(self.directory):
+            return out
+        complete = set(self.all_steps())
+        for name in sorted(os.listdir(self.directory)):
+            m = _TMP_RE.match(name)
+            if m:
+                out.append((int(m.group(1)), os.path.join(self.directory, name)))
+            elif name.isdigit() and int(name) not in complete:
+                out.append((int(name), os.path.join(self.directory, name)))
+        return out
+
+    def saved_config(self, step: int) -> dict[str, Any] | None:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except Exception:  # noqa: BLE001 - an unreadable config only loses the diff in error messages
+            return None
+
+    def check_compatible(self, step: int, abstract_state: Mapping[str, Any], config: Any = None) -> None:
+        """Raises CheckpointMismatchError naming the parameter paths that differ from the model."""
+        meta = self.manager.item_metadata(step)["state"]
+        tree = getattr(meta, "tree", meta)
+        if tree is None:
+            raise OSError(f"checkpoint step {step} in {self.directory} has no readable state metadata")
+        sections = ("params", "model_state", "target")
+        saved = {k: v for k, v in _flat_paths({s: tree.get(s) for s in sections}).items()}
+        expected = _flat_paths({s: abstract_state[s] for s in sections})
+        problem = describe_mismatch(saved, expected)
+        if problem:
+            diff = _config_diff((self.saved_config(step) or {}).get("model"), config_to_json(config.model)) if config is not None else []
+            raise CheckpointMismatchError(
+                f"{self.directory} holds a checkpoint (step {step}) of a different model: {problem}"
+                + (f". Model config differences: {'; '.join(diff[:12])}" if diff else "")
+                + ". Use a fresh --workdir, or the config this checkpoint was trained with."
+            )
+
+    # -- save / restore ---------------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Mapping[str, Any],
+        data_state: DataIteratorState | None,
+        config: Any,
+        stats: Mapping[str, Any] | None,
+        *,
+        force: bool = True,
+    ) -> bool:
+        import grain.checkpoint as gc
+
+        items: dict[str, Any] = {
+            "state": ocp.args.StandardSave(dict(state)),
+            "config": ocp.args.JsonSave(config_to_json(config)),
+            "stats": ocp.args.JsonSave(_jsonable(stats or {})),
+        }
+        if data_state is not None:
+            items["data"] = gc.CheckpointSave(data_state)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def has_data_state(self, step: int) -> bool:
+        """Whether this process's iterator state exists (it does not after a process-count change)."""
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        return os.path.exists(os.path.join(self.directory, str(step), "data", name))
+
+    def restore(self, step: int, abstract_state: Mapping[str, Any], data_state: DataIteratorState | None):
+        """(state dict, stats dict, data restored?) of one step, onto the abstract target's shardings."""
+        import grain.checkpoint as gc
+
+        items: dict[str, Any] = {
+            "state": ocp.args.StandardRestore(dict(abstract_state)),
+            "stats": ocp.args.JsonRestore(),
+        }
+        restore_data = data_state is not None and self.has_data_state(step)
+        if restore_data:
+            items["data"] = gc.CheckpointRestore(data_state)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return out["state"], out["stats"], restore_data
+
+    def restore_latest(
+        self, abstract_state: Mapping[str, Any], data_state: DataIteratorState | None, config: Any = None
+    ):
+        """Restores the newest complete checkpoint; None when there is none.
+
+        Interrupted saves are reported and skipped; a checkpoint that fails to read falls back to
+        the previous one with a warning. An incompatible model is an error, not a fall-back.
+        Returns (step, state dict, stats dict, data restored?) or None.
+        """
+        for step, path in self.incomplete_steps():
+            log.warning(
+                "checkpoint step %d at %s was not completely written (interrupted save); ignoring it", step, path
+            )
+        steps = self.all_steps()
+        damaged: list[int] = []
+        result = None
+        for i, step in enumerate(reversed(steps)):
+            try:
+                self.check_compatible(step, abstract_state, config)
+                state, stats, data_restored = self.restore(step, abstract_state, data_state)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure means "damaged": fall back
+                older = steps[-i - 2] if i + 1 < len(steps) else None
+                msg = str(e).splitlines()[0][:300] if str(e) else ""
+                log.warning(
+                    "checkpoint step %d in %s could not be restored (%s: %s); falling back to %s",
+                    step, self.directory, type(e).__name__, msg,
+                    f"step {older}" if older is not None else "a fresh start",
+                )
+                damaged.append(step)
+                continue
+            result = step, state, stats, data_restored
+            break
+        if damaged:
+            self._set_aside(damaged)
+        if result is not None and (damaged or self.incomplete_steps()):
+            log.warning("resuming from step %d, the last complete checkpoint in %s", result[0], self.directory)
+        return result
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames damaged step directories (kept for inspection) so the run can save those steps again."""
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                dst = f"{src}.damaged-{int(time.time())}"
+                if os.path.exists(src):
+                    os.rename(src, dst)
+                    log.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("wam_jax_checkpoint_set_aside")
+        self.manager.reload()
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
