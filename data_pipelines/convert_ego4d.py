@@ -87,10 +87,12 @@ class Ego4DOptions:
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG without chroma subsampling: at 64 px, 4:2:0 smears coloured edges over whole
+    patches (mean error 2.9 vs 1.2 at quality 95, for 30% more bytes)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
 
 
@@ -127,7 +129,8 @@ class DecodeStats:
 def decode_resampled(path: str, target_fps: float, *, threads: int = 0,
                      stats: DecodeStats | None = None) -> Iterator[tuple[float, Any]]:
     """Yields `(t, av.VideoFrame)` at t = 0, 1/target_fps, 2/target_fps, ... (file time, seconds
-    from the stream start) choosing, for each t, the decoded frame whose timestamp is nearest.
+    from the stream start) choosing, for each t, the decoded frame whose timestamp is nearest
+    (the earlier one on a tie).
 
     Timestamps come from decoded frames (pts × time_base), so variable frame rates, edit lists and
     container / stream durations that disagree with the samples do not shift anything. Targets
@@ -171,7 +174,8 @@ def decode_resampled(path: str, target_fps: float, *, threads: int = 0,
             stats.last_time = t
             while k * step <= t:
                 target = k * step
-                pick = prev if prev is not None and target - prev_t <= t - target else frame
+                # Nearest in time; an exact tie (up to float noise) goes to the earlier frame.
+                pick = prev if prev is not None and target - prev_t <= t - target + 1e-9 else frame
                 stats.kept_frames += 1
                 yield target, pick
                 k += 1
