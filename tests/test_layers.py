@@ -1,0 +1,223 @@
+"""Shared transformer layers: RoPE layout, masks, scanned vs unscanned stacks, remat, metadata."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from wam_jax.models import layers
+
+DIM, HEADS, DEPTH = 48, 4, 3  # head_dim 12 -> rope parts of 4 channels each, nothing left over
+
+
+def _reference_vjepa2_rope(x: np.ndarray, pos_thw: np.ndarray) -> np.ndarray:
+    """NumPy port of V-JEPA 2's `rotate_queries_or_keys` + `apply_rotary_embeddings`
+    (x: [..., N, Dh], pos_thw: [N, 3])."""
+
+    def rotate(v, pos):
+        d = v.shape[-1]
+        omega = np.arange(d // 2, dtype=np.float64) / (d / 2.0)
+        omega = 1.0 / 10000**omega
+        freq = pos[:, None] * omega
+        sin = np.tile(np.sin(freq), (1, 2))
+        cos = np.tile(np.cos(freq), (1, 2))
+        y = np.stack([-v[..., 1::2], v[..., 0::2]], axis=-1).reshape(v.shape)
+        return v * cos + y * sin
+
+    dh = x.shape[-1]
+    part = 2 * ((dh // 3) // 2)
+    out, s = [], 0
+    for axis in range(3):
+        out.append(rotate(x[..., s : s + part], pos_thw[:, axis].astype(np.float64)))
+        s += part
+    out.append(x[..., s:])
+    return np.concatenate(out, axis=-1)
+
+
+@pytest.mark.parametrize("head_dim", [12, 16, 64, 88])
+def test_rope_vjepa2_layout_matches_reference(head_dim):
+    pos = np.asarray(layers.grid_positions(2, 3, 4))
+    x = np.random.default_rng(0).normal(size=(2, pos.shape[0], 3, head_dim)).astype(np.float32)
+    got = layers.apply_rope(jnp.asarray(x), layers.rope_3d(jnp.asarray(pos), head_dim))
+    # reference works on [..., N, Dh]: move heads before tokens
+    want = _reference_vjepa2_rope(x.transpose(0, 2, 1, 3), pos).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    if head_dim % 6:  # channels past the three parts are untouched
+        rest = 3 * layers.rope_part_dim(head_dim)
+        np.testing.assert_array_equal(np.asarray(got)[..., rest:], x[..., rest:])
+
+
+def test_rope_identity_at_origin_and_batched_tables():
+    x = jax.random.normal(jax.random.key(0), (2, 5, HEADS, DIM // HEADS))
+    zeros = jnp.zeros((5, 3))
+    np.testing.assert_allclose(
+        layers.apply_rope(x, layers.rope_3d(zeros, DIM // HEADS)), x, atol=1e-7
+    )
+    # per-example tables [B, L, Dh] equal shared tables [L, Dh] when the positions agree
+    pos = layers.grid_positions(1, 1, 5).astype(jnp.float32)
+    shared = layers.apply_rope(x, layers.rope_3d(pos, DIM // HEADS))
+    batched = layers.apply_rope(x, layers.rope_3d(jnp.stack([pos, pos]), DIM // HEADS))
+    np.testing.assert_allclose(shared, batched, atol=1e-7)
+
+
+def test_rope_rotary_layout_is_a_relative_rotation():
+    dh = 24
+    key_q, key_k = jax.random.split(jax.random.key(1))
+    q = jax.random.normal(key_q, (1, 1, 1, dh))
+    k = jax.random.normal(key_k, (1, 1, 1, dh))
+
+    def rot(v, p):
+        return layers.apply_rope(
+            v, layers.rope_3d(jnp.asarray([p], jnp.float32), dh, layout="rotary")
+        )
+
+    m, n, shift = (1.0, 2.0, 3.0), (4.0, 0.0, 5.0), (7.0, -3.0, 2.0)
+    np.testing.assert_allclose(jnp.linalg.norm(rot(q, m)), jnp.linalg.norm(q), rtol=1e-5)
+    dot = jnp.vdot(rot(q, m), rot(k, n))
+    shifted = jnp.vdot(
+        rot(q, tuple(a + s for a, s in zip(m, shift, strict=True))),
+        rot(k, tuple(a + s for a, s in zip(n, shift, strict=True))),
+    )
+    np.testing.assert_allclose(dot, shifted, rtol=1e-4, atol=1e-4)
+
+
+def test_rope_vjepa2_layout_is_not_an_exact_rotation():
+    # Pins the V-JEPA 2 quirk (tiled frequencies, paired channels): a "fix" would break checkpoints.
+    dh = 24
+    q = jax.random.normal(jax.random.key(2), (1, 1, 1, dh))
+    table = layers.rope_3d(jnp.asarray([[3.0, 1.0, 2.0]]), dh)
+    assert abs(float(jnp.linalg.norm(layers.apply_rope(q, table)) - jnp.linalg.norm(q))) > 1e-3
+
+
+def test_rope_and_sincos_validate_positions():
+    with pytest.raises(ValueError, match=r"\[\.\.\., L, 3\]"):
+        layers.rope_3d(jnp.zeros((4, 2)), 12)
+    with pytest.raises(ValueError, match="layout"):
+        layers.rope_3d(jnp.zeros((4, 3)), 12, layout="interleaved")
+    with pytest.raises(ValueError, match=r"\[\.\.\., L, 3\]"):
+        layers.sincos_3d(jnp.zeros((4, 2)), 16)
+
+
+def test_sincos_3d_values():
+    pos = layers.grid_positions(2, 2, 2)
+    emb = layers.sincos_3d(pos, 32)
+    assert emb.shape == (8, 32)
+    # token 0 sits at the origin: every sin channel 0, every cos channel 1
+    t_part = [0.0] * 8 + [1.0] * 8  # t: half of 32 channels, [sin | cos]
+    hw_part = [0.0] * 4 + [1.0] * 4  # h and w: a quarter each
+    np.testing.assert_allclose(emb[0], t_part + hw_part + hw_part, atol=1e-7)
+    # distinct positions get distinct embeddings
+    assert len({tuple(np.round(np.asarray(e), 5)) for e in emb}) == 8
+    assert layers.sincos_3d(pos, 36).shape == (8, 36)  # leftover channels are zero-padded
+
+
+def _stack(scan: bool, remat: str = "none") -> layers.BlockStack:
+    return layers.BlockStack(DEPTH, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), scan=scan, remat=remat)
+
+
+def _scanned_copy_of(unscanned: layers.BlockStack, remat: str = "none") -> layers.BlockStack:
+    scanned = _stack(True, remat)
+    per_layer = [nnx.state(b, nnx.Param) for b in unscanned.blocks]
+    layers.load_params(scanned.blocks, layers.list_to_stacked(per_layer))
+    return scanned
+
+
+def test_scan_matches_unscanned_with_mask_and_rope():
+    unscanned = _stack(False)
+    scanned = _scanned_copy_of(unscanned)
+    # the scanned init differs (different rng streams), so equality below comes from the copy
+    x = jax.random.normal(jax.random.key(3), (2, 8, DIM))
+    pos = layers.grid_positions(2, 2, 2)
+    rope = layers.rope_3d(pos, DIM // HEADS)
+    mask = pos[:, 0][None, :] <= pos[:, 0][:, None]  # frame-causal [L, L]
+    want = unscanned(x, mask=mask, rope=rope)
+    got = scanned(x, mask=mask, rope=rope)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # and the split back gives the original per-layer params
+    back = layers.stacked_to_list(nnx.state(scanned.blocks, nnx.Param), DEPTH)
+    for b, s in zip(unscanned.blocks, back, strict=True):
+        want_leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(b, nnx.Param)))
+        for a, c in zip(want_leaves, jax.tree.leaves(s), strict=True):
+            np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_keeps_values_and_grads(remat):
+    base = _stack(False)
+    plain, rematted = _scanned_copy_of(base), _scanned_copy_of(base, remat)
+    x = jax.random.normal(jax.random.key(4), (2, 6, DIM))
+
+    def loss(m, x):
+        return jnp.sum(m(x) ** 2)
+
+    (l0, g0), (l1, g1) = (nnx.jit(nnx.value_and_grad(loss))(m, x) for m in (plain, rematted))
+    np.testing.assert_allclose(l0, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mask_semantics():
+    attn = layers.Attention(DIM, HEADS, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(5), (2, 6, DIM))
+    # all-True mask == no mask
+    np.testing.assert_allclose(attn(x, mask=jnp.ones((6, 6), bool)), attn(x), rtol=1e-6, atol=1e-6)
+    # causal mask: the first k outputs never see tokens past k
+    causal = jnp.tril(jnp.ones((6, 6), bool))
+    full = attn(x, mask=causal)
+    np.testing.assert_allclose(
+        full[:, :4], attn(x[:, :4], mask=causal[:4, :4]), rtol=1e-5, atol=1e-5
+    )
+    # key padding per example [B, 1, 1, L]: masked-out tokens cannot change other outputs
+    keep = jnp.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]], bool)
+    pad_mask = keep[:, None, None, :]
+    y = attn(x, mask=pad_mask)
+    x2 = jnp.where(keep[..., None], x, 100.0)
+    y2 = attn(x2, mask=pad_mask)
+    np.testing.assert_allclose(
+        jnp.where(keep[..., None], y, 0), jnp.where(keep[..., None], y2, 0), rtol=1e-5, atol=1e-5
+    )
+    # True means "may attend": blocking everything but self makes attention a per-token map
+    eye = jnp.eye(6, dtype=bool)
+    y_eye = attn(x, mask=eye)
+    single = jnp.concatenate([attn(x[:, i : i + 1]) for i in range(6)], axis=1)
+    np.testing.assert_allclose(y_eye, single, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="bool"):
+        attn(x, mask=jnp.ones((6, 6), jnp.float32))
+
+
+def test_every_param_has_logical_axes():
+    allowed = {"embed", "mlp", "heads", "kv", "qkv", "layers", "norm"}
+    for scan in (True, False):
+        for path, var in nnx.to_flat_state(nnx.state(_stack(scan), nnx.Param)):
+            names = var.get_metadata().get("out_sharding")
+            assert names is not None and len(names) == var[...].ndim, (path, names)
+            assert set(names) <= allowed, (path, names)
+            if scan:
+                assert names[0] == "layers", path
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="remat"):
+        layers.BlockStack(1, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), remat="some")
+    with pytest.raises(ValueError, match="attention implementation"):
+        layers.Attention(DIM, HEADS, rngs=nnx.Rngs(0), attention_impl="flash")
+    with pytest.raises(ValueError, match="multiple of heads"):
+        layers.Attention(50, HEADS, rngs=nnx.Rngs(0))
+    attn = layers.Attention(DIM, HEADS, rngs=nnx.Rngs(0))
+    bad_rope = layers.rope_3d(jnp.zeros((5, 3)), DIM // HEADS)
+    with pytest.raises(ValueError, match="rope tables"):
+        attn(jnp.zeros((1, 6, DIM)), rope=bad_rope)
+
+
+def test_bf16_compute_keeps_f32_params():
+    stack = layers.BlockStack(
+        2, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.float32
+    )
+    y = stack(jnp.ones((1, 4, DIM), jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    assert {v[...].dtype for _, v in nnx.to_flat_state(nnx.state(stack, nnx.Param))} == {
+        jnp.dtype("float32")
+    }

@@ -1,0 +1,479 @@
+"""Shared transformer layers: 3D RoPE / sin-cos positions, attention, MLP, pre-norm block, block stack.
+
+The block is V-JEPA 2's (pre-norm, qkv bias, exact-erf GELU MLP, LayerNorm eps 1e-6) so that Meta's
+checkpoints convert one-to-one (see `vjepa2_convert.py`). Every parameter carries logical axis
+names (`wam_jax.sharding` maps them to mesh axes); activations are constrained to
+`('batch', 'tokens', 'embed')` at block boundaries. The stack scans over layers (one compiled
+block, parameters stacked on a leading `'layers'` axis) and rematerializes per block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wam_jax import sharding
+
+Rope = tuple[jax.Array, jax.Array]
+
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+REMAT_POLICIES = ("none", "full", "dots")
+ROPE_LAYOUTS = ("vjepa2", "rotary")
+
+_ACT_AXES = ("batch", "tokens", "embed")
+
+
+def eager_sharding_scope() -> contextlib.AbstractContextManager:
+    """Lets models be built with no mesh set (one CPU, tests, `eval_shape`): NNX shards annotated
+    variables eagerly and fails without a mesh, so eager sharding is turned off unless a mesh
+    (`jax.set_mesh`) is active. Logical-axis metadata is kept either way."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return nnx.use_eager_sharding(False)
+    return contextlib.nullcontext()
+
+
+def mesh_optional(init: Callable) -> Callable:
+    """Decorates a Module `__init__` to run under `eager_sharding_scope()`."""
+
+    @functools.wraps(init)
+    def wrapper(*args, **kwargs):
+        with eager_sharding_scope():
+            return init(*args, **kwargs)
+
+    return wrapper
+
+
+def _kernel_init(names: tuple[str | None, ...]) -> Callable:
+    # V-JEPA 2 / timm ViT init: truncated normal, std 0.02.
+    return nnx.with_partitioning(nnx.initializers.truncated_normal(stddev=0.02), names)
+
+
+def _zeros_init(names: tuple[str | None, ...]) -> Callable:
+    return nnx.with_partitioning(nnx.initializers.zeros_init(), names)
+
+
+def _ones_init(names: tuple[str | None, ...]) -> Callable:
+    return nnx.with_partitioning(nnx.initializers.ones_init(), names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions
+# ---------------------------------------------------------------------------------------------
+
+
+def rope_part_dim(head_dim: int) -> int:
+    """Channels of each of the t/h/w RoPE parts: V-JEPA 2 uses `2 * ((head_dim // 3) // 2)`; the
+    remaining `head_dim - 3 * part` channels are left unrotated."""
+    return 2 * ((head_dim // 3) // 2)
+
+
+def rope_3d(
+    positions: jax.Array,
+    head_dim: int,
+    base: float = 10000.0,
+    *,
+    layout: str = "vjepa2",
+) -> Rope:
+    """(sin, cos) tables for 3D RoPE, applied as `x * cos + rotate_pairs(x) * sin` (`apply_rope`).
+
+    positions: float/int `[..., L, 3]` grid coordinates `(t, h, w)`. Returns float32 `(sin, cos)`
+    of shape `[..., L, head_dim]`. The head dim is split into three parts of
+    `rope_part_dim(head_dim)` channels for t, h, w (in that order); the rest is untouched
+    (sin 0, cos 1). Within a part of `d` channels, frequencies are `base ** (-i / (d / 2))`,
+    `i < d / 2`.
+
+    layout:
+      'vjepa2': exactly V-JEPA 2 (`rotate_queries_or_keys`): the `d/2` frequencies are *tiled*
+        (`[f_0..f_{d/2-1}, f_0..f_{d/2-1}]`) while the rotation pairs channels `(2k, 2k+1)`. The two
+        channels of a pair then see different angles, so this is not an exact rotation: it does
+        not preserve norms and `<q_m, k_n>` is not a function of `m - n` alone. Needed for
+        checkpoint compatibility.
+      'rotary': the textbook RoPE: each pair `(2k, 2k+1)` rotates by one angle (frequencies
+        repeated per pair); norm preserving and relative.
+    """
+    if layout not in ROPE_LAYOUTS:
+        raise ValueError(f"rope layout must be one of {ROPE_LAYOUTS}, got {layout!r}")
+    if positions.shape[-1] != 3:
+        raise ValueError(f"rope_3d positions must be [..., L, 3] (t, h, w), got {positions.shape}")
+    part = rope_part_dim(head_dim)
+    if part == 0:
+        raise ValueError(f"head_dim {head_dim} too small for 3D RoPE (needs >= 6)")
+    positions = positions.astype(jnp.float32)
+    half = part // 2
+    omega = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / (part / 2.0))  # [half]
+    angles = []
+    for axis in range(3):
+        freq = positions[..., axis : axis + 1] * omega  # [..., L, half]
+        if layout == "vjepa2":
+            freq = jnp.concatenate([freq, freq], axis=-1)
+        else:
+            freq = jnp.repeat(freq, 2, axis=-1)
+        angles.append(freq)
+    angle = jnp.concatenate(angles, axis=-1)  # [..., L, 3 * part]
+    sin, cos = jnp.sin(angle), jnp.cos(angle)
+    rest = head_dim - 3 * part
+    if rest:
+        pad_shape = (*angle.shape[:-1], rest)
+        sin = jnp.concatenate([sin, jnp.zeros(pad_shape, jnp.float32)], axis=-1)
+        cos = jnp.concatenate([cos, jnp.ones(pad_shape, jnp.float32)], axis=-1)
+    return sin, cos
+
+
+def rotate_pairs(x: jax.Array) -> jax.Array:
+    """`(x_0, x_1, x_2, x_3, ...) -> (-x_1, x_0, -x_3, x_2, ...)` over the last axis."""
+    x1 = x[..., 0::2]
+    x2 = x[..., 1::2]
+    return jnp.stack([-x2, x1], axis=-1).reshape(x.shape)
+
+
+def apply_rope(x: jax.Array, rope: Rope) -> jax.Array:
+    """Applies `rope_3d` tables to `x [B, L, heads, head_dim]`; tables are `[L, Dh]` or `[B, L, Dh]`.
+
+    Computed in float32 and cast back, so bf16 activations do not lose the angle precision.
+    """
+    sin, cos = rope
+    if sin.shape[-1] != x.shape[-1] or sin.shape[-2] != x.shape[-3]:
+        raise ValueError(
+            f"rope tables {sin.shape} do not match queries/keys {x.shape} "
+            "(expected [..., L, head_dim] with L and head_dim of x [B, L, heads, head_dim])"
+        )
+    sin = jnp.expand_dims(sin, -2)  # broadcast over heads
+    cos = jnp.expand_dims(cos, -2)
+    xf = x.astype(jnp.float32)
+    return (xf * cos + rotate_pairs(xf) * sin).astype(x.dtype)
+
+
+def _sincos_1d(pos: jax.Array, dim: int) -> jax.Array:
+    omega = 1.0 / 10000.0 ** (jnp.arange(dim // 2, dtype=jnp.float32) / (dim / 2.0))
+    angle = pos[..., None] * omega
+    return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+
+
+def sincos_3d(positions: jax.Array, dim: int) -> jax.Array:
+    """Fixed 3D sin-cos position embedding `[..., L, dim]` from `(t, h, w)` positions `[..., L, 3]`.
+
+    V-JEPA (1) layout: `[t | h | w]` with t taking half of the channels and h, w a quarter each
+    (each part `[sin | cos]`); channels left over when `dim` is not a multiple of 8 are zero.
+    """
+    if positions.shape[-1] != 3:
+        raise ValueError(
+            f"sincos_3d positions must be [..., L, 3] (t, h, w), got {positions.shape}"
+        )
+    positions = positions.astype(jnp.float32)
+    hw = 2 * (dim // 8)
+    t = 2 * ((dim - 2 * hw) // 2)
+    parts = [
+        _sincos_1d(positions[..., 0], t),
+        _sincos_1d(positions[..., 1], hw),
+        _sincos_1d(positions[..., 2], hw),
+    ]
+    emb = jnp.concatenate(parts, axis=-1)
+    rest = dim - emb.shape[-1]
+    if rest:
+        emb = jnp.concatenate([emb, jnp.zeros((*emb.shape[:-1], rest), jnp.float32)], axis=-1)
+    return emb
+
+
+def grid_positions(t: int, h: int, w: int) -> jax.Array:
+    """Integer `(t, h, w)` coordinates `[t*h*w, 3]` in raster order (t slowest, w fastest), the
+    token order of a Conv3d patch embedding flattened as in V-JEPA 2."""
+    tt, hh, ww = jnp.meshgrid(jnp.arange(t), jnp.arange(h), jnp.arange(w), indexing="ij")
+    return jnp.stack([tt.reshape(-1), hh.reshape(-1), ww.reshape(-1)], axis=-1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_impl(attention_impl: str) -> str | None:
+    if attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"attention implementation must be one of {ATTENTION_IMPLS}, got {attention_impl!r}"
+        )
+    return None if attention_impl == "auto" else attention_impl
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention: fused qkv projection (bias optional), optional RoPE on q/k,
+    optional boolean mask (True = may attend), `jax.nn.dot_product_attention`, output projection.
+
+    Parameters: `qkv.kernel [D, 3, heads, head_dim]`, `qkv.bias [3, heads, head_dim]`,
+    `proj.kernel [heads, head_dim, D]`, `proj.bias [D]` (V-JEPA 2's `attn.qkv` / HF's
+    `query|key|value` and `attn.proj` reshape into these directly).
+    """
+
+    @mesh_optional
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        rngs: nnx.Rngs,
+        qkv_bias: bool = True,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        attention_impl: str = "xla",
+    ):
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not a multiple of heads {heads}")
+        self.dim = dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.dtype = dtype
+        self.implementation = _check_impl(attention_impl)
+        self.qkv = nnx.LinearGeneral(
+            dim,
+            (3, heads, self.head_dim),
+            use_bias=qkv_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=_kernel_init(("embed", "qkv", "heads", "kv")),
+            bias_init=_zeros_init(("qkv", "heads", "kv")),
+            rngs=rngs,
+        )
+        self.proj = nnx.LinearGeneral(
+            (heads, self.head_dim),
+            dim,
+            axis=(-2, -1),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=_kernel_init(("heads", "kv", "embed")),
+            bias_init=_zeros_init(("embed",)),
+            rngs=rngs,
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        rope: Rope | None = None,
+    ) -> jax.Array:
+        qkv = self.qkv(x)  # [B, L, 3, heads, head_dim]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if rope is not None:
+            q = apply_rope(q, rope)
+            k = apply_rope(k, rope)
+        if mask is not None:
+            if mask.dtype != jnp.bool_:
+                raise ValueError(
+                    f"attention mask must be bool (True = may attend), got {mask.dtype}"
+                )
+            mask = jnp.broadcast_to(mask, (x.shape[0], self.heads, x.shape[1], x.shape[1]))
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        return self.proj(out)
+
+
+class Mlp(nnx.Module):
+    """`fc2(gelu(fc1(x)))` with exact (erf) GELU, as in V-JEPA 2; hidden = `int(dim * mlp_ratio)`."""
+
+    @mesh_optional
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        hidden: int | None = None,
+    ):
+        hidden = int(dim * mlp_ratio) if hidden is None else hidden
+        self.fc1 = nnx.Linear(
+            dim,
+            hidden,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=_kernel_init(("embed", "mlp")),
+            bias_init=_zeros_init(("mlp",)),
+            rngs=rngs,
+        )
+        self.fc2 = nnx.Linear(
+            hidden,
+            dim,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=_kernel_init(("mlp", "embed")),
+            bias_init=_zeros_init(("embed",)),
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+def layer_norm(
+    dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32, param_dtype=jnp.float32
+) -> nnx.LayerNorm:
+    """LayerNorm with replicated (`'norm'`) scale and bias."""
+    return nnx.LayerNorm(
+        dim,
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=_ones_init(("norm",)),
+        bias_init=_zeros_init(("norm",)),
+        rngs=rngs,
+    )
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`."""
+
+    @mesh_optional
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        *,
+        rngs: nnx.Rngs,
+        qkv_bias: bool = True,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        attention_impl: str = "xla",
+        norm_eps: float = 1e-6,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.norm1 = layer_norm(dim, rngs=rngs, eps=norm_eps, **kw)
+        self.attn = Attention(
+            dim, heads, rngs=rngs, qkv_bias=qkv_bias, attention_impl=attention_impl, **kw
+        )
+        self.norm2 = layer_norm(dim, rngs=rngs, eps=norm_eps, **kw)
+        self.mlp = Mlp(dim, mlp_ratio, rngs=rngs, **kw)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        rope: Rope | None = None,
+    ) -> jax.Array:
+        x = sharding.constrain(x, _ACT_AXES)
+        x = x + self.attn(self.norm1(x), mask=mask, rope=rope)
+        x = x + self.mlp(self.norm2(x))
+        return sharding.constrain(x, _ACT_AXES)
+
+
+def remat_policy(name: str):
+    """'none' -> no remat; 'full' -> save nothing (recompute the block); 'dots' -> save matmul
+    outputs without batch dims (projections / MLP), recompute attention and elementwise ops."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {name!r}")
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if name == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return None
+
+
+class BlockStack(nnx.Module):
+    """`depth` Blocks.
+
+    scan=True: parameters stacked on a leading `'layers'` axis (created with `nnx.vmap`, run with
+    `nnx.scan`) so the block compiles once whatever the depth; scan=False: an `nnx.List` of blocks
+    (`blocks[i]`), same math. `remat` ('none' | 'full' | 'dots') applies per block.
+    `stacked_to_list` / `list_to_stacked` convert parameter states between the two layouts.
+    """
+
+    @mesh_optional
+    def __init__(
+        self,
+        depth: int,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        *,
+        rngs: nnx.Rngs,
+        scan: bool = True,
+        remat: str = "none",
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        qkv_bias: bool = True,
+        attention_impl: str = "xla",
+        norm_eps: float = 1e-6,
+    ):
+        if depth < 1:
+            raise ValueError(f"BlockStack depth must be >= 1, got {depth}")
+        remat_policy(remat)  # validate early
+        self.depth = depth
+        self.scan = scan
+        self.remat = remat
+
+        def make(r: nnx.Rngs) -> Block:
+            return Block(
+                dim,
+                heads,
+                mlp_ratio,
+                rngs=r,
+                qkv_bias=qkv_bias,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                attention_impl=attention_impl,
+                norm_eps=norm_eps,
+            )
+
+        if scan:
+
+            @nnx.split_rngs(splits=depth)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make_stacked(r: nnx.Rngs) -> Block:
+                return make(r)
+
+            self.blocks = make_stacked(rngs)
+        else:
+            self.blocks = nnx.List([make(rngs) for _ in range(depth)])
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        rope: Rope | None = None,
+    ) -> jax.Array:
+        def apply(block: Block, h: jax.Array) -> jax.Array:
+            return block(h, mask=mask, rope=rope)
+
+        if self.remat != "none":
+            apply = nnx.remat(apply, policy=remat_policy(self.remat), prevent_cse=not self.scan)
+
+        if not self.scan:
+            for block in self.blocks:
+                x = apply(block, x)
+            return x
+
+        @nnx.scan(
+            in_axes=(nnx.Carry, 0),
+            out_axes=nnx.Carry,
+            transform_metadata={nnx.PARTITION_NAME: "layers"},
+        )
+        def run(h: jax.Array, block: Block) -> jax.Array:
+            return apply(block, h)
+
+        return run(x, self.blocks)
+
+
+def stacked_to_list(state: nnx.State | dict, depth: int) -> list[dict]:
+    """Splits a scanned stack's block params (leading `layers` axis) into per-layer pure dicts."""
+    pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
+    return [jax.tree.map(lambda a, i=i: a[i], pure) for i in range(depth)]
+
+
+def list_to_stacked(states: list[nnx.State | dict]) -> dict:
+    """Stacks per-layer block params on a new leading axis: the scanned layout, as a pure dict."""
+    pures = [nnx.to_pure_dict(s) if isinstance(s, nnx.State) else s for s in states]
+    return jax.tree.map(lambda *a: jnp.stack(a), *pures)
+
+
+def load_params(module: nnx.Module, pure: dict) -> None:
+    """Writes a pure dict of arrays (as `nnx.to_pure_dict` gives) into `module`'s params in place,
+    keeping each variable's metadata (logical axes). Fails on keys the module does not have."""
+    state = nnx.state(module, nnx.Param)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(module, state)
