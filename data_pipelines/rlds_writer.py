@@ -53,10 +53,11 @@ def image(shape: tuple[int, int, int], encoding: str = "jpeg") -> Any:
 
 
 def tensor(shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
-    """A `tfds.features.Tensor` (scalars: use shape=())."""
+    """A `tfds.features.Tensor` (`Scalar` for numeric shape=(); strings: dtype=np.str_, the
+    way OXE stores e.g. `natural_language_instruction`)."""
     import tensorflow_datasets as tfds
 
-    if tuple(shape) == ():
+    if tuple(shape) == () and np.dtype(dtype).kind not in "SUO":
         return tfds.features.Scalar(dtype=dtype)
     return tfds.features.Tensor(shape=tuple(shape), dtype=dtype)
 

@@ -1,0 +1,522 @@
+"""Per-dataset standardization of Open X-Embodiment (RLDS) datasets.
+
+Every OXE dataset stores cameras, actions, proprioception and language under its own keys and
+conventions. A `DatasetSpec` says, declaratively, how to map one dataset onto the common form the
+converter writes:
+
+* `image_keys` / `wrist_image_keys`: the primary and (optional) wrist camera; the first key
+  present in the dataset is used;
+* `action`: concatenated `Part`s giving a 7-d end-effector delta action
+  `[dx, dy, dz, droll, dpitch, dyaw, gripper]` with an *absolute* gripper command in [0, 1],
+  1 = open (PushT: its native 2-d absolute target position);
+* `proprio`: concatenated `Part`s (end-effector pose + gripper, as the dataset records them);
+* `language_keys`: where the instruction lives: a step key (first non-empty step value is used),
+  an episode-level key (`episode_metadata/...`), or UTF-8 code points (language_table);
+* `fps`: the control rate.
+
+Specs are plain frozen dataclasses of strings and numbers, so they pickle into worker processes
+and a user-supplied spec (`custom_spec`, from the `wam-convert oxe --image_key ...` flags) is the
+same kind of object as a registry entry. The gripper conventions follow the public OXE
+standardization transforms (Octo / OpenVLA): e.g. fractal's relative `gripper_closedness_action`
+(+1 close, -1 open) is integrated into an absolute open/closed state, DROID's
+`gripper_position` (1 = closed) is inverted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from data_pipelines.rlds import RLDSDataset, RLDSKeyError, lookup
+
+EEF_ACTION_KEYS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+
+
+# ----------------------------------------------------------------------------- transforms
+def rel2abs_gripper(actions: np.ndarray) -> np.ndarray:
+    """Relative gripper commands (+1 close, -1 open, ~0 no change) -> absolute (1 open, 0 closed).
+
+    The state before the first command is the opposite of that command (a first 'close' means
+    it was open); with no command at all the gripper is taken as open throughout.
+    """
+    a = np.asarray(actions, np.float64).reshape(-1)
+    thr = np.where(a < -0.1, 1, np.where(a > 0.1, -1, 0))  # +1 open, -1 close, 0 none
+    nz = np.flatnonzero(thr)
+    state = -thr[nz[0]] if nz.size else 1
+    out = np.empty(a.shape[0], np.float32)
+    for t in range(a.shape[0]):
+        if thr[t] != 0:
+            state = thr[t]
+        out[t] = state
+    return (out / 2 + 0.5)[:, None]
+
+
+def binarize_gripper(actions: np.ndarray) -> np.ndarray:
+    """Continuous gripper commands in [0, 1] (1 open) -> {0, 1}.
+
+    Values above 0.95 are open, below 0.05 closed; an in-between value takes the state reached
+    after it (scanning backwards), the trailing in-between run the last value.
+    """
+    a = np.asarray(actions, np.float64).reshape(-1)
+    out = np.empty(a.shape[0], np.float32)
+    carry = a[-1] if a.size else 0.0
+    for t in range(a.shape[0] - 1, -1, -1):
+        if a[t] > 0.95:
+            carry = 1.0
+        elif a[t] < 0.05:
+            carry = 0.0
+        out[t] = carry
+    return out[:, None]
+
+
+TRANSFORMS = {
+    "identity": lambda x: x,
+    "rel2abs_gripper": rel2abs_gripper,
+    "binarize_gripper": binarize_gripper,
+    "invert": lambda x: 1.0 - x,
+    "clip01": lambda x: np.clip(x, 0.0, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A slice of one step key (or a constant) in a standardized vector.
+
+    `key` is a '/'-path under `steps`; alternatives separated by '|' are tried in order (the
+    first present is used). `start` / `stop` slice the last axis; `transform` is a name in
+    `TRANSFORMS`. A part with `key=None` is the constant `value` repeated `size` times.
+    """
+
+    key: str | None
+    start: int | None = None
+    stop: int | None = None
+    transform: str = "identity"
+    value: float = 0.0
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"unknown transform {self.transform!r}; known: {sorted(TRANSFORMS)}")
+        if self.key is None and self.size <= 0:
+            raise ValueError("a constant Part needs size > 0")
+
+    def describe(self) -> str:
+        if self.key is None:
+            return f"const({self.value:g} x {self.size})"
+        sl = (
+            ""
+            if self.start is None and self.stop is None
+            else f"[{self.start or ''}:{self.stop or ''}]"
+        )
+        tr = "" if self.transform == "identity" else f" ({self.transform})"
+        return f"{self.key}{sl}{tr}"
+
+
+def const(value: float, size: int) -> Part:
+    return Part(None, value=value, size=size)
+
+
+def parse_part(text: str) -> Part:
+    """Parses a CLI key 'path', 'path[a:b]' or 'path[a:b]:transform' into a `Part`."""
+    m = re.fullmatch(
+        r"(?P<key>[^\[\]:]+)(\[(?P<a>-?\d*):(?P<b>-?\d*)\])?(:(?P<tr>\w+))?", text.strip()
+    )
+    if not m:
+        raise ValueError(
+            f"cannot parse key {text!r}; expected 'path', 'path[a:b]' or 'path[a:b]:transform'"
+        )
+    a, b = m.group("a"), m.group("b")
+    return Part(
+        m.group("key"),
+        int(a) if a else None,
+        int(b) if b else None,
+        m.group("tr") or "identity",
+    )
+
+
+@dataclass(frozen=True)
+class StandardEpisode:
+    """An episode in the common form, before resizing / re-encoding."""
+
+    frames: list[Any]  # per step: encoded image bytes or uint8 [H, W, C]
+    wrist_frames: list[Any]
+    action: np.ndarray  # float32 [T, A]
+    proprio: np.ndarray | None  # float32 [T, P]
+    language: str
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How one RLDS dataset maps onto the converted format (see module docstring)."""
+
+    name: str
+    image_keys: tuple[str, ...]
+    action: tuple[Part, ...]
+    fps: float
+    embodiment: str
+    wrist_image_keys: tuple[str, ...] = ()
+    proprio: tuple[Part, ...] = ()
+    language_keys: tuple[str, ...] = ()
+    language_encoding: str = "text"  # 'text' | 'utf8_codes'
+    action_keys: tuple[str, ...] = EEF_ACTION_KEYS
+    aliases: tuple[str, ...] = ()  # other dataset names (dataset_info.json 'name') served by it
+    notes: str = ""
+    strict: bool = False  # optional keys (wrist, language) must exist too: user-given specs
+
+    # ---------------------------------------------------------------- validation
+    def resolve(self, ds: RLDSDataset) -> DatasetSpec:
+        """Returns a copy with every candidate list narrowed to the key present in `ds`.
+
+        Raises RLDSKeyError naming the spec field, the missing key(s) and the dataset's keys.
+        """
+
+        def pick(field_name: str, candidates: Sequence[str], required: bool) -> tuple[str, ...]:
+            for c in candidates:
+                if ds.has_step_key(c) or c in ds.episode_keys:
+                    return (c,)
+            if not candidates or not (required or self.strict):
+                return ()
+            raise RLDSKeyError(
+                f"{ds.name} ({ds.builder_dir}): {field_name} key "
+                f"{' or '.join(map(repr, candidates))} not found (spec {self.name!r}); "
+                f"the dataset has step keys: {sorted(ds.step_keys)}"
+                + (f" and episode keys: {sorted(ds.episode_keys)}" if ds.episode_keys else "")
+            )
+
+        def resolve_parts(field_name: str, parts: Sequence[Part]) -> tuple[Part, ...]:
+            out = []
+            for p in parts:
+                if p.key is None:
+                    out.append(p)
+                    continue
+                (key,) = pick(field_name, p.key.split("|"), True)
+                out.append(replace(p, key=key))
+            return tuple(out)
+
+        image = pick("image", self.image_keys, True)
+        if ds.step_leaf(image[0]).kind not in ("image", "tensor"):
+            raise RLDSKeyError(f"{ds.name}: image key {image[0]!r} is not an image feature")
+        return replace(
+            self,
+            image_keys=image,
+            wrist_image_keys=pick("wrist image", self.wrist_image_keys, False),
+            action=resolve_parts("action", self.action),
+            proprio=resolve_parts("proprio", self.proprio),
+            # language: every present candidate, tried in order per episode (DROID leaves
+            # its first instruction empty on some episodes)
+            language_keys=tuple(
+                k for c in self.language_keys for k in pick("language", (c,), False)
+            ),
+        )
+
+    # ---------------------------------------------------------------- standardization
+    def _vector(self, steps: Mapping[str, Any], parts: Sequence[Part], n: int) -> np.ndarray:
+        cols = []
+        for p in parts:
+            if p.key is None:
+                cols.append(np.full((n, p.size), p.value, np.float64))
+                continue
+            x = _leaf_or_group(steps, p.key)
+            x = np.asarray(x, np.float64).reshape(n, -1)[:, p.start : p.stop]
+            cols.append(np.asarray(TRANSFORMS[p.transform](x), np.float64).reshape(n, -1))
+        return (
+            np.concatenate(cols, axis=1).astype(np.float32)
+            if cols
+            else np.zeros((n, 0), np.float32)
+        )
+
+    def language(self, episode: Mapping[str, Any]) -> str:
+        for key in self.language_keys:
+            try:
+                val = lookup(episode["steps"], key)
+            except KeyError:
+                try:
+                    val = lookup(episode, key)
+                except KeyError:
+                    continue
+            for text in _texts(val, self.language_encoding):
+                if text:
+                    return text
+        return ""
+
+    def standardize(self, episode: Mapping[str, Any]) -> StandardEpisode:
+        """Maps a decoded RLDS episode (from `RLDSDataset`) to the common form.
+
+        Call on a spec returned by `resolve` (single keys). Images are passed through as
+        stored (bytes when read with `decode_images=False`).
+        """
+        steps = episode["steps"]
+        frames = list(lookup(steps, self.image_keys[0]))
+        n = len(frames)
+        wrist = list(lookup(steps, self.wrist_image_keys[0])) if self.wrist_image_keys else []
+        action = self._vector(steps, self.action, n)
+        proprio = self._vector(steps, self.proprio, n) if self.proprio else None
+        return StandardEpisode(frames, wrist, action, proprio, self.language(episode))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "image_key": list(self.image_keys),
+            "wrist_image_key": list(self.wrist_image_keys),
+            "action": [p.describe() for p in self.action],
+            "proprio": [p.describe() for p in self.proprio],
+            "language_key": list(self.language_keys),
+            "fps": self.fps,
+        }
+
+
+def _leaf_or_group(steps: Mapping[str, Any], key: str) -> np.ndarray:
+    """A step leaf [T, ...], or a dict of leaves concatenated along the last axis."""
+    x = lookup(steps, key)
+    if isinstance(x, Mapping):
+        leaves = [np.asarray(v, np.float64) for _, v in sorted(x.items())]
+        n = leaves[0].shape[0]
+        return np.concatenate([v.reshape(n, -1) for v in leaves], axis=1)
+    return np.asarray(x)
+
+
+def _texts(val: Any, encoding: str) -> list[str]:
+    if encoding == "utf8_codes":  # [T, L] int code points, zero padded (language_table)
+        arr = np.asarray(val)
+        if arr.ndim == 1:
+            arr = arr[None]
+        return [
+            bytes(int(c) for c in row[row > 0] if c < 256).decode("utf-8", "replace")
+            if np.all(row[row > 0] < 256)
+            else "".join(chr(int(c)) for c in row[row > 0])
+            for row in arr
+        ]
+    if isinstance(val, np.ndarray):
+        return [str(v) for v in val.reshape(-1)]
+    return [str(val)]
+
+
+# ----------------------------------------------------------------------------- registry
+_FRACTAL_LIKE_ACTION = (
+    Part("action/world_vector"),
+    Part("action/rotation_delta"),
+    Part("action/gripper_closedness_action", transform="rel2abs_gripper"),
+)
+
+REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    for n in (spec.name, *spec.aliases):
+        if n in REGISTRY:
+            raise ValueError(f"dataset {n!r} is already registered")
+        REGISTRY[n] = spec
+    return spec
+
+
+register(
+    DatasetSpec(
+        name="fractal20220817_data",
+        aliases=("rt1", "fractal"),
+        image_keys=("observation/image",),
+        action=_FRACTAL_LIKE_ACTION,
+        proprio=(Part("observation/base_pose_tool_reached"), Part("observation/gripper_closed")),
+        language_keys=("observation/natural_language_instruction",),
+        fps=3.0,
+        embodiment="google_robot",
+        notes="RT-1 (Google robot); gripper_closedness_action is relative (+1 close, -1 open).",
+    )
+)
+register(
+    DatasetSpec(
+        name="bridge",
+        aliases=("bridge_oxe",),
+        image_keys=("observation/image",),
+        action=(
+            Part("action/world_vector"),
+            Part("action/rotation_delta"),
+            Part("action/open_gripper"),
+        ),
+        proprio=(Part("observation/state"),),
+        language_keys=("observation/natural_language_instruction",),
+        fps=5.0,
+        embodiment="widowx",
+        notes="BridgeData V2 as published in OXE (0.1.0): dict action, open_gripper bool.",
+    )
+)
+register(
+    DatasetSpec(
+        name="bridge_dataset",
+        aliases=("bridge_orig", "bridge_v2"),
+        image_keys=("observation/image_0",),
+        action=(Part("action", 0, 6), Part("action", 6, 7, transform="binarize_gripper")),
+        proprio=(Part("observation/state"),),
+        language_keys=("language_instruction",),
+        fps=5.0,
+        embodiment="widowx",
+        notes="BridgeData V2 1.0.0 (project release): flat 7-d action, gripper in [0, 1] (1 open).",
+    )
+)
+register(
+    DatasetSpec(
+        name="kuka",
+        image_keys=("observation/image",),
+        action=_FRACTAL_LIKE_ACTION,
+        proprio=(
+            Part("observation/clip_function_input/base_pose_tool_reached"),
+            Part("observation/gripper_closed"),
+        ),
+        language_keys=("observation/natural_language_instruction",),
+        fps=10.0,
+        embodiment="kuka_iiwa",
+        notes="QT-Opt grasping; proprio tensors are zlib-encoded (decoded by TFDS).",
+    )
+)
+register(
+    DatasetSpec(
+        name="language_table",
+        image_keys=("observation/rgb",),
+        action=(Part("action"), const(0.0, 4), const(1.0, 1)),
+        proprio=(Part("observation/effector_translation"),),
+        language_keys=("observation/instruction",),
+        language_encoding="utf8_codes",
+        fps=10.0,
+        embodiment="xarm_pusher",
+        notes="2-d planar delta action, padded to [dx, dy, 0, 0, 0, 0, gripper=1 (open)].",
+    )
+)
+register(
+    DatasetSpec(
+        name="taco_play",
+        image_keys=("observation/rgb_static",),
+        wrist_image_keys=("observation/rgb_gripper",),
+        action=(
+            Part("action/rel_actions_world", 0, 6),
+            Part("action/rel_actions_world", 6, 7, transform="clip01"),
+        ),
+        proprio=(Part("observation/robot_obs", 0, 6), Part("observation/robot_obs", 7, 8)),
+        language_keys=("observation/natural_language_instruction",),
+        fps=15.0,
+        embodiment="franka",
+        notes="rel_actions_world gripper is -1 close / +1 open; clipped to [0, 1].",
+    )
+)
+register(
+    DatasetSpec(
+        name="droid",
+        aliases=("droid_100",),
+        image_keys=("observation/exterior_image_1_left",),
+        wrist_image_keys=("observation/wrist_image_left",),
+        action=(
+            Part("action_dict/cartesian_velocity"),
+            Part("action_dict/gripper_position", transform="invert"),
+        ),
+        proprio=(Part("observation/cartesian_position"), Part("observation/gripper_position")),
+        language_keys=("language_instruction", "language_instruction_2", "language_instruction_3"),
+        fps=15.0,
+        embodiment="franka",
+        notes="gripper_position is 1 = closed, inverted to 1 = open.",
+    )
+)
+register(
+    DatasetSpec(
+        name="pusht",
+        image_keys=("observation/image", "observation/pixels"),
+        action=(Part("action"),),
+        action_keys=("target_x", "target_y"),
+        proprio=(Part("observation/state|observation/agent_pos"),),
+        language_keys=("language_instruction", "episode_metadata/language_instruction"),
+        fps=10.0,
+        embodiment="pusht",
+        notes="2-d absolute target position of the pusher; proprio = 2-d agent position.",
+    )
+)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in REGISTRY:
+        raise KeyError(
+            f"no standardization registered for dataset {name!r}; registered: {sorted(REGISTRY)}. "
+            f"Pass --image_key/--action_key (and optionally --proprio_key/--language_key) "
+            f"to convert it with an explicit spec."
+        )
+    return REGISTRY[name]
+
+
+def custom_spec(
+    *,
+    name: str,
+    image_key: str | None = None,
+    action_keys: Sequence[str] = (),
+    proprio_keys: Sequence[str] = (),
+    language_key: str | None = None,
+    wrist_image_key: str | None = None,
+    fps: float | None = None,
+    embodiment: str | None = None,
+    base: DatasetSpec | None = None,
+) -> DatasetSpec:
+    """A spec from user flags, optionally overriding fields of a registry entry (`base`).
+
+    Keys use the `parse_part` syntax ('observation/state[0:6]', 'action/gripper:invert').
+    """
+    if base is None and (image_key is None or not action_keys):
+        raise ValueError(
+            f"dataset {name!r} is not in the registry ({sorted(REGISTRY)}); give at least "
+            f"--image_key and --action_key"
+        )
+    action = tuple(parse_part(k) for k in action_keys)
+    fields: dict[str, Any] = {}
+    if image_key is not None:
+        fields["image_keys"] = (image_key,)
+    if wrist_image_key is not None:
+        fields["wrist_image_keys"] = (wrist_image_key,) if wrist_image_key else ()
+    if action:
+        fields["action"] = action
+        fields["action_keys"] = ()  # unnamed dims: the converter names them after the parts
+    if proprio_keys:
+        fields["proprio"] = tuple(parse_part(k) for k in proprio_keys)
+    if language_key is not None:
+        fields["language_keys"] = (language_key,) if language_key else ()
+    if fps is not None:
+        fields["fps"] = float(fps)
+    if embodiment is not None:
+        fields["embodiment"] = embodiment
+    if base is not None:
+        return replace(base, strict=True, notes=base.notes + " (with user overrides)", **fields)
+    return DatasetSpec(
+        name=name,
+        image_keys=fields["image_keys"],
+        action=fields["action"],
+        action_keys=(),
+        fps=float(fps) if fps is not None else 10.0,
+        embodiment=embodiment or name,
+        wrist_image_keys=fields.get("wrist_image_keys", ()),
+        proprio=fields.get("proprio", ()),
+        language_keys=fields.get("language_keys", ()),
+        notes="user-supplied spec",
+        strict=True,
+    )
+
+
+def spec_for(ds: RLDSDataset, name: str | None = None) -> DatasetSpec:
+    """The registry entry for `name` (default: the dataset's own name), resolved against `ds`.
+
+    When a name is registered under several layouts (e.g. 'bridge' 0.1.0 vs 1.0.0 are separate
+    entries under different names), an alias whose keys do not match falls back to any entry
+    whose keys all resolve, so a renamed copy of a known layout still converts.
+    """
+    name = name or ds.name
+    spec = get_spec(name)
+    try:
+        return spec.resolve(ds)
+    except RLDSKeyError as first_error:
+        for other in dict.fromkeys(REGISTRY.values()):
+            if other is spec or other.embodiment != spec.embodiment:
+                continue
+            try:
+                return other.resolve(ds)
+            except RLDSKeyError:
+                continue
+        raise first_error from None
