@@ -26,11 +26,18 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.latent_action = mlc.ConfigDict(
         dict(dim=8, bottleneck="fsq", fsq_levels=5, kl_weight=1e-3, noise_std=0.1, width=0, depth=2)
     )
+    # Fraction of labeled steps conditioned on u_t instead of g(a_t), so the latent-action model
+    # also learns from fully labeled data (0 = only action-free steps use u_t).
+    c.latent_action.label_dropout = 0.0
+    c.action_head = mlc.ConfigDict(dict(width=0, depth=1))  # width 0: the predictor's width
+    c.num_sources = 8  # static maximum of mixture sources for per-source metrics
     c.policy_horizon = 4  # h: action chunk length
     c.rollout_k = 2
     c.target = "ema"  # 'ema' or 'frozen'
     c.ema = mlc.ConfigDict(dict(start=0.996, end=1.0))
-    c.ssl = mlc.ConfigDict(dict(enabled=False, mask_ratio=0.75, num_blocks=4, block_scale=0.15))
+    c.ssl = mlc.ConfigDict(
+        dict(enabled=False, mask_ratio=0.75, num_blocks=4, block_scale=0.15, pred_width=0, pred_depth=0)
+    )  # pred_width / pred_depth 0: the predictor preset's
     c.dtype = "float32"  # compute dtype: 'bfloat16' on accelerators
     c.param_dtype = "float32"
     c.remat = "none"  # 'none' | 'full' | 'dots'
@@ -66,6 +73,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.target_fps = 10.0  # per-source frame stride = round(source_fps / target_fps)
     c.data.global_batch_size = 8
     c.data.num_workers = 0  # grain multiprocess workers (0 = in-process)
+    c.data.read_threads = 16  # grain threads per process reading and decoding clips
     c.data.prefetch = 2  # device prefetch depth
     c.data.crop_scale = (0.8, 1.0)
     c.data.color_jitter = 0.1
@@ -80,6 +88,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.optim.schedule = "warmup_cosine"  # 'warmup_cosine' | 'wsd' | 'constant'
     c.optim.warmup_steps = 50
     c.optim.decay_fraction = 0.2  # WSD: final fraction of steps spent decaying
+    c.optim.decay_shape = "linear"  # WSD decay: 'linear' | '1-sqrt'
+    c.optim.end_lr_ratio = 0.0  # final lr as a fraction of the peak (cosine and WSD)
+    c.optim.eps = 1e-8
     c.optim.grad_clip = 1.0
     c.optim.grad_accum = 1
 

@@ -1,0 +1,239 @@
+"""Window index -> one training example in the batch schema (`schema.batch_spec`, without B).
+
+`LoadClip` is a Grain transform: `random_map(window, rng)` is the training view (random resized crop
+and colour jitter, identical for every frame of the clip), `map(window)` the evaluation view (center
+square crop, no jitter). Every random draw comes from the `rng` Grain passes in, which Grain seeds
+from the pipeline seed and the element's position, so a restored iterator reproduces batches bit for
+bit. There are no flips: left/right matters for actions.
+
+Only the `T` JPEGs of the clip are decoded, each straight to the crop at the output size (the JPEG
+decoder's DCT downscaling is used when the crop is much larger than `image_size`).
+
+Actions with a frame stride `s > 1`: the clip transition k (frame f_k -> f_k + s) spans the `s`
+recorded actions a[f_k], ..., a[f_k + s - 1]. Dimensions marked delta (`dataset.json`
+`"action_is_delta": [bool] * action_dim`) are summed, the others (absolute targets such as a gripper
+command or a joint position) take the last one. A dataset without `action_is_delta` is treated as all
+absolute (the safe reading: taking the last of a delta would drop motion, summing an absolute
+would invent it). Normalization uses the per-step dataset stats: a delta dim's sum of `s` steps is
+normalized as `(sum / s - mean) / std`, an absolute dim as `(a - mean) / std`; then clipped to ±5.
+`denormalize_actions` inverts it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from PIL import Image
+
+from data_pipelines import records
+from data_pipelines.mixture import Source
+from data_pipelines.window_index import WindowIndex
+
+NORM_CLIP = 5.0  # normalized actions / proprio are clipped to this many standard deviations
+STD_FLOOR = 1e-6  # constant dims (std 0) normalize to 0 instead of inf
+ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)  # random resized crop aspect ratio (w / h), log-uniform
+_GRAY = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def transition_actions(actions: np.ndarray, frames: np.ndarray, stride: int, is_delta: np.ndarray
+                       ) -> np.ndarray:
+    """float32 [T-1, A]: per clip transition, the sum (delta dims) or last (absolute dims) of the
+    `stride` recorded actions between consecutive clip frames."""
+    steps = frames[:-1, None] + np.arange(stride)[None, :]  # [T-1, s]
+    chunk = actions[steps]  # [T-1, s, A]
+    return np.where(is_delta, chunk.sum(axis=1), chunk[:, -1]).astype(np.float32)
+
+
+def _action_norm(mean: np.ndarray, std: np.ndarray, is_delta: np.ndarray, stride: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, scale) such that normalized = (a - offset) / scale for actions at this stride."""
+    s = np.where(is_delta, float(stride), 1.0).astype(np.float32)
+    return mean * s, np.maximum(std, STD_FLOOR) * s
+
+
+def normalize_actions(actions: np.ndarray, mean: np.ndarray, std: np.ndarray, is_delta: np.ndarray,
+                      stride: int) -> np.ndarray:
+    offset, scale = _action_norm(mean, std, is_delta, stride)
+    return np.clip((actions - offset) / scale, -NORM_CLIP, NORM_CLIP).astype(np.float32)
+
+
+def denormalize_actions(x: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                        is_delta: Sequence[bool], stride: int) -> np.ndarray:
+    """Inverse of `normalize_actions` (up to the ±5 clip) over the dataset's own action dims:
+    actions in the dataset's units, delta dims summed over `stride` recorded steps."""
+    mean_a = np.asarray(mean, np.float32)
+    std_a = np.asarray(std, np.float32)
+    offset, scale = _action_norm(mean_a, std_a, np.asarray(is_delta, bool), stride)
+    d = mean_a.shape[0]
+    return np.asarray(x, np.float32)[..., :d] * scale + offset
+
+
+def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return np.clip((x - mean) / np.maximum(std, STD_FLOOR), -NORM_CLIP, NORM_CLIP).astype(np.float32)
+
+
+def random_crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float]
+                    ) -> tuple[float, float, float, float]:
+    """Random resized crop as fractions (x0, y0, x1, y1) of the frame: area fraction uniform in
+    `scale`, aspect ratio log-uniform in ASPECT_RANGE around a square (the output is square)."""
+    area = rng.uniform(scale[0], scale[1]) * height * width
+    ratio = math.exp(rng.uniform(math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])))
+    w = min(math.sqrt(area * ratio), width)
+    h = min(math.sqrt(area / ratio), height)
+    fw, fh = w / width, h / height
+    x0 = rng.uniform(0.0, 1.0 - fw)
+    y0 = rng.uniform(0.0, 1.0 - fh)
+    return x0, y0, x0 + fw, y0 + fh
+
+
+def center_crop_box(height: int, width: int) -> tuple[float, float, float, float]:
+    """The largest centered square, as fractions of the frame."""
+    side = min(height, width)
+    fw, fh = side / width, side / height
+    return (1.0 - fw) / 2, (1.0 - fh) / 2, (1.0 + fw) / 2, (1.0 + fh) / 2
+
+
+def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: the `box` (fractions of the frame) of one JPEG, resized bilinearly."""
+    img = Image.open(io.BytesIO(jpeg))
+    width, height = img.size
+    x0, y0, x1, y1 = box
+    crop_w, crop_h = (x1 - x0) * width, (y1 - y0) * height
+    # Let the JPEG decoder downscale by 1/2..1/8 as long as the crop keeps >= `size` pixels.
+    want = (math.ceil(width * size / crop_w), math.ceil(height * size / crop_h))
+    if want[0] < width and want[1] < height:
+        img.draft("RGB", want)
+        width, height = img.size
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    out = img.resize((size, size), Image.Resampling.BILINEAR,
+                     box=(x0 * width, y0 * height, x1 * width, y1 * height))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def color_jitter(video: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> same, with the same three factors for every frame (torchvision order
+    brightness, contrast, saturation, fixed; values clipped to [0, 255] after each)."""
+    x = video.astype(np.float32)
+    x *= brightness
+    np.clip(x, 0.0, 255.0, out=x)
+    mean = (x @ _GRAY).mean(axis=(1, 2), keepdims=True)[..., None]  # per frame
+    x = (x - mean) * contrast + mean
+    np.clip(x, 0.0, 255.0, out=x)
+    gray = (x @ _GRAY)[..., None]
+    x = (x - gray) * saturation + gray
+    np.clip(x, 0.0, 255.0, out=x)
+    return (x + 0.5).astype(np.uint8)
+
+
+class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
+    """Flat window index of one source -> one example (schema.batch_spec without the batch dim).
+
+    Picklable: the ArrayRecord data source reopens its files lazily in each worker process.
+    """
+
+    def __init__(self, source: Source, index: WindowIndex, *, image_size: int, action_dim: int,
+                 proprio_dim: int, crop_scale: Sequence[float] = (0.8, 1.0), color_jitter: float = 0.0):
+        if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+            raise ValueError(f"config.data.crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}")
+        if not 0.0 <= color_jitter < 1.0:
+            raise ValueError(f"config.data.color_jitter must be in [0, 1), got {color_jitter!r}")
+        self.source = source
+        self.index = index
+        self.image_size = int(image_size)
+        self.action_dim = int(action_dim)
+        self.proprio_dim = int(proprio_dim)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.jitter = float(color_jitter)
+        h, w = source.info["image_size"]
+        self.frame_hw = (int(h), int(w))
+        self.is_delta = np.asarray(source.action_is_delta, dtype=bool)
+        a, p = source.action_dim, source.proprio_dim
+        self.action_mean = source.stat("action", "mean") if a else None
+        self.action_std = source.stat("action", "std") if a else None
+        self.proprio_mean = source.stat("proprio", "mean") if p else None
+        self.proprio_std = source.stat("proprio", "std") if p else None
+        self.data = grain.sources.ArrayRecordDataSource(records.shard_paths(source.path, source.info))
+
+    def random_map(self, element: int, rng: np.random.Generator) -> dict[str, Any]:
+        box = random_crop_box(rng, *self.frame_hw, self.crop_scale)
+        jitter = None
+        if self.jitter > 0:
+            lo, hi = 1.0 - self.jitter, 1.0 + self.jitter
+            jitter = (rng.uniform(lo, hi), rng.uniform(lo, hi), rng.uniform(lo, hi))
+        return self.load(int(element), box, jitter)
+
+    def map(self, element: int) -> dict[str, Any]:
+        return self.load(int(element), center_crop_box(*self.frame_hw), None)
+
+    def load(self, window: int, box: tuple[float, float, float, float],
+             jitter: tuple[float, float, float] | None) -> dict[str, Any]:
+        record, start = self.index.lookup(window)
+        ep = records.deserialize_episode(self.data[record])
+        frames = self.index.frame_indices(start)
+        if frames[-1] >= len(ep.frames):
+            raise records.DatasetFormatError(
+                f"{os.path.join(self.source.path, records.DATASET_JSON)}: record {record} "
+                f"({ep.episode_id!r}) has {len(ep.frames)} frames but the window index needs frame "
+                f"{frames[-1]}; 'episode_lengths' does not match the shards"
+            )
+        video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size) for f in frames])
+        if jitter is not None:
+            video = color_jitter(video, *jitter)
+
+        t = self.index.num_frames
+        action = np.zeros((t - 1, self.action_dim), np.float32)
+        action_mask = np.zeros((t - 1, self.action_dim), bool)
+        if self.action_mean is not None and ep.action is not None:
+            a = self.source.action_dim
+            raw = transition_actions(ep.action, frames, self.index.stride, self.is_delta)
+            action[:, :a] = normalize_actions(raw, self.action_mean, self.action_std, self.is_delta,
+                                              self.index.stride)
+            action_mask[:, :a] = True
+        proprio = np.zeros((t, self.proprio_dim), np.float32)
+        proprio_mask = np.zeros((t, self.proprio_dim), bool)
+        if self.proprio_mean is not None and ep.proprio is not None:
+            p = self.source.proprio_dim
+            proprio[:, :p] = normalize(ep.proprio[frames], self.proprio_mean, self.proprio_std)
+            proprio_mask[:, :p] = True
+        return {
+            "video": video,
+            "action": action,
+            "action_mask": action_mask,
+            "proprio": proprio,
+            "proprio_mask": proprio_mask,
+            "timestep_mask": np.ones((t,), bool),
+            "embodiment_id": np.int32(self.source.embodiment_id),
+            "source_id": np.int32(self.source.source_id),
+            "dt": np.float32(self.index.dt),
+        }
+
+
+class PaddingClip(grain.transforms.Map):
+    """An all-masked example (every mask false, zeros) used to fill the last eval batch, so every
+    process runs the same number of full batches and no held-out window is dropped."""
+
+    def __init__(self, *, num_frames: int, image_size: int, action_dim: int, proprio_dim: int, dt: float):
+        self.shape = (int(num_frames), int(image_size), int(action_dim), int(proprio_dim))
+        self.dt = float(dt)
+
+    def map(self, element: int) -> dict[str, Any]:
+        del element
+        t, s, a, p = self.shape
+        return {
+            "video": np.zeros((t, s, s, 3), np.uint8),
+            "action": np.zeros((t - 1, a), np.float32),
+            "action_mask": np.zeros((t - 1, a), bool),
+            "proprio": np.zeros((t, p), np.float32),
+            "proprio_mask": np.zeros((t, p), bool),
+            "timestep_mask": np.zeros((t,), bool),
+            "embodiment_id": np.int32(0),
+            "source_id": np.int32(0),
+            "dt": np.float32(self.dt),
+        }
