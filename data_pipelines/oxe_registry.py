@@ -223,8 +223,13 @@ class DatasetSpec:
             if p.key is None:
                 cols.append(np.full((n, p.size), p.value, np.float64))
                 continue
-            x = _leaf_or_group(steps, p.key)
-            x = np.asarray(x, np.float64).reshape(n, -1)[:, p.start : p.stop]
+            x = np.asarray(_leaf_or_group(steps, p.key), np.float64)
+            if x.shape[0] != n:
+                raise ValueError(f"{p.key} has {x.shape[0]} steps, the image key has {n}")
+            x = x.reshape(n, int(np.prod(x.shape[1:])))[:, p.start : p.stop]
+            if n == 0:
+                cols.append(x)
+                continue
             cols.append(np.asarray(TRANSFORMS[p.transform](x), np.float64).reshape(n, -1))
         return (
             np.concatenate(cols, axis=1).astype(np.float32)
@@ -278,7 +283,7 @@ def _leaf_or_group(steps: Mapping[str, Any], key: str) -> np.ndarray:
     if isinstance(x, Mapping):
         leaves = [np.asarray(v, np.float64) for _, v in sorted(x.items())]
         n = leaves[0].shape[0]
-        return np.concatenate([v.reshape(n, -1) for v in leaves], axis=1)
+        return np.concatenate([v.reshape(n, int(np.prod(v.shape[1:]))) for v in leaves], axis=1)
     return np.asarray(x)
 
 

@@ -574,8 +574,8 @@ def make_fixture(
                     if T
                     else np.zeros((0, H, Wd, 3), np.uint8),
                     wrist=truth.get("wrist"),
-                    action=np.asarray(truth["action"], np.float32).reshape(T, -1),
-                    proprio=np.asarray(truth["proprio"], np.float32).reshape(T, -1),
+                    action=np.asarray(truth["action"], np.float32),
+                    proprio=np.asarray(truth["proprio"], np.float32),
                     language=truth["language"],
                     fault=fault if isinstance(fault, str) else None,
                 )

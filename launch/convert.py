@@ -1,0 +1,71 @@
+"""`wam-convert` / `python -m launch.convert`: convert a source dataset into wam_jax episodes.
+
+    wam-convert oxe   --input=BUILDER_DIR --output=DIR [--dataset=NAME] [--image_size=64] ...
+    wam-convert ego4d --input=EGO4D_ROOT  --output=DIR ...
+    wam-convert pusht --output=DIR ...
+
+Each subcommand is a module exposing `add_arguments(parser)` and `main(args)`. The modules are
+imported only when their subcommand runs (their `--help` included), so one converter's heavy or
+missing dependencies never break another's command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# subcommand -> (module, one-line help)
+CONVERTERS: dict[str, tuple[str, str]] = {
+    "oxe": ("data_pipelines.convert_oxe", "an RLDS builder dir (Open X-Embodiment dataset)"),
+    "ego4d": ("data_pipelines.convert_ego4d", "an Ego4D download (videos + narrations)"),
+    "pusht": ("data_pipelines.pusht", "generate PushT demonstrations"),
+}
+
+
+def _load(command: str) -> Any:
+    module_name = CONVERTERS[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise SystemExit(
+                f"wam-convert {command}: converter module {module_name} is not available ({e})"
+            ) from e
+        raise
+    for fn in ("add_arguments", "main"):
+        if not callable(getattr(module, fn, None)):
+            raise SystemExit(f"wam-convert {command}: {module_name} has no {fn}() function")
+    return module
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only `command`'s arguments are loaded (its module is imported)."""
+    parser = argparse.ArgumentParser(
+        prog="wam-convert",
+        description="Convert a source dataset into wam_jax episode shards "
+        "(dataset.json, stats.json, manifest.json, ArrayRecord shards).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(CONVERTERS) + "}")
+    sub.required = True
+    for name, (_, help_text) in CONVERTERS.items():
+        p = sub.add_parser(name, help=help_text, description=f"wam-convert {name}: {help_text}")
+        if name == command:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> Any:
+    """Console-script entry point (`wam-convert`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in CONVERTERS:
+        command = None  # argparse reports the missing / unknown subcommand
+    args = build_parser(command).parse_args(argv)
+    return _load(args.command).main(args)
+
+
+if __name__ == "__main__":
+    run()
