@@ -189,7 +189,7 @@ def write_rlds_dataset(
       file_format: 'tfrecord' (what OXE publishes) or 'array_record' (random access via
         `builder.as_data_source()`).
       num_shards: number of shard files (default: TFDS decides by size, i.e. one for small
-        data). Must not exceed the number of episodes.
+        data). Must not exceed the number of episodes (ValueError otherwise).
       split: split name.
       overwrite: replace an existing `out_dir`; otherwise an existing one is an error.
     """
@@ -225,6 +225,13 @@ def write_rlds_dataset(
             disable_shuffling=True,
             download_config=download.DownloadConfig(num_shards=num_shards),
         )
+    except AssertionError as e:  # TFDS checks the shard count only after writing
+        if "number_of_shards" in str(e):
+            raise ValueError(
+                f"{out_dir}: num_shards={num_shards} exceeds the number of episodes ({e})"
+            ) from e
+        raise
+    else:
         os.replace(os.fspath(builder.data_dir), out_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

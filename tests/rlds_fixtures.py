@@ -589,7 +589,7 @@ def make_fixture(
         feats,
         episodes(),
         file_format=file_format,
-        num_shards=num_shards,
+        num_shards=None if num_shards is None else min(num_shards, num_episodes),
         overwrite=True,
     )
     return fixture
