@@ -1,0 +1,269 @@
+"""The video ViT encoder, architecturally identical to V-JEPA 2's so its checkpoints convert.
+
+Tubelet patch embedding (V-JEPA 2's Conv3d, written as one matmul over each `tubelet x p x p x C`
+patch) -> pre-norm blocks with 3D RoPE (or fixed 3D sin-cos added to the tokens) -> final
+LayerNorm (eps 1e-6). Two ways to run it:
+
+- `__call__`: the V-JEPA 2 encoder: full spatio-temporal attention over the clip's
+  `(T / tubelet) * N` tokens; `keep_idx` keeps only some tokens (masked self-supervision), which
+  keep their true positions.
+- `encode_frames`: per-step latents for the world model: every frame is encoded alone (frames
+  folded into the batch; with tubelet 2 each frame fills both tubelet slots, as V-JEPA 2-AC does),
+  so step t's latents depend on frame t only.
+
+Preprocessing spec (also what `jax.export` artifacts document): RGB uint8 `[B, T, H, W, 3]` ->
+`normalize_video` (scale to [0, 1], then ImageNet mean/std) -> float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+
+from wam_jax import sharding
+from wam_jax.models import layers
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+POS_EMBS = ("rope", "sincos")
+
+
+def normalize_video(video_uint8: jax.Array | np.ndarray) -> jax.Array:
+    """uint8 RGB `[..., H, W, 3]` -> float32 `(x / 255 - mean) / std` with ImageNet mean/std (the
+    statistics V-JEPA 2 was trained with)."""
+    if video_uint8.dtype != jnp.uint8:
+        raise ValueError(f"normalize_video expects uint8 RGB frames, got dtype {video_uint8.dtype}")
+    if video_uint8.shape[-1] != 3:
+        raise ValueError(
+            f"normalize_video expects [..., H, W, 3] RGB frames, got shape {video_uint8.shape}"
+        )
+    x = jnp.asarray(video_uint8).astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+
+
+def _dtype(name: str | jnp.dtype, field: str) -> jnp.dtype:
+    try:
+        return jnp.dtype(name)
+    except TypeError as e:
+        raise ValueError(f"model config {field}={name!r} is not a dtype name") from e
+
+
+class PatchEmbed(nnx.Module):
+    """V-JEPA 2's `Conv3d(kernel = stride = (tubelet, p, p))` as a matmul per tubelet patch.
+
+    `kernel [tubelet, p, p, C, D]` (= torch `weight[D, C, tubelet, p, p]` transposed), `bias [D]`.
+    """
+
+    @layers.mesh_optional
+    def __init__(
+        self,
+        patch_size: int,
+        tubelet: int,
+        in_channels: int,
+        dim: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
+        self.patch_size = patch_size
+        self.tubelet = tubelet
+        self.dtype = dtype
+        shape = (tubelet, patch_size, patch_size, in_channels, dim)
+        kernel_init = nnx.with_partitioning(
+            nnx.initializers.truncated_normal(stddev=0.02),
+            ("patch", "patch", "patch", "conv_in", "embed"),
+        )
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
+        self.bias = nnx.Param(
+            nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",))(
+                rngs.params(), (dim,), param_dtype
+            )
+        )
+
+    def __call__(self, video: jax.Array) -> jax.Array:
+        """`[B, T, H, W, C]` (T a multiple of tubelet) -> `[B, T/tubelet, H/p, W/p, D]`."""
+        b, t, h, w, c = video.shape
+        p, u = self.patch_size, self.tubelet
+        x = video.astype(self.dtype).reshape(b, t // u, u, h // p, p, w // p, p, c)
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jnp.einsum("btuhpwqc,upqcd->bthwd", x, kernel, preferred_element_type=jnp.float32)
+        return (y + self.bias[...]).astype(self.dtype)
+
+    def embed_single_frames(self, frames: jax.Array) -> jax.Array:
+        """`[B, H, W, C]` -> `[B, H/p, W/p, D]`, each frame repeated over the tubelet: the same as
+        `__call__` on `tubelet` copies of the frame (one matmul with the kernel summed over time)."""
+        b, h, w, c = frames.shape
+        p = self.patch_size
+        x = frames.astype(self.dtype).reshape(b, h // p, p, w // p, p, c)
+        kernel = jnp.sum(self.kernel[...], axis=0).astype(self.dtype)
+        y = jnp.einsum("bhpwqc,pqcd->bhwd", x, kernel, preferred_element_type=jnp.float32)
+        return (y + self.bias[...]).astype(self.dtype)
+
+
+class VideoEncoder(nnx.Module):
+    """Video ViT encoder (V-JEPA 2 architecture) built from `configs.base.model_config()`.
+
+    Uses `image_size, patch_size, tubelet (1|2), in_channels, pos_emb ('rope'|'sincos'),
+    encoder.{width, depth, heads, mlp_ratio}, dtype, param_dtype, remat, scan_layers, attention`;
+    optional `encoder.norm_eps` (1e-6) and `encoder.qkv_bias` (True).
+    Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `layers.BlockStack`), `norm.{scale,bias}`.
+    """
+
+    @layers.mesh_optional
+    def __init__(self, config: mlc.ConfigDict, *, rngs: nnx.Rngs):
+        enc = config.encoder
+        if config.tubelet not in (1, 2):
+            raise ValueError(f"model config tubelet must be 1 or 2, got {config.tubelet}")
+        if config.pos_emb not in POS_EMBS:
+            raise ValueError(
+                f"model config pos_emb must be one of {POS_EMBS}, got {config.pos_emb!r}"
+            )
+        if config.image_size % config.patch_size:
+            raise ValueError(
+                f"model config image_size {config.image_size} is not a multiple of "
+                f"patch_size {config.patch_size}"
+            )
+        if enc.width % enc.heads:
+            raise ValueError(
+                f"model config encoder.width {enc.width} is not a multiple of encoder.heads {enc.heads}"
+            )
+        self.image_size = int(config.image_size)
+        self.patch_size = int(config.patch_size)
+        self.tubelet = int(config.tubelet)
+        self.in_channels = int(config.in_channels)
+        self.pos_emb = str(config.pos_emb)
+        self.width = int(enc.width)
+        self.heads = int(enc.heads)
+        self.depth = int(enc.depth)
+        self.dtype = _dtype(config.dtype, "dtype")
+        param_dtype = _dtype(config.param_dtype, "param_dtype")
+        norm_eps = float(enc.get("norm_eps", 1e-6))
+        kw = dict(dtype=self.dtype, param_dtype=param_dtype)
+
+        self.patch_embed = PatchEmbed(
+            self.patch_size, self.tubelet, self.in_channels, self.width, rngs=rngs, **kw
+        )
+        self.blocks = layers.BlockStack(
+            self.depth,
+            self.width,
+            self.heads,
+            float(enc.mlp_ratio),
+            rngs=rngs,
+            scan=bool(config.scan_layers),
+            remat=str(config.remat),
+            qkv_bias=bool(enc.get("qkv_bias", True)),
+            attention_impl=str(config.attention),
+            norm_eps=norm_eps,
+            **kw,
+        )
+        self.norm = layers.layer_norm(self.width, rngs=rngs, eps=norm_eps, **kw)
+
+    # ----------------------------------------------------------------------------- geometry
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid `(H / p, W / p)` of one frame."""
+        g = self.image_size // self.patch_size
+        return g, g
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per frame (per tubelet slot): `N = (H / p) * (W / p)`."""
+        gh, gw = self.grid
+        return gh * gw
+
+    def num_tokens(self, num_frames: int) -> int:
+        """Tokens of a clip in `__call__`: `(T / tubelet) * N`."""
+        return (num_frames // self.tubelet) * self.num_patches
+
+    normalize_video = staticmethod(normalize_video)
+
+    # ----------------------------------------------------------------------------- checks
+
+    def _check_video(self, video: jax.Array, name: str, *, clip: bool) -> None:
+        s = self.image_size
+        expected = f"float [B, T, {s}, {s}, {self.in_channels}]"
+        if clip and self.tubelet > 1:
+            expected += f" with T a multiple of tubelet {self.tubelet}"
+        if video.ndim != 5:
+            raise ValueError(
+                f"{name} must be {expected}, got rank {video.ndim} shape {video.shape}"
+            )
+        if not jnp.issubdtype(video.dtype, jnp.floating):
+            raise ValueError(
+                f"{name} must be {expected} (normalized, see normalize_video), got dtype {video.dtype}"
+            )
+        _, t, h, w, c = video.shape
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"{name} frames {h}x{w} are not divisible by patch_size {self.patch_size}; "
+                f"expected {expected}"
+            )
+        if (h, w) != (s, s) or c != self.in_channels:
+            raise ValueError(f"{name} must be {expected}, got shape {video.shape}")
+        if clip and t % self.tubelet:
+            raise ValueError(f"{name} must be {expected}, got T={t}")
+        if t < 1:
+            raise ValueError(f"{name} must have at least one frame, got shape {video.shape}")
+
+    # ----------------------------------------------------------------------------- forward
+
+    def _add_sincos(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Adds the fixed sin-cos embedding (pos_emb='sincos'); it belongs to the token (added
+        before any token dropping, as in V-JEPA)."""
+        if self.pos_emb != "sincos":
+            return x
+        return x + layers.sincos_3d(positions, self.width).astype(x.dtype)
+
+    def _transform(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Tokens `[B, L, D]` at grid positions `[L, 3]` or `[B, L, 3]` -> normed latents."""
+        rope = None
+        if self.pos_emb == "rope":
+            rope = layers.rope_3d(positions, self.width // self.heads)
+        x = sharding.constrain(x, ("batch", "tokens", "embed"))
+        x = self.norm(self.blocks(x, rope=rope))
+        return sharding.constrain(x, ("batch", "tokens", "embed"))
+
+    def __call__(self, video: jax.Array, *, keep_idx: jax.Array | None = None) -> jax.Array:
+        """Clip encoder: `video` float `[B, T, H, W, 3]` (normalized) -> `[B, L, D]`,
+        `L = (T / tubelet) * N`, tokens in (t, h, w) raster order.
+
+        keep_idx: int `[B, K]` indices into those L tokens; only they enter the transformer (the
+        others are dropped after the patch embedding), each at its true (t, h, w) position, and
+        the output is `[B, K, D]` in `keep_idx` order. This is V-JEPA's context encoder: it equals
+        gathering a full run's outputs only when K = L (attention sees fewer tokens otherwise).
+        """
+        self._check_video(video, "video", clip=True)
+        b, t = video.shape[:2]
+        gh, gw = self.grid
+        x = self.patch_embed(video).reshape(b, -1, self.width)
+        positions = layers.grid_positions(t // self.tubelet, gh, gw)
+        x = self._add_sincos(x, positions)
+        if keep_idx is not None:
+            if keep_idx.ndim != 2 or keep_idx.shape[0] != b:
+                raise ValueError(
+                    f"keep_idx must be int [B={b}, K] indices into the {x.shape[1]} tokens, "
+                    f"got shape {keep_idx.shape}"
+                )
+            if not jnp.issubdtype(keep_idx.dtype, jnp.integer):
+                raise ValueError(f"keep_idx must be an integer array, got dtype {keep_idx.dtype}")
+            x = jnp.take_along_axis(x, keep_idx[..., None], axis=1)
+            positions = positions[keep_idx]  # [B, K, 3]
+        return self._transform(x, positions)
+
+    def encode_frames(self, video: jax.Array) -> jax.Array:
+        """Per-step latents: `video` float `[B, T, H, W, 3]` -> `[B, T, N, D]`, every frame encoded
+        on its own (folded into the batch; with tubelet 2 the frame fills both tubelet slots, as in
+        V-JEPA 2-AC), so step t's latents depend on frame t only."""
+        self._check_video(video, "video", clip=False)
+        b, t, h, w, c = video.shape
+        gh, gw = self.grid
+        x = self.patch_embed.embed_single_frames(video.reshape(b * t, h, w, c))
+        x = x.reshape(b * t, gh * gw, self.width)
+        positions = layers.grid_positions(1, gh, gw)
+        z = self._transform(self._add_sincos(x, positions), positions)
+        return z.reshape(b, t, gh * gw, self.width)
