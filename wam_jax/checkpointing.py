@@ -3,7 +3,9 @@
 One checkpoint step directory (`WORKDIR/checkpoints/<step>/`) holds
 
 - `state`:  params, EMA/frozen target, optimizer state, step, RNG (sharded arrays, OCDBT),
-- `data`:   the Grain iterator state, one JSON file per process (`process_i-of-n.json`),
+- `data`:   the Grain iterator state, one JSON file per process (`process_i-of-n.json`); the
+            trainer saves the device-prefetch iterator, whose state is the position right after
+            the last batch the step consumed,
 - `config`: the full ml_collections config as JSON,
 - `stats`:  the dataset statistics and mixture description (`loader.mixture_info`).
 
@@ -36,27 +38,6 @@ _TMP_RE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 class CheckpointMismatchError(ValueError):
     """The workdir's checkpoint belongs to a different model; the message lists the paths."""
-
-
-class DataIteratorState:
-    """Grain-checkpointable view of "the iterator state after the last *consumed* batch".
-
-    Device prefetch pulls batches ahead of the step; saving the live iterator would skip those
-    batches on resume. The trainer records the state that goes with each batch as it is consumed
-    and hands this object to `grain.checkpoint.CheckpointSave`, which stores it per process.
-    """
-
-    def __init__(self, state: Any = None):
-        self.state = state
-
-    def get_state(self) -> bytes:  # grain's handler calls .decode() on non-DatasetIterator states
-        return json.dumps(self.state, indent=2).encode()
-
-    def set_state(self, state: bytes) -> None:
-        self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
-
-    def start_prefetch(self) -> None:  # called by grain's handler after restore
-        pass
 
 
 def _flat_paths(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -124,8 +105,6 @@ class Checkpointer:
         keep_period: int = 0,
         async_save: bool = True,
     ):
-        import grain.checkpoint  # noqa: F401  (registers CheckpointSave/CheckpointRestore handlers)
-
         self.directory = os.path.abspath(directory)
         keep = [policies.LatestN(n=max_to_keep if max_to_keep > 0 else None)]
         if keep_period and keep_period > 0:
@@ -136,7 +115,16 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=False,  # we report interrupted saves before discarding them
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        import grain.checkpoint as gc
+
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "data": gc.CheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            "stats": ocp.JsonCheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self._damaged: list[int] = []  # complete-looking steps newer than the one restored
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -187,7 +175,7 @@ class Checkpointer:
         self,
         step: int,
         state: Mapping[str, Any],
-        data_state: DataIteratorState | None,
+        data_iterator: Any,
         config: Any,
         stats: Mapping[str, Any] | None,
         *,
@@ -195,13 +183,16 @@ class Checkpointer:
     ) -> bool:
         import grain.checkpoint as gc
 
+        if step in self._damaged:
+            self._set_aside(step)
+            self._damaged.remove(step)
         items: dict[str, Any] = {
             "state": ocp.args.StandardSave(dict(state)),
             "config": ocp.args.JsonSave(config_to_json(config)),
             "stats": ocp.args.JsonSave(_jsonable(stats or {})),
         }
-        if data_state is not None:
-            items["data"] = gc.CheckpointSave(data_state)
+        if data_iterator is not None:
+            items["data"] = gc.CheckpointSave(data_iterator)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def has_data_state(self, step: int) -> bool:
@@ -209,7 +200,7 @@ class Checkpointer:
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         return os.path.exists(os.path.join(self.directory, str(step), "data", name))
 
-    def restore(self, step: int, abstract_state: Mapping[str, Any], data_state: DataIteratorState | None):
+    def restore(self, step: int, abstract_state: Mapping[str, Any], data_iterator: Any):
         """(state dict, stats dict, data restored?) of one step, onto the abstract target's shardings."""
         import grain.checkpoint as gc
 
@@ -217,14 +208,14 @@ class Checkpointer:
             "state": ocp.args.StandardRestore(dict(abstract_state)),
             "stats": ocp.args.JsonRestore(),
         }
-        restore_data = data_state is not None and self.has_data_state(step)
+        restore_data = data_iterator is not None and self.has_data_state(step)
         if restore_data:
-            items["data"] = gc.CheckpointRestore(data_state)
+            items["data"] = gc.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out["state"], out["stats"], restore_data
 
     def restore_latest(
-        self, abstract_state: Mapping[str, Any], data_state: DataIteratorState | None, config: Any = None
+        self, abstract_state: Mapping[str, Any], data_iterator: Any, config: Any = None
     ):
         """Restores the newest complete checkpoint; None when there is none.
 
@@ -237,45 +228,43 @@ class Checkpointer:
                 "checkpoint step %d at %s was not completely written (interrupted save); ignoring it", step, path
             )
         steps = self.all_steps()
-        damaged: list[int] = []
-        result = None
+        failures: list[str] = []
         for i, step in enumerate(reversed(steps)):
             try:
                 self.check_compatible(step, abstract_state, config)
-                state, stats, data_restored = self.restore(step, abstract_state, data_state)
+                state, stats, data_restored = self.restore(step, abstract_state, data_iterator)
             except CheckpointMismatchError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any read failure means "damaged": fall back
+            except Exception as e:  # noqa: BLE001 - any read failure means "damaged": try an older one
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                failures.append(f"step {step}: {msg}")
                 older = steps[-i - 2] if i + 1 < len(steps) else None
-                msg = str(e).splitlines()[0][:300] if str(e) else ""
-                log.warning(
-                    "checkpoint step %d in %s could not be restored (%s: %s); falling back to %s",
-                    step, self.directory, type(e).__name__, msg,
-                    f"step {older}" if older is not None else "a fresh start",
-                )
-                damaged.append(step)
+                if older is not None:
+                    log.warning("checkpoint step %d in %s could not be restored (%s); falling back to step %d",
+                                step, self.directory, msg, older)
                 continue
-            result = step, state, stats, data_restored
-            break
-        if damaged:
-            self._set_aside(damaged)
-        if result is not None and (damaged or self.incomplete_steps()):
-            log.warning("resuming from step %d, the last complete checkpoint in %s", result[0], self.directory)
-        return result
+            if failures or self.incomplete_steps():
+                log.warning("resuming from step %d, the last complete checkpoint in %s", step, self.directory)
+            self._damaged = [s for s in steps if s > step]
+            return step, state, stats, data_restored
+        if failures:
+            # Every checkpoint failing points at a systematic problem, not a torn write: do not
+            # silently start over on top of them.
+            raise OSError(f"no checkpoint in {self.directory} could be restored: " + "; ".join(failures))
+        return None
 
-    def _set_aside(self, steps: list[int]) -> None:
-        """Renames damaged step directories (kept for inspection) so the run can save those steps again."""
+    def _set_aside(self, step: int) -> None:
+        """Renames a damaged step directory (kept for inspection) before this run saves that step again."""
         from jax.experimental import multihost_utils
 
         if jax.process_index() == 0:
-            for step in steps:
-                src = os.path.join(self.directory, str(step))
-                dst = f"{src}.damaged-{int(time.time())}"
-                if os.path.exists(src):
-                    os.rename(src, dst)
-                    log.warning("moved damaged checkpoint %s to %s", src, dst)
+            src = os.path.join(self.directory, str(step))
+            dst = f"{src}.damaged-{int(time.time())}"
+            if os.path.exists(src):
+                os.rename(src, dst)
+                log.warning("moved the damaged checkpoint %s to %s", src, dst)
         if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("wam_jax_checkpoint_set_aside")
+            multihost_utils.sync_global_devices(f"wam_jax_set_aside_{step}")
         self.manager.reload()
 
     def wait(self) -> None:

@@ -93,6 +93,10 @@ class MeshConfigError(ValueError):
     """The mesh sizes in `config.mesh` do not fit the devices; the message names the flags."""
 
 
+class BatchSizeError(MeshConfigError):
+    """The global batch does not split over the data-parallel devices / micro-steps / hosts."""
+
+
 def _resolve_axes(sizes: Sequence[int], total: int, prefix: str) -> tuple[int, ...]:
     """Fills at most one -1 so that the sizes multiply to `total`; errors name the config flags."""
     flags = ", ".join(f"--config.mesh.{prefix}_{a}={s}" for a, s in zip(MESH_AXES, sizes, strict=True))
@@ -167,16 +171,16 @@ def check_global_batch(global_batch: int, mesh: Mesh, grad_accum: int = 1, proce
     """Raises a clear error when the global batch cannot be split over devices / micro-steps / hosts."""
     dp = data_parallel_size(mesh)
     if grad_accum < 1:
-        raise ValueError(f"--config.optim.grad_accum={grad_accum}: must be >= 1")
+        raise BatchSizeError(f"--config.optim.grad_accum={grad_accum}: must be >= 1")
     if global_batch % (dp * grad_accum):
-        raise ValueError(
+        raise BatchSizeError(
             f"--config.data.global_batch_size={global_batch} is not divisible by the data-parallel "
             f"size {dp} (mesh data×fsdp = {mesh.shape['data']}×{mesh.shape['fsdp']})"
             + (f" × --config.optim.grad_accum={grad_accum}" if grad_accum > 1 else "")
             + f"; use a multiple of {dp * grad_accum}"
         )
     if global_batch % process_count:
-        raise ValueError(
+        raise BatchSizeError(
             f"--config.data.global_batch_size={global_batch} is not divisible by the {process_count} processes"
         )
 

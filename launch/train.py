@@ -1,0 +1,150 @@
+"""`wam-train --config=configs/NAME.py[:ARG] --workdir=DIR [--config.a.b=value ...]`
+
+Trains, or resumes when DIR already holds a checkpoint (re-run the same command after a crash or
+preemption). Multi-host: on a TPU pod or under SLURM `srun`, `jax.distributed.initialize()` runs
+automatically; elsewhere pass `--coordinator=HOST:PORT --num_processes=N --process_id=I` to every
+process (e.g. several local processes over 127.0.0.1).
+
+Exit codes: 0 finished or preempted-and-saved, 2 bad input (config, mesh, data, checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from data_pipelines.records import DatasetFormatError
+    from wam_jax.checkpointing import CheckpointMismatchError
+    from wam_jax.config_utils import ConfigError
+    from wam_jax.sharding import MeshConfigError
+
+    return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError)
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[Any, Any]:
+    """(config, flag values) from argv; raises ConfigError naming the file / key on bad input."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from wam_jax import config_utils
+
+    argv = list(argv)
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        raise config_utils.ConfigError("--config=configs/NAME.py[:ARG] is required")
+    if not any(a.startswith("--workdir=") for a in argv):
+        raise config_utils.ConfigError("--workdir=DIR is required (checkpoints, metrics.jsonl, TensorBoard)")
+    config_utils.check_config_file(spec)
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=fv,
+                                    lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "run directory (resumes if it holds a checkpoint)", flag_values=fv)
+    flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (explicit multi-process runs)", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "total number of processes (explicit multi-process runs)", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)", flag_values=fv)
+    flags.DEFINE_integer("init_timeout", 300, "seconds to wait for every process to join", flag_values=fv)
+    flags.DEFINE_string("log_level", "INFO", "python logging level", flag_values=fv)
+
+    # Load the file alone first, so unknown override keys get a precise message.
+    base_fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=base_fv, lock_config=False,
+                                    sys_argv=[argv[0], f"--config={spec}"])
+    base_fv([argv[0], f"--config={spec}"])
+    config_utils.check_overrides(base_fv.config, argv)
+    try:
+        fv(argv)
+    except flags.Error as e:
+        raise config_utils.ConfigError(str(e)) from e
+    return fv.config, fv
+
+
+def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
+                                 timeout: int = 300) -> bool:
+    """`jax.distributed.initialize`: explicit flags, else automatic on TPU pods / SLURM / Open MPI.
+
+    Returns True when running multi-process. Must run before anything touches the devices.
+    """
+    import jax
+
+    explicit = coordinator is not None or num_processes is not None or process_id is not None
+    if explicit:
+        missing = [n for n, v in (("--coordinator", coordinator), ("--num_processes", num_processes),
+                                  ("--process_id", process_id)) if v is None]
+        if missing:
+            from wam_jax.config_utils import ConfigError
+
+            raise ConfigError(f"explicit multi-process runs need all of --coordinator, --num_processes, "
+                              f"--process_id; missing {', '.join(missing)}")
+        if num_processes == 1:
+            return False
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout)
+        return True
+    if _auto_cluster():
+        jax.distributed.initialize(initialization_timeout=timeout)
+        return jax.process_count() > 1
+    return False
+
+
+def _auto_cluster() -> bool:
+    """A multi-process launch JAX's cluster detection can configure by itself."""
+    env = os.environ
+    if "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return True  # TPU VM pod slice / multi-slice
+    if env.get("SLURM_STEP_ID") is not None and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return True  # inside `srun` with several tasks
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return True
+    return False
+
+
+def main(argv: Sequence[str]) -> int:
+    config, fv = parse_flags(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(fv.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s] %(message)s",
+    )
+    for noisy in ("absl", "jax._src", "orbax", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    multi = maybe_initialize_distributed(fv.coordinator, fv.num_processes, fv.process_id, fv.init_timeout)
+
+    from absl import flags as absl_flags
+
+    if not absl_flags.FLAGS.is_parsed():  # grain's multiprocess prefetch reads absl flags
+        absl_flags.FLAGS.mark_as_parsed()
+
+    from wam_jax import trainer
+
+    result = trainer.train(config, fv.workdir)
+    log = logging.getLogger("wam-train")
+    if result.preempted:
+        log.warning("preempted at step %d; re-run the same command to resume", result.step)
+    else:
+        log.info("done at step %d: %s", result.step, {k: round(v, 5) for k, v in result.last_metrics.items()
+                                                       if not k.startswith(("perf/", "memory/"))})
+    if multi:
+        import jax
+
+        jax.distributed.shutdown()
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: user errors print one clear line and exit with status 2."""
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        code = main(argv)
+    except _user_errors() as e:
+        print(f"wam-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,262 @@
+"""The training loop: data -> sharded step -> metrics -> checkpoints, resumable and preemptible.
+
+    train(config, workdir)
+
+Re-running the same command on the same workdir resumes from the newest complete checkpoint:
+parameters, EMA target, optimizer, step, RNG and the data iterator position (so the loss curve
+continues exactly as if never interrupted). SIGTERM (preemption, `scancel`, Ctrl-C) saves a
+checkpoint at the current step and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from wam_jax import checkpointing, config_utils, metrics, sharding
+from wam_jax import train_step as ts
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int  # the step the run stopped at
+    preempted: bool
+    resumed_from: int | None
+    last_metrics: dict[str, float]
+    workdir: str
+
+
+class _Preemption:
+    """SIGTERM / SIGINT -> a flag the loop checks at step boundaries (never mid-step).
+
+    With several processes, every process must stop at the same step: JAX's preemption sync
+    point (through the checkpoint manager) decides there, so the handler is installed only for
+    single-process runs, where it is the only notifier.
+    """
+
+    def __init__(self, install: bool):
+        self.flag = threading.Event()
+        self.previous: dict[int, Any] = {}
+        if install and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("received %s: saving a checkpoint at the end of this step", signal.Signals(signum).name)
+        self.flag.set()
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _loader():
+    from data_pipelines import loader
+
+    return loader
+
+
+def _make_iterator(config: Any, seed: int) -> Any:
+    return _loader().make_iterator(
+        config, split="train", process_index=jax.process_index(), process_count=jax.process_count(), seed=seed
+    )
+
+
+def _log_config(config: Any, mesh: Any, n_params: int, defs_bytes: int) -> None:
+    log.info(
+        "mesh %s over %d devices (%d processes, %s); %.2fM trained parameters; %.1f MiB state per device",
+        dict(mesh.shape), mesh.size, jax.process_count(), jax.devices()[0].device_kind, n_params / 1e6,
+        defs_bytes / 2**20,
+    )
+
+
+def train(
+    config: Any,
+    workdir: str,
+    *,
+    model_factory: ts.ModelFactory = ts.default_model_factory,
+    loss_fn: ts.LossFn | None = None,
+) -> TrainResult:
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint). See the module docstring."""
+    config_utils.validate(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    loader = _loader()
+
+    # Mesh and batch layout first: they fail fast on bad sizes, before any data or model work.
+    mesh = sharding.make_mesh(config.mesh)
+    global_batch = int(config.data.global_batch_size)
+    sharding.check_global_batch(global_batch, mesh, int(config.optim.grad_accum), jax.process_count())
+
+    # Dataset statistics and registries travel with every checkpoint.
+    stats = loader.mixture_info(config)
+    data_seed = int(config.seed)
+
+    defs, shardings, abstract = ts.abstract_train_state(config, mesh, model_factory=model_factory)
+    tx = ts.make_tx(config, defs, abstract.params)
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=int(config.train.max_to_keep),
+        keep_period=int(config.train.keep_period),
+    )
+
+    # The device-prefetch iterator is what gets checkpointed: its state is the position right
+    # after the last batch handed to the step, however many batches are in flight.
+    batches = loader.device_prefetch(
+        _make_iterator(config, data_seed),
+        lambda b: sharding.local_to_global(b, mesh, global_batch),
+        max(int(config.data.prefetch), 0),
+    )
+    restored = ckpt.restore_latest(abstract.to_dict(), batches, config)
+    resumed_from = None
+    if restored is None:
+        state = ts.init_train_state(config, defs, tx, shardings, model_factory=model_factory)
+        log.info("initialized a new run in %s", workdir)
+    else:
+        step0, state_dict, _, data_restored = restored
+        state = ts.TrainState.from_dict(state_dict)
+        resumed_from = step0
+        if not data_restored:
+            _restart_data(config, step0, batches)
+        log.info("resumed from step %d in %s", step0, workdir)
+    step = int(jax.device_get(state.step))
+    if jax.process_index() == 0:
+        metrics.truncate_jsonl(workdir, step)
+
+    # Compile once, ahead of time, on the abstract shapes: FLOPs and memory for the logs.
+    batch_abstract = ts.abstract_batch(config, global_batch)
+    batch_shardings = ts.batch_shardings(mesh, batch_abstract)
+    step_fn = ts.make_train_step(config, defs, tx, shardings, batch_shardings, loss_fn=loss_fn)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(abstract, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
+                                        for k, v in batch_abstract.items()}).compile()
+    compile_s = time.perf_counter() - t0
+    flops = metrics.compiled_flops(compiled)
+    mem = metrics.compiled_memory(compiled)
+    peak, peak_src = metrics.peak_flops_per_device(jax.devices()[0], str(config.model.dtype))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    _log_config(config, mesh, n_params, sharding.bytes_per_device(state.to_dict()))
+    log.info(
+        "compiled the train step in %.1fs: %.3g FLOPs/step/device, %.1f MiB/device (args %.1f, temp %.1f); "
+        "peak %.3g FLOP/s/device (%s)",
+        compile_s, flops or 0, mem.get("total_bytes", 0) / 2**20, mem.get("argument_bytes", 0) / 2**20,
+        mem.get("temp_bytes", 0) / 2**20, peak, peak_src,
+    )
+
+    logger = metrics.MetricsLogger(
+        workdir,
+        num_steps=int(config.train.num_steps),
+        every_steps=int(config.train.log_every),
+        profile_steps=int(config.train.profile_steps),
+        first_profile_step=step + 5,
+    )
+    if resumed_from is None:
+        logger.write_hparams(config_utils.flat_hparams(config))
+
+    preemption = _Preemption(install=jax.process_count() == 1)
+    num_steps = int(config.train.num_steps)
+    log_every = max(int(config.train.log_every), 1)
+    ckpt_every = int(config.train.checkpoint_every)
+    timer = metrics.StepTimer()
+    pending: tuple[int, Any] | None = None
+    last: dict[str, float] = {}
+    last_saved = step if resumed_from is not None else None
+    preempted = False
+
+    def flush(item: tuple[int, Any] | None) -> None:
+        nonlocal last
+        if item is None:
+            return
+        s, m = item
+        values = {k: float(v) for k, v in jax.device_get(m).items()}
+        values.update(timer.summary(global_batch=global_batch, flops_per_device=flops, peak=peak))
+        values.update(metrics.device_memory(mem))
+        values["perf/compile_s"] = compile_s
+        timer.reset()
+        logger.write(s, values)
+        last = values
+
+    def save(s: int) -> None:
+        nonlocal last_saved
+        if last_saved == s:
+            return
+        ckpt.save(s, state.to_dict(), batches, config, stats)
+        last_saved = s
+
+    try:
+        while step < num_steps:
+            t = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                log.warning("the data iterator ended at step %d (expected an infinite stream)", step)
+                break
+            timer.add_data_wait(time.perf_counter() - t)
+            state, step_metrics = compiled(state, batch)
+            step += 1
+            timer.tick()
+            logger.step_hooks(step)
+            flush(pending)  # the previous log step's metrics: that step has finished by now
+            pending = (step, step_metrics) if (step % log_every == 0 or step == num_steps) else None
+            stop = preemption.flag.is_set() or (jax.process_count() > 1 and ckpt.manager.reached_preemption(step))
+            if stop or step == num_steps or (ckpt_every > 0 and step % ckpt_every == 0):
+                save(step)
+            if stop:
+                preempted = True
+                log.warning("stopping at step %d after a preemption signal; checkpoint saved", step)
+                break
+        flush(pending)
+        pending = None
+        if last_saved != step and step > 0:
+            save(step)
+    finally:
+        preemption.restore()
+        ckpt.close()
+        logger.close()
+        _close_iterator(batches)
+
+    return TrainResult(step=step, preempted=preempted, resumed_from=resumed_from, last_metrics=last,
+                       workdir=workdir)
+
+
+def _restart_data(config: Any, step: int, batches: Any) -> None:
+    """Positions a fresh iterator when the saved one cannot be used (the process count changed).
+
+    Grain iterator states are per process and the element-to-process assignment depends on the
+    process count. For the in-process pipeline (state `{"next_index": k}`) each process skips to
+    `step * global_batch / process_count`: the same point of the global stream for a single
+    source, approximately so for a mixture (the interleaving of sources differs). With worker
+    processes the state is per worker, and the stream restarts from its beginning.
+    """
+    per_process = step * int(config.data.global_batch_size) // jax.process_count()
+    state = batches.get_state()
+    if isinstance(state, dict) and set(state) == {"next_index"}:
+        batches.set_state({"next_index": per_process})
+        where = f"the saved step's position (element {per_process} of this process's stream)"
+    else:
+        where = "the beginning of the stream (worker-process iterator states do not transfer)"
+    log.warning(
+        "the checkpoint at step %d holds no data-iterator state for process %d of %d (it was written with "
+        "a different process count); restarting the data at %s, so the data order after resuming "
+        "differs from an uninterrupted run",
+        step, jax.process_index(), jax.process_count(), where,
+    )
+
+
+def _close_iterator(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing workers at exit is best effort
+            log.debug("closing the data iterator failed", exc_info=True)
