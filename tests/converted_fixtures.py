@@ -61,6 +61,7 @@ def write_converted_dataset(
     stats: dict[str, Any] | None = None,
     num_shards: int = 2,
     texture: bool = False,
+    static: bool = False,
     index_in_json: bool = False,
     jpeg_quality: int = 90,
 ) -> str:
@@ -86,7 +87,11 @@ def write_converted_dataset(
                 proprio[:, 0] = t
                 if proprio_dim > 1:
                     proprio[:, 1] = e
-            frames = [_jpeg(frame_pixels(e, i, image_size, texture, rng), jpeg_quality) for i in range(length)]
+            if static:  # every frame of the episode is the same image (same JPEG bytes)
+                frames = [_jpeg(frame_pixels(e, 0, image_size, texture, rng), jpeg_quality)] * length
+            else:
+                frames = [_jpeg(frame_pixels(e, i, image_size, texture, rng), jpeg_quality)
+                          for i in range(length)]
             writer.write(records.Episode(
                 episode_id=ids[e], frames=frames, action=action, proprio=proprio,
                 language=f"task {e}", fps=fps, meta={"episode": e},
