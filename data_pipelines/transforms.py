@@ -38,7 +38,7 @@ from data_pipelines.window_index import WindowIndex
 NORM_CLIP = 5.0  # normalized actions / proprio are clipped to this many standard deviations
 STD_FLOOR = 1e-6  # constant dims (std 0) normalize to 0 instead of inf
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)  # random resized crop aspect ratio (w / h), log-uniform
-_GRAY = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+_GRAY = np.asarray([0.299, 0.587, 0.114])  # ITU-R 601 luma, as in PIL and torchvision
 
 
 def transition_actions(actions: np.ndarray, frames: np.ndarray, stride: int, is_delta: np.ndarray
@@ -99,8 +99,30 @@ def center_crop_box(height: int, width: int) -> tuple[float, float, float, float
     return (1.0 - fw) / 2, (1.0 - fh) / 2, (1.0 + fw) / 2, (1.0 + fh) / 2
 
 
-def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: the `box` (fractions of the frame) of one JPEG, resized bilinearly."""
+def color_matrix(brightness: float, contrast: float, saturation: float, mean_gray: float
+                 ) -> tuple[float, ...]:
+    """PIL 12-tuple RGB -> RGB affine matrix of brightness, then contrast, then saturation.
+
+    Each step is affine in the pixel (brightness x -> b x; contrast x -> c x + (1 - c) mean_gray(x);
+    saturation x -> s x + (1 - s) gray(x)), so the three compose into one matrix applied in one pass
+    with one final clip, where torchvision clips after each step (they differ only on pixels pushed
+    out of range mid-way).
+    """
+    b, c, s = brightness, contrast, saturation
+    offset = (1.0 - c) * b * mean_gray
+    rows: list[float] = []
+    for i in range(3):
+        rows.extend(c * b * (s * (i == j) + (1.0 - s) * float(_GRAY[j])) for j in range(3))
+        rows.append(offset)
+    return tuple(rows)
+
+
+def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size: int,
+                       jitter: tuple[float, float, float] | None = None) -> np.ndarray:
+    """uint8 [size, size, 3]: the `box` (fractions of the frame) of one JPEG, resized bilinearly,
+    then colour-jittered with factors (brightness, contrast, saturation) if given.
+
+    Everything runs in Pillow's C code, which releases the GIL, so reader threads overlap."""
     img = Image.open(io.BytesIO(jpeg))
     width, height = img.size
     x0, y0, x1, y1 = box
@@ -114,22 +136,11 @@ def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size
         img = img.convert("RGB")
     out = img.resize((size, size), Image.Resampling.BILINEAR,
                      box=(x0 * width, y0 * height, x1 * width, y1 * height))
+    if jitter is not None:
+        hist = np.asarray(out.histogram(), np.float64).reshape(3, 256)
+        channel_mean = hist @ np.arange(256.0) / (size * size)
+        out = out.convert("RGB", color_matrix(*jitter, float(channel_mean @ _GRAY)))
     return np.asarray(out, dtype=np.uint8)
-
-
-def color_jitter(video: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> same, with the same three factors for every frame (torchvision order
-    brightness, contrast, saturation, fixed; values clipped to [0, 255] after each)."""
-    x = video.astype(np.float32)
-    x *= brightness
-    np.clip(x, 0.0, 255.0, out=x)
-    mean = (x @ _GRAY).mean(axis=(1, 2), keepdims=True)[..., None]  # per frame
-    x = (x - mean) * contrast + mean
-    np.clip(x, 0.0, 255.0, out=x)
-    gray = (x @ _GRAY)[..., None]
-    x = (x - gray) * saturation + gray
-    np.clip(x, 0.0, 255.0, out=x)
-    return (x + 0.5).astype(np.uint8)
 
 
 class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
@@ -183,9 +194,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
                 f"({ep.episode_id!r}) has {len(ep.frames)} frames but the window index needs frame "
                 f"{frames[-1]}; 'episode_lengths' does not match the shards"
             )
-        video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size) for f in frames])
-        if jitter is not None:
-            video = color_jitter(video, *jitter)
+        video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size, jitter) for f in frames])
 
         t = self.index.num_frames
         action = np.zeros((t - 1, self.action_dim), np.float32)

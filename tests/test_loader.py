@@ -13,7 +13,7 @@ import pytest
 
 from configs import base
 from data_pipelines import loader, records, schema
-from data_pipelines.transforms import NORM_CLIP
+from data_pipelines.transforms import NORM_CLIP, color_matrix, decode_crop_resize
 from tests.converted_fixtures import PROPRIO_SCALE, decode_windows, write_converted_dataset
 
 
@@ -247,6 +247,39 @@ def test_train_augmentation_is_consistent_across_the_clip(tmp_path):
                                       split="eval"))
     assert [e for e, _ in decode_windows(evals)] == [0, 0]  # eval is in order: episode 0 first
     np.testing.assert_array_equal(evals["video"][0], evals["video"][1])
+
+
+def test_color_matrix_is_brightness_then_contrast_then_saturation():
+    gray = np.asarray([0.299, 0.587, 0.114])
+    x = np.random.default_rng(0).uniform(70, 180, (16, 16, 3))  # stays in range: no clipping
+    b, c, s = 1.1, 0.85, 1.25
+    x1 = b * x
+    m = (x1 @ gray).mean()
+    x2 = (x1 - m) * c + m
+    g = (x2 @ gray)[..., None]
+    x3 = (x2 - g) * s + g
+    mat = np.asarray(color_matrix(b, c, s, float((x @ gray).mean()))).reshape(3, 4)
+    np.testing.assert_allclose(x @ mat[:, :3].T + mat[:, 3], x3, rtol=1e-6)
+    np.testing.assert_allclose(color_matrix(1, 1, 1, 77.0), [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0], atol=1e-12)
+
+
+def test_decode_crop_resize_uses_the_box_and_identity_jitter(tmp_path):
+    import io
+
+    from PIL import Image
+
+    px = np.zeros((64, 96, 3), np.uint8)
+    px[:, :48] = (200, 30, 30)  # left half red, right half blue
+    px[:, 48:] = (30, 30, 200)
+    buf = io.BytesIO()
+    Image.fromarray(px).save(buf, format="JPEG", quality=95)
+    left = decode_crop_resize(buf.getvalue(), (0.0, 0.0, 0.4, 1.0), 16).astype(int)
+    right = decode_crop_resize(buf.getvalue(), (0.6, 0.0, 1.0, 1.0), 16, (1.0, 1.0, 1.0)).astype(int)
+    assert left.shape == right.shape == (16, 16, 3)
+    assert np.abs(left - [200, 30, 30]).max() <= 6 and np.abs(right - [30, 30, 200]).max() <= 6
+    # draft downscaling kicks in for small outputs and keeps the colours
+    tiny = decode_crop_resize(buf.getvalue(), (0.0, 0.0, 0.4, 1.0), 4).astype(int)
+    assert np.abs(tiny - [200, 30, 30]).max() <= 6
 
 
 def test_heldout_split_is_disjoint_and_eval_covers_it_once(tmp_path):
