@@ -152,6 +152,7 @@ def produce(
             except CorruptImageError as e:
                 log.skip(item, "corrupt_image", str(e))
                 continue
+            log.set_info("action_is_delta", spec.delta_mask(int(std.action.shape[1])))
             log.set_info("action_dim", int(std.action.shape[1]))
             log.set_info("proprio_dim", None if std.proprio is None else int(std.proprio.shape[1]))
             meta: dict[str, Any] = {"source_file": fname, "source_index": int(i), "length": n}
@@ -316,6 +317,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--language_key", default=None, help="step or episode_metadata key of the instruction"
     )
+    parser.add_argument(
+        "--delta_dims",
+        default=None,
+        help="action dims that are per-step deltas, e.g. '0:6' or '0,1,2' (the rest are "
+        "absolute targets); default: the registry's, or all absolute for new action keys",
+    )
     parser.add_argument("--fps", type=float, default=None, help="control rate (Hz)")
     parser.add_argument("--embodiment", default=None)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
@@ -332,6 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace, builder_name: str | None = None) -> DatasetSpec | None:
     """A user spec when any key flag is given (on top of the registry entry if there is one)."""
     flags = (
+        args.delta_dims,
         args.image_key,
         args.wrist_image_key,
         args.action_key,
@@ -353,8 +361,22 @@ def spec_from_args(args: argparse.Namespace, builder_name: str | None = None) ->
         wrist_image_key=args.wrist_image_key,
         fps=args.fps,
         embodiment=args.embodiment,
+        delta_dims=parse_dims(args.delta_dims),
         base=base,
     )
+
+
+def parse_dims(text: str | None) -> list[int] | None:
+    """'0:6' -> [0..5]; '0,2,5' -> [0, 2, 5]; '' -> [] (no delta dims); None -> None."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return []
+    if ":" in text:
+        a, b = text.split(":", 1)
+        return list(range(int(a or 0), int(b)))
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -169,6 +169,11 @@ class DatasetSpec:
     aliases: tuple[str, ...] = ()  # other dataset names (dataset_info.json 'name') served by it
     notes: str = ""
     strict: bool = False  # optional keys (wrist, language) must exist too: user-given specs
+    # Per action dim: a per-step delta (summed when the loader strides over frames) or an
+    # absolute target (the last one is taken). None: the 7-d EEF layout's 6 deltas + absolute
+    # gripper when `action_keys` is the EEF layout, else all absolute.
+    action_is_delta: tuple[bool, ...] | None = None
+    delta_dims: tuple[int, ...] | None = None  # user-given delta dims (overrides the above)
 
     # ---------------------------------------------------------------- validation
     def resolve(self, ds: RLDSDataset) -> DatasetSpec:
@@ -264,6 +269,26 @@ class DatasetSpec:
         action = self._vector(steps, self.action, n)
         proprio = self._vector(steps, self.proprio, n) if self.proprio else None
         return StandardEpisode(frames, wrist, action, proprio, self.language(episode))
+
+    def delta_mask(self, action_dim: int) -> list[bool]:
+        """`dataset.json`'s `action_is_delta` for an action of `action_dim` dims."""
+        if self.delta_dims is not None:
+            bad = [i for i in self.delta_dims if not 0 <= i < action_dim]
+            if bad:
+                raise ValueError(
+                    f"spec {self.name!r}: delta dims {bad} out of range for a {action_dim}-d action"
+                )
+            return [i in self.delta_dims for i in range(action_dim)]
+        if self.action_is_delta is not None:
+            if len(self.action_is_delta) != action_dim:
+                raise ValueError(
+                    f"spec {self.name!r}: action_is_delta has {len(self.action_is_delta)} "
+                    f"entries but the action has {action_dim} dims"
+                )
+            return list(self.action_is_delta)
+        if self.action_keys == EEF_ACTION_KEYS and action_dim == len(EEF_ACTION_KEYS):
+            return [True] * 6 + [False]
+        return [False] * action_dim
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -431,6 +456,7 @@ register(
         image_keys=("observation/image", "observation/pixels"),
         action=(Part("action"),),
         action_keys=("target_x", "target_y"),
+        action_is_delta=(False, False),
         proprio=(Part("observation/state|observation/agent_pos"),),
         language_keys=("language_instruction", "episode_metadata/language_instruction"),
         fps=10.0,
@@ -460,11 +486,14 @@ def custom_spec(
     wrist_image_key: str | None = None,
     fps: float | None = None,
     embodiment: str | None = None,
+    delta_dims: Sequence[int] | None = None,
     base: DatasetSpec | None = None,
 ) -> DatasetSpec:
     """A spec from user flags, optionally overriding fields of a registry entry (`base`).
 
     Keys use the `parse_part` syntax ('observation/state[0:6]', 'action/gripper:invert').
+    `delta_dims` lists the action dims that are per-step deltas (the rest are absolute); with
+    new action keys and no `delta_dims` every dim is taken as absolute.
     """
     if base is None and (image_key is None or not action_keys):
         raise ValueError(
@@ -480,10 +509,14 @@ def custom_spec(
     if action:
         fields["action"] = action
         fields["action_keys"] = ()  # unnamed dims: the converter names them after the parts
+        fields["action_is_delta"] = None
+        fields["delta_dims"] = None
     if proprio_keys:
         fields["proprio"] = tuple(parse_part(k) for k in proprio_keys)
     if language_key is not None:
         fields["language_keys"] = (language_key,) if language_key else ()
+    if delta_dims is not None:
+        fields["delta_dims"] = tuple(int(i) for i in delta_dims)
     if fps is not None:
         fields["fps"] = float(fps)
     if embodiment is not None:
@@ -500,6 +533,7 @@ def custom_spec(
         wrist_image_keys=fields.get("wrist_image_keys", ()),
         proprio=fields.get("proprio", ()),
         language_keys=fields.get("language_keys", ()),
+        delta_dims=fields.get("delta_dims"),
         notes="user-supplied spec",
         strict=True,
     )

@@ -117,6 +117,9 @@ def test_standardization_per_registry_entry(tmp_path, layout):
     assert info["fps"] == spec.fps and info["embodiment"] == spec.embodiment
     assert info["action_dim"] == (2 if layout == "pusht" else 7)
     assert info["action_keys"] == list(spec.action_keys)
+    # per-step EEF deltas are summed over a frame stride, the absolute gripper / target is not
+    expected_delta = [False, False] if layout == "pusht" else [True] * 6 + [False]
+    assert info["action_is_delta"] == expected_delta
     assert info["proprio_dim"] == fx.episodes[0].proprio.shape[1]
     assert info["has_wrist"] == (layout in ("taco_play", "droid"))
     eps = _read(out)
@@ -165,6 +168,7 @@ def test_cli_user_spec(tmp_path):
             "--proprio_key=observation/state[0:3]",
             "--language_key=language_instruction",
             "--fps=7",
+            "--delta_dims=0:3",
             f"--image_size={SIZE}",
             "--workers=1",
             "--no_progress",
@@ -175,6 +179,7 @@ def test_cli_user_spec(tmp_path):
     assert info["name"] == "my_widowx" and info["fps"] == 7.0
     assert info["action_dim"] == 4 and info["proprio_dim"] == 3
     assert info["action_keys"] == ["action[:3]", "action[6:7] (invert)"]
+    assert info["action_is_delta"] == [True, True, True, False]
     ep = _read(out)[0]
     src = fx.episodes[_source_index(ep, fx)]
     np.testing.assert_allclose(ep.action[:, :3], src.action[:, :3], atol=1e-6)
