@@ -26,6 +26,7 @@ guard, and iterators should be closed (`it.close()`) before exit.
 from __future__ import annotations
 
 import collections
+import copy
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -269,7 +270,8 @@ class DevicePrefetchIterator(grain.DatasetIterator):
         return self._it.get_state()
 
     def _pull(self) -> bool:
-        state = self._underlying_state() if hasattr(self._it, "get_state") else None
+        # a copy: the state of the batch not yet consumed must not follow later pulls
+        state = copy.deepcopy(self._underlying_state()) if hasattr(self._it, "get_state") else None
         try:
             batch = next(self._it)
         except StopIteration:

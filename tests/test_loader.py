@@ -380,3 +380,20 @@ def test_multiprocess_workers_match_and_resume(robot, video):
     # examples of the first 6 in-process batches (regrouped), augmentation included
     inproc = _take(loader.make_iterator(_config(f"{robot},{video}")), 6)
     assert _examples(first + expected) == _examples(inproc)
+
+
+@pytest.mark.slow
+def test_device_prefetch_over_workers_resumes_exactly(robot, video):
+    c = _config(f"{robot},{video}", workers=2)
+    ref = loader.make_iterator(c)
+    expected = _take(ref, 6)[3:]
+    ref.close()
+    it = loader.device_prefetch(loader.make_iterator(c), lambda b: b, 2)
+    _take(it, 3)
+    state = it.get_state()
+    _assert_batches_equal(_take(it, 2), expected[:2])
+    it.close()
+    resumed = loader.device_prefetch(loader.make_iterator(c), lambda b: b, 2)
+    resumed.set_state(state)
+    _assert_batches_equal(_take(resumed, 3), expected)
+    resumed.close()
