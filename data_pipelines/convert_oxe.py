@@ -156,13 +156,9 @@ def produce(
             log.set_info("action_dim", int(std.action.shape[1]))
             log.set_info("proprio_dim", None if std.proprio is None else int(std.proprio.shape[1]))
             meta: dict[str, Any] = {"source_file": fname, "source_index": int(i), "length": n}
-            file_path = (
-                ep.get("episode_metadata", {}).get("file_path")
-                if isinstance(ep.get("episode_metadata"), dict)
-                else None
-            )
-            if isinstance(file_path, str):
-                meta["file_path"] = file_path
+            md = ep.get("episode_metadata")
+            if isinstance(md, dict) and isinstance(md.get("file_path"), str):
+                meta["file_path"] = md["file_path"]  # the episode's origin in the raw data
             yield records.Episode(
                 episode_id=f"{ds.name}/{split}/{shard:05d}/{i:06d}",
                 frames=frames,

@@ -24,6 +24,7 @@ longest matching name first.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -228,6 +229,7 @@ class RLDSDataset:
         return [leaf.path for leaf in self._step_leaves if leaf.kind == "image"]
 
     # ------------------------------------------------------------------ reading
+    @functools.cache  # noqa: B019 (one small dict per dataset object and flag)
     def _decoders(self, decode_images: bool) -> dict[str, Any] | None:
         if decode_images:
             return None
