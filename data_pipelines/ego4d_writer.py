@@ -300,6 +300,23 @@ class Ego4DLayoutWriter:
         else:
             facts = {"fps": float(fps), "num_frames": 0, "width": 0, "height": 0, "duration_sec": 0.0,
                      "codec": codec}
+        self._record(uid, facts, split=split, narrations=narrations,
+                     metadata_overrides=metadata_overrides, scenarios=scenarios)
+        return path
+
+    def register_video(self, uid: str, *, video_dir: str = "full_scale", split: str | None = None,
+                       narrations: Sequence[tuple[float, str]] = (), scenarios: Sequence[str] = ()) -> str:
+        """Records the `videos[]` entry of an mp4 already written at `video_path(uid, video_dir)`
+        (e.g. encoded in a worker process); its metadata is read from the file."""
+        path = self.video_path(uid, video_dir)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such video to register")
+        self._record(uid, probe_video(path), split=split, narrations=narrations, scenarios=scenarios)
+        return path
+
+    def _record(self, uid: str, facts: dict[str, Any], *, split: str | None,
+                narrations: Sequence[tuple[float, str]], metadata_overrides: dict[str, Any] | None = None,
+                scenarios: Sequence[str] = ()) -> None:
         metadata = {
             "fps": facts["fps"],
             "num_frames": facts["num_frames"],
@@ -329,7 +346,6 @@ class Ego4DLayoutWriter:
         self.videos.append(entry)
         if narrations:
             self.add_narrations(uid, narrations, fps=facts["fps"])
-        return path
 
     def add_clip(self, clip_uid: str, video_uid: str, frames: np.ndarray, fps: float, *,
                  video_start_sec: float, codec: str = "h264") -> str:
