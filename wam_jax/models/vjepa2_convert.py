@@ -71,11 +71,12 @@ def config_from_hf(hf_config: Any, base_config: mlc.ConfigDict | None = None) ->
     `image_size = crop_size`, `patch_size`, `tubelet = tubelet_size`, `in_channels = in_chans`,
     `pos_emb = 'rope'`, `encoder.{width, depth, heads, mlp_ratio, norm_eps, qkv_bias}`.
     """
-    get = (
-        hf_config.get
-        if isinstance(hf_config, Mapping)
-        else lambda k, d=None: getattr(hf_config, k, d)
-    )
+
+    def get(key: str, default: Any = None) -> Any:
+        if isinstance(hf_config, Mapping):
+            return hf_config.get(key, default)
+        return getattr(hf_config, key, default)
+
     if base_config is None:
         from configs import base
 
