@@ -9,8 +9,9 @@ Work is split into output shards of `--episodes_per_shard` consecutive source ep
 one output shard per input shard), converted in `--workers` processes; a rerun resumes (finished
 shards are kept, an interrupted one is redone). Episodes that cannot be used are skipped and
 counted in the manifest: `empty_episode`, `too_short` (< `--min_length` steps), `corrupt_image`
-(a frame that does not decode), `non_finite` (NaN / inf in action or proprio), `bad_episode`
-(standardization failed, e.g. inconsistent array lengths).
+(a frame that does not decode), `corrupt_record` (a record that does not parse, or a tfrecord
+record that cannot be read, with the rest of its shard), `non_finite` (NaN / inf in action or
+proprio), `bad_episode` (standardization failed, e.g. inconsistent array lengths).
 
     wam-convert oxe --input=/data/fractal20220817_data/0.1.0 --output=/data/wam/fractal
     wam-convert oxe --input=DIR --output=OUT --dataset=my_robot \\
@@ -33,7 +34,7 @@ import numpy as np
 
 from data_pipelines import convert_common, records
 from data_pipelines.oxe_registry import REGISTRY, DatasetSpec, custom_spec, get_spec, spec_for
-from data_pipelines.rlds import RLDSDataset
+from data_pipelines.rlds import RLDSDataset, RLDSFormatError
 
 
 class CorruptImageError(ValueError):
@@ -120,8 +121,13 @@ def produce(
     size, q = options.image_size, options.jpeg_quality
     for shard, start, stop in _ranges(plan.items):
         fname = os.path.basename(ds.shard_paths[shard])
-        for (_, i), ep in ds.episodes(shard, start, stop, decode_images=False):
+        expected = start
+        for (_, i), ep in ds.episodes(shard, start, stop, decode_images=False, errors="return"):
             item = f"{fname}#{i}"
+            expected = i + 1
+            if isinstance(ep, RLDSFormatError):
+                log.skip(item, "corrupt_record", str(ep))
+                continue
             try:
                 std = spec.standardize(ep)
             except (ValueError, KeyError, IndexError) as e:
@@ -169,6 +175,8 @@ def produce(
                 fps=spec.fps,
                 meta=meta,
             )
+        for j in range(expected, stop):  # past an unreadable record of a tfrecord shard
+            log.skip(f"{fname}#{j}", "corrupt_record", "not readable: follows an unreadable record")
 
 
 def _frames(frames: Sequence[Any], key: str, size: int, quality: int) -> list[bytes]:

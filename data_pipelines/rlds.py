@@ -246,7 +246,11 @@ class RLDSDataset:
         return {"steps": steps} if steps else None
 
     def _raw_records(self, shard: int, start: int, stop: int) -> Iterator[tuple[int, Any]]:
-        """(index-in-shard, serialized example) for records [start, stop) of one shard."""
+        """(index-in-shard, serialized example) for records [start, stop) of one shard.
+
+        A tfrecord shard that cannot be read on at record i yields (max(i, start),
+        RLDSFormatError) and ends.
+        """
         if self.file_format == "array_record":
             src = self._array_record_source()
             base = int(self._offsets[shard])
@@ -255,12 +259,30 @@ class RLDSDataset:
             return
         import grain
 
-        ds = grain.experimental.TFRecordIterDataset(self.shard_paths[shard])
-        for i, rec in enumerate(ds):
-            if i >= stop:
-                break
+        path = self.shard_paths[shard]
+        it = iter(grain.experimental.TFRecordIterDataset(path))
+        i = 0
+        while i < stop:
+            try:
+                rec = next(it)
+            except StopIteration:
+                yield (
+                    i,
+                    RLDSFormatError(
+                        f"{path}: ends after {i} records, but {DATASET_INFO_JSON} says "
+                        f"{self.shard_lengths[shard]} (truncated shard?)"
+                    ),
+                )
+                return
+            except ValueError as e:  # grain: bad length / truncated record
+                yield (
+                    max(i, start),
+                    RLDSFormatError(f"{path}: record {i} is unreadable ({str(e)[:200]})"),
+                )
+                return  # a sequential file cannot be read past a broken record
             if i >= start:
                 yield i, rec
+            i += 1
 
     def _array_record_source(self) -> Any:
         if self._data_source is None:
@@ -309,14 +331,22 @@ class RLDSDataset:
         stop: int | None = None,
         *,
         decode_images: bool = True,
-    ) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
+        errors: str = "raise",
+    ) -> Iterator[tuple[tuple[int, int], Any]]:
         """Yields ((shard, index-in-shard), episode) in storage order.
 
         With `shard=None` all shards are read; otherwise records [start, stop) of that shard.
         `decode_images=False` leaves images as their stored JPEG / PNG bytes (object arrays),
         which is what a converter that re-encodes wants (and where it can skip corrupt images
         itself instead of failing).
+
+        `errors='raise'`: a damaged record raises RLDSFormatError naming the shard file and
+        record. `errors='return'`: it is yielded as that RLDSFormatError in place of the episode
+        (a converter counts and skips it); after an unreadable tfrecord record the rest of that
+        shard cannot be read and is not yielded.
         """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
         shards = range(len(self.shard_paths)) if shard is None else [shard]
         for s in shards:
             if not 0 <= s < len(self.shard_paths):
@@ -330,7 +360,20 @@ class RLDSDataset:
             )
             lo = start if shard is not None else 0
             for i, rec in self._raw_records(s, lo, hi):
-                yield (s, i), self._decode(rec, decode_images)
+                if isinstance(rec, RLDSFormatError):
+                    ep: Any = rec
+                else:
+                    try:
+                        ep = self._decode(rec, decode_images)
+                    except Exception as e:  # protobuf / feature decoding of a damaged record
+                        ep = RLDSFormatError(
+                            f"{self.shard_paths[s]}: record {i} does not decode as this "
+                            f"dataset's features ({type(e).__name__}: {str(e)[:200]})"
+                        )
+                        ep.__cause__ = e
+                if isinstance(ep, RLDSFormatError) and errors == "raise":
+                    raise ep
+                yield (s, i), ep
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for _, ep in self.episodes():

@@ -435,3 +435,21 @@ def test_converted_dataset_feeds_the_loader(tmp_path):
     assert batch["action"].shape == (2, 3, config.model.action_dim)
     assert batch["action_mask"][..., :7].all() and np.isfinite(batch["action"]).all()
     assert batch["proprio_mask"][..., :8].all()
+
+
+def test_truncated_tfrecord_shard_is_skipped_and_counted(tmp_path):
+    fx = make_fixture(str(tmp_path / "src"), "bridge", num_episodes=6, length=3, num_shards=2)
+    ds = RLDSDataset(fx.path)
+    path = ds.shard_paths[1]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])  # shard 1 (3 episodes) breaks in its second record
+    manifest = _convert(fx, tmp_path / "out", episodes_per_shard=2)
+    assert manifest["num_episodes"] == 4
+    assert manifest["skipped_by_reason"] == {"corrupt_record": 2}
+    assert {s["item"] for s in manifest["skipped"]} == {
+        f"{os.path.basename(path)}#1",
+        f"{os.path.basename(path)}#2",
+    }
+    assert "unreadable" in manifest["skipped"][0]["detail"]

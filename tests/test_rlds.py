@@ -248,3 +248,16 @@ def test_writer_rejects_more_shards_than_episodes(tmp_path):
     with pytest.raises(ValueError, match="num_shards=3 exceeds the number of episodes"):
         W.write_rlds_dataset(out, "toy", "1.0.0", _toy_features(), _toy_episodes(2), num_shards=3)
     assert not os.path.exists(out) and os.listdir(tmp_path) == []
+
+
+def test_truncated_tfrecord_shard_names_file_and_record(tmp_path):
+    fx = make_fixture(str(tmp_path), "pusht", num_episodes=3, num_shards=1)
+    (shard,) = [f for f in os.listdir(fx.path) if ".tfrecord-" in f]
+    path = os.path.join(fx.path, shard)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) * 2 // 3])
+    ds = RLDSDataset(fx.path)
+    with pytest.raises(RLDSFormatError, match=rf"{shard}: record \d is unreadable"):
+        list(ds.episodes())
