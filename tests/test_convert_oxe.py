@@ -453,3 +453,40 @@ def test_truncated_tfrecord_shard_is_skipped_and_counted(tmp_path):
         f"{os.path.basename(path)}#2",
     }
     assert "unreadable" in manifest["skipped"][0]["detail"]
+
+
+def test_episode_level_language(tmp_path):
+    """Language stored in episode_metadata (no step-level instruction) is found and kept."""
+    from data_pipelines import rlds_writer as W
+
+    feats = W.rlds_features(
+        {"image": W.image((20, 20, 3), "png"), "state": W.tensor((2,))},
+        W.tensor((2,)),
+        episode_metadata={"language_instruction": W.text()},
+    )
+    episodes = [
+        W.episode_from_steps(
+            [
+                {
+                    "observation": {
+                        "image": np.full((20, 20, 3), 10 * t, np.uint8),
+                        "state": np.zeros(2, np.float32),
+                    },
+                    "action": np.full(2, t, np.float32),
+                }
+                for t in range(3)
+            ],
+            episode_metadata={"language_instruction": f"push it {e}"},
+        )
+        for e in range(2)
+    ]
+    src = str(tmp_path / "pusht" / "0.1.0")
+    W.write_rlds_dataset(src, "pusht", "0.1.0", feats, episodes, file_format="array_record")
+    spec = oxe_registry.spec_for(RLDSDataset(src))
+    assert spec.language_keys == ("episode_metadata/language_instruction",)
+    convert_oxe.convert(
+        src, str(tmp_path / "out"), progress=False, options=convert_oxe.OXEOptions(image_size=SIZE)
+    )
+    eps = sorted(_read(tmp_path / "out"), key=lambda e: e.episode_id)
+    assert [e.language for e in eps] == ["push it 0", "push it 1"]
+    np.testing.assert_array_equal(eps[1].action[:, 0], [0, 1, 2])
