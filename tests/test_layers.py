@@ -184,8 +184,14 @@ def test_mask_semantics():
     y_eye = attn(x, mask=eye)
     single = jnp.concatenate([attn(x[:, i : i + 1]) for i in range(6)], axis=1)
     np.testing.assert_allclose(y_eye, single, rtol=1e-5, atol=1e-5)
+    # [B, L, L] masks apply to every head
+    per_example = jnp.stack([causal, eye])
+    np.testing.assert_allclose(attn(x, mask=per_example)[0], full[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(attn(x, mask=per_example)[1], y_eye[1], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="bool"):
         attn(x, mask=jnp.ones((6, 6), jnp.float32))
+    with pytest.raises(ValueError, match=r"\[L, L\], \[B, L, L\]"):
+        attn(x, mask=jnp.ones((6,), bool))
 
 
 def test_every_param_has_logical_axes():

@@ -201,7 +201,9 @@ def _check_impl(attention_impl: str) -> str | None:
 
 class Attention(nnx.Module):
     """Multi-head self-attention: fused qkv projection (bias optional), optional RoPE on q/k,
-    optional boolean mask (True = may attend), `jax.nn.dot_product_attention`, output projection.
+    optional boolean mask (True = may attend; `[L, L]`, `[B, L, L]` or broadcastable to
+    `[B, heads, L, L]`, never materialized at full size), `jax.nn.dot_product_attention`, output
+    projection.
 
     Parameters: `qkv.kernel [D, 3, heads, head_dim]`, `qkv.bias [3, heads, head_dim]`,
     `proj.kernel [heads, head_dim, D]`, `proj.bias [D]` (V-JEPA 2's `attn.qkv` / HF's
@@ -265,7 +267,13 @@ class Attention(nnx.Module):
                 raise ValueError(
                     f"attention mask must be bool (True = may attend), got {mask.dtype}"
                 )
-            mask = jnp.broadcast_to(mask, (x.shape[0], self.heads, x.shape[1], x.shape[1]))
+            if mask.ndim == 3:  # [B, L, L]: same mask for every head
+                mask = mask[:, None]
+            if mask.ndim not in (2, 4):
+                raise ValueError(
+                    "attention mask must be [L, L], [B, L, L] or broadcastable [B, heads, L, L], "
+                    f"got shape {mask.shape}"
+                )
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
         return self.proj(out)
 
