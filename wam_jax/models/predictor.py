@@ -1,0 +1,232 @@
+"""Predictors over encoder latents.
+
+- `LatentPredictor`: the action-conditioned world model. Per step t the sequence holds
+  `[c_t, proprio_t, z_t^1 .. z_t^N]`; attention is frame-block-causal (tokens of step t see steps
+  <= t), so one teacher-forced pass predicts z_{t+1} for every t at once, and an autoregressive
+  rollout is the same network fed its own outputs.
+- `MaskedPredictor`: the V-JEPA encoder self-supervision predictor: context tokens plus learned
+  mask tokens at the masked positions, full attention, predictions at the masked positions.
+- `TransitionEncoder`: a pair of latent frames -> one pooled vector; the trunk shared by the latent
+  action model and the action heads.
+
+Shared small helpers (`linear`, `embodiment_linear`, `spatial_grid`) live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wam_jax import sharding
+from wam_jax.models import layers
+
+_ACT_AXES = ("batch", "tokens", "embed")
+POS_EMBS = ("rope", "sincos")
+
+
+def _init(axes: Sequence[str | None], stddev: float = 0.02):
+    return nnx.with_partitioning(nnx.initializers.truncated_normal(stddev=stddev), tuple(axes))
+
+
+def linear(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
+           rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+           use_bias: bool = True, stddev: float = 0.02) -> nnx.Linear:
+    """`nnx.Linear` whose kernel carries logical axes `axes` and bias `axes[1]`."""
+    return nnx.Linear(
+        in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=_init(axes, stddev),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
+
+
+class EmbodimentLinear(nnx.Module):
+    """A linear map with one weight matrix per embodiment (`[E, in, out]`), selected per example.
+
+    Embodiments disagree on what action dimension i means, so the maps into and out of action
+    space are per-embodiment; everything in between is shared.
+    """
+
+    @layers.mesh_optional
+    def __init__(self, num_embodiments: int, in_features: int, out_features: int,
+                 axes: tuple[str | None, str | None], *, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32, dtype=jnp.float32, stddev: float = 0.02):
+        self.num_embodiments = num_embodiments
+        self.dtype = dtype
+        self.kernel = nnx.Param(_init((None, *axes), stddev)(
+            rngs.params(), (num_embodiments, in_features, out_features), param_dtype))
+        self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), (None, axes[1]))(
+            rngs.params(), (num_embodiments, out_features), param_dtype))
+
+    def __call__(self, x: jax.Array, embodiment_id: jax.Array) -> jax.Array:
+        """x `[B, ..., in]`, embodiment_id int `[B]` -> `[B, ..., out]` (ids clipped into range)."""
+        e = jnp.clip(embodiment_id.astype(jnp.int32), 0, self.num_embodiments - 1)
+        w = jnp.take(self.kernel[...], e, axis=0).astype(self.dtype)  # [B, in, out]
+        b = jnp.take(self.bias[...], e, axis=0).astype(self.dtype)  # [B, out]
+        lead = x.shape[1:-1]
+        y = jnp.einsum("b...i,bio->b...o", x.astype(self.dtype), w)
+        return y + b.reshape(b.shape[0], *([1] * len(lead)), b.shape[-1])
+
+
+def spatial_grid(num_tokens: int, grid_hw: tuple[int, int]) -> tuple[int, int]:
+    if grid_hw[0] * grid_hw[1] != num_tokens:
+        raise ValueError(
+            f"latents have {num_tokens} tokens per frame, expected Hp*Wp = {grid_hw[0]}*{grid_hw[1]}"
+            f" = {grid_hw[0] * grid_hw[1]} (image_size / patch_size squared)")
+    return grid_hw
+
+
+def _positions_with_extra(t: int, grid_hw: tuple[int, int], extra: int) -> jax.Array:
+    """(t, h, w) float positions `[t * (extra + Hp*Wp), 3]`: per step `extra` tokens at the frame
+    centre, then the patch grid in raster order."""
+    hp, wp = grid_hw
+    patches = layers.grid_positions(1, hp, wp).astype(jnp.float32)  # [N, 3] with t = 0
+    centre = jnp.array([[0.0, (hp - 1) / 2.0, (wp - 1) / 2.0]], jnp.float32)
+    per_step = jnp.concatenate([jnp.repeat(centre, extra, axis=0), patches], axis=0)  # [E+N, 3]
+    steps = jnp.arange(t, dtype=jnp.float32)[:, None, None] * jnp.array([1.0, 0.0, 0.0])
+    return (per_step[None] + steps).reshape(t * per_step.shape[0], 3)
+
+
+class _PositionMixin:
+    """RoPE tables or additive sin-cos embeddings, chosen by `pos_emb`."""
+
+    pos_emb: str
+    head_dim: int
+    width: int
+
+    def _positions(self, x: jax.Array, positions: jax.Array):
+        if self.pos_emb == "rope":
+            return x, layers.rope_3d(positions, self.head_dim, layout="rotary")
+        return x + layers.sincos_3d(positions, self.width).astype(x.dtype), None
+
+
+def _check_pos_emb(pos_emb: str) -> str:
+    if pos_emb not in POS_EMBS:
+        raise ValueError(f"model.pos_emb must be one of {POS_EMBS}, got {pos_emb!r}")
+    return pos_emb
+
+
+class LatentPredictor(_PositionMixin, nnx.Module):
+    """Frame-block-causal transformer: (z_{<=t}, c_{<=t}, proprio_{<=t}) -> z_{t+1}."""
+
+    @layers.mesh_optional
+    def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
+                 cond_dim: int, proprio_dim: int, grid_hw: tuple[int, int], rngs: nnx.Rngs,
+                 pos_emb: str = "rope", scan: bool = True, remat: str = "none",
+                 dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla"):
+        self.latent_dim = latent_dim
+        self.width = width
+        self.head_dim = width // heads
+        self.cond_dim = cond_dim
+        self.proprio_dim = proprio_dim
+        self.grid_hw = tuple(grid_hw)
+        self.pos_emb = _check_pos_emb(pos_emb)
+        self.dtype = dtype
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.latent_in = linear(latent_dim, width, ("embed", "mlp"), **kw)
+        self.cond_in = linear(cond_dim, width, ("latent_action", "embed"), **kw)
+        # Proprio enters as [value * mask, mask]: "absent" differs from "zero".
+        self.proprio_in = linear(2 * proprio_dim, width, ("act", "embed"), **kw) if proprio_dim else None
+        self.token_type = nnx.Param(_init((None, "embed"))(rngs.params(), (3, width), param_dtype))
+        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, remat=remat,
+                                        attention_impl=attention_impl, **kw)
+        self.norm = layers.layer_norm(width, **kw)
+        self.latent_out = linear(width, latent_dim, ("mlp", "embed"), **kw)
+
+    def __call__(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None = None,
+                 proprio_mask: jax.Array | None = None) -> jax.Array:
+        """z `[B, S, N, D]`, cond `[B, S, du]`, proprio/proprio_mask `[B, S, P]` (None = absent)
+        -> predicted next latents `[B, S, N, D]` (output s predicts step s + 1), float32."""
+        b, s, n, _ = z.shape
+        spatial_grid(n, self.grid_hw)
+        types = self.token_type[...].astype(self.dtype)
+        lat = self.latent_in(z.astype(self.dtype)) + types[2]
+        c = self.cond_in(cond.astype(self.dtype))[:, :, None] + types[0]
+        p = jnp.broadcast_to(types[1], (b, s, 1, self.width))
+        if self.proprio_in is not None and proprio is not None:
+            pm = (jnp.ones(proprio.shape, jnp.bool_) if proprio_mask is None else proprio_mask)
+            feats = jnp.concatenate([jnp.where(pm, proprio, 0.0), pm.astype(proprio.dtype)], -1)
+            p = p + self.proprio_in(feats.astype(self.dtype))[:, :, None]
+        x = jnp.concatenate([c, p.astype(lat.dtype), lat], axis=2).reshape(b, s * (n + 2), self.width)
+        x = sharding.constrain(x, _ACT_AXES)
+        x, rope = self._positions(x, _positions_with_extra(s, self.grid_hw, 2))
+        step = jnp.repeat(jnp.arange(s), n + 2)
+        mask = (step[None, :] <= step[:, None])[None, None]  # [1, 1, L, L] block-causal
+        x = self.blocks(x, mask=mask, rope=rope)
+        x = x.reshape(b, s, n + 2, self.width)[:, :, 2:]
+        return self.latent_out(self.norm(x)).astype(jnp.float32)
+
+
+class MaskedPredictor(_PositionMixin, nnx.Module):
+    """V-JEPA predictor: fills masked token positions from the context encoder's visible tokens."""
+
+    @layers.mesh_optional
+    def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
+                 rngs: nnx.Rngs, pos_emb: str = "rope", scan: bool = True, remat: str = "none",
+                 dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla"):
+        self.width = width
+        self.head_dim = width // heads
+        self.pos_emb = _check_pos_emb(pos_emb)
+        self.dtype = dtype
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.latent_in = linear(latent_dim, width, ("embed", "mlp"), **kw)
+        self.mask_token = nnx.Param(_init(("embed",))(rngs.params(), (width,), param_dtype))
+        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, remat=remat,
+                                        attention_impl=attention_impl, **kw)
+        self.norm = layers.layer_norm(width, **kw)
+        self.latent_out = linear(width, latent_dim, ("mlp", "embed"), **kw)
+
+    def __call__(self, context: jax.Array, keep_idx: jax.Array, mask_idx: jax.Array,
+                 grid_thw: tuple[int, int, int]) -> jax.Array:
+        """context `[B, K, D]` (encoder outputs at `keep_idx`), indices into the flattened
+        `grid_thw` token grid -> predictions `[B, M, D]` at `mask_idx`, float32."""
+        b, k = keep_idx.shape
+        m = mask_idx.shape[1]
+        ctx = self.latent_in(context.astype(self.dtype))
+        tok = jnp.broadcast_to(self.mask_token[...].astype(ctx.dtype), (b, m, self.width))
+        x = sharding.constrain(jnp.concatenate([ctx, tok], axis=1), _ACT_AXES)
+        grid = layers.grid_positions(*grid_thw).astype(jnp.float32)  # [L, 3]
+        positions = jnp.take(grid, jnp.concatenate([keep_idx, mask_idx], axis=1), axis=0)
+        x, rope = self._positions(x, positions)
+        x = self.blocks(x, rope=rope)
+        return self.latent_out(self.norm(x[:, k:])).astype(jnp.float32)
+
+
+class TransitionEncoder(_PositionMixin, nnx.Module):
+    """(z_a, z_b) `[..., N, D]` each -> pooled feature `[..., width]`.
+
+    Per-token features `[z_a, z_b - z_a]` (the difference makes motion explicit), a learned
+    pooling token prepended, a few transformer blocks, the pooling token's output normed.
+    """
+
+    @layers.mesh_optional
+    def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
+                 grid_hw: tuple[int, int], rngs: nnx.Rngs, pos_emb: str = "rope",
+                 scan: bool = True, remat: str = "none", dtype=jnp.float32,
+                 param_dtype=jnp.float32, attention_impl: str = "xla"):
+        self.width = width
+        self.head_dim = width // heads
+        self.grid_hw = tuple(grid_hw)
+        self.pos_emb = _check_pos_emb(pos_emb)
+        self.dtype = dtype
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.pair_in = linear(2 * latent_dim, width, ("embed", "mlp"), **kw)
+        self.pool_token = nnx.Param(_init(("embed",))(rngs.params(), (width,), param_dtype))
+        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, remat=remat,
+                                        attention_impl=attention_impl, **kw)
+        self.norm = layers.layer_norm(width, **kw)
+
+    def __call__(self, z_a: jax.Array, z_b: jax.Array) -> jax.Array:
+        lead, (n, d) = z_a.shape[:-2], z_a.shape[-2:]
+        spatial_grid(n, self.grid_hw)
+        z_a = z_a.reshape(-1, n, d).astype(self.dtype)
+        z_b = z_b.reshape(-1, n, d).astype(self.dtype)
+        x = self.pair_in(jnp.concatenate([z_a, z_b - z_a], axis=-1))
+        pool = jnp.broadcast_to(self.pool_token[...].astype(x.dtype), (x.shape[0], 1, self.width))
+        x = sharding.constrain(jnp.concatenate([pool, x], axis=1), _ACT_AXES)
+        x, rope = self._positions(x, _positions_with_extra(1, self.grid_hw, 1))
+        x = self.blocks(x, rope=rope)
+        return self.norm(x[:, 0]).reshape(*lead, self.width)

@@ -1,0 +1,381 @@
+"""`WorldActionModel`: encoder + latent predictor + latent actions + action embedder + action heads.
+
+The trained model holds the online encoder and everything downstream of it; the target encoder
+(EMA or frozen copy) is a separate `VideoEncoder` made by `make_target_encoder()`, so its
+parameters never enter the trained `nnx.Param` tree. Latents are per-frame encoder tokens
+layer-normed without affine (`normalize_latents`), the space the predictor reads and predicts in.
+
+Public entry points (`encode`, `predict`, `rollout`, `infer_latent_actions`, `embed_actions`,
+`inverse_dynamics`, `policy`) validate shapes and dtypes in Python before any array op, raising
+`ValueError` that names the argument and the expected shape; they trace fine under `nnx.jit`.
+The loss (`wam_jax.objectives.loss_fn`) calls the submodules directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wam_jax.models import encoder as encoder_lib
+from wam_jax.models.action_head import InverseDynamicsHead, PolicyHead
+from wam_jax.models.latent_actions import ActionEmbedder, LatentActionModel
+from wam_jax.models.predictor import LatentPredictor, MaskedPredictor
+
+TARGETS = ("ema", "frozen")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The static numbers the model and the loss need (hashable, unlike the ConfigDict)."""
+
+    image_size: int
+    patch_size: int
+    tubelet: int
+    latent_dim: int
+    grid_hw: tuple[int, int]
+    action_dim: int
+    proprio_dim: int
+    num_embodiments: int
+    num_sources: int
+    latent_action_dim: int
+    bottleneck: str
+    kl_weight: float
+    label_dropout: float
+    policy_horizon: int
+    rollout_k: int
+    target: str
+    ssl_enabled: bool
+    ssl_mask_ratio: float
+    ssl_num_blocks: int
+    ssl_block_scale: float
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+
+def spec_from_config(cfg: Any) -> ModelSpec:
+    if cfg.target not in TARGETS:
+        raise ValueError(f"model.target must be one of {TARGETS}, got {cfg.target!r}")
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(
+            f"model.image_size={cfg.image_size} is not divisible by model.patch_size={cfg.patch_size}")
+    ssl_enabled = bool(cfg.ssl.enabled)
+    if ssl_enabled and cfg.target == "frozen":
+        raise ValueError("model.ssl.enabled trains the encoder; it needs model.target='ema', not 'frozen'")
+    la = cfg.latent_action
+    g = cfg.image_size // cfg.patch_size
+    return ModelSpec(
+        image_size=int(cfg.image_size), patch_size=int(cfg.patch_size), tubelet=int(cfg.tubelet),
+        latent_dim=int(cfg.encoder.width), grid_hw=(g, g), action_dim=int(cfg.action_dim),
+        proprio_dim=int(cfg.proprio_dim), num_embodiments=int(cfg.num_embodiments),
+        num_sources=int(cfg.get("num_sources", 8)), latent_action_dim=int(la.dim),
+        bottleneck=str(la.bottleneck), kl_weight=float(la.kl_weight),
+        label_dropout=float(la.get("label_dropout", 0.0)), policy_horizon=int(cfg.policy_horizon),
+        rollout_k=int(cfg.rollout_k), target=str(cfg.target), ssl_enabled=ssl_enabled,
+        ssl_mask_ratio=float(cfg.ssl.mask_ratio), ssl_num_blocks=int(cfg.ssl.num_blocks),
+        ssl_block_scale=float(cfg.ssl.block_scale),
+    )
+
+
+def normalize_latents(z: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Layer norm without affine over the feature axis, in float32 (V-JEPA target normalization)."""
+    z = z.astype(jnp.float32)
+    mean = jnp.mean(z, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
+    return (z - mean) * jax.lax.rsqrt(var + eps)
+
+
+def encode_latents(encoder: nnx.Module, video_float: jax.Array) -> jax.Array:
+    """Per-frame latents `[B, T, N, D]` of any `VideoEncoder`, normalized (float32)."""
+    return normalize_latents(encoder.encode_frames(video_float))
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation (host side, on shapes and dtypes only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape(x: Any) -> tuple[int, ...] | None:
+    s = getattr(x, "shape", None)
+    return None if s is None else tuple(s)
+
+
+def check_array(where: str, name: str, x: Any, expected: str, dims: tuple[int | None, ...],
+                kind: str = "float") -> None:
+    """Raises ValueError unless `x` has rank len(dims), the given sizes (None = any) and dtype kind."""
+    shape = _shape(x)
+    if shape is None or len(shape) != len(dims) or any(
+            d is not None and s != d for s, d in zip(shape, dims, strict=True)):
+        raise ValueError(f"{where}: {name!r} has shape {shape}, expected {expected}")
+    dt = np.dtype(x.dtype)
+    ok = {"float": np.issubdtype(dt, np.floating), "bool": dt == np.bool_,
+          "int": np.issubdtype(dt, np.integer), "uint8": dt == np.uint8}[kind]
+    if not ok:
+        want = {"float": "a floating dtype", "bool": "bool", "int": "an integer dtype",
+                "uint8": "uint8"}[kind]
+        raise ValueError(f"{where}: {name!r} has dtype {dt}, expected {want} with shape {expected}")
+
+
+class WorldActionModel(nnx.Module):
+    """The trained model. See the module docstring and docs/ARCHITECTURE.md (model contract)."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        spec = spec_from_config(cfg)
+        self.spec = spec
+        dtype = jnp.dtype(cfg.dtype)
+        param_dtype = jnp.dtype(cfg.param_dtype)
+        common = dict(rngs=rngs, pos_emb=str(cfg.pos_emb), scan=bool(cfg.scan_layers),
+                      remat=str(cfg.remat), dtype=dtype, param_dtype=param_dtype,
+                      attention_impl=str(cfg.attention))
+        pc = cfg.predictor
+        self.encoder = encoder_lib.VideoEncoder(cfg, rngs=rngs)
+        self.predictor = LatentPredictor(
+            latent_dim=spec.latent_dim, width=pc.width, depth=pc.depth, heads=pc.heads,
+            mlp_ratio=pc.mlp_ratio, cond_dim=spec.latent_action_dim, proprio_dim=spec.proprio_dim,
+            grid_hw=spec.grid_hw, **common)
+        la = cfg.latent_action
+        la_width = int(la.width) or int(pc.width)
+        self.latent_actions = LatentActionModel(
+            latent_dim=spec.latent_dim, dim=spec.latent_action_dim, bottleneck=spec.bottleneck,
+            fsq_levels=la.fsq_levels, noise_std=la.noise_std, width=la_width, depth=int(la.depth),
+            heads=pc.heads, mlp_ratio=pc.mlp_ratio, grid_hw=spec.grid_hw, **common)
+        self.action_embedder = ActionEmbedder(
+            action_dim=spec.action_dim, num_embodiments=spec.num_embodiments,
+            dim=spec.latent_action_dim, width=la_width, rngs=rngs, dtype=dtype,
+            param_dtype=param_dtype)
+        hc = cfg.get("action_head", None)
+        head_width = (int(hc.width) if hc is not None else 0) or int(pc.width)
+        head_depth = int(hc.depth) if hc is not None else 1
+        head_kw = dict(latent_dim=spec.latent_dim, action_dim=spec.action_dim,
+                       num_embodiments=spec.num_embodiments, width=head_width, depth=head_depth,
+                       heads=pc.heads, mlp_ratio=pc.mlp_ratio, grid_hw=spec.grid_hw, **common)
+        self.inverse_head = InverseDynamicsHead(**head_kw)
+        self.policy_head = PolicyHead(horizon=spec.policy_horizon, **head_kw)
+        if spec.ssl_enabled:
+            sc = cfg.ssl
+            self.ssl_predictor = MaskedPredictor(
+                latent_dim=spec.latent_dim, width=int(sc.get("pred_width", 0)) or int(pc.width),
+                depth=int(sc.get("pred_depth", 0)) or int(pc.depth), heads=pc.heads,
+                mlp_ratio=pc.mlp_ratio, **common)
+        else:
+            self.ssl_predictor = None
+
+    # -- target encoder / optimizer helpers ------------------------------------------------------
+
+    def make_target_encoder(self) -> nnx.Module:
+        """A separate `VideoEncoder` initialised as a copy of the online encoder (own buffers, so
+        the train state can be donated). 'ema': the train step moves it towards the encoder;
+        'frozen': it stays equal to the (untrained) encoder, and the loss reads the encoder."""
+        return nnx.clone(self.encoder, arrays=True)
+
+    @property
+    def trainable_filter(self) -> Any:
+        """nnx filter of the trained parameters: everything, or all but the encoder when frozen."""
+        if self.spec.target == "frozen":
+            return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("encoder")))
+        return nnx.Param
+
+    def ema_source(self) -> nnx.Module:
+        """The module the EMA target tracks."""
+        return self.encoder
+
+    # -- internal (unvalidated) computations, shared by the loss and the public API -------------
+
+    def encode_float(self, video_float: jax.Array) -> jax.Array:
+        return encode_latents(self.encoder, video_float)
+
+    def predict_raw(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
+                    proprio_mask: jax.Array | None) -> jax.Array:
+        """Teacher-forced next latents, normalized like the targets (so rollouts stay in-space)."""
+        return normalize_latents(self.predictor(z, cond, proprio, proprio_mask))
+
+    def rollout_raw(self, z_context: jax.Array, conds: jax.Array, proprio: jax.Array | None,
+                    proprio_mask: jax.Array | None, k: int) -> jax.Array:
+        """k autoregressive steps: each step re-runs the block-causal predictor on the sequence
+        extended by its own last prediction. Proprio is known for the context frames only."""
+        b, c = z_context.shape[:2]
+        seq = z_context.astype(jnp.float32)
+        if proprio is not None:
+            pm = jnp.ones(proprio.shape, jnp.bool_) if proprio_mask is None else proprio_mask
+            pad = ((0, 0), (0, k - 1), (0, 0))
+            proprio = jnp.pad(proprio[:, :c], pad)
+            pm = jnp.pad(pm[:, :c], pad)  # imagined steps: proprio absent
+        else:
+            pm = None
+        outs = []
+        for i in range(k):
+            s = c + i
+            pp = None if proprio is None else proprio[:, :s]
+            mm = None if pm is None else pm[:, :s]
+            nxt = self.predict_raw(seq, conds[:, :s], pp, mm)[:, -1]
+            outs.append(nxt)
+            seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
+        return jnp.stack(outs, axis=1)
+
+    # -- public entry points ---------------------------------------------------------------------
+
+    def _latents_desc(self, lead: str) -> tuple[str, tuple[int | None, ...]]:
+        n, d = self.spec.tokens_per_frame, self.spec.latent_dim
+        nlead = len(lead.split(", "))
+        return f"[{lead}, N, D] = [{lead}, {n}, {d}]", (None,) * nlead + (n, d)
+
+    def encode(self, video_uint8: jax.Array) -> jax.Array:
+        """uint8 video `[B, T, H, W, 3]` -> normalized per-frame latents `[B, T, N, D]` float32."""
+        p = self.spec.patch_size
+        check_array("WorldActionModel.encode", "video", video_uint8, "uint8 [B, T, H, W, 3]",
+                    (None, None, None, None, 3), kind="uint8")
+        h, w = video_uint8.shape[2:4]
+        if h % p or w % p:
+            raise ValueError(
+                f"WorldActionModel.encode: 'video' frames are {h}x{w}, expected [B, T, H, W, 3] with "
+                f"H and W divisible by model.patch_size={p} (e.g. {self.spec.image_size})")
+        if (h, w) != (self.spec.image_size,) * 2:
+            s = self.spec.image_size
+            raise ValueError(
+                f"WorldActionModel.encode: 'video' has shape {tuple(video_uint8.shape)}, expected "
+                f"uint8 [B, T, {s}, {s}, 3] (model.image_size={s})")
+        return self.encode_float(encoder_lib.normalize_video(video_uint8))
+
+    def _check_proprio(self, where: str, proprio, proprio_mask, b: int, s: int) -> None:
+        pdim = self.spec.proprio_dim
+        if proprio is not None:
+            check_array(where, "proprio", proprio, f"[B, S, P] = [{b}, {s}, {pdim}]", (b, s, pdim))
+        if proprio_mask is not None:
+            if proprio is None:
+                raise ValueError(f"{where}: 'proprio_mask' given without 'proprio'")
+            check_array(where, "proprio_mask", proprio_mask, f"bool [B, S, P] = [{b}, {s}, {pdim}]",
+                        (b, s, pdim), kind="bool")
+
+    def predict(self, latents: jax.Array, cond: jax.Array, proprio: jax.Array | None = None,
+                proprio_mask: jax.Array | None = None) -> jax.Array:
+        """Teacher-forced one-step prediction.
+
+        latents `[B, S, N, D]` (steps 0..S-1), cond `[B, S, du]` (conditioning of the transition
+        s -> s+1: `embed_actions(...)` or `infer_latent_actions(...)`), proprio `[B, S, P]`
+        -> predicted latents of steps 1..S `[B, S, N, D]`; output s sees inputs of steps <= s only.
+        """
+        where = "WorldActionModel.predict"
+        desc, dims = self._latents_desc("B, S")
+        check_array(where, "latents", latents, desc, dims)
+        b, s = latents.shape[:2]
+        du = self.spec.latent_action_dim
+        check_array(where, "cond", cond, f"[B, S, du] = [{b}, {s}, {du}]", (b, s, du))
+        self._check_proprio(where, proprio, proprio_mask, b, s)
+        return self.predict_raw(latents, cond, proprio, proprio_mask)
+
+    def rollout(self, z_context: jax.Array, conds: jax.Array, proprio: jax.Array | None = None,
+                k: int | None = None, *, proprio_mask: jax.Array | None = None) -> jax.Array:
+        """Autoregressive rollout.
+
+        z_context `[B, C, N, D]` (observed latents), conds `[B, C - 1 + k, du]` (one per transition,
+        the last k of them into the future), proprio `[B, C, P]` for the context frames
+        -> predicted latents of steps C..C+k-1 `[B, k, N, D]`. `k` defaults to what `conds` covers.
+        """
+        where = "WorldActionModel.rollout"
+        desc, dims = self._latents_desc("B, C")
+        check_array(where, "z_context", z_context, desc, dims)
+        b, c = z_context.shape[:2]
+        du = self.spec.latent_action_dim
+        check_array(where, "conds", conds, f"[B, C - 1 + k, du] = [{b}, {c - 1} + k, {du}]",
+                    (b, None, du))
+        k = conds.shape[1] - c + 1 if k is None else int(k)
+        if k < 1 or conds.shape[1] < c - 1 + k:
+            raise ValueError(
+                f"{where}: 'conds' has shape {tuple(conds.shape)}, expected [B, C - 1 + k, du] = "
+                f"[{b}, {c - 1 + max(k, 1)}, {du}] for C={c} context frames and k={k} >= 1 steps")
+        self._check_proprio(where, proprio, proprio_mask, b, c)
+        return self.rollout_raw(z_context, conds[:, : c - 1 + k], proprio, proprio_mask, k)
+
+    def infer_latent_actions(self, latents: jax.Array) -> jax.Array:
+        """Latent actions of consecutive frames: latents `[B, T, N, D]` -> `[B, T-1, du]`
+        (deterministic: quantized FSQ codes or the posterior mean)."""
+        where = "WorldActionModel.infer_latent_actions"
+        desc, dims = self._latents_desc("B, T")
+        check_array(where, "latents", latents, desc, dims)
+        if latents.shape[1] < 2:
+            raise ValueError(f"{where}: 'latents' has shape {tuple(latents.shape)}, expected T >= 2 frames")
+        return self.latent_actions(latents[:, :-1], latents[:, 1:]).mean
+
+    def _check_actions(self, where: str, action, action_mask) -> tuple[jax.Array, jax.Array]:
+        a_max = self.spec.action_dim
+        check_array(where, "action", action, f"[B, S, A] with A <= model.action_dim={a_max}",
+                    (None, None, None))
+        a = action.shape[-1]
+        if a > a_max:
+            raise ValueError(
+                f"{where}: 'action' has shape {tuple(action.shape)}: action dim {a} exceeds "
+                f"model.action_dim={a_max}; expected [B, S, A] with A <= {a_max}")
+        if action_mask is None:
+            action_mask = jnp.ones(action.shape, jnp.bool_)
+        else:
+            check_array(where, "action_mask", action_mask, f"bool [B, S, A] = {list(action.shape)}",
+                        tuple(action.shape), kind="bool")
+        pad = ((0, 0), (0, 0), (0, a_max - a))
+        return jnp.pad(action, pad), jnp.pad(action_mask, pad)
+
+    def _embodiment(self, where: str, embodiment_id, b: int) -> jax.Array:
+        if embodiment_id is None:
+            return jnp.zeros((b,), jnp.int32)
+        check_array(where, "embodiment_id", embodiment_id, f"int [B] = [{b}]", (b,), kind="int")
+        if not isinstance(embodiment_id, jax.core.Tracer):
+            ids = np.asarray(embodiment_id)
+            if ids.size and (ids.min() < 0 or ids.max() >= self.spec.num_embodiments):
+                raise ValueError(
+                    f"{where}: 'embodiment_id' values must be in [0, model.num_embodiments="
+                    f"{self.spec.num_embodiments}), got {ids.tolist()}")
+        return embodiment_id
+
+    def embed_actions(self, action: jax.Array, action_mask: jax.Array | None = None,
+                      embodiment_id: jax.Array | None = None) -> jax.Array:
+        """g(a, embodiment): actions `[B, S, A']` (A' <= model.action_dim; padded with masked
+        zeros), mask `[B, S, A']` (default all valid), embodiment `[B]` (default 0) -> `[B, S, du]`."""
+        where = "WorldActionModel.embed_actions"
+        action, action_mask = self._check_actions(where, action, action_mask)
+        emb = self._embodiment(where, embodiment_id, action.shape[0])
+        return self.action_embedder(action, action_mask, emb)
+
+    def inverse_dynamics(self, z_t: jax.Array, z_next: jax.Array,
+                         embodiment_id: jax.Array | None = None) -> jax.Array:
+        """(z_t, z_{t+1}) `[B, S, N, D]` each -> actions `[B, S, A]` (A = model.action_dim)."""
+        where = "WorldActionModel.inverse_dynamics"
+        desc, dims = self._latents_desc("B, S")
+        check_array(where, "z_t", z_t, desc, dims)
+        check_array(where, "z_next", z_next, f"{desc} matching z_t {tuple(z_t.shape)}", tuple(z_t.shape))
+        emb = self._embodiment(where, embodiment_id, z_t.shape[0])
+        return self.inverse_head(z_t, z_next, emb)
+
+    def policy(self, z_t: jax.Array, z_goal: jax.Array,
+               embodiment_id: jax.Array | None = None) -> jax.Array:
+        """(z_t `[B, S, N, D]`, z_goal `[B, N, D]` or `[B, S, N, D]`) -> chunks `[B, S, h, A]`."""
+        where = "WorldActionModel.policy"
+        desc, dims = self._latents_desc("B, S")
+        check_array(where, "z_t", z_t, desc, dims)
+        b, s = z_t.shape[:2]
+        n, d = self.spec.tokens_per_frame, self.spec.latent_dim
+        if _shape(z_goal) is not None and len(z_goal.shape) == 3:
+            check_array(where, "z_goal", z_goal, f"[B, N, D] = [{b}, {n}, {d}]", (b, n, d))
+            z_goal = jnp.broadcast_to(z_goal[:, None], z_t.shape)
+        else:
+            check_array(where, "z_goal", z_goal, f"[B, N, D] = [{b}, {n}, {d}] or [B, S, N, D]",
+                        (b, s, n, d))
+        emb = self._embodiment(where, embodiment_id, b)
+        return self.policy_head(z_t, z_goal, emb)
+
+    def validate_batch(self, batch: Any) -> None:
+        """The batch schema (data_pipelines/schema.py) at this model's sizes; static checks only."""
+        from data_pipelines import schema
+
+        schema.validate_batch(batch, image_size=self.spec.image_size,
+                              action_dim=self.spec.action_dim, proprio_dim=self.spec.proprio_dim)
+        t = batch["video"].shape[1]
+        if t < 2:
+            raise ValueError(f"batch['video'] has {t} frames, expected [B, T, H, W, 3] with T >= 2")
+        if self.spec.ssl_enabled and t % self.spec.tubelet:
+            raise ValueError(
+                f"batch['video'] has {t} frames, expected T divisible by model.tubelet={self.spec.tubelet}")

@@ -1,0 +1,304 @@
+"""The one loss function of the world action model, and the health metrics logged with it.
+
+    loss = λ_ssl L_ssl + λ_tf L_tf + λ_roll L_roll + λ_align L_align + λ_bottleneck L_bn
+         + λ_act L_act + λ_act_pred L_act_pred + λ_policy L_policy
+
+Every term is a masked mean with a `max(count, 1)` denominator and `jnp.where` masking, so a term
+whose mask is empty contributes exactly zero (and exactly zero gradient: a batch of action-free
+clips leaves the action heads and the action embedder untouched), and padded steps, padded action
+dims or absent modalities never produce NaN paths.
+
+Latent spaces: z = normalized online-encoder latents (the predictor's inputs, with gradient),
+z̄ = normalized target-encoder latents (the targets, stop-gradient). With `model.target='frozen'`
+the encoder is not trained and z = z̄.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wam_jax import masks
+from wam_jax.models import encoder as encoder_lib
+from wam_jax.models.world_model import WorldActionModel, encode_latents, normalize_latents
+
+sg = jax.lax.stop_gradient
+
+LOSS_TERMS = ("ssl", "tf", "roll", "align", "bottleneck", "act", "act_pred", "policy")
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `x` over `mask` (broadcast to x); 0 with exactly-zero gradient when mask is empty."""
+    mask = jnp.broadcast_to(mask, x.shape)
+    total = jnp.sum(jnp.where(mask, x.astype(jnp.float32), 0.0))
+    return total / jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+
+
+def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean absolute error over the trailing (tokens, features) axes."""
+    return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)), axis=(-2, -1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Health metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def feature_std(z: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over features of the per-feature std across valid rows; z `[M, D]`, mask `[M]`.
+    Near zero means collapse (every token maps to the same vector)."""
+    w = mask.astype(jnp.float32)[:, None]
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    mean = jnp.sum(w * z, axis=0) / n
+    var = jnp.sum(w * jnp.square(z - mean), axis=0) / n
+    return jnp.mean(jnp.sqrt(var + 1e-12))
+
+
+def effective_rank(z: jax.Array, mask: jax.Array) -> jax.Array:
+    """RankMe effective rank exp(H(s / sum s)) of the valid rows of z `[M, D]`; singular values
+    from the D x D Gram matrix (cheap when M >> D)."""
+    w = mask.astype(jnp.float32)[:, None]
+    zf = z.astype(jnp.float32) * w
+    gram = zf.T @ zf / jnp.maximum(jnp.sum(w), 1.0)
+    s = jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0))
+    p = s / jnp.maximum(jnp.sum(s), 1e-12) + 1e-12
+    return jnp.exp(-jnp.sum(p * jnp.log(p)))
+
+
+def code_usage(codes: jax.Array, mask: jax.Array, num_codes: int) -> tuple[jax.Array, jax.Array]:
+    """FSQ usage in one batch: (distinct codes / min(num_codes, valid samples), code entropy in
+    nats). codes int `[M, du]` (level index per dim), mask `[M]`. Static shapes: lexicographic sort,
+    group boundaries, segment sums."""
+    m = codes.shape[0]
+    sentinel = jnp.max(codes) + 1  # invalid rows form one extra group, removed below
+    keyed = jnp.where(mask[:, None], codes, sentinel)
+    order = jnp.lexsort(tuple(keyed[:, i] for i in range(keyed.shape[1] - 1, -1, -1)))
+    srt = keyed[order]
+    valid = mask[order]
+    new = jnp.concatenate([jnp.ones((1,), bool), jnp.any(srt[1:] != srt[:-1], axis=-1)])
+    group = jnp.cumsum(new) - 1
+    counts = jax.ops.segment_sum(valid.astype(jnp.float32), group, num_segments=m)
+    n_valid = jnp.sum(mask.astype(jnp.float32))
+    distinct = jnp.sum((counts > 0).astype(jnp.float32))
+    p = counts / jnp.maximum(n_valid, 1.0)
+    entropy = -jnp.sum(jnp.where(counts > 0, p * jnp.log(jnp.where(counts > 0, p, 1.0)), 0.0))
+    usage = distinct / jnp.maximum(jnp.minimum(float(num_codes), n_valid), 1.0)
+    return usage, entropy
+
+
+def r_squared(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Coefficient of determination over masked entries, per action dim then averaged over the
+    dims that have at least two valid entries."""
+    w = mask.astype(jnp.float32).reshape(-1, mask.shape[-1])
+    p = pred.astype(jnp.float32).reshape(w.shape)
+    y = target.astype(jnp.float32).reshape(w.shape)
+    n = jnp.sum(w, axis=0)
+    mean = jnp.sum(w * y, axis=0) / jnp.maximum(n, 1.0)
+    sst = jnp.sum(w * jnp.square(y - mean), axis=0)
+    sse = jnp.sum(w * jnp.square(y - p), axis=0)
+    ok = (n >= 2) & (sst > 1e-8)
+    r2 = jnp.where(ok, 1.0 - sse / jnp.where(ok, sst, 1.0), 0.0)
+    return jnp.sum(r2) / jnp.maximum(jnp.sum(ok.astype(jnp.float32)), 1.0)
+
+
+def _per_source(err: jax.Array, mask: jax.Array, source_id: jax.Array, num_sources: int
+                ) -> jax.Array:
+    """Masked mean of err `[B, S]` per source id (< num_sources) -> `[num_sources]`."""
+    onehot = jax.nn.one_hot(source_id, num_sources, dtype=jnp.float32)  # out-of-range ids: zeros
+    w = mask.astype(jnp.float32)
+    tot = jnp.einsum("bs,bk->k", jnp.where(mask, err, 0.0), onehot)
+    cnt = jnp.einsum("bs,bk->k", w, onehot)
+    return tot / jnp.maximum(cnt, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------------
+
+
+def _weight(loss_cfg: Any, name: str) -> float:
+    w = loss_cfg.get(name, 0.0) if hasattr(loss_cfg, "get") else getattr(loss_cfg, name, 0.0)
+    return float(w)
+
+
+def _action_chunks(action: jax.Array, mask: jax.Array, h: int) -> tuple[jax.Array, jax.Array]:
+    """[B, S, A] -> chunks a_{t:t+h} `[B, S, h, A]` (zero-padded, mask false past the end)."""
+    s = action.shape[1]
+    a = jnp.pad(action, ((0, 0), (0, h - 1), (0, 0)))
+    m = jnp.pad(mask, ((0, 0), (0, h - 1), (0, 0)))
+    return (jnp.stack([a[:, i:i + s] for i in range(h)], axis=2),
+            jnp.stack([m[:, i:i + s] for i in range(h)], axis=2))
+
+
+def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: dict[str, jax.Array],
+            key: jax.Array, loss_cfg: Any, step: jax.Array | int = 0
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """All loss terms of one batch (schema in docs/ARCHITECTURE.md) and the health metrics.
+
+    Args:
+      model: the trained `WorldActionModel`.
+      target_encoder: `model.make_target_encoder()`'s module (EMA of the encoder); ignored (may be
+        None) when `model.target='frozen'`, where the target is the untrained encoder itself.
+      batch: one batch; shapes and dtypes are checked first (ValueError naming the key).
+      key: PRNG key for the bottleneck noise, label dropout and SSL masks.
+      loss_cfg: `config.loss` (weights; a term with weight 0 is not computed).
+      step: the train step (unused by the math today; kept for schedules).
+
+    Returns:
+      (scalar loss, metrics): `loss/<term>` per computed term, `health/*`, `la/*`, `act/*`,
+      `source/<i>/tf`.
+    """
+    del step
+    spec = model.spec
+    model.validate_batch(batch)
+    w = {name: _weight(loss_cfg, name) for name in LOSS_TERMS}
+    if w["ssl"] > 0 and not spec.ssl_enabled:
+        raise ValueError("config.loss.ssl > 0 needs model.ssl.enabled=True (the SSL predictor)")
+    if spec.target == "ema" and target_encoder is None:
+        raise ValueError("loss_fn: model.target='ema' needs the target encoder "
+                         "(model.make_target_encoder(), updated by EMA)")
+    k_la, k_drop, k_ssl = jax.random.split(key, 3)
+
+    video = encoder_lib.normalize_video(batch["video"])
+    tm = batch["timestep_mask"]
+    b, t = tm.shape
+    action, emb = batch["action"], batch["embodiment_id"]
+    proprio, proprio_mask = batch["proprio"], batch["proprio_mask"]
+
+    # Latents.
+    if spec.target == "frozen":
+        z = zbar = sg(encode_latents(model.encoder, video))
+    else:
+        zbar = sg(encode_latents(target_encoder, video))
+        z = model.encode_float(video)
+    step_valid = tm[:, :-1] & tm[:, 1:]  # [B, T-1] transition t -> t+1 exists
+    a_mask = batch["action_mask"] & step_valid[..., None]  # [B, T-1, A]
+    labeled = jnp.any(a_mask, axis=-1)  # [B, T-1]
+
+    # Conditioning: g(a_t) on labeled steps, u_t elsewhere (jnp.where: the unused branch gets
+    # exactly zero gradient).
+    la = model.latent_actions(zbar[:, :-1], zbar[:, 1:], key=k_la)
+    g = model.action_embedder(action, batch["action_mask"], emb)
+    use_g = labeled
+    if spec.label_dropout > 0:
+        use_g = labeled & (jax.random.uniform(k_drop, labeled.shape) >= spec.label_dropout)
+    cond = jnp.where(use_g[..., None], g, la.u)
+
+    terms: dict[str, jax.Array] = {}
+    # Teacher forcing: one block-causal pass predicts z_{t+1} for every t.
+    preds = model.predict_raw(z[:, :-1], cond, proprio[:, :-1], proprio_mask[:, :-1])
+    err_tf = _l1(preds, zbar[:, 1:])  # [B, T-1]
+    terms["tf"] = masked_mean(err_tf, step_valid)
+
+    # k-step autoregressive rollout from the first frame.
+    k = min(spec.rollout_k, t - 1)
+    if w["roll"] > 0 and k >= 1:
+        roll = model.rollout_raw(z[:, :1], cond[:, :k], proprio[:, :1], proprio_mask[:, :1], k)
+        err_roll = _l1(roll, zbar[:, 1:k + 1])  # [B, k]
+        roll_valid = jnp.cumprod(step_valid[:, :k].astype(jnp.int32), axis=1).astype(bool)
+        terms["roll"] = masked_mean(err_roll, roll_valid)
+
+    # Alignment of real-action embeddings to (stop-gradient) latent actions, on labeled steps.
+    if w["align"] > 0:
+        terms["align"] = masked_mean(jnp.mean(jnp.square(g - sg(la.mean)), axis=-1), labeled)
+    if w["bottleneck"] > 0 and spec.bottleneck == "gaussian":
+        terms["bottleneck"] = spec.kl_weight * masked_mean(jnp.sum(la.kl, axis=-1), step_valid)
+
+    # Action heads (labeled dims only).
+    a_hat = None
+    if w["act"] > 0:
+        a_hat = model.inverse_head(z[:, :-1], z[:, 1:], emb)
+        terms["act"] = masked_mean(jnp.square(a_hat - action), a_mask)
+    if w["act_pred"] > 0:
+        a_hat_pred = model.inverse_head(z[:, :-1], preds, emb)
+        terms["act_pred"] = masked_mean(jnp.square(a_hat_pred - action), a_mask)
+    if w["policy"] > 0:
+        h = spec.policy_horizon
+        last = jnp.maximum(jnp.sum(tm.astype(jnp.int32), axis=1) - 1, 0)  # last valid frame
+        z_goal = jnp.take_along_axis(z, last[:, None, None, None], axis=1)  # [B, 1, N, D]
+        chunk_hat = model.policy_head(z[:, :-1], jnp.broadcast_to(z_goal, z[:, :-1].shape), emb)
+        chunk, chunk_mask = _action_chunks(action, a_mask, h)
+        terms["policy"] = masked_mean(jnp.square(chunk_hat - chunk), chunk_mask)
+
+    # Encoder self-supervision: masked latent prediction on multi-block tube masks.
+    if w["ssl"] > 0:
+        terms["ssl"] = _ssl_loss(model, target_encoder, video, tm, k_ssl)
+
+    loss = sum(w[name] * value for name, value in terms.items())
+    metrics = {"loss": loss}
+    metrics.update({f"loss/{name}": value for name, value in terms.items()})
+    metrics.update(_health(model, z, zbar, preds, err_tf, step_valid, tm, la, labeled, a_hat,
+                           action, a_mask, batch["source_id"]))
+    return loss, metrics
+
+
+def _ssl_loss(model: WorldActionModel, target_encoder: nnx.Module, video: jax.Array,
+              tm: jax.Array, key: jax.Array) -> jax.Array:
+    spec = model.spec
+    b, t = tm.shape
+    hp, wp = spec.grid_hw
+    grid = (t // spec.tubelet, hp, wp)
+    tube = masks.sample_tube_masks(key, b, grid, mask_ratio=spec.ssl_mask_ratio,
+                                   num_blocks=spec.ssl_num_blocks, block_scale=spec.ssl_block_scale)
+    context = model.encoder(video, keep_idx=tube.keep_idx)  # [B, K, D]
+    pred = model.ssl_predictor(context, tube.keep_idx, tube.mask_idx, grid)  # [B, M, D]
+    target = sg(normalize_latents(target_encoder(video)))  # [B, L, D]
+    target = jnp.take_along_axis(target, tube.mask_idx[..., None], axis=1)
+    err = jnp.mean(jnp.abs(pred - target), axis=-1)  # [B, M]
+    # A token is valid when every frame of its tubelet is a real (not padded) frame.
+    frame_ok = jnp.all(tm.reshape(b, grid[0], spec.tubelet), axis=-1)  # [B, T']
+    tok_ok = jnp.take_along_axis(frame_ok, tube.mask_idx // (hp * wp), axis=1)
+    return masked_mean(err, tok_ok)
+
+
+def _health(model: WorldActionModel, z, zbar, preds, err_tf, step_valid, tm, la, labeled, a_hat,
+            action, a_mask, source_id) -> dict[str, jax.Array]:
+    spec = model.spec
+    z, zbar, preds = sg(z), sg(zbar), sg(preds)
+    d = zbar.shape[-1]
+    tok_mask = jnp.broadcast_to(tm[:, :, None], zbar.shape[:3]).reshape(-1)
+    out = {
+        "health/target_std": feature_std(zbar.reshape(-1, d), tok_mask),
+        "health/target_eff_rank": effective_rank(zbar.reshape(-1, d), tok_mask),
+    }
+    if spec.target == "ema":
+        out["health/online_eff_rank"] = effective_rank(z.reshape(-1, d), tok_mask)
+    err_copy = _l1(zbar[:, :-1], zbar[:, 1:])
+    copy = masked_mean(err_copy, step_valid)
+    pred = masked_mean(sg(err_tf), step_valid)
+    out["health/copy_l1"] = copy
+    out["health/pred_l1"] = pred
+    out["health/pred_to_copy"] = pred / jnp.maximum(copy, 1e-8)
+    pred_mask = jnp.broadcast_to(step_valid[:, :, None], preds.shape[:3]).reshape(-1)
+    out["health/pred_std"] = feature_std(preds.reshape(-1, d), pred_mask)
+
+    # Latent actions over every valid transition.
+    flat_valid = step_valid.reshape(-1)
+    du = la.mean.shape[-1]
+    out["la/u_std"] = feature_std(sg(la.mean).reshape(-1, du), flat_valid)
+    if spec.bottleneck == "fsq":
+        num_codes = model.latent_actions.num_codes
+        usage, entropy = code_usage(la.codes.reshape(-1, du), flat_valid, num_codes)
+        out["la/code_usage"] = usage
+        out["la/code_entropy"] = entropy
+        out["la/code_perplexity"] = jnp.exp(entropy)
+        out["la/max_entropy"] = jnp.asarray(math.log(num_codes), jnp.float32)
+    else:
+        out["la/kl_per_dim"] = masked_mean(jnp.mean(sg(la.kl), axis=-1), step_valid)
+    out["act/labeled_frac"] = masked_mean(labeled.astype(jnp.float32), step_valid)
+    if a_hat is not None:
+        out["act/r2"] = r_squared(sg(a_hat), action, a_mask)
+
+    per_src = _per_source(sg(err_tf), step_valid, source_id, spec.num_sources)
+    per_src_copy = _per_source(err_copy, step_valid, source_id, spec.num_sources)
+    onehot = jax.nn.one_hot(source_id, spec.num_sources, dtype=jnp.float32)
+    frac = jnp.mean(onehot, axis=0)  # share of the batch (0: source absent, its losses read 0)
+    for i in range(spec.num_sources):
+        out[f"source/{i}/frac"] = frac[i]
+        out[f"source/{i}/tf"] = per_src[i]
+        out[f"source/{i}/copy_l1"] = per_src_copy[i]
+    return out
