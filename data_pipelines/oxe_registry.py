@@ -11,7 +11,7 @@ converter writes:
   1 = open (PushT: its native 2-d absolute target position);
 * `proprio`: concatenated `Part`s (end-effector pose + gripper, as the dataset records them);
 * `language_keys`: where the instruction lives: a step key (first non-empty step value is used),
-  an episode-level key (`episode_metadata/...`), or UTF-8 code points (language_table);
+  an episode-level key (`episode_metadata/...`), or zero-padded Unicode code points (language_table);
 * `fps`: the control rate.
 
 Specs are plain frozen dataclasses of strings and numbers, so they pickle into worker processes
@@ -164,7 +164,7 @@ class DatasetSpec:
     wrist_image_keys: tuple[str, ...] = ()
     proprio: tuple[Part, ...] = ()
     language_keys: tuple[str, ...] = ()
-    language_encoding: str = "text"  # 'text' | 'utf8_codes'
+    language_encoding: str = "text"  # 'text' | 'code_points'
     action_keys: tuple[str, ...] = EEF_ACTION_KEYS
     aliases: tuple[str, ...] = ()  # other dataset names (dataset_info.json 'name') served by it
     notes: str = ""
@@ -313,16 +313,18 @@ def _leaf_or_group(steps: Mapping[str, Any], key: str) -> np.ndarray:
 
 
 def _texts(val: Any, encoding: str) -> list[str]:
-    if encoding == "utf8_codes":  # [T, L] int code points, zero padded (language_table)
+    """Candidate instruction strings of a language field, one per step (or one per episode)."""
+    if encoding == "code_points":
+        # [T, L] Unicode code points padded with zeros (language_table's `instruction`); what
+        # follows the first zero is padding.
         arr = np.asarray(val)
-        if arr.ndim == 1:
-            arr = arr[None]
-        return [
-            bytes(int(c) for c in row[row > 0] if c < 256).decode("utf-8", "replace")
-            if np.all(row[row > 0] < 256)
-            else "".join(chr(int(c)) for c in row[row > 0])
-            for row in arr
-        ]
+        rows = arr[None] if arr.ndim == 1 else arr
+        out = []
+        for row in rows:
+            zeros = np.flatnonzero(row == 0)
+            row = row[: zeros[0]] if zeros.size else row
+            out.append("".join(map(chr, row.tolist())))
+        return out
     if isinstance(val, np.ndarray):
         return [str(v) for v in val.reshape(-1)]
     return [str(val)]
@@ -411,7 +413,7 @@ register(
         action=(Part("action"), const(0.0, 4), const(1.0, 1)),
         proprio=(Part("observation/effector_translation"),),
         language_keys=("observation/instruction",),
-        language_encoding="utf8_codes",
+        language_encoding="code_points",
         fps=10.0,
         embodiment="xarm_pusher",
         notes="2-d planar delta action, padded to [dx, dy, 0, 0, 0, 0, gripper=1 (open)].",
