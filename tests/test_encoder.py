@@ -168,3 +168,24 @@ def test_bf16_unscanned_remat_runs():
     assert z.dtype == jnp.bfloat16 and z.shape == (2, 2, 16, enc.width)
     leaves = jax.tree.leaves(nnx.state(enc, nnx.Param))
     assert {x.dtype for x in leaves} == {jnp.dtype("float32")}
+
+
+def test_sharded_encoder_matches_single_device():
+    # Params sharded by their logical axes (fsdp x tensor), activations constrained per block:
+    # the same numbers as the unsharded encoder.
+    from jax.sharding import AxisType
+
+    from wam_jax import sharding
+
+    cfg = _config(2)
+    ref = VideoEncoder(cfg, rngs=nnx.Rngs(0))
+    mesh = jax.make_mesh((2, 2, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    video = _video(7, b=4, t=2)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+        enc = VideoEncoder(cfg, rngs=nnx.Rngs(0))
+        kernel = enc.blocks.blocks.mlp.fc1.kernel[...]
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+        z = nnx.jit(lambda m, v: m.encode_frames(v))(enc, video)
+        clip = nnx.jit(lambda m, v: m(v))(enc, video)
+    np.testing.assert_allclose(z, ref.encode_frames(video), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(clip, ref(video), rtol=1e-4, atol=1e-5)
