@@ -551,6 +551,7 @@ class DemoSizes:
         }
 
 
+OUTPUT_PARTS = {"rlds", "rlds_test", "ego4d", "converted"}  # what `generate` writes before generation.json
 VIDEO_NOISE_SCALE = 1.5  # the action-free rollouts explore more than the labeled demonstrations
 
 
@@ -593,11 +594,14 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
                 print(f"{output}: PushT demo data already generated ({report_path})")
             return report
     if os.path.exists(output) and os.listdir(output):
-        if not overwrite:
+        interrupted = not os.path.exists(report_path) and set(os.listdir(output)) <= OUTPUT_PARTS
+        if not (overwrite or interrupted):
             raise FileExistsError(
-                f"{output}: exists and holds other data (no matching generation.json); "
-                f"pass --overwrite to replace it or choose another --output"
+                f"{output}: exists and holds other data or a generation with other sizes "
+                f"(see its generation.json); pass --overwrite to replace it or choose another --output"
             )
+        if interrupted and progress:
+            print(f"[pusht] {output}: redoing an interrupted generation", flush=True)
         shutil.rmtree(output)
     os.makedirs(output, exist_ok=True)
     seeds = sizes.seeds()

@@ -159,6 +159,17 @@ def test_generation_is_deterministic_and_rerun_is_a_no_op(small_demo, tmp_path):
     assert again == report  # kept, not regenerated
     with pytest.raises(FileExistsError, match="--overwrite"):
         pusht.generate(out, pusht.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not ours")
+    with pytest.raises(FileExistsError, match="other data"):
+        pusht.generate(str(foreign), pusht.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
+    assert (foreign / "notes.txt").exists()
+    # An interrupted generation (our parts, no generation.json) is redone without --overwrite.
+    partial = tmp_path / "partial"
+    (partial / "rlds").mkdir(parents=True)
+    small = pusht.generate(str(partial), pusht.DemoSizes(0, 1, 0, 5, 2), image_size=16, progress=False)
+    assert small["converted_dirs"]["pusht_video"]["episodes"] == 1
     # Same seed, same episode, whatever the worker count (4+ seeds run in 2 processes).
     seeds = sizes.seeds()
     rs = pusht.generate_rollouts(seeds["labeled"] + seeds["test"], sizes.steps, workers=2)
