@@ -2,7 +2,7 @@
 
 Each layout reproduces the key names, nesting, dtypes and encodings of the real dataset
 (`features.json` of fractal20220817_data 0.1.0, bridge 0.1.0 (OXE) and 1.0.0 (BridgeData V2
-release), kuka 0.1.0 (zlib-encoded proprio tensors), language_table 0.1.0 (instruction as UTF-8
+release), kuka 0.1.0 (zlib-encoded proprio tensors), language_table 0.1.0 (instruction as Unicode
 code points), taco_play 0.1.0, droid 1.0.0 (float64, three language fields)), plus `pusht` in
 the layout the wam_jax PushT generator writes, at tiny image sizes. Images are generated
 "moving shapes" scenes, so converted frames can be checked against the source.
