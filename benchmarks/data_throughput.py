@@ -8,11 +8,15 @@ Prints one table of clips/s and frames/s:
   colour jitter, normalization, batching), for each N in --workers.
 - `rlds tf.data`: the same episodes written as an RLDS builder dir (`rlds_writer`) and read the way
   users do today: `tfds.builder_from_directory(dir).as_dataset()` (decodes every frame), clips of T
-  consecutive steps per episode, resize, shuffle buffer, batch, prefetch.
+  consecutive steps per episode (non-overlapping), the same random resized crop and colour jitter
+  with tf.image ops, shuffle buffer, batch, prefetch.
 
 Without --data a textured converted dataset is generated into a temporary directory.
 
-    python benchmarks/data_throughput.py --workers 0,1,2 --batches 20
+    python benchmarks/data_throughput.py --workers 0,1,2 --batches 20 --repeats 3
+
+On a shared machine compare the CPU ms / clip column (steady) rather than clips/s (depends on
+the CPU share the process gets).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def _config(data: str, args: argparse.Namespace, workers: int) -> Any:
     c.data.read_threads = args.read_threads
     c.data.heldout_fraction = 0.0
     c.model.image_size = args.image_size
+    c.data.crop_scale = tuple(args.crop_scale)
+    c.data.color_jitter = args.color_jitter
     info = records.read_dataset_info(data)
     c.data.target_fps = float(info["fps"])  # stride 1: same frames as the RLDS clips
     c.model.action_dim = max(c.model.action_dim, int(info.get("action_dim") or 0))
@@ -49,22 +55,30 @@ def _config(data: str, args: argparse.Namespace, workers: int) -> Any:
     return c
 
 
-def bench_grain(data: str, args: argparse.Namespace, workers: int) -> float:
-    """clips/s of the loader after `--warmup` batches (worker start-up excluded)."""
+Result = tuple[float, float | None]  # (clips/s wall-clock, CPU ms per clip in this process)
+
+
+def _timed(next_batch: Any, args: argparse.Namespace, in_process: bool = True) -> Result:
+    for _ in range(args.warmup):
+        next_batch()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(args.batches):
+        next_batch()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    clips = args.batches * args.batch
+    return clips / wall, (1e3 * cpu / clips if in_process else None)
+
+
+def bench_grain(data: str, args: argparse.Namespace, workers: int) -> Result:
+    """The loader after `--warmup` batches (worker start-up excluded)."""
     it = loader.make_iterator(_config(data, args, workers), seed=0)
     try:
-        for _ in range(args.warmup):
-            next(it)
-        t0 = time.perf_counter()
-        for _ in range(args.batches):
-            next(it)
-        dt = time.perf_counter() - t0
+        return _timed(lambda: next(it), args, in_process=workers == 0)
     finally:
         it.close()
-    return args.batches * args.batch / dt
 
 
-def bench_decode_only(data: str, args: argparse.Namespace) -> float:
+def bench_decode_only(data: str, args: argparse.Namespace) -> Result:
     """clips/s of decoding the clips' JPEGs (already in memory) with PIL on one thread."""
     from PIL import Image
 
@@ -77,11 +91,11 @@ def bench_decode_only(data: str, args: argparse.Namespace) -> float:
         ep = episodes[rng.integers(len(episodes))]
         start = int(rng.integers(0, len(ep.frames) - t + 1))
         picks.append(ep.frames[start:start + t])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for frames in picks:
         for f in frames:
             np.asarray(Image.open(io.BytesIO(f)).convert("RGB"))
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), 1e3 * (time.process_time() - c0) / n
 
 
 def write_rlds_copy(data: str, out_dir: str) -> str:
@@ -106,7 +120,7 @@ def write_rlds_copy(data: str, out_dir: str) -> str:
                                  file_format="tfrecord", num_shards=4, overwrite=True)
 
 
-def bench_rlds(rlds_dir: str, args: argparse.Namespace) -> float:
+def bench_rlds(rlds_dir: str, args: argparse.Namespace) -> Result:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -117,20 +131,32 @@ def bench_rlds(rlds_dir: str, args: argparse.Namespace) -> float:
     # non-overlapping clips of T consecutive steps, per episode
     ds = ds.flat_map(lambda ep: ep["steps"].batch(t, drop_remainder=True))
 
+    lo, hi = args.crop_scale
+    jitter = args.color_jitter
+
     def to_clip(steps: dict[str, Any]) -> dict[str, Any]:
-        video = tf.image.resize(steps["observation"]["image"], (size, size), antialias=True)
-        return {"video": tf.cast(tf.round(video), tf.uint8), "action": steps["action"][:-1],
-                "proprio": steps["observation"]["state"]}
+        # the same augmentation as the Grain loader, the tf.data way (as Octo-style pipelines do):
+        # one random box and one set of colour factors for the whole clip
+        frames = tf.cast(steps["observation"]["image"], tf.float32)
+        area = tf.sqrt(tf.random.uniform([], lo, hi))
+        ratio = tf.exp(tf.random.uniform([], np.log(3 / 4), np.log(4 / 3)))
+        fw = tf.minimum(area * tf.sqrt(ratio), 1.0)
+        fh = tf.minimum(area / tf.sqrt(ratio), 1.0)
+        x0 = tf.random.uniform([], 0.0, 1.0 - fw + 1e-6)
+        y0 = tf.random.uniform([], 0.0, 1.0 - fh + 1e-6)
+        boxes = tf.tile([[y0, x0, y0 + fh, x0 + fw]], [t, 1])
+        video = tf.image.crop_and_resize(frames, boxes, tf.range(t), (size, size))
+        if jitter > 0:
+            video = tf.image.adjust_brightness(video / 255.0, tf.random.uniform([], -jitter, jitter))
+            video = tf.image.adjust_contrast(video, tf.random.uniform([], 1 - jitter, 1 + jitter))
+            video = tf.image.adjust_saturation(video, tf.random.uniform([], 1 - jitter, 1 + jitter)) * 255.0
+        video = tf.cast(tf.round(tf.clip_by_value(video, 0.0, 255.0)), tf.uint8)
+        return {"video": video, "action": steps["action"][:-1], "proprio": steps["observation"]["state"]}
 
     ds = ds.map(to_clip, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.shuffle(256, seed=0).batch(args.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     it = ds.as_numpy_iterator()
-    for _ in range(args.warmup):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(args.batches):
-        next(it)
-    return args.batches * args.batch / (time.perf_counter() - t0)
+    return _timed(lambda: next(it), args)
 
 
 def main() -> None:
@@ -146,7 +172,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", default="0,1,2", help="comma-separated grain worker counts")
     p.add_argument("--read-threads", type=int, default=4)
+    p.add_argument("--crop-scale", type=float, nargs=2, default=(0.8, 1.0))
+    p.add_argument("--color-jitter", type=float, default=0.1)
     p.add_argument("--no-rlds", action="store_true", help="skip the RLDS + tf.data row")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; best clips/s is kept")
     args = p.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="wam_bench_")
@@ -163,23 +192,44 @@ def main() -> None:
     print(f"data: {data} ({info['num_episodes']} episodes, {info['num_frames']} frames, "
           f"{info['image_size'][0]}x{info['image_size'][1]} JPEG) -> clips of {args.num_frames} "
           f"frames at {args.image_size}x{args.image_size}, batch {args.batch}")
-    print(f"cpus: {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"cpus: {os.cpu_count()}, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
-    rows: list[tuple[str, float]] = [("decode only (ceiling, 1 thread)", bench_decode_only(data, args))]
+    benches: list[tuple[str, Any]] = [("decode only (ceiling, 1 thread)", lambda: bench_decode_only(data, args))]
     for w in (int(x) for x in args.workers.split(",")):
-        rows.append((f"grain workers={w}", bench_grain(data, args, w)))
+        benches.append((f"grain workers={w}", lambda w=w: bench_grain(data, args, w)))
     if not args.no_rlds:
         rlds_dir = write_rlds_copy(data, os.path.join(tmp.name, "rlds"))
-        rows.append(("rlds tfds.as_dataset + tf.data", bench_rlds(rlds_dir, args)))
+        benches.append(("rlds tfds.as_dataset + tf.data", lambda: bench_rlds(rlds_dir, args)))
+    # Rounds interleave the pipelines so a burst of load from other processes hits all of them;
+    # each row keeps its best clips/s and its median CPU time per clip.
+    results: dict[str, list[Result]] = {name: [] for name, _ in benches}
+    for _ in range(args.repeats):
+        for name, fn in benches:
+            results[name].append(fn())
+    rows: list[tuple[str, Result]] = []
+    for name, runs in results.items():
+        cpus = [c for _, c in runs if c is not None]
+        rows.append((name, (max(r for r, _ in runs), float(np.median(cpus)) if cpus else None)))
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
-    print(f"\n| pipeline | clips/s | frames/s |\n|---|---:|---:|")
-    for name, cps in rows:
-        print(f"| {name} | {cps:.1f} | {cps * args.num_frames:.0f} |")
-    ceiling = rows[0][1]
-    best = max(c for n, c in rows if n.startswith("grain"))
-    print(f"\nbest grain / decode-only ceiling: {best / ceiling:.2f}")
+    print("\n| pipeline | clips/s | frames/s | CPU ms / clip |\n|---|---:|---:|---:|")
+    for name, (cps, cpu) in rows:
+        cpu_s = "(workers)" if cpu is None else f"{cpu:.1f}"
+        print(f"| {name} | {cps:.1f} | {cps * args.num_frames:.0f} | {cpu_s} |")
+    ceiling = rows[0][1][0]
+    best = max(r[0] for n, r in rows if n.startswith("grain"))
+    print(f"\nbest grain / decode-only ceiling (clips/s): {best / ceiling:.2f}")
     if not args.no_rlds:
-        print(f"best grain / rlds tf.data: {best / rows[-1][1]:.2f}")
+        print(f"best grain / rlds tf.data (clips/s): {best / rows[-1][1][0]:.2f}")
+    grain_cpu = dict(rows).get("grain workers=0", (0.0, None))[1]
+    if grain_cpu is not None:
+        print(f"CPU per clip, grain workers=0 / decode only: {grain_cpu / rows[0][1][1]:.2f}", end="")
+        if not args.no_rlds:
+            print(f"; grain workers=0 / rlds tf.data: {grain_cpu / rows[-1][1][1]:.2f}", end="")
+        print()
+    print("CPU ms / clip counts this process's threads only (not worker processes); on a shared "
+          "machine it is steadier than clips/s.")
     tmp.cleanup()
 
 

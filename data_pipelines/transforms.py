@@ -194,6 +194,13 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
                 f"({ep.episode_id!r}) has {len(ep.frames)} frames but the window index needs frame "
                 f"{frames[-1]}; 'episode_lengths' does not match the shards"
             )
+        for name, arr, dim in (("action", ep.action, self.source.action_dim),
+                               ("proprio", ep.proprio, self.source.proprio_dim)):
+            if arr is not None and dim and arr.shape[1] != dim:
+                raise records.DatasetFormatError(
+                    f"{self.source.path}: record {record} ({ep.episode_id!r}) has {name} of shape "
+                    f"{list(arr.shape)}, but dataset.json says {name}_dim={dim}"
+                )
         video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size, jitter) for f in frames])
 
         t = self.index.num_frames
