@@ -104,6 +104,8 @@ class ShardResult:
     action_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
     proprio_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    episode_ids: list[str] = dataclasses.field(default_factory=list)  # record order
+    episode_lengths: list[int] = dataclasses.field(default_factory=list)
     resumed: bool = False  # finished by an earlier run
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +118,8 @@ class ShardResult:
             "action_stats": self.action_stats.to_json(),
             "proprio_stats": self.proprio_stats.to_json(),
             "info": self.info,
+            "episode_ids": self.episode_ids,
+            "episode_lengths": self.episode_lengths,
         }
 
     @classmethod
@@ -129,6 +133,8 @@ class ShardResult:
             action_stats=RunningStats.from_json(d["action_stats"]),
             proprio_stats=RunningStats.from_json(d["proprio_stats"]),
             info=dict(d.get("info", {})),
+            episode_ids=[str(e) for e in d.get("episode_ids", [])],
+            episode_lengths=[int(n) for n in d.get("episode_lengths", [])],
         )
 
 
@@ -198,6 +204,8 @@ def write_shard(out_dir: str, plan: ShardPlan, produce: Producer) -> ShardResult
             writer.write(ep)
             result.num_episodes += 1
             result.num_frames += n
+            result.episode_ids.append(ep.episode_id)
+            result.episode_lengths.append(n)
             if ep.action is not None:
                 result.action_stats.update(ep.action)
             if ep.proprio is not None:
@@ -441,6 +449,10 @@ def run_conversion(
         "proprio_dim": proprio.dim if proprio.count else None,
         "shards": shards,
     }
+    # The loader builds its window index from these without opening a record (record order).
+    if all(len(r.episode_ids) == r.num_episodes for r in results):
+        ds["episode_ids"] = [e for r in results if r.num_episodes for e in r.episode_ids]
+        ds["episode_lengths"] = [n for r in results if r.num_episodes for n in r.episode_lengths]
     stats = {"action": action.summary(), "proprio": proprio.summary()}
     fresh = [r for r in results if not r.resumed]
     elapsed = time.time() - t0
