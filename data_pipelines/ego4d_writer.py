@@ -96,12 +96,15 @@ def moving_shapes(num_frames: int, height: int, width: int, *, fps: float = 30.0
 
 def encode_video(path: str, frames: np.ndarray, fps: float, *, codec: str = "h264",
                  timestamps: Sequence[float] | None = None, faststart: bool = False,
-                 crf: int | None = None, gop: int | None = None) -> dict[str, Any]:
+                 crf: int | None = None, gop: int | None = None, threads: int = 1) -> dict[str, Any]:
     """Encodes uint8 [T, H, W, 3] frames to an mp4 with PyAV (libx264 or libvpx-vp9, yuv420p).
 
     `timestamps` (seconds, increasing) gives a variable frame rate; by default frame i is shown
     at i / fps. `faststart` puts the index (moov) before the data, as streaming downloads have.
-    Returns the stream facts that go into `video_metadata`.
+    VP9 output is byte-for-byte reproducible; H.264 (x264, even single-threaded on frames with
+    zeroed padding) occasionally differs between runs by a grey level or two in a few pixels, so
+    use VP9 where the bytes must not change (the PushT demo). Returns the stream facts that go
+    into `video_metadata`.
     """
     import av
 
@@ -134,17 +137,18 @@ def encode_video(path: str, frames: np.ndarray, fps: float, *, codec: str = "h26
         stream = container.add_stream(CODECS[codec], rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.time_base = time_base
+        stream.codec_context.thread_count = max(0, int(threads))
         opts = {}
         if codec == "h264":
             opts = {"preset": "veryfast", "crf": str(18 if crf is None else crf)}
         else:  # realtime VP9 keeps fixture generation fast; quality set by crf with b:v=0
             opts = {"deadline": "realtime", "cpu-used": "8", "crf": str(24 if crf is None else crf),
-                    "b": "0", "row-mt": "1"}
+                    "b": "0"}
         if gop is not None:
             opts["g"] = str(gop)
         stream.options = opts
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame = _yuv420p_frame(frames[i])
             frame.pts, frame.time_base = pts[i], time_base
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -153,6 +157,22 @@ def encode_video(path: str, frames: np.ndarray, fps: float, *, codec: str = "h26
     duration = float(pts[-1] * time_base + 1 / rate)  # the last frame is shown for one period
     return {"fps": float(rate), "num_frames": n, "width": w, "height": h, "duration_sec": duration,
             "codec": codec}
+
+
+def _yuv420p_frame(rgb: np.ndarray) -> Any:
+    """An RGB image as a yuv420p frame whose row padding is zeroed.
+
+    Left to the encoder, the RGB -> YUV conversion can leave uninitialized padding bytes in the
+    rows; converting here and zeroing them keeps them out of the encoded stream.
+    """
+    import av
+
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    for plane in frame.planes:
+        if plane.line_size > plane.width:
+            rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+            rows[:, plane.width:] = 0
+    return frame
 
 
 # ---------------------------------------------------------------------------------------------

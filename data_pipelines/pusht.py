@@ -10,7 +10,8 @@ DIR/
   rlds/pusht/0.1.0/            labeled episodes: a genuine RLDS builder directory (train split)
   rlds_test/pusht/0.1.0/       held-out labeled episodes (own builder directory, same features)
   ego4d/                       action-free rollouts in the Ego4D layout: ego4d.json,
-                               v2/full_scale/<uid>.mp4, v2/annotations/narration.json
+                               v2/full_scale/<uid>.mp4 (VP9, 10 fps),
+                               v2/annotations/narration.json
   converted/pusht_labeled      ← `wam-convert oxe` of rlds/      (registry entry 'pusht')
   converted/pusht_test         ← `wam-convert oxe` of rlds_test/
   converted/pusht_video        ← `wam-convert ego4d` of ego4d/
@@ -436,7 +437,8 @@ def _rollout_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_s
         for i, seed in enumerate(seeds):
             r = rollout(seed, steps, noise_scale=noise_scale, image_size=image_size, env=env)
             if video_paths is not None:
-                ego4d_writer.encode_video(video_paths[i], r.images, CONTROL_FPS, codec="h264")
+                # VP9: its encoder output is byte-for-byte reproducible (x264's is not quite).
+                ego4d_writer.encode_video(video_paths[i], r.images, CONTROL_FPS, codec="vp9")
                 r.images = None  # type: ignore[assignment]
             out.append(r)
     finally:

@@ -159,6 +159,12 @@ def test_generation_is_deterministic_and_rerun_is_a_no_op(small_demo, tmp_path):
     assert again == report  # kept, not regenerated
     with pytest.raises(FileExistsError, match="--overwrite"):
         pusht.generate(out, pusht.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
+    # The action-free videos too, byte for byte.
+    redo = str(tmp_path / "v.mp4")
+    pusht.generate_rollouts(sizes.seeds()["video"][:1], sizes.steps, noise_scale=pusht.VIDEO_NOISE_SCALE,
+                            video_paths=[redo])
+    with open(redo, "rb") as f, open(os.path.join(out, "ego4d", "v2", "full_scale", "pusht-00000.mp4"), "rb") as g:
+        assert f.read() == g.read()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not ours")
