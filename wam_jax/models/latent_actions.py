@@ -133,9 +133,12 @@ class ActionEmbedder(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.action_dim = action_dim
         self.dtype = dtype
-        self.action_in = EmbodimentLinear(num_embodiments, 2 * action_dim, width, ("act", "mlp"), **kw)
-        self.hidden = linear(width, width, ("mlp", "embed"), **kw)
-        self.out = linear(width, dim, ("embed", "latent_action"), **kw)
+        # Fan-in scaled init: g(a) starts at the unit scale of the latent actions it is aligned
+        # to, so real actions move the predictor from the first step.
+        self.action_in = EmbodimentLinear(num_embodiments, 2 * action_dim, width, ("act", "mlp"),
+                                          stddev=(2 * action_dim) ** -0.5, **kw)
+        self.hidden = linear(width, width, ("mlp", "embed"), stddev=width**-0.5, **kw)
+        self.out = linear(width, dim, ("embed", "latent_action"), stddev=width**-0.5, **kw)
 
     def __call__(self, action: jax.Array, action_mask: jax.Array, embodiment_id: jax.Array
                  ) -> jax.Array:
