@@ -111,4 +111,5 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.train.eval_every = 0
     c.train.profile_steps = 0  # capture a profile of this many steps after warm-up (0 = off)
     c.train.export_at_end = True
+    c.train.compilation_cache_dir = ""  # persistent XLA cache: a resumed run skips compiling ("" = off)
     return c

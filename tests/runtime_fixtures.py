@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -21,6 +22,17 @@ from PIL import Image
 from data_pipelines import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Persistent XLA cache shared by the runtime tests and their subprocesses: the same tiny train
+# step is compiled by several tests (and by every run of the kill/resume test).
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "wam_jax_test_xla_cache")
+
+
+def enable_compile_cache() -> None:
+    import jax
+
+    os.makedirs(COMPILE_CACHE, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _jpeg(frame: np.ndarray) -> bytes:
@@ -139,7 +151,12 @@ def write_mixture(root: str, image_size: int = 32) -> str:
 
 
 def tiny_config(mixture: str, **overrides):
-    """The `tiny` preset at 32x32, 4 frames, a few steps: seconds per test on 2 CPU cores."""
+    """The `tiny` preset at 32x32, 4 frames, on a 2x4 data x fsdp mesh.
+
+    `num_steps` stays 12 in every test (the schedules are compiled in as constants), so all
+    tests share one compiled step through the persistent cache; tests run fewer steps by
+    calling the step themselves or stop early.
+    """
     from configs import base
 
     c = base.get_config("tiny")
@@ -154,9 +171,11 @@ def tiny_config(mixture: str, **overrides):
     c.data.prefetch = 2
     c.optim.warmup_steps = 2
     c.optim.lr = 1e-3
-    c.train.num_steps = 5
+    c.mesh.ici_data = 2
+    c.mesh.ici_fsdp = 4
+    c.train.num_steps = 12
     c.train.log_every = 1
-    c.train.checkpoint_every = 100
+    c.train.checkpoint_every = 4
     c.train.export_at_end = False
     for key, value in overrides.items():
         node = c
@@ -190,6 +209,8 @@ def cli_env(num_devices: int = 8, extra: dict[str, str] | None = None) -> dict[s
     env["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={num_devices}").strip()
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
     env.update(extra or {})
     return env
 
@@ -225,3 +246,69 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# A deliberately small model honouring the model contract (encoder + make_target_encoder +
+# ema_source + trainable_filter), for tests of the step's mechanics (gradient accumulation)
+# that must compare exact per-example-mean losses. Everything else runs the real model.
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_linear(din: int, dout: int, names, rngs):
+    from flax import nnx
+
+    return nnx.Linear(din, dout, kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), names),
+                      rngs=rngs)
+
+
+def make_mechanics_model(model_cfg, rngs):
+    """Patch-linear encoder + action-conditioned linear predictor; loss: L1 to the next target."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from wam_jax import sharding
+
+    class Encoder(nnx.Module):
+        def __init__(self, cfg, rngs):
+            d, p = cfg.encoder.width, cfg.patch_size
+            self.p = p
+            self.inp = _tiny_linear(p * p * 3, d, ("patch", "embed"), rngs)
+            self.out = _tiny_linear(d, d, ("embed", "mlp"), rngs)
+
+        def __call__(self, video):
+            b, t, h, w, c = video.shape
+            p = self.p
+            x = video.astype(jnp.float32) / 255.0
+            x = x.reshape(b, t, h // p, p, w // p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+            x = x.reshape(b, t, (h // p) * (w // p), p * p * c)
+            x = sharding.constrain(self.inp(x), ("batch", "time", "tokens", "embed"))
+            return self.out(jax.nn.gelu(x))
+
+    class MechanicsModel(nnx.Module):
+        def __init__(self, cfg, rngs):
+            self.encoder = Encoder(cfg, rngs)
+            d = cfg.encoder.width
+            self.act = _tiny_linear(cfg.action_dim, d, ("act", "embed"), rngs)
+            self.pred = _tiny_linear(d, d, ("embed", "mlp"), rngs)
+
+        def make_target_encoder(self):
+            return nnx.clone(self.encoder)
+
+        def ema_source(self):
+            return self.encoder
+
+    return MechanicsModel(model_cfg, rngs)
+
+
+def mechanics_loss_fn(model, target, batch, key, loss_cfg, step):
+    """Mean over examples of an L1 prediction error (so micro-batch means average exactly)."""
+    import jax
+    import jax.numpy as jnp
+
+    z = model.encoder(batch["video"])
+    zt = jax.lax.stop_gradient(target(batch["video"]))
+    a = model.act(batch["action"])[:, :, None, :]
+    err = jnp.abs(model.pred(z[:, :-1] + a) - zt[:, 1:]).mean()
+    return err, {"loss/tf": err}

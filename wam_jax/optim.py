@@ -6,7 +6,6 @@ resumed run reproduces the uninterrupted one exactly (the step is part of the ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -58,22 +57,6 @@ def make_schedule(optim_cfg: Any, num_steps: int) -> optax.Schedule:
         bounds = ([warmup] if warmup else []) + [stable_end]
         return optax.join_schedules(parts, bounds)
     raise ValueError(f"--config.optim.schedule={name!r}: expected one of {SCHEDULES}")
-
-
-def decay_mask(abstract_params: Any, logical_axes: Callable[[Any], tuple | None] | None = None) -> Any:
-    """True for matrices (weight decay), False for biases / norm scales / other vectors.
-
-    A scanned layer stack adds a leading `layers` axis, so the rank is counted without it.
-    """
-
-    def one(x) -> bool:
-        ndim = len(x.shape)
-        names = logical_axes(x) if logical_axes else None
-        if names:
-            ndim -= sum(1 for n in names if n == "layers")
-        return ndim >= 2
-
-    return jax.tree.map(one, abstract_params)
 
 
 def make_optimizer(optim_cfg: Any, num_steps: int, mask: Any = None) -> optax.GradientTransformation:

@@ -69,10 +69,10 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     mesh = _current_mesh()
     if mesh is None or mesh.size == 1:
         return x
-    spec = logical_to_spec(logical_axes)
-    # Drop mesh axes the current mesh does not have (e.g. a 1-axis planning mesh).
-    spec = P(*[_keep_axes(s, mesh.axis_names) for s in spec])
-    return jax.lax.with_sharding_constraint(x, spec)
+    # Mesh axes the current mesh lacks (e.g. a 1-axis planning mesh) and axes that do not divide
+    # the dimension (a broadcast batch of 1) are dropped: padding a size-1 dim 8 ways would force
+    # a full rematerialization in the SPMD partitioner.
+    return jax.lax.with_sharding_constraint(x, spec_for(x.shape, logical_axes, mesh))
 
 
 def _keep_axes(entry, names):

@@ -206,20 +206,28 @@ def abstract_train_state(
     return defs, shardings, abstract
 
 
-def make_tx(config: Any, defs: ModelDefs, params: Any) -> optax.GradientTransformation:
-    """The optimizer of `config.optim`, with weight decay on matrices only."""
+def weight_decay_mask(defs: ModelDefs, params: Any) -> Any:
+    """True for weight matrices, False for biases, norm scales and other vectors.
+
+    A scanned block stack adds a leading `layers` axis, so the rank is counted without it: a
+    stacked LayerNorm scale `[layers, D]` is a vector, a stacked kernel `[layers, D, F]` a matrix.
+    """
     axes_by_leaf = {}
-    flat_axes = jax.tree_util.tree_flatten_with_path(defs.param_axes, is_leaf=lambda x: x is None or isinstance(x, tuple))[0]
+    flat_axes = jax.tree_util.tree_flatten_with_path(
+        defs.param_axes, is_leaf=lambda x: x is None or isinstance(x, tuple))[0]
     for path, names in flat_axes:
         axes_by_leaf[_path_str(path)] = names
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    mask_leaves = []
-    for path, x in flat:
+    leaves = []
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
         names = axes_by_leaf.get(_path_str(path))
         ndim = len(x.shape) - (sum(n == "layers" for n in names) if names else 0)
-        mask_leaves.append(ndim >= 2)
-    mask = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), mask_leaves)
-    return optim.make_optimizer(config.optim, config.train.num_steps, mask=mask)
+        leaves.append(ndim >= 2)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
+
+
+def make_tx(config: Any, defs: ModelDefs, params: Any) -> optax.GradientTransformation:
+    """The optimizer of `config.optim`, with weight decay on matrices only."""
+    return optim.make_optimizer(config.optim, config.train.num_steps, mask=weight_decay_mask(defs, params))
 
 
 def init_train_state(
@@ -397,3 +405,47 @@ def abstract_batch(config: Any, global_batch: int | None = None) -> dict[str, ja
         config.model.proprio_dim,
     )
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """Everything needed to run (or inspect) the train step of a config on a mesh."""
+
+    defs: ModelDefs
+    tx: optax.GradientTransformation
+    shardings: TrainState
+    abstract: TrainState
+    batch_shardings: dict[str, NamedSharding]
+    step_fn: Any  # jitted (lowers and runs under the mesh)
+    compiled: Any | None = None  # AOT-compiled executable, after `.compile()`
+
+    def compile(self) -> Any:
+        """AOT-compiles for the abstract state and one global batch (also yields cost/memory)."""
+        if self.compiled is None:
+            batch = {
+                k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_shardings[k])
+                for k, v in self._batch_abstract.items()
+            }
+            self.compiled = self.step_fn.lower(self.abstract, batch).compile()
+        return self.compiled
+
+    def init(self, config: Any, model_factory: ModelFactory = default_model_factory) -> TrainState:
+        return init_train_state(config, self.defs, self.tx, self.shardings, model_factory=model_factory)
+
+    _batch_abstract: dict[str, jax.ShapeDtypeStruct] = dataclasses.field(default_factory=dict, repr=False)
+
+
+def build(
+    config: Any,
+    mesh: Mesh,
+    *,
+    model_factory: ModelFactory = default_model_factory,
+    loss_fn: LossFn | None = None,
+) -> CompiledStep:
+    """Abstract state, shardings, optimizer and the jitted step of `config` on `mesh` (not compiled)."""
+    defs, shardings, abstract = abstract_train_state(config, mesh, model_factory=model_factory)
+    tx = make_tx(config, defs, abstract.params)
+    batch_abstract = abstract_batch(config)
+    bsh = batch_shardings(mesh, batch_abstract)
+    step_fn = make_train_step(config, defs, tx, shardings, bsh, loss_fn=loss_fn)
+    return CompiledStep(defs, tx, shardings, abstract, bsh, step_fn, _batch_abstract=batch_abstract)

@@ -92,108 +92,107 @@ def train(
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     loader = _loader()
+    cache_dir = str(config.train.get("compilation_cache_dir", "") or "")
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
 
     # Mesh and batch layout first: they fail fast on bad sizes, before any data or model work.
     mesh = sharding.make_mesh(config.mesh)
     global_batch = int(config.data.global_batch_size)
+    num_steps = int(config.train.num_steps)
     sharding.check_global_batch(global_batch, mesh, int(config.optim.grad_accum), jax.process_count())
 
-    # Dataset statistics and registries travel with every checkpoint.
+    # Dataset statistics and registries travel with every checkpoint (also validates the mixture).
     stats = loader.mixture_info(config)
-    data_seed = int(config.seed)
-
-    defs, shardings, abstract = ts.abstract_train_state(config, mesh, model_factory=model_factory)
-    tx = ts.make_tx(config, defs, abstract.params)
+    built = ts.build(config, mesh, model_factory=model_factory, loss_fn=loss_fn)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=int(config.train.max_to_keep),
         keep_period=int(config.train.keep_period),
     )
-
     # The device-prefetch iterator is what gets checkpointed: its state is the position right
     # after the last batch handed to the step, however many batches are in flight.
     batches = loader.device_prefetch(
-        _make_iterator(config, data_seed),
+        _make_iterator(config, int(config.seed)),
         lambda b: sharding.local_to_global(b, mesh, global_batch),
         max(int(config.data.prefetch), 0),
     )
-    restored = ckpt.restore_latest(abstract.to_dict(), batches, config)
-    resumed_from = None
-    if restored is None:
-        state = ts.init_train_state(config, defs, tx, shardings, model_factory=model_factory)
-        log.info("initialized a new run in %s", workdir)
-    else:
-        step0, state_dict, _, data_restored = restored
-        state = ts.TrainState.from_dict(state_dict)
-        resumed_from = step0
-        if not data_restored:
-            _restart_data(config, step0, batches)
-        log.info("resumed from step %d in %s", step0, workdir)
-    step = int(jax.device_get(state.step))
-    if jax.process_index() == 0:
-        metrics.truncate_jsonl(workdir, step)
-
-    # Compile once, ahead of time, on the abstract shapes: FLOPs and memory for the logs.
-    batch_abstract = ts.abstract_batch(config, global_batch)
-    batch_shardings = ts.batch_shardings(mesh, batch_abstract)
-    step_fn = ts.make_train_step(config, defs, tx, shardings, batch_shardings, loss_fn=loss_fn)
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(abstract, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
-                                        for k, v in batch_abstract.items()}).compile()
-    compile_s = time.perf_counter() - t0
-    flops = metrics.compiled_flops(compiled)
-    mem = metrics.compiled_memory(compiled)
-    peak, peak_src = metrics.peak_flops_per_device(jax.devices()[0], str(config.model.dtype))
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-    _log_config(config, mesh, n_params, sharding.bytes_per_device(state.to_dict()))
-    log.info(
-        "compiled the train step in %.1fs: %.3g FLOPs/step/device, %.1f MiB/device (args %.1f, temp %.1f); "
-        "peak %.3g FLOP/s/device (%s)",
-        compile_s, flops or 0, mem.get("total_bytes", 0) / 2**20, mem.get("argument_bytes", 0) / 2**20,
-        mem.get("temp_bytes", 0) / 2**20, peak, peak_src,
-    )
-
-    logger = metrics.MetricsLogger(
-        workdir,
-        num_steps=int(config.train.num_steps),
-        every_steps=int(config.train.log_every),
-        profile_steps=int(config.train.profile_steps),
-        first_profile_step=step + 5,
-    )
-    if resumed_from is None:
-        logger.write_hparams(config_utils.flat_hparams(config))
-
-    preemption = _Preemption(install=jax.process_count() == 1)
-    num_steps = int(config.train.num_steps)
-    log_every = max(int(config.train.log_every), 1)
-    ckpt_every = int(config.train.checkpoint_every)
-    timer = metrics.StepTimer()
-    pending: tuple[int, Any] | None = None
-    last: dict[str, float] = {}
-    last_saved = step if resumed_from is not None else None
-    preempted = False
-
-    def flush(item: tuple[int, Any] | None) -> None:
-        nonlocal last
-        if item is None:
-            return
-        s, m = item
-        values = {k: float(v) for k, v in jax.device_get(m).items()}
-        values.update(timer.summary(global_batch=global_batch, flops_per_device=flops, peak=peak))
-        values.update(metrics.device_memory(mem))
-        values["perf/compile_s"] = compile_s
-        timer.reset()
-        logger.write(s, values)
-        last = values
-
-    def save(s: int) -> None:
-        nonlocal last_saved
-        if last_saved == s:
-            return
-        ckpt.save(s, state.to_dict(), batches, config, stats)
-        last_saved = s
-
+    logger = None
+    preemption = None
     try:
+        restored = ckpt.restore_latest(built.abstract.to_dict(), batches, config)
+        resumed_from = None
+        if restored is None:
+            state = built.init(config, model_factory)
+            log.info("initialized a new run in %s", workdir)
+        else:
+            step0, state_dict, _, data_restored = restored
+            state = ts.TrainState.from_dict(state_dict)
+            resumed_from = step0
+            if not data_restored:
+                _restart_data(config, step0, batches)
+            log.info("resumed from step %d in %s", step0, workdir)
+        step = int(jax.device_get(state.step))
+        if jax.process_index() == 0:
+            metrics.truncate_jsonl(workdir, step)
+        if step >= num_steps:
+            log.info("step %d >= --config.train.num_steps=%d: nothing to train", step, num_steps)
+            return TrainResult(step=step, preempted=False, resumed_from=resumed_from, last_metrics={},
+                               workdir=workdir)
+
+        # Compile once, ahead of time, on the abstract shapes: FLOPs and memory for the logs.
+        t0 = time.perf_counter()
+        compiled = built.compile()
+        compile_s = time.perf_counter() - t0
+        flops = metrics.compiled_flops(compiled)
+        mem = metrics.compiled_memory(compiled)
+        peak, peak_src = metrics.peak_flops_per_device(jax.devices()[0], str(config.model.dtype))
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(built.abstract.params))
+        _log_config(config, mesh, n_params, sharding.bytes_per_device(state.to_dict()))
+        log.info(
+            "compiled the train step in %.1fs: %.3g FLOPs/step/device, %.1f MiB/device (args %.1f, temp %.1f); "
+            "peak %.3g FLOP/s/device (%s)",
+            compile_s, flops or 0, mem.get("total_bytes", 0) / 2**20, mem.get("argument_bytes", 0) / 2**20,
+            mem.get("temp_bytes", 0) / 2**20, peak, peak_src,
+        )
+
+        logger = metrics.MetricsLogger(
+            workdir,
+            num_steps=num_steps,
+            every_steps=int(config.train.log_every),
+            profile_steps=int(config.train.profile_steps),
+            first_profile_step=step + 5,
+        )
+        if resumed_from is None:
+            logger.write_hparams(config_utils.flat_hparams(config))
+        preemption = _Preemption(install=jax.process_count() == 1)
+        log_every = max(int(config.train.log_every), 1)
+        ckpt_every = int(config.train.checkpoint_every)
+        timer = metrics.StepTimer()
+        pending: tuple[int, Any] | None = None
+        last: dict[str, float] = {}
+        last_saved = step if resumed_from is not None else None
+        preempted = False
+
+        def flush(item: tuple[int, Any] | None) -> None:
+            nonlocal last
+            if item is None:
+                return
+            s, m = item
+            values = {k: float(v) for k, v in jax.device_get(m).items()}
+            values.update(timer.summary(global_batch=global_batch, flops_per_device=flops, peak=peak))
+            values.update(metrics.device_memory(mem))
+            values["perf/compile_s"] = compile_s
+            timer.reset()
+            logger.write(s, values)
+            last = values
+
+        def save(s: int) -> None:
+            nonlocal last_saved
+            if last_saved != s:
+                ckpt.save(s, state.to_dict(), batches, config, stats)
+                last_saved = s
+
         while step < num_steps:
             t = time.perf_counter()
             try:
@@ -216,17 +215,17 @@ def train(
                 log.warning("stopping at step %d after a preemption signal; checkpoint saved", step)
                 break
         flush(pending)
-        pending = None
-        if last_saved != step and step > 0:
+        if step > 0:
             save(step)
+        return TrainResult(step=step, preempted=preempted, resumed_from=resumed_from, last_metrics=last,
+                           workdir=workdir)
     finally:
-        preemption.restore()
+        if preemption is not None:
+            preemption.restore()
         ckpt.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
         _close_iterator(batches)
-
-    return TrainResult(step=step, preempted=preempted, resumed_from=resumed_from, last_metrics=last,
-                       workdir=workdir)
 
 
 def _restart_data(config: Any, step: int, batches: Any) -> None:
