@@ -245,7 +245,9 @@ def optimize(energy_fn: EnergyFn, context: Any, key: Array, lower: Array, upper:
     k = config.num_elites
 
     def iteration(carry, key_i):
-        mean, std, best_a, best_e = carry
+        # The context rides in the carry (unchanged) rather than being closed over: an energy that
+        # rebuilds NNX modules from it (nnx.merge) must see values of the loop's own trace level.
+        ctx, mean, std, best_a, best_e = carry
         noise = jax.random.normal(key_i, (s, h, a), jnp.float32)
         # Candidate 0 is the current mean itself (zero noise), so an iteration never loses the
         # incumbent; a mask rather than a scatter keeps this valid on sharded candidates.
@@ -253,7 +255,7 @@ def optimize(energy_fn: EnergyFn, context: Any, key: Array, lower: Array, upper:
         noise = _shard_samples(noise * keep, mesh)
         cand = jnp.clip(mean[None] + std[None] * noise, lo[None], hi[None])
         cand = _shard_samples(cand, mesh)
-        energy = energy_fn(cand, context)
+        energy = energy_fn(cand, ctx)
         if energy.shape != (s,):
             raise ValueError(f"energy_fn returned shape {energy.shape}, expected [S]=({s},)")
         energy = _replicate(energy.astype(jnp.float32), mesh)
@@ -277,11 +279,11 @@ def optimize(energy_fn: EnergyFn, context: Any, key: Array, lower: Array, upper:
         better = it_best_e < best_e
         best_a = jnp.where(better, elites[0], best_a)
         best_e = jnp.where(better, it_best_e, best_e)
-        return (new_mean, new_std, best_a, best_e), it_best_e
+        return (ctx, new_mean, new_std, best_a, best_e), it_best_e
 
     keys = jax.random.split(key, config.num_iterations)
-    init = (mean0, std0, mean0, jnp.asarray(jnp.inf, jnp.float32))
-    (mean, std, best_a, best_e), trace = jax.lax.scan(iteration, init, keys)
+    init = (context, mean0, std0, mean0, jnp.asarray(jnp.inf, jnp.float32))
+    (_, mean, std, best_a, best_e), trace = jax.lax.scan(iteration, init, keys)
     return PlanResult(actions=mean, std=std, best_actions=best_a, best_energy=best_e, energy_trace=trace)
 
 
