@@ -51,6 +51,7 @@ from data_pipelines import records
 LANGUAGE = "push the T to the target"
 ENV_ID = "gym_pusht/PushT-v0"
 RENDER_SIZE = 96
+MAX_STEPS = 300  # gym_pusht registers PushT-v0 with max_episode_steps=300
 CONTROL_FPS = 10.0
 WORKSPACE = (20.0, 492.0)  # keep targets inside the walls (at 5 and 506) with the agent radius
 AGENT_RADIUS = 15.0
@@ -175,8 +176,8 @@ class PolicyParams:
 
     rot_gain: float  # px of lever arm per radian of angle error
     max_lever: float
-    approach_speed: float  # px per control step
-    push_speed: float
+    approach_speed: float  # px the commanded target leads the agent by, per control step
+    push_speed: float  # (the PD-controlled agent covers about 40 % of the lead per step)
     push_length: float  # px pushed before re-planning
     standoff: float  # extra clearance behind the contact point
     noise: float  # std of Gaussian action noise (px)
@@ -395,6 +396,8 @@ class Rollout:
 def rollout(seed: int, steps: int, *, noise_scale: float = 1.0, image_size: int = RENDER_SIZE,
             env: Any | None = None) -> Rollout:
     """One scripted episode from the env's random initial state for `seed`."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps={steps} must be in [1, {MAX_STEPS}] (gym_pusht's episode limit)")
     env = env or make_env(image_size, obs_type="state")
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
@@ -706,8 +709,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("labeled_episodes", "video_episodes", "test_episodes"):
         if getattr(args, name) < 0:
             raise SystemExit(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.steps < 2:
-        raise SystemExit(f"--steps must be >= 2, got {args.steps}")
+    if not 2 <= args.steps <= MAX_STEPS:
+        raise SystemExit(f"--steps must be in [2, {MAX_STEPS}], got {args.steps}")
     if args.labeled_episodes + args.video_episodes + args.test_episodes == 0:
         raise SystemExit("nothing to generate: all episode counts are 0")
     sizes = DemoSizes(args.labeled_episodes, args.video_episodes, args.test_episodes, args.steps, args.seed)
