@@ -57,14 +57,33 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None) -> Any:
-    """Console-script entry point (`wam-convert`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input: printed as one line, not a traceback."""
+    from data_pipelines import convert_common, ego4d, records, rlds
+
+    return (convert_common.ConversionError, ego4d.Ego4DLayoutError, records.DatasetFormatError,
+            rlds.RLDSFormatError, rlds.RLDSKeyError, FileExistsError, FileNotFoundError)
+
+
+def main(argv: Sequence[str]) -> Any:
+    """Parses `argv` (without the program name) and runs the converter; returns its summary."""
+    argv = list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in CONVERTERS:
         command = None  # argparse reports the missing / unknown subcommand
     args = build_parser(command).parse_args(argv)
     return _load(args.command).main(args)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`wam-convert`): exit 0 on success, 2 with one line on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        main(argv)
+    except _user_errors() as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"wam-convert: error: {msg}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def test_bridge_alias_falls_back_to_matching_layout(tmp_path):
 def test_cli_user_spec(tmp_path):
     fx = make_fixture(str(tmp_path / "src"), "bridge_dataset", num_episodes=2, length=4)
     out = tmp_path / "out"
-    manifest = cli.run(
+    manifest = cli.main(
         [
             "oxe",
             f"--input={fx.path}",
@@ -242,7 +242,7 @@ def test_unknown_image_key_lists_available_keys(tmp_path):
     fx = make_fixture(str(tmp_path / "src"), "droid", num_episodes=1, length=3)
     out = tmp_path / "out"
     with pytest.raises(RLDSKeyError) as err:
-        cli.run(
+        cli.main(
             [
                 "oxe",
                 f"--input={fx.path}",
@@ -490,3 +490,12 @@ def test_episode_level_language(tmp_path):
     eps = sorted(_read(tmp_path / "out"), key=lambda e: e.episode_id)
     assert [e.language for e in eps] == ["push it 0", "push it 1"]
     np.testing.assert_array_equal(eps[1].action[:, 0], [0, 1, 2])
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["oxe", f"--input={tmp_path / 'nowhere'}", f"--output={tmp_path / 'out'}", "--no_progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wam-convert: error:") and "nowhere" in err
+    assert "Traceback" not in err
