@@ -316,6 +316,12 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     return manifest
 
 
+def export(workdir: str, output: str, *, overwrite: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """`export_model` replacing an existing `output` by default: what a re-run pipeline (the demo)
+    wants, since the export is a pure function of the checkpoint."""
+    return export_model(workdir, output, overwrite=overwrite, **kwargs)
+
+
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

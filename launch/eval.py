@@ -1,0 +1,72 @@
+"""`wam-eval --workdir=DIR [--data=DIR[,DIR]] [--step=N]`: held-out evaluation of a trained model.
+
+Writes DIR/eval/metrics.json and PNG plots (or --output), and prints the metrics table: latent
+prediction L1 / cosine per horizon next to the copy-last-frame baseline, action-head errors in robot
+units, action ranking, representation health, everything also per source and per kind.
+
+Without --data the held-out split of the training mixture is used (config.data.heldout_fraction);
+with --data every episode of those converted datasets is.
+
+Exit codes: 0 done, 2 bad input (missing workdir / checkpoint / data, statistics absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="wam-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="training workdir (wam-train --workdir)")
+    p.add_argument("--data", default=None, help="converted dataset(s) 'DIR' or 'DIR[:w],DIR' (default: held-out split)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--output", default=None, help="output directory (default: WORKDIR/eval)")
+    p.add_argument("--max_clips", type=int, default=None, help="evaluate at most this many clips")
+    p.add_argument("--batch_size", type=int, default=None, help="clips per batch (default: training batch size)")
+    p.add_argument("--num_frames", type=int, default=None, help="clip length T: horizons 1..T-1 (default: training T)")
+    p.add_argument("--num_perturbations", type=int, default=16, help="perturbed actions per transition (ranking)")
+    p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--log_level", default="WARNING")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+    from wam_jax import evaluation
+
+    results = evaluation.evaluate(args.workdir, data=args.data, step=args.step, max_clips=args.max_clips,
+                                  batch_size=args.batch_size, num_frames=args.num_frames,
+                                  num_perturbations=args.num_perturbations, output_dir=args.output,
+                                  plots=not args.no_plots)
+    print(evaluation.format_table(results))
+    print(f"\nmetrics: {results['metrics_path']}")
+    for path in results.get("plots", []):
+        print(f"plot:    {path}")
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from data_pipelines.records import DatasetFormatError
+    from wam_jax.world_model_api import IncompleteExportError, MissingStatisticsError
+
+    return (FileNotFoundError, FileExistsError, DatasetFormatError, MissingStatisticsError, IncompleteExportError)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: user errors print one clear line and exit with status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = main(argv)
+    except _user_errors() as e:
+        print(f"wam-eval: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
