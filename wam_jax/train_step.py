@@ -336,12 +336,12 @@ def make_train_step(
             metrics = jax.tree.map(lambda x: x.mean(0), ms)
 
         grads = jax.lax.with_sharding_constraint(grads, shardings.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
         target = state.target
-        out = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.global_norm(params)}
+        out = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params)}
         if defs.ema:
             m = optim.ema_momentum(state.step, ema_cfg, num_steps)
             model = defs.model(params, new_rest)
