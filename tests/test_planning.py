@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,3 +177,56 @@ def test_shift_plan() -> None:
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
     np.testing.assert_array_equal(planning.shift_plan(x, 1), [[2, 3], [4, 5], [4, 5]])
     np.testing.assert_array_equal(planning.shift_plan(x, 2, fill="zero"), [[4, 5], [0, 0], [0, 0]])
+
+
+# ------------------------------------------------------------------------------------------------
+# PushT closed-loop harness (launch/plan.py)
+
+
+def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
+    """Replaying the demonstration that defined a task reaches its goal exactly: the reset,
+    stepping, budget and scoring of the harness are right; random actions do not."""
+    from data_pipelines import pusht
+    from launch import plan
+
+    tasks = plan.make_tasks(2, image_size=32, goal_offset=25)
+    assert len(tasks) == 2 and tasks[0].goal_image.shape == (32, 32, 3)
+    assert all(not pusht.is_success(t.start_state[2:], t.goal_pose) for t in tasks)  # non-trivial
+    again = plan.make_tasks(2, image_size=32, goal_offset=25)  # deterministic: same tasks for every method
+    for a, b in zip(tasks, again, strict=True):
+        assert a.seed == b.seed and np.array_equal(a.start_state, b.start_state)
+        assert np.array_equal(a.goal_image, b.goal_image)
+
+    class Replay:
+        name = "replay"
+
+        def reset(self, task):
+            self.actions = pusht.rollout(task.seed, 25, image_size=pusht.RENDER_SIZE).actions
+
+        def act(self, frame, step):
+            assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+            return self.actions[step:step + 2]  # two at a time: the budget still counts env steps
+
+    res = plan.evaluate_controllers([Replay(), plan.RandomController(np.array([20, 20]), np.array([490, 490]))],
+                                    tasks, budget=25, image_size=32, progress=False)
+    assert res["replay"]["success_rate"] == 1.0 and res["replay"]["mean_pos_error"] < 1e-3
+    assert res["random"]["success_rate"] == 0.0
+    assert "planner" not in plan.format_results(res, "x") and "replay" in plan.format_results(res, "x")
+
+
+def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
+    from launch import plan
+    from tests.test_world_model_api import shared_workdir
+
+    workdir, _ = shared_workdir(tmp_path_factory)
+    out = str(tmp_path_factory.mktemp("plan") / "pusht.json")
+    record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=3", "--samples=16",
+                        "--iterations=2", "--horizon=2", f"--output={out}"])
+    res = record["results"]
+    assert set(res) == {"planner (dino_wm)", "policy", "random"}
+    planner = res["planner (dino_wm)"]
+    assert planner["num_plans"] == 3 and planner["episodes"] == 1 and planner["plan_s_first"] > 0
+    assert record["planner"]["num_samples"] == 16 and record["planner"]["horizon"] == 2
+    assert "success" in capsys.readouterr().out
+    with open(out) as f:
+        assert json.load(f)["budget"] == 3

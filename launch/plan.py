@@ -1,0 +1,348 @@
+"""`wam-plan pusht --workdir=DIR [--episodes=N] [--budget=STEPS] [--preset=vjepa2_ac|dino_wm]`
+
+Closed-loop goal reaching in the PushT simulator with a trained world model. Each task is a start
+state and a goal state taken `--goal_offset` steps apart on a scripted demonstration (seeds disjoint
+from the demo's training and test sets), DINO-WM style; the goal is given as an image. Every method
+runs exactly `--budget` environment steps (no early stop on success), then the final block pose is
+scored with DINO-WM's rule: position error < 20 px and angle error < 20 degrees.
+
+Methods, on the same tasks (same seeds, same initial states):
+  planner   latent-space CEM / MPPI with the world model (receding horizon: re-plan every
+            `--execute` steps, warm-started with the previous plan)
+  policy    the jointly trained goal-conditioned policy head alone
+  random    uniform random actions inside the dataset's q01..q99 action box
+
+Prints success rate, mean final position / angle errors and time per planning step, and writes
+the per-episode record to WORKDIR/plan/pusht_<preset>.json (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger("wam-plan")
+
+TASK_SEED_BASE = 900_000  # disjoint from the demo's labeled (0+), test (300_000+) and video (600_000+) seeds
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks and observations
+
+
+@dataclasses.dataclass
+class PushTTask:
+    seed: int
+    start_state: np.ndarray  # [agent_x, agent_y, block_x, block_y, angle]
+    goal_state: np.ndarray
+    goal_image: np.ndarray  # uint8 [S, S, 3] at the model's image size
+
+    @property
+    def goal_pose(self) -> np.ndarray:
+        return self.goal_state[2:]
+
+
+def observe(env: Any, image_size: int) -> np.ndarray:
+    """The frame as the training data saw it: rendered at the generator's size, then resized to
+    the model size with the converter's resampling (bicubic, `reducing_gap=3`)."""
+    from PIL import Image
+
+    from data_pipelines import pusht
+
+    frame = pusht.render(env)
+    if frame.shape[:2] == (image_size, image_size):
+        return frame
+    img = Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def make_tasks(num: int, *, image_size: int, goal_offset: int = 25, seed: int = 0, env: Any = None
+               ) -> list[PushTTask]:
+    """`num` start/goal pairs: a scripted demonstration's state at t=0 and at t=goal_offset.
+
+    Pairs whose start already satisfies the success rule (the block barely moved) are skipped, so
+    doing nothing never counts as success; the next seed is tried instead (deterministically).
+    """
+    from data_pipelines import pusht
+
+    own = env is None
+    env = env or pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
+    tasks = []
+    s = TASK_SEED_BASE + seed * 10_000
+    try:
+        while len(tasks) < num:
+            r = pusht.rollout(s, goal_offset, image_size=pusht.RENDER_SIZE, env=env)
+            start = np.concatenate([r.agent_pos[0], r.block_pose[0]]).astype(np.float64)
+            goal = np.concatenate([r.agent_pos[-1], r.block_pose[-1]]).astype(np.float64)
+            if not pusht.is_success(start[2:], goal[2:]):
+                pusht.reset_to_state(env, goal, seed=s)
+                tasks.append(PushTTask(seed=s, start_state=start, goal_state=goal,
+                                       goal_image=observe(env, image_size)))
+            s += 1
+            if s - TASK_SEED_BASE - seed * 10_000 > 100 * num + 100:
+                raise RuntimeError(f"found only {len(tasks)} of {num} PushT tasks where the block moves "
+                                   f"in {goal_offset} demonstration steps; raise --goal_offset")
+    finally:
+        if own:
+            env.close()
+    return tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# Controllers
+
+
+class Controller(Protocol):
+    name: str
+
+    def reset(self, task: PushTTask) -> None: ...
+
+    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
+        """Current frame (uint8 [S, S, 3]) -> actions to execute next, [n, 2] in env units."""
+        ...
+
+
+class RandomController:
+    name = "random"
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, seed: int = 0):
+        self.low, self.high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, task: PushTTask) -> None:
+        self.rng = np.random.default_rng([self.seed, task.seed])
+
+    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high)[None]
+
+
+class PolicyHeadController:
+    """The goal-conditioned policy head: executes the first `execute` actions of each chunk."""
+
+    name = "policy"
+
+    def __init__(self, wm: Any, execute: int = 1):
+        self.wm, self.execute = wm, int(execute)
+        self.goal = None
+
+    def reset(self, task: PushTTask) -> None:
+        self.goal = self.wm.encode(task.goal_image)
+
+    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
+        chunk = self.wm.policy(self.wm.encode(frame), self.goal)
+        return chunk[: self.execute]
+
+
+class PlannerController:
+    """Latent CEM/MPPI with receding horizon and warm starts; records the time of each plan."""
+
+    def __init__(self, wm: Any, config: Any, *, execute: int = 1, seed: int = 0, name: str = "planner"):
+        self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
+        self.goal = None
+        self.prev = None
+        self.times: list[float] = []
+        self.key = None
+
+    def reset(self, task: PushTTask) -> None:
+        import jax
+
+        self.goal = self.wm.encode(task.goal_image)
+        self.prev = None
+        self.key = jax.random.key(self.seed * 1_000_003 + task.seed)
+
+    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
+        import jax
+
+        from wam_jax import planning
+
+        t0 = time.perf_counter()
+        self.key, sub = jax.random.split(self.key)
+        z = self.wm.encode(frame)
+        res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=self.prev)
+        actions = np.asarray(res.actions)
+        self.times.append(time.perf_counter() - t0)
+        n = min(self.execute, actions.shape[0])
+        self.prev = planning.shift_plan(actions, n)
+        return actions[:n]
+
+
+# ----------------------------------------------------------------------------------------------
+# Episodes
+
+
+def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: int, image_size: int,
+                repeat: int = 1) -> dict[str, Any]:
+    """Runs exactly `budget` env steps (no early stop); each action is held `repeat` env steps
+    (the training frame stride). Returns final errors and success by the DINO-WM rule."""
+    from data_pipelines import pusht
+
+    pusht.reset_to_state(env, task.start_state, seed=task.seed)
+    controller.reset(task)
+    start_err = pusht.pose_error(pusht.block_pose(env), task.goal_pose)
+    steps = 0
+    ever = False
+    while steps < budget:
+        actions = np.asarray(controller.act(observe(env, image_size), steps), np.float64).reshape(-1, 2)
+        for a in actions:
+            for _ in range(repeat):
+                if steps >= budget:
+                    break
+                env.step(np.clip(a, 0.0, 512.0).astype(np.float32))
+                steps += 1
+                ever = ever or pusht.is_success(pusht.block_pose(env), task.goal_pose)
+    pos, ang = pusht.pose_error(pusht.block_pose(env), task.goal_pose)
+    return {"seed": task.seed, "success": bool(pusht.is_success(pusht.block_pose(env), task.goal_pose)),
+            "pos_error": pos, "angle_error": ang, "start_pos_error": start_err[0],
+            "start_angle_error": start_err[1], "reached_at_some_step": bool(ever)}
+
+
+def summarize(episodes: list[dict[str, Any]], times: Sequence[float] = ()) -> dict[str, Any]:
+    t = np.asarray(times, np.float64)
+    steady = t[1:] if t.size > 1 else t  # the first plan includes compilation
+    return {
+        "episodes": len(episodes),
+        "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else float("nan"),
+        "mean_pos_error": float(np.mean([e["pos_error"] for e in episodes])) if episodes else float("nan"),
+        "mean_angle_error": float(np.mean([e["angle_error"] for e in episodes])) if episodes else float("nan"),
+        "reached_at_some_step": float(np.mean([e["reached_at_some_step"] for e in episodes])) if episodes else float("nan"),
+        "plan_s_mean": float(steady.mean()) if steady.size else None,
+        "plan_s_first": float(t[0]) if t.size else None,
+        "num_plans": int(t.size),
+    }
+
+
+def evaluate_controllers(controllers: Sequence[Controller], tasks: Sequence[PushTTask], *, budget: int,
+                         image_size: int, repeat: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Every controller on every task (same initial states); per-method summary + episodes."""
+    from data_pipelines import pusht
+
+    env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
+    out: dict[str, Any] = {}
+    try:
+        for c in controllers:
+            eps = []
+            t0 = time.perf_counter()
+            for i, task in enumerate(tasks):
+                eps.append(run_episode(env, task, c, budget=budget, image_size=image_size, repeat=repeat))
+                if progress:
+                    e = eps[-1]
+                    print(f"[{c.name}] episode {i + 1}/{len(tasks)}: success={e['success']} "
+                          f"pos {e['pos_error']:.1f}px angle {e['angle_error']:.1f}deg "
+                          f"(start {e['start_pos_error']:.1f}px {e['start_angle_error']:.1f}deg)", flush=True)
+            out[c.name] = {**summarize(eps, getattr(c, "times", ())), "seconds": time.perf_counter() - t0,
+                           "episode_records": eps}
+    finally:
+        env.close()
+    return out
+
+
+def format_results(results: dict[str, Any], header: str) -> str:
+    lines = [header, f"  {'method':<14s}{'success':>9s}{'pos err (px)':>14s}{'angle err (deg)':>17s}"
+                     f"{'s / plan':>10s}{'ever reached':>14s}"]
+    for name, r in results.items():
+        t = r.get("plan_s_mean")
+        lines.append(f"  {name:<14s}{r['success_rate']:>9.2f}{r['mean_pos_error']:>14.1f}{r['mean_angle_error']:>17.1f}"
+                     f"{(f'{t:.3f}' if t is not None else '-'):>10s}{r['reached_at_some_step']:>14.2f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="wam-plan", description=__doc__.split("\n\n")[0])
+    p.add_argument("task", choices=["pusht"], help="the environment")
+    p.add_argument("--workdir", required=True, help="training workdir or export directory (with predictor)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--budget", type=int, default=50, help="env steps per episode (no early stop)")
+    p.add_argument("--goal_offset", type=int, default=25, help="steps between start and goal on the demonstration")
+    p.add_argument("--preset", default="dino_wm", choices=["vjepa2_ac", "dino_wm"])
+    p.add_argument("--method", default=None, choices=["cem", "mppi"], help="override the preset's optimizer")
+    p.add_argument("--samples", type=int, default=None, help="override the preset's number of samples")
+    p.add_argument("--elites", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--horizon", type=int, default=None)
+    p.add_argument("--execute", type=int, default=1, help="actions executed per plan (receding horizon)")
+    p.add_argument("--baselines", default="random,policy", help="comma list of baselines to run (random, policy, none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="JSON output (default: WORKDIR/plan/pusht_<preset>.json)")
+    p.add_argument("--log_level", default="WARNING")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+    if args.episodes < 1 or args.budget < 1:
+        raise ValueError(f"--episodes={args.episodes} and --budget={args.budget} must be >= 1")
+    from wam_jax import WorldModel, planning
+
+    wm = WorldModel.load(args.workdir, args.step)
+    space = wm.action_space()
+    overrides = {k: v for k, v in (("method", args.method), ("num_samples", args.samples),
+                                   ("num_elites", args.elites), ("num_iterations", args.iterations),
+                                   ("horizon", args.horizon)) if v is not None}
+    if "num_samples" in overrides and "num_elites" not in overrides:
+        overrides["num_elites"] = max(1, min(planning.preset(args.preset).num_elites, overrides["num_samples"]))
+    cfg = planning.preset(args.preset, **overrides)
+    repeat = int(space.stride)  # an absolute target held for the training frame stride
+    t0 = time.perf_counter()
+    tasks = make_tasks(args.episodes, image_size=wm.image_size, goal_offset=args.goal_offset, seed=args.seed)
+    log.info("made %d tasks in %.1fs", len(tasks), time.perf_counter() - t0)
+
+    controllers: list[Any] = [PlannerController(wm, cfg, execute=args.execute, seed=args.seed,
+                                                name=f"planner ({args.preset})")]
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
+    for b in baselines:
+        if b == "policy":
+            controllers.append(PolicyHeadController(wm, execute=args.execute))
+        elif b == "random":
+            lo = space.q01 if space.q01 is not None else space.mean - 2 * space.std
+            hi = space.q99 if space.q99 is not None else space.mean + 2 * space.std
+            controllers.append(RandomController(lo, hi, seed=args.seed))
+        else:
+            raise ValueError(f"--baselines: unknown baseline {b!r}; expected random, policy or none")
+    results = evaluate_controllers(controllers, tasks, budget=args.budget, image_size=wm.image_size, repeat=repeat)
+    header = (f"PushT goal reaching: {args.episodes} episodes, budget {args.budget} steps (no early stop), "
+              f"goal {args.goal_offset} demo steps ahead; success = block < 20 px and < 20 deg from the goal\n"
+              f"planner: {cfg}")
+    print(format_results(results, header))
+    record = {"workdir": os.path.abspath(args.workdir), "step": wm.step, "preset": args.preset,
+              "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
+              "goal_offset": args.goal_offset, "execute": args.execute, "results": results}
+    out = args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"\nper-episode record: {out}")
+    return record
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: user errors print one clear line and exit with status 2."""
+    from wam_jax.world_model_api import IncompleteExportError, MissingStatisticsError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        main(argv)
+    except (FileNotFoundError, MissingStatisticsError, IncompleteExportError) as e:
+        print(f"wam-plan: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    run()
