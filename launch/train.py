@@ -136,12 +136,16 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point: user errors print one clear line and exit with status 2."""
+    """Console-script entry point: bad input prints one clear line and exits with status 2
+    (`--log_level=DEBUG` shows the traceback instead)."""
     argv = list(sys.argv if argv is None else argv)
     try:
         code = main(argv)
-    except _user_errors() as e:
-        print(f"wam-train: error: {e}", file=sys.stderr)
+    except (*_user_errors(), ValueError) as e:
+        if "--log_level=DEBUG" in argv:
+            raise
+        kind = "" if isinstance(e, _user_errors()) else f"{type(e).__name__}: "
+        print(f"wam-train: error: {kind}{e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)
 
