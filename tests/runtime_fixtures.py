@@ -153,7 +153,7 @@ def write_mixture(root: str, image_size: int = 32) -> str:
 def tiny_config(mixture: str, **overrides):
     """The `tiny` preset at 32x32, 4 frames, on a 2x4 data x fsdp mesh.
 
-    `num_steps` stays 12 in every test (the schedules are compiled in as constants), so all
+    `num_steps` stays 8 in every test (the schedules are compiled in as constants), so all
     tests share one compiled step through the persistent cache; tests run fewer steps by
     calling the step themselves or stop early.
     """
@@ -173,9 +173,9 @@ def tiny_config(mixture: str, **overrides):
     c.optim.lr = 1e-3
     c.mesh.ici_data = 2
     c.mesh.ici_fsdp = 4
-    c.train.num_steps = 12
+    c.train.num_steps = 8
     c.train.log_every = 1
-    c.train.checkpoint_every = 4
+    c.train.checkpoint_every = 3
     c.train.export_at_end = False
     for key, value in overrides.items():
         node = c
@@ -237,6 +237,14 @@ def losses(workdir: str) -> dict[int, float]:
             if "loss" in rec:
                 out[int(rec["step"])] = float(rec["loss"])
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -312,3 +320,32 @@ def mechanics_loss_fn(model, target, batch, key, loss_cfg, step):
     a = model.act(batch["action"])[:, :, None, :]
     err = jnp.abs(model.pred(z[:, :-1] + a) - zt[:, 1:]).mean()
     return err, {"loss/tf": err}
+
+
+# ---------------------------------------------------------------------------------------------
+# Session fixtures (import them into a test module to use them): one dataset, one config file
+# and one uninterrupted reference run shared by the end-to-end and multi-process tests.
+# ---------------------------------------------------------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # the fixtures module is also importable outside pytest
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def session_mixture(tmp_path_factory) -> str:
+        return write_mixture(str(tmp_path_factory.mktemp("runtime_data")))
+
+    @pytest.fixture(scope="session")
+    def session_config_file(tmp_path_factory, session_mixture) -> str:
+        return write_config_file(str(tmp_path_factory.mktemp("runtime_cfg") / "tiny.py"), tiny_config(session_mixture))
+
+    @pytest.fixture(scope="session")
+    def reference_run(tmp_path_factory, session_config_file):
+        """`python -m launch.train` on 1 process x 8 devices, uninterrupted: (workdir, completed process)."""
+        workdir = str(tmp_path_factory.mktemp("reference_run"))
+        out = run_cli([f"--config={session_config_file}", f"--workdir={workdir}"], timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return workdir, out
