@@ -40,6 +40,15 @@ def _start(config_file: str, workdir: str) -> subprocess.Popen:
     )
 
 
+def _wait_for_progress(proc: subprocess.Popen, predicate, what: str) -> None:
+    """Waits (cold XLA caches compile for minutes on a busy 2-core machine) unless the run died."""
+    ok = rf.wait_for(lambda: predicate() or proc.poll() is not None, timeout=900, interval=0.02)
+    if not ok or proc.poll() is not None:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"{what}: the run {'exited' if ok else 'timed out'} first:\n{out[-4000:]}")
+
+
 def _logged_steps(workdir: str) -> list[int]:
     path = os.path.join(workdir, metrics.METRICS_JSONL)
     if not os.path.exists(path):
@@ -91,7 +100,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, config_file, unint
     workdir = str(tmp_path / "w")
     proc = _start(config_file, workdir)
     try:
-        assert rf.wait_for(lambda: len(_logged_steps(workdir)) >= 2, timeout=400), "no progress"
+        _wait_for_progress(proc, lambda: len(_logged_steps(workdir)) >= 2, "waiting for 2 logged steps")
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=300)
     finally:
@@ -119,9 +128,8 @@ def test_kill_9_then_same_command_reproduces_the_uninterrupted_losses(tmp_path, 
     proc = _start(config_file, workdir)
     try:
         # kill once a checkpoint exists and training has moved past it (a save may be in flight)
-        ok = rf.wait_for(lambda: _checkpoints(workdir) and max(_logged_steps(workdir), default=0) >= 4,
-                         timeout=400, interval=0.02)
-        assert ok, "no checkpoint written"
+        _wait_for_progress(proc, lambda: bool(_checkpoints(workdir)) and max(_logged_steps(workdir), default=0) >= 4,
+                           "waiting for a checkpoint and 4 logged steps")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:

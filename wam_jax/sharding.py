@@ -117,7 +117,8 @@ def _resolve_axes(sizes: Sequence[int], total: int, prefix: str) -> tuple[int, .
         out[fill[0]] = total // known
         return tuple(out)
     if known != total:
-        what = "devices per slice" if prefix == "ici" else "slices"
+        what = ("device" if total == 1 else "devices") + " per slice" if prefix == "ici" else (
+            "slice" if total == 1 else "slices")
         raise MeshConfigError(
             f"mesh sizes {flags} multiply to {known}, but there are {total} {what}; "
             f"make the product equal {total} or set one of them to -1"
