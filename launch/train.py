@@ -49,6 +49,9 @@ def parse_flags(argv: Sequence[str]) -> tuple[Any, Any]:
     flags.DEFINE_integer("num_processes", None, "total number of processes (explicit multi-process runs)", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)", flag_values=fv)
     flags.DEFINE_integer("init_timeout", 300, "seconds to wait for every process to join", flag_values=fv)
+    flags.DEFINE_string("local_device_ids", None,
+                        "comma-separated accelerator ids this process drives (e.g. all GPUs of a node when "
+                        "running one process per node under SLURM; default: JAX's choice)", flag_values=fv)
     flags.DEFINE_string("log_level", "INFO", "python logging level", flag_values=fv)
 
     # Load the file alone first, so unknown override keys get a precise message.
@@ -65,13 +68,21 @@ def parse_flags(argv: Sequence[str]) -> tuple[Any, Any]:
 
 
 def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                                 timeout: int = 300) -> bool:
+                                 timeout: int = 300, local_device_ids: str | None = None) -> bool:
     """`jax.distributed.initialize`: explicit flags, else automatic on TPU pods / SLURM / Open MPI.
 
     Returns True when running multi-process. Must run before anything touches the devices.
     """
     import jax
 
+    kw = {}
+    if local_device_ids:
+        try:
+            kw["local_device_ids"] = [int(i) for i in local_device_ids.split(",")]
+        except ValueError as e:
+            from wam_jax.config_utils import ConfigError
+
+            raise ConfigError(f"--local_device_ids={local_device_ids!r}: expected comma-separated integers") from e
     explicit = coordinator is not None or num_processes is not None or process_id is not None
     if explicit:
         missing = [n for n, v in (("--coordinator", coordinator), ("--num_processes", num_processes),
@@ -84,10 +95,10 @@ def maybe_initialize_distributed(coordinator: str | None, num_processes: int | N
         if num_processes == 1:
             return False
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id, initialization_timeout=timeout)
+                                   process_id=process_id, initialization_timeout=timeout, **kw)
         return True
     if _auto_cluster():
-        jax.distributed.initialize(initialization_timeout=timeout)
+        jax.distributed.initialize(initialization_timeout=timeout, **kw)
         return jax.process_count() > 1
     return False
 
@@ -112,7 +123,8 @@ def main(argv: Sequence[str]) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    multi = maybe_initialize_distributed(fv.coordinator, fv.num_processes, fv.process_id, fv.init_timeout)
+    multi = maybe_initialize_distributed(fv.coordinator, fv.num_processes, fv.process_id, fv.init_timeout,
+                                         fv.local_device_ids)
 
     from absl import flags as absl_flags
 

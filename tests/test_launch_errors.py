@@ -155,3 +155,21 @@ def test_console_script_reports_errors(tmp_path):
                          env=rf.cli_env(1), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "missing.py" in out.stderr and "does not exist" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["launch/tpu_pod.sh", "launch/slurm_gpu.sbatch"])
+def test_launcher_scripts_parse(script):
+    out = subprocess.run(["bash", "-n", os.path.join(rf.REPO, script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_tpu_pod_script_names_missing_settings():
+    env = {k: v for k, v in os.environ.items() if k not in ("TPU_NAME", "ZONE")}
+    out = subprocess.run(["bash", os.path.join(rf.REPO, "launch/tpu_pod.sh"), "train"], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode != 0 and "TPU_NAME" in out.stderr
+
+
+def test_slurm_script_needs_arguments():
+    out = subprocess.run(["bash", os.path.join(rf.REPO, "launch/slurm_gpu.sbatch")], capture_output=True, text=True)
+    assert out.returncode == 2 and "usage: sbatch" in out.stderr

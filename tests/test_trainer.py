@@ -148,3 +148,115 @@ def test_kill_9_then_same_command_reproduces_the_uninterrupted_losses(tmp_path, 
     diff = max(abs(got[s] - want[s]) / abs(want[s]) for s in range(1, STEPS + 1))
     print(f"\nkilled at step {killed_at}, resumed from {resumed_from}; max relative loss difference {diff:.2e}")
     assert diff <= 1e-6
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+class _FakeDevice:
+    def __init__(self, kind: str):
+        self.device_kind = kind
+
+
+@pytest.mark.parametrize(
+    "kind, dtype, expected",
+    [("TPU v5", "bfloat16", 459e12), ("TPU v5 lite", "bfloat16", 197e12), ("TPU v6 lite", "bfloat16", 918e12),
+     ("TPU v4", "bfloat16", 275e12), ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
+     ("NVIDIA A100-SXM4-80GB", "float32", 19.5e12)],
+)
+def test_peak_flops_table(kind, dtype, expected):
+    peak, source = metrics.peak_flops_per_device(_FakeDevice(kind), dtype)
+    assert peak == expected and source.startswith("table:")
+
+
+def test_cpu_peak_is_measured_and_split_over_simulated_devices():
+    import jax
+
+    peak, source = metrics.peak_flops_per_device(jax.devices()[0], "float32")
+    assert source == "measured-matmul"
+    assert 1e7 < peak * len(jax.local_devices()) < 1e13
+
+
+def test_compiled_cost_and_memory():
+    import jax
+    import jax.numpy as jnp
+
+    compiled = jax.jit(lambda a, b: a @ b).lower(
+        jax.ShapeDtypeStruct((64, 32), jnp.float32), jax.ShapeDtypeStruct((32, 16), jnp.float32)).compile()
+    assert metrics.compiled_flops(compiled) == 2 * 64 * 32 * 16
+    mem = metrics.compiled_memory(compiled)
+    assert mem["argument_bytes"] == (64 * 32 + 32 * 16) * 4 and mem["output_bytes"] == 64 * 16 * 4
+    assert "memory/compiled_total_gib" in metrics.device_memory(mem)  # CPU: no allocator stats
+
+
+def test_step_timer_reports_throughput_and_mfu():
+    t = metrics.StepTimer()
+    t.t0 -= 2.0  # pretend 2 s passed
+    for _ in range(4):
+        t.tick()
+        t.add_data_wait(0.1)
+    out = t.summary(global_batch=8, flops_per_device=1e9, peak=1e10)
+    assert abs(out["perf/step_time_s"] - 0.5) < 0.05
+    assert abs(out["perf/data_wait_s"] - 0.1) < 1e-9
+    assert abs(out["perf/examples_per_s"] - 16) < 2
+    assert abs(out["perf/mfu"] - 1e9 / 0.5 / 1e10) < 0.02
+
+
+def test_metrics_jsonl_truncation_after_a_hard_kill(tmp_path):
+    w = metrics.JsonlWriter(str(tmp_path))
+    for s in range(1, 6):
+        w.write(s, {"loss": 1.0 / s})
+    w.close()
+    with open(tmp_path / metrics.METRICS_JSONL, "a") as f:
+        f.write('{"step": 6, "lo')  # cut off mid-line by kill -9
+    metrics.truncate_jsonl(str(tmp_path), 3)
+    recs = metrics.read_jsonl(str(tmp_path / metrics.METRICS_JSONL))
+    assert [r["step"] for r in recs] == [1, 2, 3] and recs[2]["loss"] == pytest.approx(1 / 3)
+
+
+# -- AOT compile (launch/compile.py) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, topology, devices, slices",
+    [("v5p-8", "v5:2x2x1", 4, 1), ("v5p-64", "v5:2x4x4", 32, 1), ("v5p-256x2", "v5:4x4x8", 256, 2),
+     ("v4-32", "v4:2x2x4", 16, 1), ("v6e-8", "v6e:2x4", 8, 1), ("v5e-16", "v5e:4x4", 16, 1), ("cpu:8", "", 8, 1)],
+)
+def test_topology_names(name, topology, devices, slices):
+    from launch import compile as aot
+
+    t = aot.parse_target(name)
+    assert (t.topology, t.num_devices, t.num_slices) == (topology, devices, slices)
+
+
+def test_bad_topology_name():
+    from launch import compile as aot
+
+    with pytest.raises(ValueError, match="--topology='v5p-7'"):
+        aot.parse_target("v5p-7")
+    with pytest.raises(ValueError, match="expected cpu:N or a TPU slice name"):
+        aot.parse_target("h100")
+
+
+def test_aot_compile_for_simulated_cpu_devices(session_mixture):
+    import jax
+
+    from launch import compile as aot
+
+    cfg = rf.tiny_config(session_mixture)
+    report = aot.compile_train_step(cfg, jax.devices()[:8])
+    assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert report["flops_per_device"] > 0 and report["temp_bytes"] > 0
+    text, fits = aot.format_report(aot.parse_target("cpu:8"), report)
+    assert fits and "temporaries" in text and "fits             yes" in text
+
+
+def test_aot_compile_for_a_tpu_topology_without_tpus(session_mixture):
+    pytest.importorskip("libtpu", reason="TPU targets need libtpu (pip install 'jax[tpu]==0.10.2')")
+    from launch import compile as aot
+
+    cfg = rf.tiny_config(session_mixture, **{"mesh.ici_data": 1, "mesh.ici_fsdp": -1})
+    target = aot.parse_target("v5p-8")
+    report = aot.compile_train_step(cfg, aot.target_devices(target))
+    text, fits = aot.format_report(target, report)
+    assert fits and report["num_devices"] == 4
