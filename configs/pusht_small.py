@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
     # Labeled episodes (frames + actions) and action-free videos of the same task: the latent
     # actions learn from both, the action head from the labeled part only.
-    c.data.mixture = f"{DATA_ROOT}/labeled:0.5,{DATA_ROOT}/video:0.5"
+    c.data.mixture = f"{DATA_ROOT}/pusht_labeled:0.5,{DATA_ROOT}/pusht_video:0.5"
     c.data.num_frames = 4
     c.data.global_batch_size = 16
     c.data.num_workers = 0
@@ -49,13 +49,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
     c.optim.lr = 1e-3
     c.optim.weight_decay = 0.05
-    c.optim.warmup_steps = 50
+    c.optim.warmup_steps = 30
     c.optim.schedule = "warmup_cosine"
 
     c.mesh.ici_fsdp = -1  # one CPU device: a 1x1x1 mesh; more devices shard automatically
 
-    c.train.num_steps = 600
-    c.train.log_every = 20
+    c.train.num_steps = 300
+    c.train.log_every = 10
     c.train.checkpoint_every = 100
     c.train.max_to_keep = 2
     return c

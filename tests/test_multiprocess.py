@@ -49,6 +49,7 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
     return outs
 
 
+@pytest.mark.slow  # two processes compile and train on 2 cores: minutes with a cold XLA cache
 def test_two_processes_match_one_process(tmp_path, session_config_file, reference_run):
     workdir = str(tmp_path / "w")
     port = rf.free_port()

@@ -96,6 +96,7 @@ def test_rerun_of_a_finished_run_is_a_noop(uninterrupted, config_file):
     assert open(os.path.join(workdir, metrics.METRICS_JSONL)).read() == before
 
 
+@pytest.mark.slow  # 3 training processes: ~1.5-2 min on a busy 2-core machine with a warm XLA cache
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path, config_file, uninterrupted):
     workdir = str(tmp_path / "w")
     proc = _start(config_file, workdir)
@@ -123,6 +124,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, config_file, unint
     )
 
 
+@pytest.mark.slow  # 3 training processes: ~1.5 min on a busy 2-core machine with a warm XLA cache
 def test_kill_9_then_same_command_reproduces_the_uninterrupted_losses(tmp_path, config_file, uninterrupted):
     workdir = str(tmp_path / "w")
     proc = _start(config_file, workdir)

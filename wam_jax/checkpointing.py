@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Checkpointer:
         keep_period: int = 0,
         async_save: bool = True,
     ):
-        self.directory = os.path.abspath(directory)
+        self.directory = _abspath(directory)
         keep = [policies.LatestN(n=max_to_keep if max_to_keep > 0 else None)]
         if keep_period and keep_period > 0:
             keep.append(policies.EveryNSteps(interval_steps=int(keep_period)))
@@ -134,15 +135,16 @@ class Checkpointer:
     def incomplete_steps(self) -> list[tuple[int, str]]:
         """Interrupted saves: Orbax temporary directories (or step dirs without a commit marker)."""
         out = []
-        if not os.path.isdir(self.directory):
+        root = epath.Path(self.directory)
+        if not root.is_dir():
             return out
         complete = set(self.all_steps())
-        for name in sorted(os.listdir(self.directory)):
+        for name in sorted(p.name for p in root.iterdir()):
             m = _TMP_RE.match(name)
             if m:
-                out.append((int(m.group(1)), os.path.join(self.directory, name)))
+                out.append((int(m.group(1)), str(root / name)))
             elif name.isdigit() and int(name) not in complete:
-                out.append((int(name), os.path.join(self.directory, name)))
+                out.append((int(name), str(root / name)))
         return out
 
     def saved_config(self, step: int) -> dict[str, Any] | None:
@@ -198,7 +200,7 @@ class Checkpointer:
     def has_data_state(self, step: int) -> bool:
         """Whether this process's iterator state exists (it does not after a process-count change)."""
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        return os.path.exists(os.path.join(self.directory, str(step), "data", name))
+        return (epath.Path(self.directory) / str(step) / "data" / name).exists()
 
     def restore(self, step: int, abstract_state: Mapping[str, Any], data_iterator: Any):
         """(state dict, stats dict, data restored?) of one step, onto the abstract target's shardings."""
@@ -258,10 +260,10 @@ class Checkpointer:
         from jax.experimental import multihost_utils
 
         if jax.process_index() == 0:
-            src = os.path.join(self.directory, str(step))
-            dst = f"{src}.damaged-{int(time.time())}"
-            if os.path.exists(src):
-                os.rename(src, dst)
+            src = epath.Path(self.directory) / str(step)
+            dst = src.parent / f"{src.name}.damaged-{int(time.time())}"
+            if src.exists():
+                src.rename(dst)
                 log.warning("moved the damaged checkpoint %s to %s", src, dst)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"wam_jax_set_aside_{step}")
@@ -273,6 +275,11 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _abspath(path: str) -> str:
+    """Absolute local paths; URLs (gs://, s3://) unchanged."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _jsonable(x: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -140,51 +141,72 @@ def device_memory(compiled_mem: Mapping[str, int] | None = None) -> dict[str, fl
 
 
 class JsonlWriter:
-    """`WORKDIR/metrics.jsonl`: one JSON object per log step, `step` plus every scalar."""
+    """`WORKDIR/metrics.jsonl`: one JSON object per log step, `step` plus every scalar.
 
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, METRICS_JSONL)
-        self._f = open(self.path, "a")  # noqa: SIM115 - kept open for the run
+    Local files are appended to and flushed per record. Object stores (gs://) cannot append, so
+    there the records are kept and the file is rewritten every `rewrite_every` records and on close.
+    """
+
+    def __init__(self, workdir: str, rewrite_every: int = 20):
+        self.path = epath.Path(workdir) / METRICS_JSONL
+        self.local = "://" not in str(workdir)
+        self.rewrite_every = rewrite_every
+        self._lines: list[str] = []
+        self._pending = 0
+        if self.local:
+            self._f = open(self.path, "a")  # noqa: SIM115 - kept open for the run
+        else:
+            self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         rec = {"step": int(step)}
         rec.update({k: _to_float(v) for k, v in scalars.items()})
-        self._f.write(json.dumps(rec) + "\n")
-        self._f.flush()
+        line = json.dumps(rec) + "\n"
+        if self.local:
+            self._f.write(line)
+            self._f.flush()
+            return
+        self._lines.append(line)
+        self._pending += 1
+        if self._pending >= self.rewrite_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.local and self._pending:
+            self.path.write_text("".join(self._lines))
+            self._pending = 0
 
     def close(self) -> None:
-        self._f.close()
+        if self.local:
+            self._f.close()
+        else:
+            self.flush()
 
 
 def truncate_jsonl(workdir: str, last_step: int) -> None:
     """Drops records after `last_step` (written after the checkpoint a resumed run starts from),
     so `metrics.jsonl` reads as one uninterrupted curve."""
-    path = os.path.join(workdir, METRICS_JSONL)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / METRICS_JSONL
+    if not path.exists():
         return
     keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a hard kill
-            if int(rec.get("step", -1)) <= last_step:
-                keep.append(line if line.endswith("\n") else line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a hard kill
+        if int(rec.get("step", -1)) <= last_step:
+            keep.append(line + "\n")
+    if "://" in str(workdir):
+        path.write_text("".join(keep))
+        return
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(keep))
     os.replace(tmp, path)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    out = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
-    return out
+    return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
 
 
 def _to_float(v: Any) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from wam_jax import checkpointing, config_utils, metrics, sharding
 from wam_jax import train_step as ts
@@ -89,8 +90,8 @@ def train(
 ) -> TrainResult:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint). See the module docstring."""
     config_utils.validate(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # gs:// workdirs on pods
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     loader = _loader()
     cache_dir = str(config.train.get("compilation_cache_dir", "") or "")
     if cache_dir:
@@ -106,7 +107,7 @@ def train(
     stats = loader.mixture_info(config)
     built = ts.build(config, mesh, model_factory=model_factory, loss_fn=loss_fn)
     ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        str(epath.Path(workdir) / "checkpoints"),
         max_to_keep=int(config.train.max_to_keep),
         keep_period=int(config.train.keep_period),
     )
