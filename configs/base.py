@@ -20,6 +20,7 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.pos_emb = "rope"  # 'rope' (3D RoPE, V-JEPA 2) or 'sincos'
     c.encoder = presets.encoder_preset(preset)
     c.predictor = presets.predictor_preset(preset)
+    c.predictor.residual = True  # predict z_{t+1} - z_t (output starts at the copy baseline)
     c.action_dim = 7  # A: padded maximum over embodiments
     c.proprio_dim = 8  # P
     c.num_embodiments = 4

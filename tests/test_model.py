@@ -177,12 +177,13 @@ def test_trainable_filter_excludes_the_frozen_encoder():
 def test_fsq_values_on_the_grid_with_straight_through_gradient():
     levels = (5, 4, 3)
     z = jax.random.normal(jax.random.key(0), (256, 3)) * 2
-    q, idx = la_lib.fsq_quantize(z, levels)
+    q, idx, pre = la_lib.fsq_quantize(z, levels)
     for i, lv in enumerate(levels):
         half = lv // 2
         grid = (np.arange(lv) - half) / half
         np.testing.assert_allclose(np.asarray(q[:, i]), grid[np.asarray(idx[:, i])], atol=1e-6)
         assert set(np.unique(np.asarray(idx[:, i]))) <= set(range(lv))
+    assert np.abs(np.asarray(q - pre)).max() <= 0.5 / min(lv // 2 for lv in levels) + 1e-6
     g = jax.grad(lambda x: jnp.sum(la_lib.fsq_quantize(x, levels)[0]))(z)
     assert np.all(np.asarray(g) > 0)  # rounding is skipped in the backward pass
     with pytest.raises(ValueError, match="fsq_levels"):

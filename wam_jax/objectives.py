@@ -24,6 +24,7 @@ from flax import nnx
 
 from wam_jax import masks
 from wam_jax.models import encoder as encoder_lib
+from wam_jax.models.latent_actions import usage_hinge
 from wam_jax.models.world_model import WorldActionModel, encode_latents, normalize_latents
 
 sg = jax.lax.stop_gradient
@@ -205,8 +206,12 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     # Alignment of real-action embeddings to (stop-gradient) latent actions, on labeled steps.
     if w["align"] > 0:
         terms["align"] = masked_mean(jnp.mean(jnp.square(g - sg(la.mean)), axis=-1), labeled)
-    if w["bottleneck"] > 0 and spec.bottleneck == "gaussian":
-        terms["bottleneck"] = spec.kl_weight * masked_mean(jnp.sum(la.kl, axis=-1), step_valid)
+    if w["bottleneck"] > 0:
+        if spec.bottleneck == "gaussian":
+            terms["bottleneck"] = spec.kl_weight * masked_mean(jnp.sum(la.kl, axis=-1), step_valid)
+        else:
+            du = la.pre.shape[-1]
+            terms["bottleneck"] = usage_hinge(la.pre.reshape(-1, du), step_valid.reshape(-1))
 
     # Action heads (labeled dims only).
     a_hat = None

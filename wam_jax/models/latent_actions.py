@@ -5,11 +5,16 @@ q(u_t | z̄_t, z̄_{t+1}). Its output conditions the predictor on clips without 
 bottleneck has to be narrow enough that u_t cannot smuggle the whole next frame through:
 
 - 'fsq': finite scalar quantization (Mentzer et al. 2023), `levels` values per dimension,
-  straight-through rounding; no auxiliary loss, capacity `dim * log(levels)` nats.
+  straight-through rounding; capacity `dim * log(levels)` nats.
 - 'gaussian': a VAE-style posterior N(mu, sigma^2) sampled with the reparameterization trick and a
   KL to N(0, 1) (the bottleneck loss, weighted by `kl_weight`).
 - 'noisy': a bounded mean `tanh(mu)` plus fixed Gaussian noise of std `noise_std`: a channel with
-  bounded capacity and no extra loss.
+  bounded capacity.
+
+For 'fsq' and 'noisy' the bottleneck loss is a usage term instead (`usage_hinge`): early on the
+predictor cannot use u_t yet and, thanks to its copy-last-frame residual, is best served by a
+*constant* u_t, so without it the latent actions collapse to one code within a few dozen steps
+(and the alignment then drags g(a_t) to a constant as well).
 
 `ActionEmbedder` g(a_t, embodiment) maps real actions into the same space (per-embodiment input
 map, only the valid action dims), aligned to the latent actions with ||g(a_t) - sg(u_t)||^2.
@@ -35,6 +40,7 @@ class LatentActions(NamedTuple):
     mean: jax.Array  # [..., du] deterministic version (quantized FSQ / posterior mean); inference
     kl: jax.Array  # [..., du] KL(q || N(0, 1)) per dim (zeros for FSQ)
     codes: jax.Array  # int32 [..., du] FSQ level index per dim (zeros for Gaussian bottlenecks)
+    pre: jax.Array  # [..., du] continuous value before rounding / noise, in about [-1, 1]
 
 
 def parse_fsq_levels(levels: int | tuple[int, ...] | list[int], dim: int) -> tuple[int, ...]:
@@ -47,10 +53,11 @@ def parse_fsq_levels(levels: int | tuple[int, ...] | list[int], dim: int) -> tup
     return lv
 
 
-def fsq_quantize(z: jax.Array, levels: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+def fsq_quantize(z: jax.Array, levels: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """FSQ: bound each dim to `levels[i]` integer values, round with a straight-through gradient.
 
-    Returns (quantized values scaled into [-1, 1], int32 level index in [0, levels[i])).
+    Returns (quantized values scaled into [-1, 1], int32 level index in [0, levels[i]),
+    the bounded value before rounding on the same scale).
     """
     lv = jnp.asarray(levels, jnp.float32)
     eps = 1e-3
@@ -61,7 +68,17 @@ def fsq_quantize(z: jax.Array, levels: tuple[int, ...]) -> tuple[jax.Array, jax.
     rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
     half_width = jnp.floor(lv / 2.0)
     idx = (jnp.round(bounded) + half_width).astype(jnp.int32)
-    return rounded / half_width, idx
+    return rounded / half_width, idx, bounded / half_width
+
+
+def usage_hinge(pre: jax.Array, mask: jax.Array, target_std: float = 0.5) -> jax.Array:
+    """VICReg-style variance hinge: mean over dims of relu(target_std - std of `pre [M, du]` over
+    the valid rows `mask [M]`). Zero once every dimension is used; keeps u_t from collapsing."""
+    w = mask.astype(jnp.float32)[:, None]
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    mean = jnp.sum(w * pre, axis=0) / n
+    var = jnp.sum(w * jnp.square(pre - mean), axis=0) / n
+    return jnp.mean(jax.nn.relu(target_std - jnp.sqrt(var + 1e-4)))
 
 
 class LatentActionModel(nnx.Module):
@@ -70,7 +87,7 @@ class LatentActionModel(nnx.Module):
     @layers.mesh_optional
     def __init__(self, *, latent_dim: int, dim: int, bottleneck: str, fsq_levels: int | tuple[int, ...],
                  noise_std: float, width: int, depth: int, heads: int, mlp_ratio: float,
-                 grid_hw: tuple[int, int], rngs: nnx.Rngs, pos_emb: str = "rope", scan: bool = True,
+                 grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True,
                  remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32,
                  attention_impl: str = "xla"):
         if bottleneck not in BOTTLENECKS:
@@ -81,7 +98,7 @@ class LatentActionModel(nnx.Module):
         self.noise_std = float(noise_std)
         self.trunk = TransitionEncoder(
             latent_dim=latent_dim, width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
-            grid_hw=grid_hw, rngs=rngs, pos_emb=pos_emb, scan=scan, remat=remat, dtype=dtype,
+            grid_hw=grid_hw, rngs=rngs, scan=scan, remat=remat, dtype=dtype,
             param_dtype=param_dtype, attention_impl=attention_impl)
         out = 2 * dim if bottleneck == "gaussian" else dim
         # Unit-scale pre-activations at init, so the FSQ codes / Gaussian means start spread out
@@ -103,8 +120,8 @@ class LatentActionModel(nnx.Module):
         h = self.head(self.trunk(z_t, z_next)).astype(jnp.float32)
         zeros = jnp.zeros((*h.shape[:-1], self.dim), jnp.float32)
         if self.bottleneck == "fsq":
-            q, idx = fsq_quantize(h, self.levels)
-            return LatentActions(u=q, mean=q, kl=zeros, codes=idx)
+            q, idx, pre = fsq_quantize(h, self.levels)
+            return LatentActions(u=q, mean=q, kl=zeros, codes=idx, pre=pre)
         if self.bottleneck == "gaussian":
             mu, log_var = jnp.split(h, 2, axis=-1)
             log_var = jnp.clip(log_var, -10.0, 10.0)
@@ -112,12 +129,12 @@ class LatentActionModel(nnx.Module):
             u = mu
             if key is not None:
                 u = mu + jnp.exp(0.5 * log_var) * jax.random.normal(key, mu.shape)
-            return LatentActions(u=u, mean=mu, kl=kl, codes=zeros.astype(jnp.int32))
+            return LatentActions(u=u, mean=mu, kl=kl, codes=zeros.astype(jnp.int32), pre=mu)
         mean = jnp.tanh(h)
         var = self.noise_std**2
         kl = 0.5 * (var + mean**2 - 1.0 - math.log(var))
         u = mean if key is None else mean + self.noise_std * jax.random.normal(key, mean.shape)
-        return LatentActions(u=u, mean=mean, kl=kl, codes=zeros.astype(jnp.int32))
+        return LatentActions(u=u, mean=mean, kl=kl, codes=zeros.astype(jnp.int32), pre=mean)
 
 
 class ActionEmbedder(nnx.Module):

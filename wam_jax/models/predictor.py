@@ -24,11 +24,12 @@ from wam_jax import sharding
 from wam_jax.models import layers
 
 _ACT_AXES = ("batch", "tokens", "embed")
-POS_EMBS = ("rope", "sincos")
 
 
 def _init(axes: Sequence[str | None], stddev: float = 0.02):
-    return nnx.with_partitioning(nnx.initializers.truncated_normal(stddev=stddev), tuple(axes))
+    base = (nnx.initializers.truncated_normal(stddev=stddev) if stddev > 0
+            else nnx.initializers.zeros_init())
+    return nnx.with_partitioning(base, tuple(axes))
 
 
 def linear(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
@@ -90,51 +91,46 @@ def _positions_with_extra(t: int, grid_hw: tuple[int, int], extra: int) -> jax.A
     return (per_step[None] + steps).reshape(t * per_step.shape[0], 3)
 
 
-class _PositionMixin:
-    """RoPE tables or additive sin-cos embeddings, chosen by `pos_emb`."""
-
-    pos_emb: str
-    head_dim: int
-    width: int
-
-    def _positions(self, x: jax.Array, positions: jax.Array):
-        if self.pos_emb == "rope":
-            return x, layers.rope_3d(positions, self.head_dim, layout="rotary")
-        return x + layers.sincos_3d(positions, self.width).astype(x.dtype), None
+def _rope(positions: jax.Array, head_dim: int) -> layers.Rope:
+    """These modules are not checkpoint-bound, so they use exact (rotation-preserving) 3D RoPE
+    whatever the encoder's `pos_emb`: no additive embedding competes with the content."""
+    return layers.rope_3d(positions, head_dim, layout="rotary")
 
 
-def _check_pos_emb(pos_emb: str) -> str:
-    if pos_emb not in POS_EMBS:
-        raise ValueError(f"model.pos_emb must be one of {POS_EMBS}, got {pos_emb!r}")
-    return pos_emb
-
-
-class LatentPredictor(_PositionMixin, nnx.Module):
+class LatentPredictor(nnx.Module):
     """Frame-block-causal transformer: (z_{<=t}, c_{<=t}, proprio_{<=t}) -> z_{t+1}."""
 
     @layers.mesh_optional
     def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
                  cond_dim: int, proprio_dim: int, grid_hw: tuple[int, int], rngs: nnx.Rngs,
-                 pos_emb: str = "rope", scan: bool = True, remat: str = "none",
-                 dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla"):
+                 scan: bool = True, remat: str = "none",
+                 dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla",
+                 residual: bool = True):
         self.latent_dim = latent_dim
+        self.residual = residual
         self.width = width
         self.head_dim = width // heads
         self.cond_dim = cond_dim
         self.proprio_dim = proprio_dim
         self.grid_hw = tuple(grid_hw)
-        self.pos_emb = _check_pos_emb(pos_emb)
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.latent_in = linear(latent_dim, width, ("embed", "mlp"), **kw)
-        self.cond_in = linear(cond_dim, width, ("latent_action", "embed"), **kw)
+        # Fan-in scaled input maps: latents, conditioning and proprio enter at the same (unit)
+        # scale, so neither drowns the others in the first block's LayerNorm.
+        self.latent_in = linear(latent_dim, width, ("embed", "mlp"), stddev=latent_dim**-0.5, **kw)
+        self.cond_in = linear(cond_dim, width, ("latent_action", "embed"), stddev=cond_dim**-0.5,
+                              **kw)
         # Proprio enters as [value * mask, mask]: "absent" differs from "zero".
-        self.proprio_in = linear(2 * proprio_dim, width, ("act", "embed"), **kw) if proprio_dim else None
+        self.proprio_in = (linear(2 * proprio_dim, width, ("act", "embed"),
+                                  stddev=(2 * proprio_dim) ** -0.5, **kw) if proprio_dim else None)
         self.token_type = nnx.Param(_init((None, "embed"))(rngs.params(), (3, width), param_dtype))
         self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, remat=remat,
                                         attention_impl=attention_impl, **kw)
         self.norm = layers.layer_norm(width, **kw)
-        self.latent_out = linear(width, latent_dim, ("mlp", "embed"), **kw)
+        # residual=True predicts z_{t+1} - z_t; the zero-initialised output then starts exactly at
+        # the copy-last-frame baseline and training only has to learn the change.
+        self.latent_out = linear(width, latent_dim, ("mlp", "embed"),
+                                 stddev=0.0 if residual else 0.02, **kw)
 
     def __call__(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None = None,
                  proprio_mask: jax.Array | None = None) -> jax.Array:
@@ -143,8 +139,12 @@ class LatentPredictor(_PositionMixin, nnx.Module):
         b, s, n, _ = z.shape
         spatial_grid(n, self.grid_hw)
         types = self.token_type[...].astype(self.dtype)
-        lat = self.latent_in(z.astype(self.dtype)) + types[2]
-        c = self.cond_in(cond.astype(self.dtype))[:, :, None] + types[0]
+        c_emb = self.cond_in(cond.astype(self.dtype))[:, :, None]  # [B, S, 1, W]
+        # The conditioning is both a token of its own and added to every latent token of its step:
+        # a direct path (as in DINO-WM's per-patch action concat) that does not have to be found
+        # by attention first, which makes action conditioning learn much faster.
+        lat = self.latent_in(z.astype(self.dtype)) + c_emb + types[2]
+        c = c_emb + types[0]
         p = jnp.broadcast_to(types[1], (b, s, 1, self.width))
         if self.proprio_in is not None and proprio is not None:
             pm = (jnp.ones(proprio.shape, jnp.bool_) if proprio_mask is None else proprio_mask)
@@ -152,24 +152,24 @@ class LatentPredictor(_PositionMixin, nnx.Module):
             p = p + self.proprio_in(feats.astype(self.dtype))[:, :, None]
         x = jnp.concatenate([c, p.astype(lat.dtype), lat], axis=2).reshape(b, s * (n + 2), self.width)
         x = sharding.constrain(x, _ACT_AXES)
-        x, rope = self._positions(x, _positions_with_extra(s, self.grid_hw, 2))
+        rope = _rope(_positions_with_extra(s, self.grid_hw, 2), self.head_dim)
         step = jnp.repeat(jnp.arange(s), n + 2)
         mask = (step[None, :] <= step[:, None])[None, None]  # [1, 1, L, L] block-causal
         x = self.blocks(x, mask=mask, rope=rope)
         x = x.reshape(b, s, n + 2, self.width)[:, :, 2:]
-        return self.latent_out(self.norm(x)).astype(jnp.float32)
+        out = self.latent_out(self.norm(x)).astype(jnp.float32)
+        return out + z.astype(jnp.float32) if self.residual else out
 
 
-class MaskedPredictor(_PositionMixin, nnx.Module):
+class MaskedPredictor(nnx.Module):
     """V-JEPA predictor: fills masked token positions from the context encoder's visible tokens."""
 
     @layers.mesh_optional
     def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
-                 rngs: nnx.Rngs, pos_emb: str = "rope", scan: bool = True, remat: str = "none",
+                 rngs: nnx.Rngs, scan: bool = True, remat: str = "none",
                  dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla"):
         self.width = width
         self.head_dim = width // heads
-        self.pos_emb = _check_pos_emb(pos_emb)
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.latent_in = linear(latent_dim, width, ("embed", "mlp"), **kw)
@@ -190,31 +190,38 @@ class MaskedPredictor(_PositionMixin, nnx.Module):
         x = sharding.constrain(jnp.concatenate([ctx, tok], axis=1), _ACT_AXES)
         grid = layers.grid_positions(*grid_thw).astype(jnp.float32)  # [L, 3]
         positions = jnp.take(grid, jnp.concatenate([keep_idx, mask_idx], axis=1), axis=0)
-        x, rope = self._positions(x, positions)
+        rope = _rope(positions, self.head_dim)
         x = self.blocks(x, rope=rope)
         return self.latent_out(self.norm(x[:, k:])).astype(jnp.float32)
 
 
-class TransitionEncoder(_PositionMixin, nnx.Module):
+class TransitionEncoder(nnx.Module):
     """(z_a, z_b) `[..., N, D]` each -> pooled feature `[..., width]`.
 
-    Per-token features `[z_a, z_b - z_a]` (the difference makes motion explicit), a learned
-    pooling token prepended, a few transformer blocks, the pooling token's output normed.
+    Per token `delta_in(z_b - z_a) + context_in(z_a)`, a pooling token prepended, a few
+    transformer blocks, the pooling token's output normed. With `change_only_init` (the latent
+    action model) `context_in` and the pooling token start at zero: the output is then a function
+    of the *change* alone (exactly constant when nothing changed), so latent-action codes start
+    spread over transitions instead of being swamped by the static content both frames share;
+    context is learned on top. Supervised heads start with both streams.
     """
 
     @layers.mesh_optional
     def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
-                 grid_hw: tuple[int, int], rngs: nnx.Rngs, pos_emb: str = "rope",
-                 scan: bool = True, remat: str = "none", dtype=jnp.float32,
-                 param_dtype=jnp.float32, attention_impl: str = "xla"):
+                 grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True, remat: str = "none",
+                 dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla",
+                 change_only_init: bool = True):
         self.width = width
         self.head_dim = width // heads
         self.grid_hw = tuple(grid_hw)
-        self.pos_emb = _check_pos_emb(pos_emb)
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.pair_in = linear(2 * latent_dim, width, ("embed", "mlp"), **kw)
-        self.pool_token = nnx.Param(_init(("embed",))(rngs.params(), (width,), param_dtype))
+        std = latent_dim**-0.5
+        self.delta_in = linear(latent_dim, width, ("embed", "mlp"), stddev=std, **kw)
+        self.context_in = linear(latent_dim, width, ("embed", "mlp"), use_bias=False,
+                                 stddev=0.0 if change_only_init else std, **kw)
+        self.pool_token = nnx.Param(_init(("embed",), 0.0 if change_only_init else 0.02)(
+            rngs.params(), (width,), param_dtype))
         self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, remat=remat,
                                         attention_impl=attention_impl, **kw)
         self.norm = layers.layer_norm(width, **kw)
@@ -224,9 +231,9 @@ class TransitionEncoder(_PositionMixin, nnx.Module):
         spatial_grid(n, self.grid_hw)
         z_a = z_a.reshape(-1, n, d).astype(self.dtype)
         z_b = z_b.reshape(-1, n, d).astype(self.dtype)
-        x = self.pair_in(jnp.concatenate([z_a, z_b - z_a], axis=-1))
+        x = self.delta_in(z_b - z_a) + self.context_in(z_a)
         pool = jnp.broadcast_to(self.pool_token[...].astype(x.dtype), (x.shape[0], 1, self.width))
         x = sharding.constrain(jnp.concatenate([pool, x], axis=1), _ACT_AXES)
-        x, rope = self._positions(x, _positions_with_extra(1, self.grid_hw, 1))
+        rope = _rope(_positions_with_extra(1, self.grid_hw, 1), self.head_dim)
         x = self.blocks(x, rope=rope)
         return self.norm(x[:, 0]).reshape(*lead, self.width)

@@ -130,7 +130,7 @@ class WorldActionModel(nnx.Module):
         self.spec = spec
         dtype = jnp.dtype(cfg.dtype)
         param_dtype = jnp.dtype(cfg.param_dtype)
-        common = dict(rngs=rngs, pos_emb=str(cfg.pos_emb), scan=bool(cfg.scan_layers),
+        common = dict(rngs=rngs, scan=bool(cfg.scan_layers),
                       remat=str(cfg.remat), dtype=dtype, param_dtype=param_dtype,
                       attention_impl=str(cfg.attention))
         pc = cfg.predictor
@@ -138,7 +138,7 @@ class WorldActionModel(nnx.Module):
         self.predictor = LatentPredictor(
             latent_dim=spec.latent_dim, width=pc.width, depth=pc.depth, heads=pc.heads,
             mlp_ratio=pc.mlp_ratio, cond_dim=spec.latent_action_dim, proprio_dim=spec.proprio_dim,
-            grid_hw=spec.grid_hw, **common)
+            grid_hw=spec.grid_hw, residual=bool(pc.get("residual", True)), **common)
         la = cfg.latent_action
         la_width = int(la.width) or int(pc.width)
         self.latent_actions = LatentActionModel(
