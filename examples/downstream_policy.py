@@ -1,0 +1,319 @@
+"""Behaviour cloning on frozen exported world-model features vs. the same policy from pixels.
+
+    python examples/downstream_policy.py --export=workdirs/pusht_small/export \\
+        --data=data/pusht/converted/pusht_labeled [--test_data=data/pusht/converted/pusht_test]
+
+Takes the encoder exported by `wam-export` (loaded with `wam_jax.load_encoder`: plain JAX, no Flax,
+no wam_jax model code) into a policy of your own, here written in plain JAX + optax:
+
+- `features`: frozen exported encoder -> per-token linear (D -> 8) -> flatten -> MLP -> action;
+- `pixels`:   a small CNN trained from scratch -> the same per-cell linear -> flatten -> MLP -> action,
+
+both fed the agent position (proprio) too, trained on the same PushT demonstrations with the same
+budget (steps, batch, optimizer, learning rate), then rolled out in the simulator from the same
+initial states. Reported per policy: held-out action MAE (robot units, px), success rate by the
+DINO-WM rule at the end of a fixed step budget (no early stop), how often the goal was reached at
+some step, and wall time; the scripted demonstrator on the same initial states is the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+EVAL_SEED_BASE = 950_000  # disjoint from the demo's data seeds and from wam-plan's tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def load_demos(path: str, image_size: int, max_episodes: int | None = None) -> dict[str, np.ndarray]:
+    """Frames (uint8, resized to `image_size`), actions and proprio of a converted PushT dataset."""
+    from PIL import Image
+
+    from data_pipelines import records
+
+    info = records.read_dataset_info(path)
+    if not info.get("action_dim"):
+        raise ValueError(f"{path}: dataset has no actions (kind {info.get('kind')!r}); pass a labeled PushT dataset")
+    frames, actions, proprio, episode = [], [], [], []
+    for i, ep in enumerate(records.iter_episodes(records.shard_paths(path, info))):
+        if max_episodes is not None and i >= max_episodes:
+            break
+        for jpeg in ep.frames:
+            img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            frames.append(np.asarray(img, np.uint8))
+        actions.append(ep.action)
+        proprio.append(ep.proprio if ep.proprio is not None else np.zeros((len(ep), 2), np.float32))
+        episode += [i] * len(ep)
+    return {"frames": np.stack(frames), "action": np.concatenate(actions).astype(np.float32),
+            "proprio": np.concatenate(proprio).astype(np.float32), "episode": np.asarray(episode)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Policies in plain JAX
+
+
+def _dense(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
+    return {"w": jax.random.normal(key, (n_in, n_out)) * np.sqrt(2.0 / n_in), "b": jnp.zeros((n_out,))}
+
+
+def init_head(key: jax.Array, cells: int, channels: int, proprio_dim: int, width: int = 256) -> dict[str, Any]:
+    k = jax.random.split(key, 4)
+    return {"cell": _dense(k[0], channels, 8), "fc1": _dense(k[1], cells * 8 + proprio_dim, width),
+            "fc2": _dense(k[2], width, width), "out": _dense(k[3], width, 2)}
+
+
+def apply_head(p: dict[str, Any], grid: jax.Array, proprio: jax.Array) -> jax.Array:
+    """grid [B, cells, C] + proprio [B, P] -> normalized action [B, 2]."""
+    h = jax.nn.gelu(grid @ p["cell"]["w"] + p["cell"]["b"]).reshape(grid.shape[0], -1)
+    h = jnp.concatenate([h, proprio], axis=-1)
+    h = jax.nn.gelu(h @ p["fc1"]["w"] + p["fc1"]["b"])
+    h = jax.nn.gelu(h @ p["fc2"]["w"] + p["fc2"]["b"])
+    return h @ p["out"]["w"] + p["out"]["b"]
+
+
+def init_cnn(key: jax.Array, channels: Sequence[int] = (16, 32, 64)) -> list[dict[str, jax.Array]]:
+    layers, c_in = [], 3
+    for k, c in zip(jax.random.split(key, len(channels)), channels, strict=True):
+        layers.append({"w": jax.random.normal(k, (4, 4, c_in, c)) * np.sqrt(2.0 / (16 * c_in)), "b": jnp.zeros((c,))})
+        c_in = c
+    return layers
+
+
+def apply_cnn(layers: list[dict[str, jax.Array]], frames: jax.Array) -> jax.Array:
+    """uint8 [B, S, S, 3] -> grid [B, (S/8)^2, C] (three stride-2 convolutions)."""
+    x = frames.astype(jnp.float32) / 255.0 - 0.5
+    for layer in layers:
+        x = jax.lax.conv_general_dilated(x, layer["w"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = jax.nn.gelu(x + layer["b"])
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+class Normalizer:
+    def __init__(self, x: np.ndarray):
+        self.mean = x.mean(0)
+        self.std = np.maximum(x.std(0), 1e-6)
+
+    def __call__(self, x):
+        return (x - self.mean) / self.std
+
+    def inverse(self, x):
+        return x * self.std + self.mean
+
+
+def train(loss_fn, params: Any, sample_batch, *, steps: int, lr: float, seed: int) -> tuple[Any, list[float]]:
+    """`steps` AdamW steps on `loss_fn(params, batch)`; returns params and the loss curve."""
+    tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, loss
+
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(steps):
+        params, opt, loss = step(params, opt, sample_batch(rng))
+        losses.append(float(loss))
+    return params, losses
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts
+
+
+def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
+    """Runs `act_fn(frame uint8, agent_pos) -> action (px)` from the env's random initial states
+    (seeds EVAL_SEED_BASE + seed * 1000 + i) for exactly `budget` steps; DINO-WM success at the end."""
+    from data_pipelines import pusht
+    from launch.plan import observe
+
+    env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
+    out = []
+    try:
+        for i in range(episodes):
+            env.reset(seed=EVAL_SEED_BASE + seed * 1000 + i)
+            goal = pusht.goal_pose(env)
+            reached = False
+            for _ in range(budget):
+                a = act_fn(observe(env, image_size), pusht.get_state(env)[:2])
+                env.step(np.clip(np.asarray(a, np.float64), 0.0, 512.0).astype(np.float32))
+                reached = reached or pusht.is_success(pusht.block_pose(env), goal)
+            pos, ang = pusht.pose_error(pusht.block_pose(env), goal)
+            out.append({"success": pusht.is_success(pusht.block_pose(env), goal), "reached": reached,
+                        "pos_error": pos, "angle_error": ang})
+    finally:
+        env.close()
+    return {"success_rate": float(np.mean([e["success"] for e in out])),
+            "reached_rate": float(np.mean([e["reached"] for e in out])),
+            "mean_pos_error": float(np.mean([e["pos_error"] for e in out])),
+            "mean_angle_error": float(np.mean([e["angle_error"] for e in out]))}
+
+
+def scripted_reference(*, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
+    """The demonstrator itself on the same initial states (an upper reference for BC)."""
+    from data_pipelines import pusht
+
+    rng = np.random.default_rng(seed)
+    env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
+    out = []
+    try:
+        for i in range(episodes):
+            env.reset(seed=EVAL_SEED_BASE + seed * 1000 + i)
+            policy = pusht.ScriptedPushPolicy(rng, pusht.PolicyParams.sample(rng))  # reads the true state
+            goal = pusht.goal_pose(env)
+            reached = False
+            for _ in range(budget):
+                env.step(policy.act(pusht.get_state(env), goal))
+                reached = reached or pusht.is_success(pusht.block_pose(env), goal)
+            pos, ang = pusht.pose_error(pusht.block_pose(env), goal)
+            out.append({"success": pusht.is_success(pusht.block_pose(env), goal), "reached": reached,
+                        "pos_error": pos, "angle_error": ang})
+    finally:
+        env.close()
+    del image_size
+    return {"success_rate": float(np.mean([e["success"] for e in out])),
+            "reached_rate": float(np.mean([e["reached"] for e in out])),
+            "mean_pos_error": float(np.mean([e["pos_error"] for e in out])),
+            "mean_angle_error": float(np.mean([e["angle_error"] for e in out]))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--export", required=True, help="wam-export output directory")
+    p.add_argument("--data", default="data/pusht/converted/pusht_labeled", help="converted PushT demonstrations")
+    p.add_argument("--test_data", default=None, help="held-out converted demonstrations (action MAE)")
+    p.add_argument("--max_episodes", type=int, default=None)
+    p.add_argument("--steps", type=int, default=1500, help="gradient steps for each policy (the shared budget)")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--episodes", type=int, default=10, help="simulator episodes per policy")
+    p.add_argument("--budget", type=int, default=100, help="env steps per episode (no early stop)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="JSON with the results")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    args = parse_args(argv)
+    import wam_jax
+
+    encoder = wam_jax.load_encoder(args.export)  # the exported artifact: jax + safetensors only
+    size = int(encoder.preprocessing["resize"]["size"][0])
+    demos = load_demos(args.data, size, args.max_episodes)
+    test = load_demos(args.test_data, size) if args.test_data else None
+    print(f"{len(demos['frames'])} demonstration frames from {args.data}; encoder {encoder}")
+
+    a_norm, p_norm = Normalizer(demos["action"]), Normalizer(demos["proprio"])
+    t0 = time.perf_counter()
+    feats = np.concatenate([encoder(demos["frames"][i:i + 256]) for i in range(0, len(demos["frames"]), 256)])
+    t_feat = time.perf_counter() - t0
+    n, cells, dim = feats.shape
+    targets = a_norm(demos["action"]).astype(np.float32)
+    prop = p_norm(demos["proprio"]).astype(np.float32)
+
+    def batches(x_source):
+        def sample(rng):
+            idx = rng.integers(0, n, args.batch_size)
+            return x_source[idx], prop[idx], targets[idx]
+        return sample
+
+    key = jax.random.key(args.seed)
+    k_feat, k_pix_head, k_cnn = jax.random.split(key, 3)
+    results: dict[str, Any] = {}
+
+    # -- policy on frozen exported features
+    def feat_loss(p, batch):
+        x, pr, y = batch
+        return jnp.mean(jnp.abs(apply_head(p, x, pr) - y))
+
+    t0 = time.perf_counter()
+    feat_params, feat_curve = train(feat_loss, init_head(k_feat, cells, dim, prop.shape[1]), batches(feats),
+                                    steps=args.steps, lr=args.lr, seed=args.seed)
+    t_feat_train = time.perf_counter() - t0
+    feat_act = jax.jit(lambda p, x, pr: apply_head(p, x, pr))
+
+    def act_features(frame, agent_pos):
+        z = encoder(frame)[None]
+        pr = p_norm(np.asarray(agent_pos, np.float32))[None]
+        return a_norm.inverse(np.asarray(feat_act(feat_params, z, pr))[0])
+
+    # -- the same head on a CNN trained from pixels, same budget
+    cnn_cells = (size // 8) ** 2
+    pix_params0 = {"cnn": init_cnn(k_cnn), "head": init_head(k_pix_head, cnn_cells, 64, prop.shape[1])}
+
+    def pix_loss(p, batch):
+        x, pr, y = batch
+        return jnp.mean(jnp.abs(apply_head(p["head"], apply_cnn(p["cnn"], x), pr) - y))
+
+    t0 = time.perf_counter()
+    pix_params, pix_curve = train(pix_loss, pix_params0, batches(demos["frames"]), steps=args.steps, lr=args.lr,
+                                  seed=args.seed)
+    t_pix_train = time.perf_counter() - t0
+    pix_act = jax.jit(lambda p, x, pr: apply_head(p["head"], apply_cnn(p["cnn"], x), pr))
+
+    def act_pixels(frame, agent_pos):
+        pr = p_norm(np.asarray(agent_pos, np.float32))[None]
+        return a_norm.inverse(np.asarray(pix_act(pix_params, frame[None], pr))[0])
+
+    for name, act, curve, t_train, extra in (
+        ("features (frozen export)", act_features, feat_curve, t_feat_train, t_feat),
+        ("pixels (CNN from scratch)", act_pixels, pix_curve, t_pix_train, 0.0),
+    ):
+        r: dict[str, Any] = {"final_train_l1": float(np.mean(curve[-50:])), "train_s": t_train,
+                             "feature_extraction_s": extra}
+        if test is not None:
+            if name.startswith("features"):
+                zt = np.concatenate([encoder(test["frames"][i:i + 256]) for i in range(0, len(test["frames"]), 256)])
+                pred = np.concatenate([np.asarray(feat_act(feat_params, zt[i:i + 256], p_norm(test["proprio"][i:i + 256])))
+                                       for i in range(0, len(zt), 256)])
+            else:
+                pred = np.concatenate([np.asarray(pix_act(pix_params, test["frames"][i:i + 256], p_norm(test["proprio"][i:i + 256])))
+                                       for i in range(0, len(test["frames"]), 256)])
+            r["heldout_action_mae_px"] = float(np.abs(a_norm.inverse(pred) - test["action"]).mean())
+        t0 = time.perf_counter()
+        r.update(rollout_success(act, episodes=args.episodes, budget=args.budget, image_size=size, seed=args.seed))
+        r["rollout_s"] = time.perf_counter() - t0
+        results[name] = r
+    results["scripted demonstrator"] = scripted_reference(episodes=args.episodes, budget=args.budget,
+                                                          image_size=size, seed=args.seed)
+
+    print(f"\nBehaviour cloning on PushT: {n} frames, {args.steps} steps x batch {args.batch_size} per policy, "
+          f"{args.episodes} episodes x {args.budget} steps (no early stop), DINO-WM success rule")
+    print(f"  {'policy':<28s}{'train L1':>9s}{'test MAE px':>12s}{'success':>9s}{'reached':>9s}"
+          f"{'pos err':>9s}{'train s':>9s}")
+    for name, r in results.items():
+        mae = r.get("heldout_action_mae_px")
+        print(f"  {name:<28s}{r.get('final_train_l1', float('nan')):>9.3f}"
+              f"{(f'{mae:.1f}' if mae is not None else '-'):>12s}{r['success_rate']:>9.2f}{r['reached_rate']:>9.2f}"
+              f"{r['mean_pos_error']:>9.1f}{r.get('train_s', float('nan')):>9.1f}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main(sys.argv[1:])
