@@ -7,24 +7,26 @@ Run (the same command on every host; see launch/tpu_pod.sh and launch/slurm_gpu.
 
 Argument: `variant=S|B|L|H|g` (default `L`), optionally `,steps=N` and `,batch=N`.
 
-Hardware it is meant for (first-pass fit targets; check with `launch/compile.py` before renting):
+Hardware it is meant for (trained parameters counted from the model: encoder + latent predictor +
+V-JEPA mask predictor + heads; check the fit with `launch/compile.py` before renting):
 
-    variant  params (enc + pred)   target                         mesh
-    S        ~22M + ~11M           1 GPU / v5e-8                  fsdp over all devices
-    B        ~86M + ~22M           8x H100 / v5p-8                fsdp over all devices
-    L        ~300M + ~300M         v5p-64 / 32x H100              fsdp over all devices
-    H        ~630M + ~300M         v5p-128 / 64x H100             fsdp over all devices
-    g        ~1B + ~300M           v5p-256 (2 slices over DCN)    fsdp in-slice, data over DCN
+    variant  trained params            meant for                      mesh
+    S        63M  (22 + 11 + 22 + 8)   1 GPU / v5e-8                  fsdp over all devices
+    B        139M (86 + 22 + 22 + 9)   8x H100 / v5p-8                fsdp over all devices
+    L        689M (304 + 304 + 22 + 59) v5p-64 / 32x H100             fsdp over all devices
+    H        1.0B (632 + 305 + 22 + 60) v5p-128 / 64x H100            fsdp over all devices
+    g        1.4B (1012 + 305 + 22 + 61) 2x v5p-256 over DCN          fsdp in-slice, data over DCN
 
 bf16 compute with f32 parameters and optimizer state, full rematerialization of the scanned
-blocks, global batch 1024 clips of 16 frames at 256x256 (tubelets of 2, so 8 latent steps of
-256 tokens), WSD schedule (the stable phase can be extended from any checkpoint).
+blocks, global batch 1024 clips of 16 frames at 256x256 (per-frame latents of 256 tokens; the
+V-JEPA 2 tubelet-2 patch embedding, so released checkpoints convert; the SSL path encodes
+8 tubelets of 2 frames), WSD schedule (the stable phase can be extended from any checkpoint).
 
-Expected result: this configuration has been AOT-compiled (launch/compile.py), not trained at
-scale yet. Targets from the literature for the same recipe: the predictor beats the
-copy-last-frame baseline within the first few thousand steps, and the MFU reported per log step
-should reach 40-60% on TPU v5p (MaxText reaches 64-70% on dense transformers there). Quote
-measured numbers, not these targets, once a run exists.
+Expected result: not measured yet; this configuration has not been trained at scale. What to
+look for in `metrics.jsonl`: `health/pred_to_copy` (predictor error / copy-last-frame error)
+falling below 1, `health/target_eff_rank` staying well above 1 (no collapse), and `perf/mfu`
+(MaxText reaches 64-70% on dense transformers on TPU v5p; this model's shorter sequences and
+several small heads will land lower). Quote measured numbers, not these targets, once a run exists.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model.proprio_dim = 8
     c.model.num_embodiments = 16
     c.model.ssl.enabled = True  # V-JEPA masked prediction keeps the encoder learning on Ego4D
+    c.model.ssl.pred_width = 384  # V-JEPA 2's mask predictor: narrow and 12 deep
+    c.model.ssl.pred_depth = 12
     c.model.ema = mlc.ConfigDict(dict(start=0.998, end=1.0))
     c.loss.ssl = 1.0
 
