@@ -262,3 +262,14 @@ def test_aot_compile_for_a_tpu_topology_without_tpus(session_mixture):
     report = aot.compile_train_step(cfg, aot.target_devices(target))
     text, fits = aot.format_report(target, report)
     assert fits and report["num_devices"] == 4
+
+
+def test_compile_cli_reports_memory_and_fit(session_config_file):
+    """`python -m launch.compile --topology=cpu:8` sets up the 8 devices itself (fresh process)."""
+    env = rf.cli_env(1)  # deliberately the wrong device count: the script must set its own
+    out = subprocess.run([sys.executable, "-m", "launch.compile", f"--config={session_config_file}",
+                          "--topology=cpu:8"], cwd=rf.REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for field in ("arguments", "outputs", "temporaries", "total/device", "fits             yes"):
+        assert field in out.stdout, out.stdout
+    assert "{'data': 2, 'fsdp': 4, 'tensor': 1}" in out.stdout

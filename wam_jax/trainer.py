@@ -53,7 +53,13 @@ class _Preemption:
                 self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        log.warning("received %s: saving a checkpoint at the end of this step", signal.Signals(signum).name)
+        if self.flag.is_set():  # a second signal: stop now, without the checkpoint
+            log.warning("received %s again: exiting without saving", signal.Signals(signum).name)
+            self.restore()
+            os.kill(os.getpid(), signum)
+            return
+        log.warning("received %s: saving a checkpoint at the end of this step (send it again to exit "
+                    "at once)", signal.Signals(signum).name)
         self.flag.set()
 
     def restore(self) -> None:
