@@ -65,7 +65,11 @@ def effective_rank(z: jax.Array, mask: jax.Array) -> jax.Array:
     w = mask.astype(jnp.float32)[:, None]
     zf = z.astype(jnp.float32) * w
     gram = zf.T @ zf / jnp.maximum(jnp.sum(w), 1.0)
-    s = jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0))
+    eig = jnp.linalg.eigvalsh(gram)
+    # float32 eigenvalues carry ~1e-7 * max of noise, whose square roots would pose as singular
+    # values of 3e-4 * max: drop what is below numerical rank (singular value < 1e-3 * max).
+    eig = jnp.where(eig > 1e-6 * jnp.max(eig), eig, 0.0)
+    s = jnp.sqrt(eig)
     p = s / jnp.maximum(jnp.sum(s), 1e-12) + 1e-12
     return jnp.exp(-jnp.sum(p * jnp.log(p)))
 
