@@ -18,7 +18,7 @@ _CACHE: dict[str, str] = {}
 def make_tiny_workdir(root: str, *, steps: tuple[int, ...] = (1, 2), stats: bool = True) -> tuple[str, str]:
     """A training workdir written by the real init + `Checkpointer` (no train-step compile).
 
-    Step k's float leaves are the initial values + 0.01 * (k - 1), so steps are distinguishable.
+    Steps differ by random weight offsets (`_perturbed`), so they are distinguishable.
     Returns (workdir, mixture string of its fixture datasets).
     """
     from data_pipelines import loader
@@ -35,11 +35,25 @@ def make_tiny_workdir(root: str, *, steps: tuple[int, ...] = (1, 2), stats: bool
     ck = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     info = loader.mixture_info(config) if stats else None
     for k in steps:
-        shifted = jax.tree.map(
-            lambda x, k=k: x + 0.01 * (k - 1) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-        ck.save(k, shifted, None, config, info)
+        ck.save(k, _perturbed(state, k), None, config, info)
     ck.close()
     return workdir, mix
+
+
+def _perturbed(state: dict, k: int) -> dict:
+    """Step 1: the initial state; step k > 1: weights + 0.05 * (k - 1) * N(0, 1).
+
+    Random (not constant) offsets, so zero-initialized output layers become non-trivial and the
+    actions visibly condition the predictions; optimizer moments stay as initialized.
+    """
+    out = dict(state)
+    for name in ("params", "model_state", "target"):
+        leaves, treedef = jax.tree.flatten(state[name])
+        keys = jax.random.split(jax.random.key(k), max(len(leaves), 1))
+        leaves = [x + 0.05 * (k - 1) * jax.random.normal(kk, x.shape, x.dtype)
+                  if jnp.issubdtype(x.dtype, jnp.floating) else x for x, kk in zip(leaves, keys, strict=False)]
+        out[name] = jax.tree.unflatten(treedef, leaves)
+    return out
 
 
 def shared_workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
