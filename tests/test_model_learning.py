@@ -152,4 +152,4 @@ def test_frozen_target_model_beats_copy_baseline_and_recovers_actions():
 @pytest.mark.slow
 def test_ema_target_model_beats_copy_baseline_and_recovers_actions():
     """The encoder trains too, the target follows by EMA (slower: two encoders, encoder grads)."""
-    _check("ema", max_ratio=0.97)
+    _check("ema", max_ratio=0.9)

@@ -8,9 +8,10 @@ whose mask is empty contributes exactly zero (and exactly zero gradient: a batch
 clips leaves the action heads and the action embedder untouched), and padded steps, padded action
 dims or absent modalities never produce NaN paths.
 
-Latent spaces: z = normalized online-encoder latents (the predictor's inputs, with gradient),
-z̄ = normalized target-encoder latents (the targets, stop-gradient). With `model.target='frozen'`
-the encoder is not trained and z = z̄.
+Latent spaces: z = normalized online-encoder latents (the action and policy heads' inputs, with
+gradient: how the encoder learns besides SSL), z̄ = normalized target-encoder latents
+(stop-gradient: the predictor's inputs and targets, the latent actions' inputs, and the space
+`WorldModel` plans in). With `model.target='frozen'` the encoder is not trained and z = z̄.
 """
 
 from __future__ import annotations
@@ -194,15 +195,19 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     cond = jnp.where(use_g[..., None], g, la.u)
 
     terms: dict[str, jax.Array] = {}
-    # Teacher forcing: one block-causal pass predicts z_{t+1} for every t.
-    preds = model.predict_raw(z[:, :-1], cond, proprio[:, :-1], proprio_mask[:, :-1])
+    # The predictor lives in the target space: its inputs and its targets are z̄, the space
+    # `WorldModel` encodes observations and goals into at inference, so training and planning see
+    # the same latents and the residual predictor starts exactly at the copy-last baseline. The
+    # online encoder learns through the action heads (and SSL); the target follows it by EMA.
+    # Teacher forcing: one block-causal pass predicts z̄_{t+1} for every t.
+    preds = model.predict_raw(zbar[:, :-1], cond, proprio[:, :-1], proprio_mask[:, :-1])
     err_tf = _l1(preds, zbar[:, 1:])  # [B, T-1]
     terms["tf"] = masked_mean(err_tf, step_valid)
 
     # k-step autoregressive rollout from the first frame.
     k = min(spec.rollout_k, t - 1)
     if w["roll"] > 0 and k >= 1:
-        roll = model.rollout_raw(z[:, :1], cond[:, :k], proprio[:, :1], proprio_mask[:, :1], k)
+        roll = model.rollout_raw(zbar[:, :1], cond[:, :k], proprio[:, :1], proprio_mask[:, :1], k)
         err_roll = _l1(roll, zbar[:, 1:k + 1])  # [B, k]
         roll_valid = jnp.cumprod(step_valid[:, :k].astype(jnp.int32), axis=1).astype(bool)
         terms["roll"] = masked_mean(err_roll, roll_valid)
@@ -223,7 +228,7 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         a_hat = model.inverse_head(z[:, :-1], z[:, 1:], emb)
         terms["act"] = masked_mean(jnp.square(a_hat - action), a_mask)
     if w["act_pred"] > 0:
-        a_hat_pred = model.inverse_head(z[:, :-1], preds, emb)
+        a_hat_pred = model.inverse_head(zbar[:, :-1], preds, emb)
         terms["act_pred"] = masked_mean(jnp.square(a_hat_pred - action), a_mask)
     if w["policy"] > 0:
         h = spec.policy_horizon

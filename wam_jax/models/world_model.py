@@ -3,7 +3,12 @@
 The trained model holds the online encoder and everything downstream of it; the target encoder
 (EMA or frozen copy) is a separate `VideoEncoder` made by `make_target_encoder()`, so its
 parameters never enter the trained `nnx.Param` tree. Latents are per-frame encoder tokens
-layer-normed without affine (`normalize_latents`), the space the predictor reads and predicts in.
+layer-normed without affine (`normalize_latents`).
+
+Which encoder feeds what: the predictor and the latent-action model live in the *target* space
+(inputs and targets from the target encoder, no gradient), the space a planner encodes
+observations and goals into; the online encoder learns through the action heads and the SSL
+objective, and the target follows it by EMA. With `model.target='frozen'` both are the same.
 
 Public entry points (`encode`, `predict`, `rollout`, `infer_latent_actions`, `embed_actions`,
 `inverse_dynamics`, `policy`) validate shapes and dtypes in Python before any array op, raising
@@ -225,8 +230,12 @@ class WorldActionModel(nnx.Module):
         nlead = len(lead.split(", "))
         return f"[{lead}, N, D] = [{lead}, {n}, {d}]", (None,) * nlead + (n, d)
 
-    def encode(self, video_uint8: jax.Array) -> jax.Array:
-        """uint8 video `[B, T, H, W, 3]` -> normalized per-frame latents `[B, T, N, D]` float32."""
+    def encode(self, video_uint8: jax.Array, encoder: nnx.Module | None = None) -> jax.Array:
+        """uint8 video `[B, T, H, W, 3]` -> normalized per-frame latents `[B, T, N, D]` float32.
+
+        `encoder`: the `VideoEncoder` to use; default the online one. Pass the target encoder
+        (`make_target_encoder()`, EMA-updated) for the predictor's space when training with EMA.
+        """
         p = self.spec.patch_size
         check_array("WorldActionModel.encode", "video", video_uint8, "uint8 [B, T, H, W, 3]",
                     (None, None, None, None, 3), kind="uint8")
@@ -240,7 +249,8 @@ class WorldActionModel(nnx.Module):
             raise ValueError(
                 f"WorldActionModel.encode: 'video' has shape {tuple(video_uint8.shape)}, expected "
                 f"uint8 [B, T, {s}, {s}, 3] (model.image_size={s})")
-        return self.encode_float(encoder_lib.normalize_video(video_uint8))
+        video = encoder_lib.normalize_video(video_uint8)
+        return self.encode_float(video) if encoder is None else encode_latents(encoder, video)
 
     def _check_proprio(self, where: str, proprio, proprio_mask, b: int, s: int) -> None:
         pdim = self.spec.proprio_dim
@@ -256,7 +266,8 @@ class WorldActionModel(nnx.Module):
                 proprio_mask: jax.Array | None = None) -> jax.Array:
         """Teacher-forced one-step prediction.
 
-        latents `[B, S, N, D]` (steps 0..S-1), cond `[B, S, du]` (conditioning of the transition
+        latents `[B, S, N, D]` (target-space latents of steps 0..S-1, see the module docstring),
+        cond `[B, S, du]` (conditioning of the transition
         s -> s+1: `embed_actions(...)` or `infer_latent_actions(...)`), proprio `[B, S, P]`
         -> predicted latents of steps 1..S `[B, S, N, D]`; output s sees inputs of steps <= s only.
         """
