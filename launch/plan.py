@@ -278,6 +278,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--execute", type=int, default=1, help="actions executed per plan (receding horizon)")
     p.add_argument("--baselines", default="random,policy", help="comma list of baselines to run (random, policy, none)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="use the first N devices (default: all; parameters and samples are sharded over them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON output (default: WORKDIR/plan/pusht_<preset>.json)")
     p.add_argument("--log_level", default="WARNING")
@@ -290,9 +292,13 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                         format="%(asctime)s %(levelname)s %(name)s] %(message)s")
     if args.episodes < 1 or args.budget < 1:
         raise ValueError(f"--episodes={args.episodes} and --budget={args.budget} must be >= 1")
-    from wam_jax import WorldModel, planning
+    import jax
 
-    wm = WorldModel.load(args.workdir, args.step)
+    from wam_jax import WorldModel, planning
+    from wam_jax.world_model_api import inference_mesh
+
+    devices = jax.devices()[: args.devices] if args.devices else None
+    wm = WorldModel.load(args.workdir, args.step, mesh=inference_mesh(devices))
     space = wm.action_space()
     overrides = {k: v for k, v in (("method", args.method), ("num_samples", args.samples),
                                    ("num_elites", args.elites), ("num_iterations", args.iterations),

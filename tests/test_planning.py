@@ -221,7 +221,7 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
     workdir, _ = shared_workdir(tmp_path_factory)
     out = str(tmp_path_factory.mktemp("plan") / "pusht.json")
     record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=3", "--samples=16",
-                        "--iterations=2", "--horizon=2", f"--output={out}"])
+                        "--iterations=2", "--horizon=2", "--devices=1", f"--output={out}"])
     res = record["results"]
     assert set(res) == {"planner (vjepa2_ac)", "policy", "random"}
     planner = res["planner (vjepa2_ac)"]
