@@ -97,3 +97,23 @@ def test_cli_and_bad_workdir(setup, tmp_path, capsys) -> None:
         cli.run([f"--workdir={tmp_path / 'nope'}"])
     assert e.value.code == 2
     assert "wam-eval: error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_on_a_workdir_written_by_the_trainer(tmp_path) -> None:
+    """The whole consumer side on a real `trainer.train` workdir: load, evaluate, export, reload."""
+    from tests import runtime_fixtures as rf
+    from wam_jax import WorldModel, evaluation, export, trainer
+
+    mix = rf.write_mixture(str(tmp_path / "data"))
+    config = rf.tiny_config(mix, **{"train.num_steps": 2, "mesh.ici_data": 1, "mesh.ici_fsdp": -1})
+    workdir = str(tmp_path / "run")
+    trainer.train(config, workdir)
+    wm = WorldModel.load(workdir, mesh=one_device_mesh())
+    assert wm.step == 2 and wm.action_space().embodiment == "square"
+    r = evaluation.evaluate(workdir, mesh=one_device_mesh(), plots=False, num_perturbations=2)
+    assert r["step"] == 2 and set(r["per_kind"]) == {"robot", "video"}
+    out = str(tmp_path / "export")
+    export.export_model(workdir, out, with_predictor=True, platforms=("cpu",))
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(export.load_encoder(out)(frames), np.asarray(wm.encode(frames)))
