@@ -215,6 +215,10 @@ def test_predict_one_step_and_rollout_match_the_model(wm) -> None:
     # Context of two frames: the observed transition is conditioned on its latent action.
     ctx = np.asarray(wm.predict(z[:2], actions[:2]))
     np.testing.assert_allclose(ctx, _reference_rollout(wm, z[:2], actions[:2]), atol=1e-5)
+    # Batched latents share unbatched actions.
+    rb = np.asarray(wm.predict(np.stack([z[-1:], z[:1]]), actions))
+    assert rb.shape == (2, 3, 16, 64)
+    np.testing.assert_allclose(rb[0], roll, atol=1e-5)
     # Actions really condition the prediction.
     other = np.asarray(wm.predict(z[-1], actions[0] + 3.0))
     assert np.abs(other - one).max() > 1e-4

@@ -479,16 +479,18 @@ class WorldModel:
             raise ValueError(f"actions has shape {a.shape}; expected [A], [k, A] or [B, k, A] with A={space.dim}")
         single_step = a.ndim == 1
         a = a[None] if single_step else a
-        batched = a.ndim == 3
+        batched = a.ndim == 3 or z.ndim == 4
         if z.ndim == 2:
             z = z[None]
         if z.ndim == 3:
             z = z[None]
-        if not batched:
+        if a.ndim == 2:
             a = a[None]
-        if z.shape[0] != a.shape[0]:
+        if z.shape[0] != a.shape[0]:  # one side unbatched: shared by every batch element
             if z.shape[0] == 1:
                 z = jnp.broadcast_to(z, (a.shape[0],) + z.shape[1:])
+            elif a.shape[0] == 1:
+                a = np.broadcast_to(a, (z.shape[0],) + a.shape[1:])
             else:
                 raise ValueError(f"latents batch {z.shape[0]} and actions batch {a.shape[0]} differ")
         a_norm, a_mask = space.normalize(a)
