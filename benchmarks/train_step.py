@@ -1,0 +1,285 @@
+"""Train-step throughput per preset: step time, examples/s, achieved FLOP/s and MFU.
+
+    python benchmarks/train_step.py --presets tiny,small,S,B --batch tiny=8,small=16,S=8,B=4
+    python benchmarks/train_step.py --config configs/pusht_small.py --presets small \\
+        --data data/pusht/converted/pusht_test      # the README demo config on real batches
+
+For each preset: the real jitted train step (`wam_jax.train_step.build`: loss, grads, AdamW,
+EMA target) on one device, compiled ahead of time; `--warmup` steps, then `--reps` timed steps
+(median, best, inter-quartile spread, process CPU time). FLOPs per step come from XLA's cost
+analysis of the same step with the layer loops unrolled (`common.step_flops`; a scanned loop is
+counted once by XLA). MFU divides the achieved FLOP/s by the device's peak measured in the same
+run: a 2048² matmul in float32, and in bfloat16 with float32 accumulation (second row); on
+accelerators the datasheet peak (`wam_jax.metrics.PEAK_FLOPS`) is reported too.
+
+Batches: with `--data DIR[,DIR]` real batches from converted datasets (`data_pipelines.loader`,
+`--prefetch_batches` of them loaded before timing, so the loader is not timed), else synthetic
+arrays of the batch schema (`data_pipelines.schema.batch_spec`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+DEFAULT_BATCH = {"tiny": 8, "small": 16, "S": 8, "B": 4, "L": 2, "H": 1, "g": 1}
+
+
+def parse_args(argv: list[str] | None = None):
+    p = common.base_parser(__doc__, "train_step")
+    p.add_argument("--presets", default="tiny,small,S,B")
+    p.add_argument("--batch", default="", help="per-preset global batch, e.g. 'S=8,B=4' "
+                   f"(default {DEFAULT_BATCH}; a plain number applies to all)")
+    p.add_argument("--config", default="", help="config file with get_config(preset) (default configs/base.py)")
+    p.add_argument("--image_size", type=int, default=0, help="0: the config's")
+    p.add_argument("--patch_size", type=int, default=0, help="0: the config's")
+    p.add_argument("--num_frames", type=int, default=0, help="0: the config's")
+    p.add_argument("--dtype", default="", help="compute dtype (float32 | bfloat16); '': the config's")
+    p.add_argument("--remat", default="", help="none | full | dots; '': the config's")
+    p.add_argument("--scan", default="", choices=["", "on", "off"], help="scanned layers; '': the config's")
+    p.add_argument("--attention", default="", help="xla | cudnn | auto; '': the config's")
+    p.add_argument("--matmul_dtype", default=None, help="model.matmul_dtype ('' | bfloat16); default: the config's")
+    p.add_argument("--data", default="", help="converted dataset dir(s) for real batches (else synthetic)")
+    p.add_argument("--prefetch_batches", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--max_seconds", type=float, default=240.0, help="stop timing a preset after this long")
+    p.add_argument("--peak_n", type=int, default=2048, help="matmul size of the measured peak")
+    p.add_argument("--tag", default="", help="label of this run (goes into the table and JSON name)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.presets = args.presets if args.presets != "tiny,small,S,B" else "tiny"
+        args.batch = args.batch or "2"
+        args.image_size = args.image_size or 32
+        args.warmup, args.reps, args.peak_n = 1, 3, 256
+    return args
+
+
+def batch_sizes(spec: str, presets: list[str]) -> dict[str, int]:
+    if spec and "=" not in spec:
+        return {p: int(spec) for p in presets}
+    out = {p: DEFAULT_BATCH.get(p, 1) for p in presets}
+    out.update(common.parse_mapping(spec) if spec else {})
+    return out
+
+
+def load_config(args, preset: str, batch: int) -> Any:
+    if args.config:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_config", args.config)
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(f"--config={args.config}: not a Python config file")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        c = mod.get_config(preset)
+    else:
+        from configs import base
+
+        c = base.get_config(preset)
+    c.data.global_batch_size = batch
+    if args.image_size:
+        c.model.image_size = args.image_size
+    if args.patch_size:
+        c.model.patch_size = args.patch_size
+    if args.num_frames:
+        c.data.num_frames = args.num_frames
+    if args.dtype:
+        c.model.dtype = args.dtype
+    if args.remat:
+        c.model.remat = args.remat
+    if args.scan:
+        c.model.scan_layers = args.scan == "on"
+    if args.attention:
+        c.model.attention = args.attention
+    if args.matmul_dtype is not None:
+        c.model.matmul_dtype = args.matmul_dtype
+    if args.data:
+        c.data.mixture = args.data
+        c.data.heldout_fraction = 0.0
+    c.mesh.ici_data, c.mesh.ici_fsdp, c.mesh.ici_tensor = 1, 1, 1
+    return c
+
+
+def real_batches(config: Any, n: int) -> list[dict[str, Any]]:
+    from data_pipelines import loader
+
+    it = loader.make_iterator(config, seed=0)
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
+    import jax
+
+    from wam_jax import sharding
+    from wam_jax import train_step as ts
+
+    config = load_config(args, preset, batch)
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    row: dict[str, Any] = {
+        "preset": preset, "batch": batch, "tag": args.tag,
+        "image_size": int(config.model.image_size), "patch_size": int(config.model.patch_size),
+        "frames": int(config.data.num_frames), "dtype": str(config.model.dtype),
+        "remat": str(config.model.remat), "scan": bool(config.model.scan_layers),
+        "attention": str(config.model.attention),
+        "matmul_dtype": str(config.model.get("matmul_dtype", "")) or str(config.model.dtype),
+        "batches": "real:" + args.data if args.data else "synthetic",
+    }
+    t0 = time.perf_counter()
+    built = ts.build(config, mesh)
+    lowered = built.step_fn.lower(built.abstract, common.abstract_batch_with_shardings(built))
+    t1 = time.perf_counter()
+    built.compiled = lowered.compile()
+    t2 = time.perf_counter()
+    row["lower_s"], row["compile_s"] = t1 - t0, t2 - t1
+    row["load_compile"] = common.load_average()
+    row["flops"] = common.step_flops(config, mesh)
+    n_params = sum(x.size for x in jax.tree.leaves(built.abstract.params))
+    row["params_m"] = n_params / 1e6
+
+    state = built.init(config)
+    host_batches = (real_batches(config, args.prefetch_batches) if args.data
+                    else [common.synthetic_batch(config, batch, seed=i) for i in range(2)])
+    batches = [jax.device_put(b, built.batch_shardings) for b in host_batches]
+    compiled = built.compiled
+    box = {"state": state, "i": 0}
+
+    def step() -> None:
+        b = batches[box["i"] % len(batches)]
+        box["i"] += 1
+        box["state"], out = compiled(box["state"], b)
+        out["loss"].block_until_ready()
+        box["loss"] = out["loss"]
+
+    if args.max_load > 0:
+        row["wait"] = common.wait_for_quiet(args.max_load, args.wait)
+    timing = common.time_fn(step, warmup=args.warmup, reps=args.reps, max_seconds=args.max_seconds)
+    row["timing"] = timing.summary()
+    row["step_ms"] = 1e3 * timing.median
+    row["best_ms"] = 1e3 * timing.best
+    row["iqr_pct"] = 100 * timing.spread
+    row["cpu_util"] = timing.cpu_per_rep / timing.median  # cores busy on average
+    row["examples_per_s"] = batch / timing.median
+    row["load"] = timing.load_before[0]
+    row["loss"] = float(box["loss"])
+    box.clear()  # free the state before the next preset compiles
+    batches.clear()
+    return row
+
+
+COLUMNS: list[common.Column] = [
+    ("preset", "preset", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""),
+    ("matmul_dtype", "matmuls", ""), ("remat", "remat", ""), ("scan", "scan", ""), ("params_m", "params (M)", ".1f"),
+    ("gflop_step", "GFLOP/step", ".1f"), ("compile_s", "compile (s)", ".1f"),
+    ("step_ms", "step (ms, median)", ".1f"), ("iqr_pct", "IQR %", ".0f"), ("best_ms", "best (ms)", ".1f"),
+    ("examples_per_s", "examples/s", ".2f"), ("gflops", "GFLOP/s", ".1f"), ("mfu", "MFU", ".1%"),
+    ("mfu_bf16peak", "MFU vs bf16 peak", ".1%"), ("step_core_ms", "core-s/step (ms)", ".0f"),
+    ("gflops_cpu", "GFLOP/core-s", ".1f"), ("mfu_cpu", "MFU (core-s)", ".1%"),
+    ("cpu_util", "cores busy", ".2f"), ("load", "load 1m", ".2f"),
+]
+PEAK_COLUMNS: list[common.Column] = [
+    ("dtype", "matmul dtype (f32 accumulation)", ""), ("n", "n", "d"), ("best_gflops", "best GFLOP/s", ".1f"),
+    ("median_gflops", "median GFLOP/s", ".1f"), ("median_gflops_cpu", "median GFLOP/core-s", ".1f"),
+    ("load", "load 1m", ".2f"),
+]
+
+
+def add_rates(row: dict[str, Any], peaks: dict[str, dict[str, Any]]) -> None:
+    """Achieved FLOP/s and MFU of a timed row against the measured (and datasheet) peaks."""
+    if not row.get("flops"):
+        return
+    med, best = row["timing"]["median_s"], row["timing"]["best_s"]
+    dtype_peak = peaks["bfloat16" if "bfloat16" in row["dtype"] else "float32"]["best_flops"]
+    row["gflop_step"] = row["flops"] / 1e9
+    row["gflops"] = row["flops"] / med / 1e9
+    row["gflops_best"] = row["flops"] / best / 1e9
+    core = row["timing"]["core_s_per_rep"]
+    # CPU time is sampled by the kernel with ms granularity: the median of the ≈100 ms matmuls is
+    # the stable denominator for core-second rates (their best is biased upward).
+    dtype_peak_cpu = peaks["bfloat16" if "bfloat16" in row["dtype"] else "float32"]["median_flops_cpu"]
+    row["gflops_cpu"] = row["flops"] / core / 1e9
+    row["mfu_cpu"] = row["flops"] / core / dtype_peak_cpu
+    row["mfu_cpu_f32peak"] = row["flops"] / core / peaks["float32"]["median_flops_cpu"]
+    row["step_core_ms"] = 1e3 * core
+    row["peak_gflops"] = dtype_peak / 1e9
+    row["mfu"] = row["flops"] / med / dtype_peak
+    row["mfu_best"] = row["flops"] / best / dtype_peak
+    row["mfu_f32peak"] = row["flops"] / med / peaks["float32"]["best_flops"]
+    row["mfu_bf16peak"] = row["flops"] / med / peaks["bfloat16"]["best_flops"]
+    sheet, src = common.datasheet_peak(row["dtype"])
+    if sheet:
+        row["mfu_datasheet"] = row["flops"] / med / sheet
+        row["datasheet"] = src
+
+
+def _best_peak(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(max(a, b, key=lambda r: r["best_flops"]))
+    out["median_flops_cpu"] = max(a["median_flops_cpu"], b["median_flops_cpu"])
+    return out
+
+
+def measure_peaks(args) -> dict[str, dict[str, Any]]:
+    reps = 3 if args.quick else 20
+    peaks = {}
+    for dt in ("float32", "bfloat16"):
+        if args.max_load > 0:
+            common.wait_for_quiet(args.max_load, args.wait)
+        r = common.matmul_peak(dt, n=args.peak_n, reps=reps)
+        r["best_gflops"], r["median_gflops"] = r["best_flops"] / 1e9, r["median_flops"] / 1e9
+        r["median_gflops_cpu"] = r["median_flops_cpu"] / 1e9
+        r["load"] = r["timing"]["load_before"][0]
+        peaks[dt] = r
+    return peaks
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    common.setup_host()
+    import jax
+
+    jax.devices()  # initialise the backend before recording the environment
+    presets = common.parse_list(args.presets)
+    sizes = batch_sizes(args.batch, presets)
+    env = common.environment()
+    peaks = measure_peaks(args)
+    print(f"## Measured matmul peak ({env['devices']}, {env['cpu']})\n")
+    print(common.format_table(list(peaks.values()), PEAK_COLUMNS), "\n", flush=True)
+    rows = []
+    for preset in presets:
+        row = bench_preset(args, preset, sizes[preset])
+        add_rates(row, peaks)
+        rows.append(row)
+        print(f"{preset}: {row['step_ms']:.1f} ms/step, {row.get('gflops', 0):.1f} GFLOP/s, "
+              f"MFU {row.get('mfu', 0):.1%} (load {row['load']})", flush=True)
+    # Peaks again after the run; the denominator is the better of the two measurements, so a
+    # peak taken while the machine was busy cannot inflate the MFU.
+    peaks_after = measure_peaks(args)
+    best_peaks = {dt: _best_peak(peaks[dt], peaks_after[dt]) for dt in peaks}
+    for row in rows:
+        add_rates(row, best_peaks)
+    title = f"## Train step{' (' + args.tag + ')' if args.tag else ''}"
+    print(f"\n{title}: {env['devices']}, {env['cpu']}, jax {env['versions']['jax']}\n")
+    print(common.format_table(rows, COLUMNS))
+    print("\nmatmul peak after the run:\n")
+    print(common.format_table(list(peaks_after.values()), PEAK_COLUMNS))
+    result = {"benchmark": "train_step", "environment": env, "peaks": peaks, "peaks_after": peaks_after,
+              "rows": rows, "args": vars(args)}
+    name = "train_step" + (f"_{args.tag}" if args.tag else "")
+    path = common.write_json(args.json or common.default_json_path(name, args.quick), result)
+    print(f"\nwrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

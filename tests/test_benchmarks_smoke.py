@@ -1,0 +1,139 @@
+"""Smoke tests: every benchmark script runs end to end with `--quick` and writes its JSON.
+
+Each script runs as a subprocess (as users run it), on one simulated CPU device (memory_scaling
+spawns its own 1- and 2-device workers), with a persistent XLA cache shared between runs where
+the script supports it. The helpers in `benchmarks/common.py` are checked directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import common  # noqa: E402
+
+CACHE = os.path.join(tempfile.gettempdir(), "wam_jax_bench_smoke_xla_cache")
+
+
+def _run(script: str, tmp_path, *extra: str, timeout: float = 600) -> dict:
+    out = tmp_path / f"{script}.json"
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", f"{script}.py"), "--quick", f"--json={out}", *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "|---" in proc.stdout, f"{script} printed no table:\n{proc.stdout[-2000:]}"
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == script
+    env_rec = result["environment"]
+    for key in ("cpu", "versions", "command", "load_average"):
+        assert key in env_rec, key
+    assert env_rec["versions"]["jax"]
+    assert env_rec["command"].startswith(f"python benchmarks/{script}.py")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# common.py
+
+
+def test_format_table_and_missing_values():
+    rows = [{"a": "x", "b": 1.23456, "c": None}, {"a": "y", "b": float("nan")}]
+    table = common.format_table(rows, [("a", "A", ""), ("b", "B", ".2f"), ("c", "C", ".1f")])
+    lines = table.splitlines()
+    assert lines[0] == "| A | B | C |"
+    assert lines[2] == "| x | 1.23 | — |"
+    assert lines[3] == "| y | — | — |"
+
+
+def test_parse_mapping_and_errors():
+    assert common.parse_mapping("tiny=8, S=4") == {"tiny": 8, "S": 4}
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        common.parse_mapping("tiny")
+
+
+def test_time_fn_records_load_and_spread():
+    calls = []
+    t = common.time_fn(lambda: calls.append(1), warmup=2, reps=5)
+    assert len(calls) == 7
+    s = t.summary()
+    assert s["reps"] == 5 and s["best_s"] <= s["median_s"] <= max(s["samples_s"]) + 1e-9
+    assert len(s["load_before"]) == 3
+
+
+def test_wait_for_quiet_times_out_and_says_so():
+    r = common.wait_for_quiet(max_load=-1.0, timeout_s=0.0)  # <= 0: never waits
+    assert r["quiet"] and r["waited_s"] == 0.0
+    r = common.wait_for_quiet(max_load=1e-9, timeout_s=0.0, poll_s=0.0)
+    assert set(r) == {"waited_s", "load", "quiet"}
+
+
+def test_synthetic_batch_follows_the_schema():
+    from configs import base
+    from data_pipelines import schema
+
+    c = base.get_config("tiny")
+    batch = common.synthetic_batch(c, global_batch=3)
+    schema.validate_batch(batch, num_frames=c.data.num_frames, image_size=c.model.image_size,
+                          action_dim=c.model.action_dim, proprio_dim=c.model.proprio_dim)
+    assert batch["video"].shape[0] == 3
+    assert batch["embodiment_id"].max() < c.model.num_embodiments
+
+
+# ---------------------------------------------------------------------------------------------
+# The scripts (each compiles a real train step or planner: slow on a shared 2-core machine)
+
+
+@pytest.mark.slow
+def test_train_step_quick(tmp_path):
+    r = _run("train_step", tmp_path)
+    (row,) = r["rows"]
+    assert row["preset"] == "tiny" and row["step_ms"] > 0
+    assert row["flops"] > 0 and 0 < row["mfu"] < 1.5
+    assert set(r["peaks"]) == {"float32", "bfloat16"}
+
+
+@pytest.mark.slow
+def test_compile_time_quick(tmp_path):
+    r = _run("compile_time", tmp_path)
+    (row,) = r["rows"]
+    assert row["compile_s"] > 0 and row["scan"] is True
+
+
+@pytest.mark.slow
+def test_memory_scaling_quick(tmp_path):
+    r = _run("memory_scaling", tmp_path, f"--compile_cache={CACHE}")
+    fsdp = {s["devices"]: s for s in r["scaling"] if s["mode"] == "fsdp"}
+    assert fsdp[1]["ratio"] == pytest.approx(1.0)
+    assert fsdp[2]["ratio"] < 1.2  # parameters + optimizer shard over 2 devices
+    data = {s["devices"]: s for s in r["scaling"] if s["mode"] == "data"}
+    assert data[2]["ratio"] == pytest.approx(2.0)  # replicated
+
+
+@pytest.mark.slow
+def test_planning_speed_quick(tmp_path):
+    r = _run("planning_speed", tmp_path)
+    (row,) = r["rows"]
+    assert row["samples"] == 400 and row["iterations"] == 10 and row["plan_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_torch_peer_quick(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    r = _run("torch_peer", tmp_path)
+    (row,) = r["rows"]
+    assert row["jax_ms"] > 0 and row["torch_ms"] > 0 and row["speedup"] > 0
+    assert row["torch_flops_counted"] > 0
