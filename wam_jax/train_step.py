@@ -13,7 +13,6 @@ shardings are derived from the parameters' logical-axis metadata through `wam_ja
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +25,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from wam_jax import optim, sharding
-
-log = logging.getLogger(__name__)
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 ModelFactory = Callable[[Any, nnx.Rngs], nnx.Module]
@@ -75,9 +72,13 @@ class ModelDefs:
 
 
 def default_model_factory(model_cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
+    """`WorldActionModel`, with `model.matmul_dtype` applied to its projections (before the target
+    encoder is cloned from it, so both run the same matmuls)."""
+    from wam_jax.models import layers
     from wam_jax.models.world_model import WorldActionModel
 
-    return WorldActionModel(model_cfg, rngs=rngs)
+    model = WorldActionModel(model_cfg, rngs=rngs)
+    return layers.use_matmul_dtype(model, model_cfg.get("matmul_dtype", ""))
 
 
 def default_loss_fn() -> LossFn:
@@ -119,10 +120,6 @@ def _split(model: nnx.Module, target: nnx.Module):
 
 def _pure(state: Any) -> Any:
     return nnx.to_pure_dict(state)
-
-
-def _key_data(x: jax.Array) -> jax.Array:
-    return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
 
 
 def _path_str(path) -> str:
@@ -189,16 +186,13 @@ def abstract_train_state(
     )
     shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
-    rest_pure = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _pure(rest)
-    )
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=p_params,
-        model_state=rest_pure,
+        model_state=_pure(rest),
         target=_pure(target_state),
         opt_state=abstract_opt,
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+        rng=jax.eval_shape(_rng_data, config.seed),
     )
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -253,11 +247,16 @@ def init_train_state(
             model_state=_pure(rest),
             target=_pure(target_state),
             opt_state=tx.init(params),
-            rng=jax.random.key_data(jax.random.key(config.seed + 1)).astype(jnp.uint32),
+            rng=_rng_data(config.seed),
         )
 
     with jax.set_mesh(_mesh_of(shardings)):
         return jax.jit(init, out_shardings=shardings)()
+
+
+def _rng_data(seed: int) -> jax.Array:
+    """Raw key data of the step RNG (plain uint32 in checkpoints, any PRNG implementation)."""
+    return jax.random.key_data(jax.random.key(seed + 1))
 
 
 def _mesh_of(shardings: Any) -> Mesh:
