@@ -44,6 +44,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.remat = "none"  # 'none' | 'full' | 'dots'
     c.scan_layers = True
     c.attention = "xla"  # 'xla' | 'cudnn' (jax.nn.dot_product_attention implementation)
+    # Operand dtype of the projection / MLP matmuls ('' = the compute dtype). 'bfloat16' with
+    # dtype='float32': bf16 operands, f32 accumulation and activations (CPU fast path, BENCHMARKS.md).
+    c.matmul_dtype = ""
     return c
 
 
