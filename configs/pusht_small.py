@@ -8,7 +8,7 @@ Hardware: sized for 2 CPU cores (no accelerator): 2.6M trained parameters, 3.9e1
 step (batch 16 clips of 4 frames at 64x64), ~1.1 GiB of XLA temporaries. The same file runs
 unchanged on a GPU or TPU host.
 
-Measured (300 steps, one shared 2-core VM whose load average was ~9 from other jobs, so slower
+Measured (before the predictor moved to the target latent space; 300 steps, one shared 2-core VM whose load average was ~9 from other jobs, so slower
 than an idle machine): compile 84 s, then 4.4-6 s per step (`perf/step_time_s`), 45 min in all
 (the last 100 steps ran next to a test suite). Over the run `loss/tf` fell 0.158 -> 0.012,
 `act/r2` (inverse-dynamics actions, held-in batches) rose -0.15 -> +0.35 and the total loss
