@@ -45,6 +45,34 @@ VERSIONED_PACKAGES = (
 # ---------------------------------------------------------------------------------------------
 
 
+# Process environment that speeds up XLA:CPU training steps (measured in BENCHMARKS.md); it must be
+# in place when the process starts (glibc reads its tunables, OpenBLAS its thread count, at load).
+# - glibc.malloc.hugetlb=1: malloc madvises transparent huge pages for its mmap'd chunks. XLA:CPU
+#   allocates the step's temporaries (GiBs) afresh every execution; with 4 KiB pages each step
+#   pays ~590k page faults (1.3 s of system time for the S-size V-JEPA step), with THP ~1.5k.
+# - OPENBLAS_NUM_THREADS=1: LAPACK calls inside the step (eigh of the health metrics) otherwise
+#   start OpenBLAS threads that fight XLA's own thread pool for the same cores.
+HOST_TUNING = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def apply_host_tuning(enabled: bool) -> None:
+    """Re-executes this script with `HOST_TUNING` in its environment (once) when `enabled`."""
+    if not enabled or all(os.environ.get(k) == v for k, v in HOST_TUNING.items()):
+        return
+    if "jax" in sys.modules:
+        raise RuntimeError("apply_host_tuning must run before jax is imported")
+    env = dict(os.environ)
+    env.update(HOST_TUNING)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def host_env_label() -> str:
+    """'tuned' when this process runs with `HOST_TUNING`, else 'default' (or the partial set)."""
+    have = {k for k, v in HOST_TUNING.items() if os.environ.get(k) == v}
+    return "tuned" if have == set(HOST_TUNING) else ("default" if not have else "+".join(sorted(have)))
+
+
 def setup_host(num_devices: int | None = None) -> None:
     """CPU platform and (optionally) `num_devices` simulated host devices; call before importing jax.
 
@@ -152,8 +180,8 @@ def environment() -> dict[str, Any]:
         "os": platform.platform(terse=True),
         "versions": versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "thread_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                       if k in os.environ},
+        "process_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                   "GLIBC_TUNABLES", "MALLOC_ARENA_MAX") if k in os.environ},
         "jax_platforms": os.environ.get("JAX_PLATFORMS", ""),
         "git": _git_revision(),
         "command": command_line(),
@@ -437,6 +465,8 @@ def base_parser(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--max_load", type=float, default=0.0,
                    help="wait until the 1-min load average is below this before each timing (0: don't wait)")
     p.add_argument("--wait", type=float, default=300.0, help="longest wait for --max_load, seconds")
+    p.add_argument("--host_tuning", action="store_true",
+                   help=f"re-run with {HOST_TUNING} in the environment (huge pages, one BLAS thread)")
     return p
 
 

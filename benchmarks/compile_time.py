@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import statistics
 
     args = parse_args(argv)
+    if argv is None:
+        common.apply_host_tuning(args.host_tuning)
     if args.worker:
         print(json.dumps(worker(args)))
         return {}

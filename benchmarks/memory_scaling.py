@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--presets", default="tiny,small,S,B,L,H,g")
     p.add_argument("--devices", default="1,2,4,8")
     p.add_argument("--modes", default="fsdp,data")
+    p.add_argument("--data_devices", default="", help="device counts for mode=data (default: --devices)")
     p.add_argument("--batch", type=int, default=8, help="global batch (divisible by every device count)")
     p.add_argument("--image_size", type=int, default=0, help="0: configs/base.py's (64)")
     p.add_argument("--patch_size", type=int, default=0)
@@ -201,6 +202,8 @@ def _display(r: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if argv is None:
+        common.apply_host_tuning(args.host_tuning)
     if args.worker:
         print(json.dumps(worker(args)))
         return {}
@@ -220,9 +223,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.setup_host()
     env = common.environment()
     rows, failures = [], []
+    data_counts = [int(x) for x in common.parse_list(args.data_devices)] if args.data_devices else counts
     for preset in presets:
         for n in counts:
             for mode in (modes if n > 1 else modes[:1]):
+                if mode == "data" and n not in data_counts:
+                    continue
                 cmd = [os.path.join("benchmarks", "memory_scaling.py"), "--worker", f"--preset={preset}",
                        f"--mode={mode}", f"--num_devices={n}", *passthrough]
                 try:

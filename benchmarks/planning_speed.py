@@ -160,6 +160,8 @@ COLUMNS: list[common.Column] = [
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if argv is None:
+        common.apply_host_tuning(args.host_tuning)
     common.setup_host()
     import jax
 

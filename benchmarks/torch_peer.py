@@ -21,8 +21,14 @@ Sizes (patch 16, tubelet 2, 128x128, 8 frames, MLP ratio 4, predictor heads 6):
   S: encoder 384 x 12 layers, 6 heads; predictor 384 x 6;  batch 8
   B: encoder 768 x 12 layers, 12 heads; predictor 384 x 12; batch 4
 
-Timing: `--rounds` rounds, each `--steps` JAX steps then `--steps` torch steps, so both see the
-same machine load; the ratio is reported from the medians and as the median of per-round ratios.
+JAX variants (`--variants`): the library defaults (float32, no remat) and the tuned CPU setting
+(`model.matmul_dtype='bfloat16'`: bf16 operands with f32 accumulation for every projection and
+MLP matmul, `model.remat='dots'`), each against the same torch model.
+
+Timing: `--rounds` rounds, each `--steps` torch steps then `--steps` steps of every JAX variant,
+so all see the same machine load. Wall time and core-seconds (process CPU time / cores, which
+stays put on a loaded machine) are both reported; ratios from the medians and as the median of
+per-round core-second ratios.
 FLOP/s use one FLOP count for both (XLA's cost analysis of the unrolled JAX step; the torch
 `FlopCounterMode` count of matmuls/attention is listed as a cross-check).
 """
@@ -57,15 +63,18 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--steps", type=int, default=3, help="steps per framework per round")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: all cores)")
-    p.add_argument("--scan", default="on", choices=["on", "off"], help="JAX: scanned layers")
-    p.add_argument("--remat", default="none", help="JAX: remat policy")
-    p.add_argument("--matmul_dtype", default="", help="JAX: model.matmul_dtype ('' | bfloat16)")
+    p.add_argument("--variants", default="f32=;bf16-matmuls=matmul_dtype:bfloat16;"
+                   "bf16-matmuls+dots=matmul_dtype:bfloat16,remat:dots",
+                   help="JAX variants, NAME=KEY:VALUE,... separated by ';' (keys: matmul_dtype, remat, "
+                        "scan_layers, attention); each is timed against the same torch model")
     p.add_argument("--attention_impl", default="sdpa", help="transformers attention (sdpa | eager)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = "tiny" if args.sizes == "S,B" else args.sizes
         args.rounds, args.steps, args.warmup = 2, 1, 1
+        if args.variants == p.get_default("variants"):
+            args.variants = "bf16-matmuls+dots=matmul_dtype:bfloat16,remat:dots"
     return args
 
 
@@ -127,7 +136,7 @@ def peer_model_factory(model_cfg: Any, rngs: Any) -> Any:
             p = cfg.predictor
             self.predictor = MaskedPredictor(
                 latent_dim=int(cfg.encoder.width), width=int(p.width), depth=int(p.depth),
-                heads=int(p.heads), mlp_ratio=float(p.mlp_ratio), rngs=rngs, pos_emb=str(cfg.pos_emb),
+                heads=int(p.heads), mlp_ratio=float(p.mlp_ratio), rngs=rngs,
                 scan=bool(cfg.scan_layers), remat=str(cfg.remat), dtype=jax_dtype(cfg.dtype),
                 param_dtype=jax_dtype(cfg.param_dtype), attention_impl=str(cfg.attention),
             )
@@ -168,16 +177,39 @@ def peer_loss_fn(context_idx, target_idx, grid):
     return loss_fn
 
 
-def build_jax(size: str, args, ctx, tgt) -> dict[str, Any]:
+VARIANT_KEYS = {"matmul_dtype": str, "remat": str, "attention": str,
+                "scan_layers": lambda v: v.lower() in ("1", "true", "on")}
+
+
+def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """'f32=;fast=matmul_dtype:bfloat16,remat:dots' -> [('f32', {}), ('fast', {...})]."""
+    out = []
+    for part in spec.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, body = part.partition("=")
+        overrides: dict[str, Any] = {}
+        for kv in common.parse_list(body):
+            k, _, v = kv.partition(":")
+            if k not in VARIANT_KEYS:
+                raise ValueError(f"--variants: unknown key {k!r} in {part!r}; expected {sorted(VARIANT_KEYS)}")
+            overrides[k] = VARIANT_KEYS[k](v)
+        out.append((name.strip(), overrides))
+    if not out:
+        raise ValueError("--variants: no variant given")
+    return out
+
+
+def build_jax(size: str, overrides: dict[str, Any], ctx, tgt) -> dict[str, Any]:
     import jax
 
     from wam_jax import sharding
     from wam_jax import train_step as ts
 
     config = jax_config(size)
-    config.model.scan_layers = args.scan == "on"
-    config.model.remat = args.remat
-    config.model.matmul_dtype = args.matmul_dtype
+    for k, v in overrides.items():
+        config.model[k] = v
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     kw = dict(model_factory=peer_model_factory, loss_fn=peer_loss_fn(ctx, tgt, geometry()))
     t0 = time.perf_counter()
@@ -197,7 +229,7 @@ def build_jax(size: str, args, ctx, tgt) -> dict[str, Any]:
 
     n_params = sum(x.size for x in jax.tree.leaves(built.abstract.params))
     return {"step": step, "flops": flops, "compile_s": compile_s, "params": int(n_params),
-            "video": batch["video"]}
+            "video": batch["video"], "config": {k: config.model[k] for k in VARIANT_KEYS}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +276,7 @@ def build_torch(size: str, args, ctx, tgt, video_uint8) -> dict[str, Any]:
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(target, [p.detach() for p in online], 1.0 - EMA)
-        return float(loss)
+        return float(loss.detach())
 
     counter = FlopCounterMode(display=False)
     with counter:
@@ -256,73 +288,91 @@ def build_torch(size: str, args, ctx, tgt, video_uint8) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def timed(fn, n: int) -> list[float]:
+def timed(fn, n: int) -> list[tuple[float, float]]:
+    """(wall seconds, core-seconds) of `n` calls; core-seconds = process CPU time / cores."""
     out = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, (time.process_time() - c0) / common.num_cores()))
     return out
 
 
-def bench_size(size: str, args) -> dict[str, Any]:
+def bench_size(size: str, args) -> list[dict[str, Any]]:
+    """Every JAX variant and the torch model on one size, timed in interleaved rounds."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    else:
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or common.num_cores())
     t, g1, g2 = geometry()
     num_tokens = t * g1 * g2
     batch = SIZES[size][-1]
     ctx, tgt = make_masks(batch, num_tokens, args.mask_ratio)
-    jx = build_jax(size, args, ctx, tgt)
-    th = build_torch(size, args, ctx, tgt, jx["video"])
+    variants = parse_variants(args.variants)
+    jaxs = {name: build_jax(size, ov, ctx, tgt) for name, ov in variants}
+    video = next(iter(jaxs.values()))["video"]
+    th = build_torch(size, args, ctx, tgt, video)
     for _ in range(args.warmup):
-        jx["step"]()
+        for jx in jaxs.values():
+            jx["step"]()
         th["step"]()
     if args.max_load > 0:
         common.wait_for_quiet(args.max_load, args.wait)
     load_before = common.load_average()
-    jt, tt, ratios = [], [], []
+    jt: dict[str, list] = {name: [] for name in jaxs}
+    tt: list = []
+    ratios: dict[str, list] = {name: [] for name in jaxs}
     for _ in range(args.rounds):
-        a = timed(jx["step"], args.steps)
         b = timed(th["step"], args.steps)
-        jt += a
         tt += b
-        ratios.append(statistics.median(b) / statistics.median(a))
-    jm, tmed = statistics.median(jt), statistics.median(tt)
-    flops = jx["flops"]
-    return {
-        "size": size, "batch": batch, "tokens": num_tokens, "context": int(ctx.shape[1]),
-        "targets": int(tgt.shape[1]), "encoder": SIZES[size][:3], "predictor": SIZES[size][3:6],
-        "params_jax": jx["params"], "params_torch": th["params"], "torch_threads": th["threads"],
-        "jax_compile_s": jx["compile_s"], "flops": flops, "gflop_step": flops / 1e9 if flops else None,
-        "torch_flops_counted": th["flops_counted"], "torch_gflop_counted": th["flops_counted"] / 1e9,
-        "jax_ms": 1e3 * jm, "torch_ms": 1e3 * tmed,
-        "jax_best_ms": 1e3 * min(jt), "torch_best_ms": 1e3 * min(tt),
-        "jax_gflops": flops / jm / 1e9 if flops else None,
-        "torch_gflops": flops / tmed / 1e9 if flops else None,
-        "torch_gflops_counted": th["flops_counted"] / tmed / 1e9,
-        "speedup": tmed / jm, "speedup_paired": statistics.median(ratios),
-        "jax_samples_s": jt, "torch_samples_s": tt, "round_ratios": ratios,
-        "load_before": load_before, "load_after": common.load_average(),
-        "load": load_before[0],
-    }
+        for name, jx in jaxs.items():
+            a = timed(jx["step"], args.steps)
+            jt[name] += a
+            ratios[name].append(statistics.median(x[1] for x in b) / statistics.median(x[1] for x in a))
+    load_after = common.load_average()
+    t_wall = statistics.median(x[0] for x in tt)
+    t_core = statistics.median(x[1] for x in tt)
+    rows = []
+    for name, jx in jaxs.items():
+        j_wall = statistics.median(x[0] for x in jt[name])
+        j_core = statistics.median(x[1] for x in jt[name])
+        flops = jx["flops"]
+        rows.append({
+            "size": size, "variant": name, "jax_config": jx["config"], "host_env": common.host_env_label(), "batch": batch, "tokens": num_tokens,
+            "context": int(ctx.shape[1]), "targets": int(tgt.shape[1]),
+            "encoder": SIZES[size][:3], "predictor": SIZES[size][3:6],
+            "params_jax": jx["params"], "params_torch": th["params"], "torch_threads": th["threads"],
+            "jax_compile_s": jx["compile_s"], "flops": flops, "gflop_step": flops / 1e9 if flops else None,
+            "torch_flops_counted": th["flops_counted"], "torch_gflop_counted": th["flops_counted"] / 1e9,
+            "jax_ms": 1e3 * j_wall, "torch_ms": 1e3 * t_wall,
+            "jax_core_ms": 1e3 * j_core, "torch_core_ms": 1e3 * t_core,
+            "jax_gflops": flops / j_wall / 1e9 if flops else None,
+            "torch_gflops": flops / t_wall / 1e9 if flops else None,
+            "jax_gflops_core": flops / j_core / 1e9 if flops else None,
+            "torch_gflops_core": flops / t_core / 1e9 if flops else None,
+            "torch_gflops_counted_core": th["flops_counted"] / t_core / 1e9,
+            "speedup": t_wall / j_wall, "speedup_core": t_core / j_core,
+            "speedup_paired": statistics.median(ratios[name]),
+            "jax_samples": jt[name], "torch_samples": tt, "round_ratios": ratios[name],
+            "load_before": load_before, "load_after": load_after, "load": load_before[0],
+        })
+    return rows
 
 
 COLUMNS: list[common.Column] = [
-    ("size", "size", ""), ("batch", "batch", "d"), ("gflop_step", "GFLOP/step (XLA)", ".1f"),
-    ("torch_gflop_counted", "GFLOP/step (torch counter)", ".1f"),
-    ("jax_ms", "wam_jax step (ms)", ".0f"), ("torch_ms", "torch step (ms)", ".0f"),
-    ("jax_gflops", "wam_jax GFLOP/s", ".1f"), ("torch_gflops", "torch GFLOP/s", ".1f"),
-    ("speedup", "torch / wam_jax time", ".2f"), ("speedup_paired", "per-round ratio (median)", ".2f"),
-    ("load", "load 1m", ".2f"),
+    ("size", "size", ""), ("variant", "wam_jax variant", ""), ("host_env", "host env", ""), ("batch", "batch", "d"),
+    ("gflop_step", "GFLOP/step (XLA)", ".1f"), ("torch_gflop_counted", "GFLOP/step (torch counter)", ".1f"),
+    ("jax_ms", "wam_jax wall (ms)", ".0f"), ("torch_ms", "torch wall (ms)", ".0f"),
+    ("jax_core_ms", "wam_jax core-s (ms)", ".0f"), ("torch_core_ms", "torch core-s (ms)", ".0f"),
+    ("jax_gflops_core", "wam_jax GFLOP/core-s", ".1f"), ("torch_gflops_core", "torch GFLOP/core-s", ".1f"),
+    ("speedup", "torch/wam_jax (wall)", ".2f"), ("speedup_core", "torch/wam_jax (core-s)", ".2f"),
+    ("speedup_paired", "per-round ratio (median, core-s)", ".2f"), ("load", "load 1m", ".2f"),
 ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if argv is None:
+        common.apply_host_tuning(args.host_tuning)
     common.setup_host()
     import jax
 
@@ -332,10 +382,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for size in common.parse_list(args.sizes):
         if size not in SIZES:
             raise ValueError(f"--sizes: unknown size {size!r}; expected some of {sorted(SIZES)}")
-        r = bench_size(size, args)
-        rows.append(r)
-        print(f"{size}: wam_jax {r['jax_ms']:.0f} ms, torch {r['torch_ms']:.0f} ms, "
-              f"ratio {r['speedup']:.2f} (load {r['load']})", flush=True)
+        for r in bench_size(size, args):
+            rows.append(r)
+            print(f"{size} {r['variant']}: wam_jax {r['jax_core_ms']:.0f} core-ms, torch {r['torch_core_ms']:.0f} "
+                  f"core-ms, ratio {r['speedup_core']:.2f} (wall {r['speedup']:.2f}, load {r['load']})", flush=True)
     print(f"\n## wam_jax vs transformers VJEPA2Model ({env['cpu']}, jax {env['versions']['jax']}, "
           f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']})\n")
     print(common.format_table(rows, COLUMNS))

@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--max_seconds", type=float, default=240.0, help="stop timing a preset after this long")
     p.add_argument("--peak_n", type=int, default=2048, help="matmul size of the measured peak")
     p.add_argument("--tag", default="", help="label of this run (goes into the table and JSON name)")
+    p.add_argument("--accuracy_steps", type=int, default=0,
+                   help="instead of timing: train each preset this many steps with float32 matmuls and "
+                        "with --accuracy_matmul_dtype from the same init on the same batches; compare losses")
+    p.add_argument("--accuracy_matmul_dtype", default="bfloat16")
     args = p.parse_args(argv)
     if args.quick:
         args.presets = args.presets if args.presets != "tiny,small,S,B" else "tiny"
@@ -135,6 +139,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
         "attention": str(config.model.attention),
         "matmul_dtype": str(config.model.get("matmul_dtype", "")) or str(config.model.dtype),
         "batches": "real:" + args.data if args.data else "synthetic",
+        "host_env": common.host_env_label(),
     }
     t0 = time.perf_counter()
     built = ts.build(config, mesh)
@@ -180,7 +185,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
 
 COLUMNS: list[common.Column] = [
     ("preset", "preset", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""),
-    ("matmul_dtype", "matmuls", ""), ("remat", "remat", ""), ("scan", "scan", ""), ("params_m", "params (M)", ".1f"),
+    ("matmul_dtype", "matmuls", ""), ("remat", "remat", ""), ("host_env", "host env", ""), ("scan", "scan", ""), ("params_m", "params (M)", ".1f"),
     ("gflop_step", "GFLOP/step", ".1f"), ("compile_s", "compile (s)", ".1f"),
     ("step_ms", "step (ms, median)", ".1f"), ("iqr_pct", "IQR %", ".0f"), ("best_ms", "best (ms)", ".1f"),
     ("examples_per_s", "examples/s", ".2f"), ("gflops", "GFLOP/s", ".1f"), ("mfu", "MFU", ".1%"),
@@ -243,12 +248,67 @@ def measure_peaks(args) -> dict[str, dict[str, Any]]:
     return peaks
 
 
+def accuracy_run(args, preset: str, batch: int) -> dict[str, Any]:
+    """Loss curves of `args.accuracy_steps` steps with float32 and with mixed-precision matmuls."""
+    import jax
+    import numpy as np
+
+    from wam_jax import sharding
+    from wam_jax import train_step as ts
+
+    curves, finals = {}, {}
+    host_batches = None
+    for mm in ("", args.accuracy_matmul_dtype):
+        config = load_config(args, preset, batch)
+        config.model.matmul_dtype = mm
+        mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+        built = ts.build(config, mesh)
+        built.compile()
+        if host_batches is None:
+            n = min(args.accuracy_steps, 16)
+            host_batches = (real_batches(config, n) if args.data
+                            else [common.synthetic_batch(config, batch, seed=i) for i in range(n)])
+        batches = [jax.device_put(b, built.batch_shardings) for b in host_batches]
+        state = built.init(config)
+        losses = []
+        for i in range(args.accuracy_steps):
+            state, out = built.compiled(state, batches[i % len(batches)])
+            losses.append(float(out["loss"]))
+        curves[mm or "float32"] = losses
+        finals[mm or "float32"] = jax.tree.map(np.asarray, state.params)
+    a, b = (np.asarray(v) for v in curves.values())
+    pa = np.concatenate([x.ravel() for x in jax.tree.leaves(finals["float32"])])
+    pb = np.concatenate([x.ravel() for x in jax.tree.leaves(finals[args.accuracy_matmul_dtype])])
+    return {
+        "preset": preset, "batch": batch, "steps": args.accuracy_steps, "matmul_dtype": args.accuracy_matmul_dtype,
+        "batches": "real:" + args.data if args.data else "synthetic (cycled)",
+        "loss_first_f32": float(a[0]), "loss_first_mixed": float(b[0]),
+        "loss_last_f32": float(a[-1]), "loss_last_mixed": float(b[-1]),
+        "max_rel_loss_diff": float(np.max(np.abs(a - b) / np.abs(a))),
+        "mean_last10_f32": float(a[-10:].mean()), "mean_last10_mixed": float(b[-10:].mean()),
+        "param_rel_diff": float(np.linalg.norm(pa - pb) / np.linalg.norm(pa)),
+        "curves": curves,
+    }
+
+
+ACCURACY_COLUMNS: list[common.Column] = [
+    ("preset", "preset", ""), ("batch", "batch", "d"), ("steps", "steps", "d"), ("batches", "batches", ""),
+    ("loss_first_f32", "loss step 0 (f32)", ".4f"), ("loss_first_mixed", "loss step 0 (bf16 matmuls)", ".4f"),
+    ("mean_last10_f32", "mean loss last 10 (f32)", ".4f"), ("mean_last10_mixed", "mean loss last 10 (bf16)", ".4f"),
+    ("max_rel_loss_diff", "max rel. loss diff", ".2%"), ("param_rel_diff", "param rel. diff at end", ".2e"),
+]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if argv is None:
+        common.apply_host_tuning(args.host_tuning)
     common.setup_host()
     import jax
 
     jax.devices()  # initialise the backend before recording the environment
+    if args.accuracy_steps:
+        return accuracy_main(args)
     presets = common.parse_list(args.presets)
     sizes = batch_sizes(args.batch, presets)
     env = common.environment()
@@ -276,6 +336,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "train_step", "environment": env, "peaks": peaks, "peaks_after": peaks_after,
               "rows": rows, "args": vars(args)}
     name = "train_step" + (f"_{args.tag}" if args.tag else "")
+    path = common.write_json(args.json or common.default_json_path(name, args.quick), result)
+    print(f"\nwrote {path}")
+    return result
+
+
+def accuracy_main(args) -> dict[str, Any]:
+    presets = common.parse_list(args.presets)
+    sizes = batch_sizes(args.batch, presets)
+    env = common.environment()
+    rows = [accuracy_run(args, p, sizes[p]) for p in presets]
+    print(f"## float32 vs {args.accuracy_matmul_dtype} matmuls (f32 accumulation), same init and batches\n")
+    print(common.format_table(rows, ACCURACY_COLUMNS))
+    result = {"benchmark": "train_step_accuracy", "environment": env, "rows": rows, "args": vars(args)}
+    name = "train_step_accuracy" + (f"_{args.tag}" if args.tag else "")
     path = common.write_json(args.json or common.default_json_path(name, args.quick), result)
     print(f"\nwrote {path}")
     return result
