@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None):
                    help="per preset IMAGE/PATCH, e.g. 'small=64/8,L=256/16' (default: configs/base.py)")
     p.add_argument("--planner", default="vjepa2_ac", help="planner preset (wam_jax.planning.PRESETS)")
     p.add_argument("--context_frames", type=int, default=1)
+    p.add_argument("--matmul_dtype", default="", choices=["", "float32", "bfloat16"],
+                   help="model.matmul_dtype ('': the compute dtype; bfloat16: bf16 operands, f32 accumulation)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--max_call_s", type=float, default=120.0, help="time a preset only below this estimate")
@@ -62,20 +64,21 @@ def synthetic_info(action_dim: int, proprio_dim: int) -> dict[str, Any]:
     }
 
 
-def make_world_model(preset: str, image: int, patch: int, scan: bool = True):
+def make_world_model(preset: str, image: int, patch: int, scan: bool = True, matmul_dtype: str = ""):
     import jax
     from flax import nnx
 
     from configs import base
     from wam_jax import world_model_api
-    from wam_jax.models.world_model import WorldActionModel
+    from wam_jax.train_step import default_model_factory
 
     c = base.get_config(preset)
     c.model.image_size, c.model.patch_size = image, patch
     c.model.action_dim, c.model.proprio_dim = 2, 2
     c.model.scan_layers = scan
+    c.model.matmul_dtype = matmul_dtype
     with nnx.use_eager_sharding(False):
-        model = WorldActionModel(c.model, rngs=nnx.Rngs(0))
+        model = default_model_factory(c.model, nnx.Rngs(0))  # applies model.matmul_dtype
         target = model.make_target_encoder()
     mesh = world_model_api.inference_mesh(jax.devices()[:1])
     wm = world_model_api.WorldModel(
@@ -84,11 +87,12 @@ def make_world_model(preset: str, image: int, patch: int, scan: bool = True):
     return c, wm
 
 
-def planning_flops(preset: str, image: int, patch: int, planner: Any, context: Any, goal: Any) -> float | None:
+def planning_flops(preset: str, image: int, patch: int, planner: Any, context: Any, goal: Any,
+                   matmul_dtype: str = "") -> float | None:
     """FLOPs of one planning call: unrolled layers, one iteration's cost times the iteration count."""
     import jax
 
-    _, wm = make_world_model(preset, image, patch, scan=False)
+    _, wm = make_world_model(preset, image, patch, scan=False, matmul_dtype=matmul_dtype)
     space = wm.action_space()
     one = planner.replace(num_iterations=1)
     plan = wm._build_planner(one, space, "last")
@@ -111,15 +115,17 @@ def bench_preset(args, preset: str, image: int, patch: int, rate_hint: float | N
     from wam_jax import planning
 
     planner = planning.preset(args.planner)
-    config, wm = make_world_model(preset, image, patch)
+    config, wm = make_world_model(preset, image, patch, matmul_dtype=args.matmul_dtype)
     n, d = wm.latent_shape
     rng = np.random.default_rng(0)
     context = rng.standard_normal((args.context_frames, n, d)).astype(np.float32)
     goal = rng.standard_normal((n, d)).astype(np.float32)
-    flops = planning_flops(preset, image, patch, planner, jax.numpy.asarray(context), jax.numpy.asarray(goal))
+    flops = planning_flops(preset, image, patch, planner, jax.numpy.asarray(context), jax.numpy.asarray(goal),
+                           args.matmul_dtype)
     row: dict[str, Any] = {
         "preset": preset, "image_size": image, "patch_size": patch, "tokens_per_frame": n, "latent_dim": d,
         "predictor": f"{config.model.predictor.width}x{config.model.predictor.depth}",
+        "matmul_dtype": args.matmul_dtype or "float32", "host_env": common.host_env_label(),
         "samples": planner.num_samples, "elites": planner.num_elites, "iterations": planner.num_iterations,
         "horizon": planner.horizon, "context_frames": args.context_frames,
         "flops": flops, "gflop_call": flops / 1e9 if flops else None,
@@ -151,6 +157,7 @@ def bench_preset(args, preset: str, image: int, patch: int, rate_hint: float | N
 
 COLUMNS: list[common.Column] = [
     ("preset", "preset", ""), ("predictor", "predictor", ""), ("geometry", "image/patch", ""),
+    ("matmul_dtype", "matmuls", ""), ("host_env", "host env", ""),
     ("tokens_per_frame", "tokens/frame", "d"), ("gflop_call", "GFLOP/plan", ".1f"),
     ("first_call_s", "first call (s, compile)", ".1f"), ("plan_s", "plan step (s, median)", ".3f"),
     ("iqr_pct", "IQR %", ".0f"), ("gflops", "GFLOP/s", ".1f"), ("estimated", "estimated", ""),
