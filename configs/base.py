@@ -30,6 +30,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     # Fraction of labeled steps conditioned on u_t instead of g(a_t), so the latent-action model
     # also learns from fully labeled data (0 = only action-free steps use u_t).
     c.latent_action.label_dropout = 0.0
+    # What conditions action-free (video) steps: 'latent' = the inferred latent action u_t (the
+    # design); 'mask' = one learned token carrying no information (the naive baseline, ablations).
+    c.latent_action.video_cond = "latent"
     c.action_head = mlc.ConfigDict(dict(width=0, depth=1))  # width 0: the predictor's width
     c.num_sources = 8  # static maximum of mixture sources for per-source metrics
     c.policy_horizon = 4  # h: action chunk length
@@ -112,7 +115,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.train.checkpoint_every = 200
     c.train.max_to_keep = 3
     c.train.keep_period = 0  # keep every N-th step's checkpoint forever (0 = off)
-    c.train.eval_every = 0
+    c.train.eval_every = 0  # held-out eval (wam-eval metrics as eval/* scalars) every N steps (0 = off)
+    c.train.eval_max_clips = 0  # clips per periodic eval (0 = the whole held-out split)
     c.train.profile_steps = 0  # capture a profile of this many steps after warm-up (0 = off)
     c.train.export_at_end = True
     c.train.compilation_cache_dir = ""  # persistent XLA cache: a resumed run skips compiling ("" = off)

@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     train_argv = ["wam-train", f"--config={args.config}", f"--workdir={args.workdir}",
                   f"--config.data.mixture={converted}/pusht_labeled:0.5,{converted}/pusht_video:0.5",
+                  "--config.train.export_at_end=False",  # exported below, to --export
                   *args.overrides]
     code = train_launch.main(train_argv)
     if code:

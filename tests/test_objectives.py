@@ -163,6 +163,25 @@ def test_ssl_and_gaussian_bottleneck_terms():
     assert "target" not in grads
 
 
+def test_masked_video_conditioning_ablation():
+    """video_cond='mask' (the ablation's naive arm): action-free steps are conditioned on one
+    learned token, the latent-action model gets no gradient, and labeled steps still use g(a)."""
+    cfg = tiny_config(**{"model.latent_action.video_cond": "mask"})
+    model = trained_like(WorldActionModel(cfg.model, rngs=nnx.Rngs(3)))  # non-zero output layers
+    target = model.make_target_encoder()
+    run = loss_and_grads(cfg.loss)
+    _, metrics, grads = run(model, target, random_batch(cfg, labeled=2), jax.random.key(0))
+    assert _max_abs(grads["cond_mask"]) > 0  # the mask token conditions the action-free clips
+    assert _max_abs(grads["latent_actions"]) == 0.0
+    assert _max_abs(grads["action_embedder"]) > 0
+    assert "loss/align" not in metrics and "loss/bottleneck" not in metrics
+    # Fully labeled: the mask token conditions nothing.
+    _, _, grads = run(model, target, random_batch(cfg, labeled=4), jax.random.key(0))
+    assert _max_abs(grads["cond_mask"]) == 0.0
+    with pytest.raises(ValueError, match="video_cond"):
+        WorldActionModel(tiny_config(**{"model.latent_action.video_cond": "zeros"}).model, rngs=nnx.Rngs(0))
+
+
 def test_frozen_target_trains_everything_but_the_encoder():
     cfg = tiny_config(**{"model.target": "frozen", "model.latent_action.bottleneck": "noisy"})
     model = WorldActionModel(cfg.model, rngs=nnx.Rngs(2))

@@ -96,6 +96,30 @@ def test_rerun_of_a_finished_run_is_a_noop(uninterrupted, config_file):
     assert open(os.path.join(workdir, metrics.METRICS_JSONL)).read() == before
 
 
+def test_periodic_eval_and_export_at_end(tmp_path, session_mixture):
+    """train.eval_every logs held-out `eval/*` scalars (and writes eval/step_N/metrics.json) at
+    those steps; train.export_at_end leaves a loadable export in WORKDIR/export."""
+    from wam_jax import export, trainer
+
+    cfg = rf.tiny_config(session_mixture, **{"train.eval_every": 4, "train.eval_max_clips": 8,
+                                             "train.export_at_end": True, "data.heldout_fraction": 0.3})
+    workdir = str(tmp_path / "run")
+    result = trainer.train(cfg, workdir)
+    assert result.step == STEPS and result.export_dir == os.path.join(workdir, "export")
+    records = metrics.read_jsonl(os.path.join(workdir, metrics.METRICS_JSONL))
+    evals = {r["step"]: r for r in records if "eval/pred_l1/1" in r}
+    assert sorted(evals) == [4, 8]
+    for r in evals.values():
+        for key in ("eval/copy_l1/1", "eval/l1_vs_copy/3", "eval/health/effective_rank"):
+            assert np.isfinite(r[key]), key
+    assert result.eval_metrics["eval/pred_l1/1"] == evals[8]["eval/pred_l1/1"]
+    assert os.path.exists(os.path.join(workdir, "eval", "step_4", "metrics.json"))
+    manifest = export.read_manifest(result.export_dir)
+    assert manifest["step"] == STEPS
+    # Training records and eval records share steps but not keys: losses are still complete.
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
+
+
 @pytest.mark.slow  # 3 training processes: ~1.5-2 min on a busy 2-core machine with a warm XLA cache
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path, config_file, uninterrupted):
     workdir = str(tmp_path / "w")

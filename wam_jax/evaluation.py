@@ -210,7 +210,8 @@ def _make_step(wm: Any, horizon: int, num_sources: int):
         labeled = jnp.any(action_mask, axis=-1) & step_valid
         la = model.latent_actions(zbar[:, :-1], zbar[:, 1:])
         g = model.action_embedder(action, action_mask, emb)
-        cond = jnp.where(labeled[..., None], g, la.mean)
+        unlabeled_cond = model.cond_mask[...] if wm.spec.video_cond == "mask" else la.mean
+        cond = jnp.where(labeled[..., None], g, unlabeled_cond)
 
         # k-step rollout from frame 0 vs targets, and the copy-last-frame baseline.
         k = horizon
@@ -371,6 +372,35 @@ def _finish(acc: _Acc, *, num_codes: int | None, latent_dim: int, action_keys: M
             health["latent_action_num_codes"] = num_codes
         out["health"] = health
     return out
+
+
+def flat_scalars(results: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    """The headline numbers of `evaluate`'s results as flat scalars (for metric writers):
+    per horizon h `pred_l1/h`, `copy_l1/h`, `l1_vs_copy/h`; per embodiment `act/<emb>/mae|r2`;
+    `rank/top1`, `rank/normalized`; `health/*`; the same under `<kind>/` per source kind."""
+
+    def group(r: Mapping[str, Any], pre: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        pred = r.get("prediction")
+        if pred:
+            for h, (l1, c, ratio) in enumerate(zip(pred["l1"], pred["copy_l1"], pred["l1_vs_copy"], strict=True), 1):
+                out[f"{pre}pred_l1/{h}"], out[f"{pre}copy_l1/{h}"], out[f"{pre}l1_vs_copy/{h}"] = l1, c, ratio
+        for emb, a in r.get("action", {}).items():
+            out[f"{pre}act/{emb}/mae"], out[f"{pre}act/{emb}/r2"] = a["mae_mean"], a["r2_mean"]
+            out[f"{pre}act/{emb}/policy_mae"] = a["policy_mae_mean"]
+        if "ranking" in r:
+            out[f"{pre}rank/top1"] = r["ranking"]["top1"]
+            out[f"{pre}rank/normalized"] = r["ranking"]["normalized_rank"]
+        for k, v in r.get("health", {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"{pre}health/{k}"] = float(v)
+        return out
+
+    flat = group(results, prefix)
+    for kind, r in results.get("per_kind", {}).items():
+        if len(results.get("per_kind", {})) > 1:
+            flat.update(group(r, f"{prefix}{kind}/"))
+    return {k: float(v) for k, v in flat.items()}
 
 
 # ----------------------------------------------------------------------------------------------

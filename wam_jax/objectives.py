@@ -192,7 +192,11 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     use_g = labeled
     if spec.label_dropout > 0:
         use_g = labeled & (jax.random.uniform(k_drop, labeled.shape) >= spec.label_dropout)
-    cond = jnp.where(use_g[..., None], g, la.u)
+    if spec.video_cond == "mask":  # ablation: action-free steps see one learned token, not u_t
+        cond = jnp.where(use_g[..., None], g, model.cond_mask[...].astype(g.dtype))
+        w["align"] = w["bottleneck"] = 0.0  # the latent actions condition nothing
+    else:
+        cond = jnp.where(use_g[..., None], g, la.u)
 
     terms: dict[str, jax.Array] = {}
     # The predictor lives in the target space: its inputs and its targets are z̄, the space

@@ -6,6 +6,10 @@ Re-running the same command on the same workdir resumes from the newest complete
 parameters, EMA target, optimizer, step, RNG and the data iterator position (so the loss curve
 continues exactly as if never interrupted). SIGTERM (preemption, `scancel`, Ctrl-C) saves a
 checkpoint at the current step and returns cleanly.
+
+`train.eval_every` > 0 evaluates the held-out split of the mixture (`wam_jax.evaluation`) from the
+checkpoint written at every such step and logs it as `eval/*` scalars; `train.export_at_end`
+writes `wam-export`'s artifact to WORKDIR/export once the last step is reached.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class TrainResult:
     resumed_from: int | None
     last_metrics: dict[str, float]
     workdir: str
+    eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the last periodic eval
+    export_dir: str | None = None  # where `train.export_at_end` wrote the export
 
 
 class _Preemption:
@@ -200,6 +206,16 @@ def train(
                 ckpt.save(s, state.to_dict(), batches, config, stats)
                 last_saved = s
 
+        eval_every = int(config.train.get("eval_every", 0) or 0)
+        eval_metrics: dict[str, float] = {}
+
+        def periodic_eval(s: int) -> None:
+            nonlocal eval_metrics
+            save(s)
+            ckpt.wait()  # evaluation reads the checkpoint back
+            eval_metrics = evaluate_checkpoint(config, workdir, s, mesh)
+            logger.write(s, eval_metrics)
+
         while step < num_steps:
             t = time.perf_counter()
             try:
@@ -217,6 +233,10 @@ def train(
             stop = preemption.flag.is_set() or (jax.process_count() > 1 and ckpt.manager.reached_preemption(step))
             if stop or step == num_steps or (ckpt_every > 0 and step % ckpt_every == 0):
                 save(step)
+            if eval_every > 0 and not stop and (step % eval_every == 0 or step == num_steps):
+                flush(pending)
+                pending = None
+                periodic_eval(step)
             if stop:
                 preempted = True
                 log.warning("stopping at step %d after a preemption signal; checkpoint saved", step)
@@ -224,8 +244,12 @@ def train(
         flush(pending)
         if step > 0:
             save(step)
+        export_dir = None
+        if not preempted and step >= num_steps and bool(config.train.get("export_at_end", False)):
+            ckpt.wait()
+            export_dir = export_final(workdir)
         return TrainResult(step=step, preempted=preempted, resumed_from=resumed_from, last_metrics=last,
-                           workdir=workdir)
+                           workdir=workdir, eval_metrics=eval_metrics, export_dir=export_dir)
     finally:
         if preemption is not None:
             preemption.restore()
@@ -233,6 +257,33 @@ def train(
         if logger is not None:
             logger.close()
         _close_iterator(batches)
+
+
+def evaluate_checkpoint(config: Any, workdir: str, step: int, mesh: Any) -> dict[str, float]:
+    """Held-out metrics of the checkpoint at `step` as flat `eval/*` scalars (every process takes
+    part: the model is sharded over `mesh`). Written to WORKDIR/eval/step_<step>/metrics.json."""
+    from wam_jax import evaluation
+
+    max_clips = int(config.train.get("eval_max_clips", 0) or 0) or None
+    results = evaluation.evaluate(
+        workdir, step=step, max_clips=max_clips, mesh=mesh, plots=False,
+        output_dir=os.path.join(workdir, evaluation.EVAL_DIR, f"step_{step}"),
+    )
+    return evaluation.flat_scalars(results, prefix="eval/")
+
+
+def export_final(workdir: str) -> str | None:
+    """`train.export_at_end`: the export of the final checkpoint in WORKDIR/export (process 0
+    writes it; local workdirs only, since exports are plain files)."""
+    if jax.process_index() != 0 or "://" in workdir:
+        return None
+    from wam_jax import export
+
+    out = os.path.join(workdir, "export")
+    t0 = time.perf_counter()
+    export.export(workdir, out)
+    log.info("exported the encoder and predictor to %s in %.1fs", out, time.perf_counter() - t0)
+    return out
 
 
 def _restart_data(config: Any, step: int, batches: Any) -> None:

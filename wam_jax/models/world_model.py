@@ -27,11 +27,13 @@ import numpy as np
 from flax import nnx
 
 from wam_jax.models import encoder as encoder_lib
+from wam_jax.models import layers
 from wam_jax.models.action_head import InverseDynamicsHead, PolicyHead
 from wam_jax.models.latent_actions import ActionEmbedder, LatentActionModel
 from wam_jax.models.predictor import LatentPredictor, MaskedPredictor
 
 TARGETS = ("ema", "frozen")
+VIDEO_CONDS = ("latent", "mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ModelSpec:
     bottleneck: str
     kl_weight: float
     label_dropout: float
+    video_cond: str  # what conditions action-free steps: 'latent' (u_t) or 'mask' (a learned token)
     policy_horizon: int
     rollout_k: int
     target: str
@@ -74,6 +77,9 @@ def spec_from_config(cfg: Any) -> ModelSpec:
     if ssl_enabled and cfg.target == "frozen":
         raise ValueError("model.ssl.enabled trains the encoder; it needs model.target='ema', not 'frozen'")
     la = cfg.latent_action
+    video_cond = str(la.get("video_cond", "latent"))
+    if video_cond not in VIDEO_CONDS:
+        raise ValueError(f"model.latent_action.video_cond must be one of {VIDEO_CONDS}, got {video_cond!r}")
     g = cfg.image_size // cfg.patch_size
     return ModelSpec(
         image_size=int(cfg.image_size), patch_size=int(cfg.patch_size), tubelet=int(cfg.tubelet),
@@ -81,7 +87,7 @@ def spec_from_config(cfg: Any) -> ModelSpec:
         proprio_dim=int(cfg.proprio_dim), num_embodiments=int(cfg.num_embodiments),
         num_sources=int(cfg.get("num_sources", 8)), latent_action_dim=int(la.dim),
         bottleneck=str(la.bottleneck), kl_weight=float(la.kl_weight),
-        label_dropout=float(la.get("label_dropout", 0.0)), policy_horizon=int(cfg.policy_horizon),
+        label_dropout=float(la.get("label_dropout", 0.0)), video_cond=video_cond, policy_horizon=int(cfg.policy_horizon),
         rollout_k=int(cfg.rollout_k), target=str(cfg.target), ssl_enabled=ssl_enabled,
         ssl_mask_ratio=float(cfg.ssl.mask_ratio), ssl_num_blocks=int(cfg.ssl.num_blocks),
         ssl_block_scale=float(cfg.ssl.block_scale),
@@ -150,6 +156,14 @@ class WorldActionModel(nnx.Module):
             latent_dim=spec.latent_dim, dim=spec.latent_action_dim, bottleneck=spec.bottleneck,
             fsq_levels=la.fsq_levels, noise_std=la.noise_std, width=la_width, depth=int(la.depth),
             heads=pc.heads, mlp_ratio=pc.mlp_ratio, grid_hw=spec.grid_hw, **common)
+        # video_cond='mask' (the naive alternative to latent actions, for ablations): action-free
+        # steps are conditioned on one learned vector, so the predictor learns their dynamics
+        # without any information about what happened.
+        self.cond_mask: nnx.Param | None = nnx.data(None)
+        if spec.video_cond == "mask":
+            with layers.eager_sharding_scope():
+                self.cond_mask = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), ("latent_action",))(
+                    rngs.params(), (spec.latent_action_dim,), param_dtype))
         self.action_embedder = ActionEmbedder(
             action_dim=spec.action_dim, num_embodiments=spec.num_embodiments,
             dim=spec.latent_action_dim, width=la_width, rngs=rngs, dtype=dtype,
