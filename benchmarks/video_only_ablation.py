@@ -46,17 +46,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/pusht", help="PushT demo data (generated on first use)")
+    p.add_argument("--generate", default="",
+                   help="sizes when --data must be generated: LABELED,VIDEO,TEST,STEPS episodes (default: the demo's)")
     p.add_argument("--runs", default="runs/video_ablation", help="workdirs of the sweep")
     p.add_argument("--labeled", default="2,8", help="L values: labeled episodes per run")
     p.add_argument("--arms", default="a,b,c")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--preset", default="small", help="model preset (configs/video_ablation.py)")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps per run (every arm)")
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (every arm)")
     p.add_argument("--batch", type=int, default=16, help="global batch size")
     p.add_argument("--overrides", default="", help="extra config overrides for every run, space separated")
-    p.add_argument("--eval_clips", type=int, default=0, help="held-out clips to evaluate (0 = all)")
-    p.add_argument("--plan_episodes", type=int, default=5, help="PushT planning tasks per run (0 = skip)")
-    p.add_argument("--plan_budget", type=int, default=20, help="env steps per planning episode")
+    p.add_argument("--eval_clips", type=int, default=256, help="held-out clips to evaluate (0 = all)")
+    p.add_argument("--plan_episodes", type=int, default=3, help="PushT planning tasks per run (0 = skip)")
+    p.add_argument("--plan_budget", type=int, default=30, help="env steps per planning episode (each action is held for the frame stride)")
     p.add_argument("--plan_args", default="--samples=64 --elites=8 --iterations=3 --horizon=2 --execute=2",
                    help="wam-plan planner overrides (CPU-sized)")
     p.add_argument("--smoke", action="store_true", help="tiny model, one seed, few steps (minutes)")
@@ -78,11 +80,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # Data
 
 
-def prepare_data(data: str, labeled: Sequence[int], workers: int) -> dict[str, str]:
+def prepare_data(data: str, labeled: Sequence[int], workers: int, sizes: str = "") -> dict[str, str]:
     """Demo data + one converted dataset per labeled subset; returns {name: converted dir}."""
     from data_pipelines import convert_oxe, pusht
 
-    report = pusht.generate(data, workers=workers)
+    demo = pusht.DemoSizes()
+    if sizes:
+        n = [int(x) for x in sizes.split(",")]
+        if len(n) != 4:
+            raise SystemExit(f"--generate={sizes!r}: expected LABELED,VIDEO,TEST,STEPS")
+        demo = pusht.DemoSizes(labeled_episodes=n[0], video_episodes=n[1], test_episodes=n[2], steps=n[3])
+    report = pusht.generate(data, demo, workers=workers, progress=False)
     n_labeled = int(report["sizes"]["labeled_episodes"])
     conv = os.path.join(data, "converted")
     dirs = {"video": os.path.join(conv, "pusht_video"), "test": os.path.join(conv, "pusht_test")}
@@ -139,6 +147,7 @@ def run_one(args: argparse.Namespace, dirs: dict[str, str], labeled: int, arm: s
         with open(plan_json) as f:
             plan = json.load(f)["results"]
         for method, r in plan.items():
+            method = method.split(" ")[0]  # 'planner (vjepa2_ac)' -> 'planner'
             row[f"plan/{method}/success"] = r["success_rate"]
             row[f"plan/{method}/pos_error"] = r["mean_pos_error"]
         row["plan_s"] = time.perf_counter() - t0
@@ -146,6 +155,12 @@ def run_one(args: argparse.Namespace, dirs: dict[str, str], labeled: int, arm: s
         json.dump(row, f, indent=1)
     os.replace(result_path + ".tmp", result_path)
     return row
+
+
+def compile_cache_env(runs: str) -> dict[str, str]:
+    """Every run of the sweep has the same shapes: a persistent XLA cache compiles each program once."""
+    return {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(os.path.join(runs, ".xla_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
 
 
 def _run(cmd: list[str], log_path: str) -> None:
@@ -263,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.chdir(common.REPO)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.update(compile_cache_env(args.runs))  # before jax is imported (in-process eval, runs)
     labeled = [int(x) for x in common.parse_list(args.labeled)]
     arms = common.parse_list(args.arms)
     seeds = [int(x) for x in common.parse_list(args.seeds)]
@@ -270,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a not in ARMS:
             raise SystemExit(f"--arms: unknown arm {a!r}; choose from {sorted(ARMS)}")
     t0 = time.perf_counter()
-    dirs = prepare_data(args.data, labeled, args.workers)
+    dirs = prepare_data(args.data, labeled, args.workers, args.generate)
     rows = []
     for seed in seeds:  # seeds outermost: an interrupted sweep already covers every arm
         for n in labeled:

@@ -64,6 +64,9 @@ def loss_config() -> mlc.ConfigDict:
             act=1.0,
             act_pred=0.5,  # inverse dynamics applied to predicted latents
             policy=1.0,
+            # Scale of the action heads' gradient into the online encoder (0 = the heads train on
+            # stop-gradient latents and the encoder learns from SSL only; see objectives.py).
+            encoder_from_heads=1.0,
         )
     )
 

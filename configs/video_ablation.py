@@ -12,9 +12,11 @@ Arms (same model, same optimizer steps, same labeled episodes; `labeled=L` picks
   c  labeled + the same videos, their conditioning replaced by one learned mask token (the naive
      alternative: dynamics without any information about what happened).
 
-Hardware: 2 CPU cores; the default sizes (the `small` preset at 64x64, batch 16, 4-frame clips)
-train one arm in a few minutes. Expected result: (b) predicts held-out labeled transitions better
-than (a) when L is small; see BENCHMARKS.md for the measured table.
+Hardware: 2 CPU cores. Everything but the arm comes from configs/pusht_small.py (the README demo:
+`small` preset at 64x64, frozen encoder, frames 5 control steps apart, batch 16, 4-frame clips);
+the sweep script runs 150 steps per arm. The encoder is frozen in every arm, so the arms differ only
+in what trains the dynamics (predictor, latent actions, action embedder): exactly the question.
+Measured results: BENCHMARKS.md ("Action-free video").
 """
 
 from __future__ import annotations

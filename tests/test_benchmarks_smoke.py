@@ -200,3 +200,44 @@ def test_torch_peer_quick(tmp_path):
     (row,) = r["rows"]
     assert row["jax_ms"] > 0 and row["torch_ms"] > 0 and row["speedup"] > 0
     assert row["torch_flops_counted"] > 0
+
+
+def test_video_ablation_config_arms_and_errors():
+    from configs import video_ablation
+
+    a = video_ablation.get_config("arm=a,labeled=2")
+    b = video_ablation.get_config("arm=b,labeled=8")
+    c = video_ablation.get_config("arm=c,labeled=8")
+    assert a.data.mixture == "data/pusht/ablation/labeled_2"
+    assert b.data.mixture == c.data.mixture == "data/pusht/ablation/labeled_8:0.5,data/pusht/converted/pusht_video:0.5"
+    assert (a.model.latent_action.video_cond, b.model.latent_action.video_cond, c.model.latent_action.video_cond) == (
+        "latent", "latent", "mask")
+    # Same model and optimizer in every arm: only the data and the video conditioning differ.
+    for x in (b, c):
+        assert x.model.encoder.to_dict() == a.model.encoder.to_dict() and x.optim.to_dict() == a.optim.to_dict()
+    with pytest.raises(ValueError, match="arm='d'"):
+        video_ablation.get_config("arm=d")
+    with pytest.raises(ValueError, match="unknown argument 'L'"):
+        video_ablation.get_config("L=3")
+
+
+@pytest.mark.slow  # generates a small PushT set, trains 2 x 3 arms, evaluates and plans: ~10 min
+def test_video_only_ablation_smoke(tmp_path):
+    data = tmp_path / "pusht"
+    runs = tmp_path / "runs"
+    out = tmp_path / "ablation.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", SDL_VIDEODRIVER="dummy")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/video_only_ablation.py", "--smoke", f"--data={data}", "--generate=4,4,2,30",
+         "--labeled=1,2", f"--runs={runs}", f"--json={out}", "--eval_clips=16"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "|---" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "video_only_ablation"
+    assert {(r["labeled"], r["arm"]) for r in result["aggregate"]} == {(n, a) for n in (1, 2) for a in "abc"}
+    for r in result["rows"]:
+        assert len(r["l1_vs_copy"]) == 3 and all(v > 0 for v in r["l1_vs_copy"])
+        assert 0.0 <= r["plan/planner/success"] <= 1.0
+    assert os.path.exists(os.path.splitext(out)[0] + ".png")

@@ -182,6 +182,23 @@ def test_masked_video_conditioning_ablation():
         WorldActionModel(tiny_config(**{"model.latent_action.video_cond": "zeros"}).model, rngs=nnx.Rngs(0))
 
 
+def test_encoder_from_heads_scales_the_action_heads_gradient_into_the_encoder(setup):
+    cfg, model, target, run = setup
+    batch = random_batch(cfg, labeled=4)
+    _, _, grads = run(model, target, batch, jax.random.key(0))
+    full = _max_abs(grads["encoder"])
+    assert full > 0  # without SSL, the action heads are the encoder's only teacher
+    detached = cfg.loss.copy_and_resolve_references()
+    detached.encoder_from_heads = 0.0
+    _, metrics, grads0 = loss_and_grads(detached)(model, target, batch, jax.random.key(0))
+    assert _max_abs(grads0["encoder"]) == 0.0
+    assert _max_abs(grads0["inverse_head"]) > 0 and float(metrics["loss/act"]) > 0  # the heads still learn
+    half = cfg.loss.copy_and_resolve_references()
+    half.encoder_from_heads = 0.5
+    _, _, grads_half = loss_and_grads(half)(model, target, batch, jax.random.key(0))
+    np.testing.assert_allclose(_max_abs(grads_half["encoder"]), 0.5 * full, rtol=1e-4)
+
+
 def test_frozen_target_trains_everything_but_the_encoder():
     cfg = tiny_config(**{"model.target": "frozen", "model.latent_action.bottleneck": "noisy"})
     model = WorldActionModel(cfg.model, rngs=nnx.Rngs(2))
