@@ -59,7 +59,8 @@ def loss_config() -> mlc.ConfigDict:
             ssl=0.0,
             tf=1.0,
             roll=1.0,
-            align=1.0,
+            align=1.0,  # g(a) -> sg(u) on labeled steps
+            align_u=0.0,  # u -> sg(g(a)) on labeled steps (latent actions learn the action space)
             bottleneck=1.0,
             act=1.0,
             act_pred=0.5,  # inverse dynamics applied to predicted latents

@@ -1,6 +1,6 @@
 """The one loss function of the world action model, and the health metrics logged with it.
 
-    loss = λ_ssl L_ssl + λ_tf L_tf + λ_roll L_roll + λ_align L_align + λ_bottleneck L_bn
+    loss = λ_ssl L_ssl + λ_tf L_tf + λ_roll L_roll + λ_align L_align + λ_align_u L_align_u + λ_bottleneck L_bn
          + λ_act L_act + λ_act_pred L_act_pred + λ_policy L_policy
 
 Every term is a masked mean with a `max(count, 1)` denominator and `jnp.where` masking, so a term
@@ -30,7 +30,7 @@ from wam_jax.models.world_model import WorldActionModel, encode_latents, normali
 
 sg = jax.lax.stop_gradient
 
-LOSS_TERMS = ("ssl", "tf", "roll", "align", "bottleneck", "act", "act_pred", "policy")
+LOSS_TERMS = ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy")
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -194,7 +194,7 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         use_g = labeled & (jax.random.uniform(k_drop, labeled.shape) >= spec.label_dropout)
     if spec.video_cond == "mask":  # ablation: action-free steps see one learned token, not u_t
         cond = jnp.where(use_g[..., None], g, model.cond_mask[...].astype(g.dtype))
-        w["align"] = w["bottleneck"] = 0.0  # the latent actions condition nothing
+        w["align"] = w["align_u"] = w["bottleneck"] = 0.0  # the latent actions condition nothing
     else:
         cond = jnp.where(use_g[..., None], g, la.u)
 
@@ -219,6 +219,11 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     # Alignment of real-action embeddings to (stop-gradient) latent actions, on labeled steps.
     if w["align"] > 0:
         terms["align"] = masked_mean(jnp.mean(jnp.square(g - sg(la.mean)), axis=-1), labeled)
+    # The other direction: latent actions pulled towards the (stop-gradient) embedding of the real
+    # action, so the codes inferred from frames on action-free video speak the action embedder's
+    # language. Without it a collapsed code book drags g(a) along and erases the action.
+    if w["align_u"] > 0:
+        terms["align_u"] = masked_mean(jnp.mean(jnp.square(la.u - sg(g)), axis=-1), labeled)
     if w["bottleneck"] > 0:
         if spec.bottleneck == "gaussian":
             terms["bottleneck"] = spec.kl_weight * masked_mean(jnp.sum(la.kl, axis=-1), step_valid)
