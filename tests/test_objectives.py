@@ -199,6 +199,21 @@ def test_encoder_from_heads_scales_the_action_heads_gradient_into_the_encoder(se
     np.testing.assert_allclose(_max_abs(grads_half["encoder"]), 0.5 * full, rtol=1e-4)
 
 
+def test_align_directions_route_gradients(setup):
+    """align: g(a) -> sg(u) trains the action embedder only; align_u: u -> sg(g(a)) trains the
+    latent-action model only (each measured with every other term off)."""
+    cfg, model, target, _ = setup
+    batch = random_batch(cfg, labeled=4)
+    only = {name: 0.0 for name in objectives.LOSS_TERMS}
+    for term, trained, untouched in (("align", "action_embedder", "latent_actions"),
+                                     ("align_u", "latent_actions", "action_embedder")):
+        loss_cfg = dict(only, **{term: 1.0})
+        _, metrics, grads = loss_and_grads(loss_cfg)(model, target, batch, jax.random.key(0))
+        assert float(metrics[f"loss/{term}"]) > 0
+        assert _max_abs(grads[trained]) > 0, term
+        assert _max_abs(grads[untouched]) == 0.0, term
+
+
 def test_frozen_target_trains_everything_but_the_encoder():
     cfg = tiny_config(**{"model.target": "frozen", "model.latent_action.bottleneck": "noisy"})
     model = WorldActionModel(cfg.model, rngs=nnx.Rngs(2))
