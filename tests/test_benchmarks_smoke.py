@@ -221,7 +221,7 @@ def test_video_ablation_config_arms_and_errors():
         video_ablation.get_config("L=3")
 
 
-@pytest.mark.slow  # generates a small PushT set, trains 2 x 3 arms, evaluates and plans: ~10 min
+@pytest.mark.slow  # generates a small PushT set, trains 2 x 3 arms, evaluates and plans: ~3 min
 def test_video_only_ablation_smoke(tmp_path):
     data = tmp_path / "pusht"
     runs = tmp_path / "runs"
