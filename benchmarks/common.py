@@ -457,6 +457,44 @@ def default_json_path(name: str, quick: bool) -> str:
     return os.path.join(RESULTS_DIR, f"{name}{'_quick' if quick else ''}.json")
 
 
+def save_result(args: argparse.Namespace, name: str, result: Mapping[str, Any]) -> str:
+    """Writes `result` to `--json` (default `benchmarks/results/NAME[_TAG][_quick].json`) and says
+    where; the tag is `--tag` when the script has one."""
+    tag = getattr(args, "tag", "")
+    path = write_json(args.json or default_json_path(name + (f"_{tag}" if tag else ""), args.quick), result)
+    print(f"\nwrote {path}")
+    return path
+
+
+# Model / data flags the train-step scripts share, applied when set: flag -> config key.
+MODEL_OVERRIDES = {"image_size": "model.image_size", "patch_size": "model.patch_size",
+                   "num_frames": "data.num_frames", "dtype": "model.dtype", "remat": "model.remat"}
+
+
+def load_config(config_path: str | None, preset: str, args: argparse.Namespace) -> Any:
+    """`get_config(preset)` of a config file (`--config`) or of `configs/base.py`, with the
+    `MODEL_OVERRIDES` flags of `args` that are set (flags a script lacks count as unset)."""
+    if config_path:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_config", config_path)
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(f"--config={config_path}: not a Python config file")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        c = mod.get_config(preset)
+    else:
+        from configs import base
+
+        c = base.get_config(preset)
+    for flag, key in MODEL_OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value:
+            section, field = key.split(".")
+            c[section][field] = value
+    return c
+
+
 def base_parser(description: str, name: str) -> argparse.ArgumentParser:
     """Flags every script shares: --quick, --json, --max_load, --wait."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)

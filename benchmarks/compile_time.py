@@ -50,25 +50,9 @@ def parse_args(argv: list[str] | None = None):
 
 
 def load_config(args, preset: str) -> Any:
-    if args.config:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("bench_config", args.config)
-        if spec is None or spec.loader is None:
-            raise FileNotFoundError(f"--config={args.config}: not a Python config file")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        c = mod.get_config(preset)
-    else:
-        from configs import base
-
-        c = base.get_config(preset)
+    c = common.load_config(args.config, preset, args)
     if args.batch:
         c.data.global_batch_size = args.batch
-    if args.image_size:
-        c.model.image_size = args.image_size
-    if args.remat:
-        c.model.remat = args.remat
     c.model.scan_layers = args.scan_layers == "on"
     c.mesh.ici_data, c.mesh.ici_fsdp, c.mesh.ici_tensor = 1, 1, 1
     return c
@@ -145,8 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n## Train-step compile time (1 x CPU, {env['cpu']}, jax {env['versions']['jax']})\n")
     print(common.format_table(rows, COLUMNS))
     result = {"benchmark": "compile_time", "environment": env, "rows": rows, "args": vars(args)}
-    path = common.write_json(args.json or common.default_json_path("compile_time", args.quick), result)
-    print(f"\nwrote {path}")
+    common.save_result(args, "compile_time", result)
     return result
 
 

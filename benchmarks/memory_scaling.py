@@ -72,19 +72,7 @@ def argparse_hidden() -> str:
 
 
 def config_for(args, preset: str, n: int, mode: str) -> Any:
-    from configs import base
-
-    c = base.get_config(preset)
-    if args.image_size:
-        c.model.image_size = args.image_size
-    if args.patch_size:
-        c.model.patch_size = args.patch_size
-    if args.num_frames:
-        c.data.num_frames = args.num_frames
-    if args.dtype:
-        c.model.dtype = args.dtype
-    if args.remat:
-        c.model.remat = args.remat
+    c = common.load_config(None, preset, args)
     c.data.global_batch_size = args.batch
     if mode == "fsdp":
         c.mesh.ici_data, c.mesh.ici_fsdp, c.mesh.ici_tensor = 1, n, 1
@@ -254,8 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("\nfailed:", *[f"{f['preset']} {f['mode']} N={f['devices']}" for f in failures], sep="\n  ")
     result = {"benchmark": "memory_scaling", "environment": env, "rows": rows, "scaling": scaling,
               "failures": failures, "args": vars(args)}
-    path = common.write_json(args.json or common.default_json_path("memory_scaling", args.quick), result)
-    print(f"\nwrote {path}")
+    common.save_result(args, "memory_scaling", result)
     return result
 
 

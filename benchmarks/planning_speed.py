@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n## CEM planning step, preset {args.planner} ({env['devices']}, {env['cpu']}, jax {env['versions']['jax']})\n")
     print(common.format_table(rows, COLUMNS))
     result = {"benchmark": "planning_speed", "environment": env, "rows": rows, "args": vars(args)}
-    path = common.write_json(args.json or common.default_json_path("planning_speed", args.quick), result)
-    print(f"\nwrote {path}")
+    common.save_result(args, "planning_speed", result)
     return result
 
 

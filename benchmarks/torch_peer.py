@@ -390,9 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']})\n")
     print(common.format_table(rows, COLUMNS))
     result = {"benchmark": "torch_peer", "environment": env, "rows": rows, "args": vars(args)}
-    name = "torch_peer" + (f"_{args.tag}" if args.tag else "")
-    path = common.write_json(args.json or common.default_json_path(name, args.quick), result)
-    print(f"\nwrote {path}")
+    common.save_result(args, "torch_peer", result)
     return result
 
 

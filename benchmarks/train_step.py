@@ -74,30 +74,8 @@ def batch_sizes(spec: str, presets: list[str]) -> dict[str, int]:
 
 
 def load_config(args, preset: str, batch: int) -> Any:
-    if args.config:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("bench_config", args.config)
-        if spec is None or spec.loader is None:
-            raise FileNotFoundError(f"--config={args.config}: not a Python config file")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        c = mod.get_config(preset)
-    else:
-        from configs import base
-
-        c = base.get_config(preset)
+    c = common.load_config(args.config, preset, args)
     c.data.global_batch_size = batch
-    if args.image_size:
-        c.model.image_size = args.image_size
-    if args.patch_size:
-        c.model.patch_size = args.patch_size
-    if args.num_frames:
-        c.data.num_frames = args.num_frames
-    if args.dtype:
-        c.model.dtype = args.dtype
-    if args.remat:
-        c.model.remat = args.remat
     if args.scan:
         c.model.scan_layers = args.scan == "on"
     if args.attention:
@@ -335,9 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(common.format_table(list(peaks_after.values()), PEAK_COLUMNS))
     result = {"benchmark": "train_step", "environment": env, "peaks": peaks, "peaks_after": peaks_after,
               "rows": rows, "args": vars(args)}
-    name = "train_step" + (f"_{args.tag}" if args.tag else "")
-    path = common.write_json(args.json or common.default_json_path(name, args.quick), result)
-    print(f"\nwrote {path}")
+    common.save_result(args, "train_step", result)
     return result
 
 
@@ -349,9 +325,7 @@ def accuracy_main(args) -> dict[str, Any]:
     print(f"## float32 vs {args.accuracy_matmul_dtype} matmuls (f32 accumulation), same init and batches\n")
     print(common.format_table(rows, ACCURACY_COLUMNS))
     result = {"benchmark": "train_step_accuracy", "environment": env, "rows": rows, "args": vars(args)}
-    name = "train_step_accuracy" + (f"_{args.tag}" if args.tag else "")
-    path = common.write_json(args.json or common.default_json_path(name, args.quick), result)
-    print(f"\nwrote {path}")
+    common.save_result(args, "train_step_accuracy", result)
     return result
 
 
