@@ -126,8 +126,8 @@ def _per_source(err: jax.Array, mask: jax.Array, source_id: jax.Array, num_sourc
 # ---------------------------------------------------------------------------------------------
 
 
-def _weight(loss_cfg: Any, name: str) -> float:
-    w = loss_cfg.get(name, 0.0) if hasattr(loss_cfg, "get") else getattr(loss_cfg, name, 0.0)
+def _weight(loss_cfg: Any, name: str, default: float = 0.0) -> float:
+    w = loss_cfg.get(name, default) if hasattr(loss_cfg, "get") else getattr(loss_cfg, name, default)
     return float(w)
 
 
@@ -236,9 +236,9 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     # dataset can collapse the encoder to those dims (effective rank 12 -> 2 within 50 PushT
     # steps at scale 1), so SSL-trained encoders keep it small or 0.
     a_hat = None
-    scale = float(loss_cfg.get("encoder_from_heads", 1.0)) if hasattr(loss_cfg, "get") else 1.0
+    scale = _weight(loss_cfg, "encoder_from_heads", 1.0)
     if scale != 1.0 and spec.target != "frozen":
-        z = sg(z) + scale * (z - sg(z)) if scale else sg(z)
+        z = sg(z) + scale * (z - sg(z))
     if w["act"] > 0:
         a_hat = model.inverse_head(z[:, :-1], z[:, 1:], emb)
         terms["act"] = masked_mean(jnp.square(a_hat - action), a_mask)
