@@ -146,6 +146,28 @@ def test_rollout_equals_repeated_single_step_predictions(model):
     np.testing.assert_allclose(rolled[:, 0], np.asarray(tf[:, -1]), atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_cached_extend_equals_the_full_block_causal_pass(scan):
+    """prefill(steps 0..1) + extend(steps 2..3, two at once) = one pass over steps 0..3, for
+    scanned and unrolled layers; a cache of the wrong length is refused."""
+    m = trained_like(WorldActionModel(tiny_config(**{"model.scan_layers": scan}).model,
+                                      rngs=nnx.Rngs(0)))
+    b, s = 2, 4
+    du, p = m.spec.latent_action_dim, m.spec.proprio_dim
+    z = _latents(m, b, s, 7)
+    cond = jax.random.normal(jax.random.key(8), (b, s, du))
+    proprio = jax.random.normal(jax.random.key(9), (b, s, p))
+    pm = jnp.ones((b, s, p), bool)
+    full = m.predictor(z, cond, proprio, pm)
+    head, cache = m.predictor.prefill(z[:, :2], cond[:, :2], proprio[:, :2], pm[:, :2])
+    tail, cache = m.predictor.extend(z[:, 2:], cond[:, 2:], proprio[:, 2:], pm[:, 2:], cache, start=2)
+    np.testing.assert_allclose(np.asarray(head), np.asarray(full[:, :2]), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(tail), np.asarray(full[:, 2:]), atol=2e-5, rtol=1e-5)
+    assert cache[0].shape[:3] == (m.predictor.blocks.depth, b, s * (m.spec.tokens_per_frame + 2))
+    with pytest.raises(ValueError, match="cache holds"):
+        m.predictor.extend(z[:, 3:], cond[:, 3:], None, None, cache, start=3)
+
+
 def test_target_encoder_lives_outside_the_trained_tree(model):
     target = model.make_target_encoder()
     online = nnx.state(model.encoder, nnx.Param)

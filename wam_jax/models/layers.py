@@ -20,6 +20,7 @@ from flax import nnx
 from wam_jax import sharding
 
 Rope = tuple[jax.Array, jax.Array]
+KVCache = tuple[jax.Array, jax.Array]  # keys, values `[B, L, heads, head_dim]` (per layer)
 
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -352,11 +353,34 @@ class Attention(nnx.Module):
         mask: jax.Array | None = None,
         rope: Rope | None = None,
     ) -> jax.Array:
+        q, k, v = self._qkv(x, rope)
+        return self._attend(q, k, v, mask)
+
+    def with_cache(self, x: jax.Array, *, rope: Rope | None = None,
+                   cache: KVCache | None = None, mask: jax.Array | None = None
+                   ) -> tuple[jax.Array, KVCache]:
+        """Attention of the new tokens `x [B, L, D]` over the cached keys/values of earlier
+        tokens plus their own; returns (output, cache extended by x's keys/values).
+
+        `rope` covers the new tokens only; cached keys were rotated when they were computed.
+        Autoregressive rollouts use it so each step runs only its own tokens (block-causal
+        attention: earlier tokens never see later ones, so their keys/values do not change)."""
+        q, k, v = self._qkv(x, rope)
+        if cache is not None:
+            k = jnp.concatenate([cache[0].astype(k.dtype), k], axis=1)
+            v = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
+        return self._attend(q, k, v, mask), (k, v)
+
+    def _qkv(self, x: jax.Array, rope: Rope | None) -> tuple[jax.Array, jax.Array, jax.Array]:
         qkv = self.qkv(x)  # [B, L, 3, heads, head_dim]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if rope is not None:
             q = apply_rope(q, rope)
             k = apply_rope(k, rope)
+        return q, k, v
+
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
+                ) -> jax.Array:
         if mask is not None:
             if mask.dtype != jnp.bool_:
                 raise ValueError(
@@ -463,6 +487,16 @@ class Block(nnx.Module):
         x = x + self.mlp(self.norm2(x))
         return sharding.constrain(x, _ACT_AXES)
 
+    def with_cache(self, x: jax.Array, *, rope: Rope | None = None,
+                   cache: KVCache | None = None, mask: jax.Array | None = None
+                   ) -> tuple[jax.Array, KVCache]:
+        """`__call__` for new tokens attending over a key/value cache (see `Attention.with_cache`)."""
+        x = sharding.constrain(x, _ACT_AXES)
+        a, cache = self.attn.with_cache(self.norm1(x), rope=rope, cache=cache, mask=mask)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return sharding.constrain(x, _ACT_AXES), cache
+
 
 def remat_policy(name: str):
     """'none' -> no remat; 'full' -> save nothing (recompute the block); 'dots' -> save matmul
@@ -560,6 +594,38 @@ class BlockStack(nnx.Module):
             return apply(block, h)
 
         return run(x, self.blocks)
+
+    def with_cache(self, x: jax.Array, *, rope: Rope | None = None,
+                   cache: KVCache | None = None, mask: jax.Array | None = None
+                   ) -> tuple[jax.Array, KVCache]:
+        """Inference over new tokens with per-layer key/value caches.
+
+        `cache`: None (the first call: x is the whole prefix) or the previous call's cache,
+        keys/values stacked over layers `[depth, B, L, heads, head_dim]`. Returns the outputs and
+        the cache extended by x's tokens. No remat: this path is for rollouts, not gradients."""
+        if not self.scan:
+            new_k, new_v = [], []
+            for i, block in enumerate(self.blocks):
+                layer = None if cache is None else (cache[0][i], cache[1][i])
+                x, (k, v) = block.with_cache(x, rope=rope, cache=layer, mask=mask)
+                new_k.append(k)
+                new_v.append(v)
+            return x, (jnp.stack(new_k), jnp.stack(new_v))
+
+        if cache is None:
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0),
+                      transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def prefill(h: jax.Array, block: Block) -> tuple[jax.Array, KVCache]:
+                return block.with_cache(h, rope=rope, mask=mask)
+
+            return prefill(x, self.blocks)
+
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0),
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def extend(h: jax.Array, block: Block, layer: KVCache) -> tuple[jax.Array, KVCache]:
+            return block.with_cache(h, rope=rope, cache=layer, mask=mask)
+
+        return extend(x, self.blocks, cache)
 
 
 def stacked_to_list(state: nnx.State | dict, depth: int) -> list[dict]:

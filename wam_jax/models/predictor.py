@@ -136,6 +136,36 @@ class LatentPredictor(nnx.Module):
                  proprio_mask: jax.Array | None = None) -> jax.Array:
         """z `[B, S, N, D]`, cond `[B, S, du]`, proprio/proprio_mask `[B, S, P]` (None = absent)
         -> predicted next latents `[B, S, N, D]` (output s predicts step s + 1), float32."""
+        x = self._tokens(z, cond, proprio, proprio_mask)
+        rope, mask = self._rope_and_mask(z.shape[1], 0)
+        return self._readout(self.blocks(x, mask=mask, rope=rope), z)
+
+    def prefill(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None = None,
+                proprio_mask: jax.Array | None = None) -> tuple[jax.Array, layers.KVCache]:
+        """`__call__` that also returns the per-layer key/value cache of steps `0..S-1`."""
+        x = self._tokens(z, cond, proprio, proprio_mask)
+        rope, mask = self._rope_and_mask(z.shape[1], 0)
+        x, cache = self.blocks.with_cache(x, rope=rope, mask=mask)
+        return self._readout(x, z), cache
+
+    def extend(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
+               proprio_mask: jax.Array | None, cache: layers.KVCache, start: int
+               ) -> tuple[jax.Array, layers.KVCache]:
+        """Predictions for steps `start..start+S-1` (inputs `[B, S, ...]`) given the cache of
+        steps `0..start-1`: equal to running `__call__` on the whole sequence and keeping its
+        last S outputs (block-causal attention), at the cost of the new steps only."""
+        expected = start * (z.shape[2] + 2)
+        if cache[0].shape[2] != expected:
+            raise ValueError(f"LatentPredictor.extend: the cache holds {cache[0].shape[2]} tokens, "
+                             f"expected {expected} for start={start}")
+        x = self._tokens(z, cond, proprio, proprio_mask)
+        rope, mask = self._rope_and_mask(z.shape[1], start)
+        x, cache = self.blocks.with_cache(x, rope=rope, cache=cache, mask=mask)
+        return self._readout(x, z), cache
+
+    def _tokens(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
+                proprio_mask: jax.Array | None) -> jax.Array:
+        """Per step `[c_t, proprio_t, z_t^1..N]`, flattened to `[B, S * (N + 2), W]`."""
         b, s, n, _ = z.shape
         spatial_grid(n, self.grid_hw)
         types = self.token_type[...].astype(self.dtype)
@@ -151,11 +181,22 @@ class LatentPredictor(nnx.Module):
             feats = jnp.concatenate([jnp.where(pm, proprio, 0.0), pm.astype(proprio.dtype)], -1)
             p = p + self.proprio_in(feats.astype(self.dtype))[:, :, None]
         x = jnp.concatenate([c, p.astype(lat.dtype), lat], axis=2).reshape(b, s * (n + 2), self.width)
-        x = sharding.constrain(x, _ACT_AXES)
-        rope = _rope(_positions_with_extra(s, self.grid_hw, 2), self.head_dim)
-        step = jnp.repeat(jnp.arange(s), n + 2)
-        mask = (step[None, :] <= step[:, None])[None, None]  # [1, 1, L, L] block-causal
-        x = self.blocks(x, mask=mask, rope=rope)
+        return sharding.constrain(x, _ACT_AXES)
+
+    def _rope_and_mask(self, s: int, start: int) -> tuple[layers.Rope, jax.Array | None]:
+        """RoPE tables of steps `start..start+s-1`, and the block-causal mask of those queries over
+        keys of steps `0..start+s-1` (None when one step attends to everything before it)."""
+        per_step = self.grid_hw[0] * self.grid_hw[1] + 2
+        pos = _positions_with_extra(s, self.grid_hw, 2) + jnp.array([start, 0.0, 0.0])
+        rope = _rope(pos, self.head_dim)
+        if s == 1:
+            return rope, None
+        q_step = start + jnp.repeat(jnp.arange(s), per_step)
+        k_step = jnp.repeat(jnp.arange(start + s), per_step)
+        return rope, (k_step[None, :] <= q_step[:, None])[None, None]  # [1, 1, Lq, Lk]
+
+    def _readout(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        b, s, n, _ = z.shape
         x = x.reshape(b, s, n + 2, self.width)[:, :, 2:]
         out = self.latent_out(self.norm(x)).astype(jnp.float32)
         return out + z.astype(jnp.float32) if self.residual else out

@@ -216,10 +216,12 @@ class WorldActionModel(nnx.Module):
 
     def rollout_raw(self, z_context: jax.Array, conds: jax.Array, proprio: jax.Array | None,
                     proprio_mask: jax.Array | None, k: int) -> jax.Array:
-        """k autoregressive steps: each step re-runs the block-causal predictor on the sequence
-        extended by its own last prediction. Proprio is known for the context frames only."""
+        """k autoregressive steps from `c` context frames: the first step runs the block-causal
+        predictor over the context, each later step only the latest prediction's tokens, over the
+        key/value cache of everything before (the same numbers as re-running the predictor on the
+        growing sequence, at a fraction of the cost). Proprio is known for the context frames
+        only. conds `[B, >= c - 1 + k, du]`."""
         b, c = z_context.shape[:2]
-        seq = z_context.astype(jnp.float32)
         if proprio is not None:
             pm = jnp.ones(proprio.shape, jnp.bool_) if proprio_mask is None else proprio_mask
             pad = ((0, 0), (0, k - 1), (0, 0))
@@ -227,14 +229,18 @@ class WorldActionModel(nnx.Module):
             pm = jnp.pad(pm[:, :c], pad)  # imagined steps: proprio absent
         else:
             pm = None
-        outs = []
-        for i in range(k):
-            s = c + i
-            pp = None if proprio is None else proprio[:, :s]
-            mm = None if pm is None else pm[:, :s]
-            nxt = self.predict_raw(seq, conds[:, :s], pp, mm)[:, -1]
+        pred, cache = self.predictor.prefill(
+            z_context.astype(jnp.float32), conds[:, :c], None if proprio is None else proprio[:, :c],
+            None if pm is None else pm[:, :c])
+        nxt = normalize_latents(pred[:, -1])
+        outs = [nxt]
+        for i in range(1, k):
+            s = c + i - 1  # the step `nxt` is the latent of
+            pred, cache = self.predictor.extend(
+                nxt[:, None], conds[:, s:s + 1], None if proprio is None else proprio[:, s:s + 1],
+                None if pm is None else pm[:, s:s + 1], cache, start=s)
+            nxt = normalize_latents(pred[:, -1])
             outs.append(nxt)
-            seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
         return jnp.stack(outs, axis=1)
 
     # -- public entry points ---------------------------------------------------------------------
