@@ -337,38 +337,11 @@ def datasheet_peak(dtype: str = "float32") -> tuple[float | None, str]:
 
 
 def step_flops(config: Any, mesh: Any, **build_kw: Any) -> float | None:
-    """FLOPs of one train step per device from XLA's cost analysis, with the layer loops unrolled.
-
-    XLA's HLO cost analysis counts a `while` body once, not once per trip, so a scanned stack
-    (`model.scan_layers=True`) reports roughly 1/depth of its block FLOPs (measured: `small`
-    preset 19.5 vs 46.3 GFLOP). The count is therefore taken on the same step with
-    `scan_layers=False` and `grad_accum=1` over the whole batch (same math), from the *lowered*
-    module: no compile needed, within 0.5 % of the compiled unrolled module's count (46.05 vs
-    46.28 GFLOP for `small`).
-    """
+    """`wam_jax.train_step.step_flops`: the unrolled step's FLOPs per device (the numerator of
+    every FLOP/s and MFU figure here, and of the trainer's logged MFU)."""
     from wam_jax import train_step as ts
 
-    cfg = config.copy_and_resolve_references()
-    cfg.model.scan_layers = False
-    cfg.optim.grad_accum = 1
-    built = ts.build(cfg, mesh, **build_kw)
-    lowered = built.step_fn.lower(built.abstract, abstract_batch_with_shardings(built))
-    cost = lowered.cost_analysis()
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    if not cost or "flops" not in cost:
-        return None
-    return float(cost["flops"]) / max(1, len(mesh.devices.flat))
-
-
-def abstract_batch_with_shardings(built: Any) -> dict[str, Any]:
-    """The global batch of a `train_step.CompiledStep` as sharded ShapeDtypeStructs."""
-    import jax
-
-    return {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=built.batch_shardings[k])
-        for k, v in built._batch_abstract.items()
-    }
+    return ts.step_flops(config, mesh, **build_kw)
 
 
 def synthetic_batch(config: Any, global_batch: int | None = None, seed: int = 0) -> dict[str, Any]:

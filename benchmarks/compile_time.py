@@ -70,7 +70,7 @@ def worker(args) -> dict[str, Any]:
     load_before = common.load_average()
     t0 = time.perf_counter()
     built = ts.build(config, mesh)
-    lowered = built.step_fn.lower(built.abstract, common.abstract_batch_with_shardings(built))
+    lowered = built.lower()
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()

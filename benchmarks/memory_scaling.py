@@ -116,7 +116,7 @@ def worker(args) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh, devices)
     t0 = time.perf_counter()
     built = ts.build(config, mesh)
-    compiled = built.step_fn.lower(built.abstract, common.abstract_batch_with_shardings(built)).compile()
+    compiled = built.lower().compile()
     compile_s = time.perf_counter() - t0
     a = built.abstract
     params_dev, params_total = _tree_bytes(a.params)

@@ -121,7 +121,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
     }
     t0 = time.perf_counter()
     built = ts.build(config, mesh)
-    lowered = built.step_fn.lower(built.abstract, common.abstract_batch_with_shardings(built))
+    lowered = built.lower()
     t1 = time.perf_counter()
     built.compiled = lowered.compile()
     t2 = time.perf_counter()

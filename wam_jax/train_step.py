@@ -418,14 +418,20 @@ class CompiledStep:
     step_fn: Any  # jitted (lowers and runs under the mesh)
     compiled: Any | None = None  # AOT-compiled executable, after `.compile()`
 
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """One global batch as sharded ShapeDtypeStructs (for `step_fn.lower`)."""
+        return {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_shardings[k])
+            for k, v in self._batch_abstract.items()
+        }
+
+    def lower(self) -> Any:
+        return self.step_fn.lower(self.abstract, self.abstract_batch())
+
     def compile(self) -> Any:
         """AOT-compiles for the abstract state and one global batch (also yields cost/memory)."""
         if self.compiled is None:
-            batch = {
-                k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_shardings[k])
-                for k, v in self._batch_abstract.items()
-            }
-            self.compiled = self.step_fn.lower(self.abstract, batch).compile()
+            self.compiled = self.lower().compile()
         return self.compiled
 
     def init(self, config: Any, model_factory: ModelFactory = default_model_factory) -> TrainState:
@@ -448,3 +454,24 @@ def build(
     bsh = batch_shardings(mesh, batch_abstract)
     step_fn = make_train_step(config, defs, tx, shardings, bsh, loss_fn=loss_fn)
     return CompiledStep(defs, tx, shardings, abstract, bsh, step_fn, _batch_abstract=batch_abstract)
+
+
+def step_flops(config: Any, mesh: Mesh, **build_kw: Any) -> float | None:
+    """FLOPs of one train step per device from XLA's cost analysis, with the layer loops unrolled.
+
+    XLA's HLO cost analysis counts a `while` body once, not once per trip, so a scanned stack
+    (`model.scan_layers=True`) reports roughly 1/depth of its block FLOPs (measured: `small`
+    preset 19.5 vs 46.3 GFLOP). The count is therefore taken on the same step with
+    `scan_layers=False` and `grad_accum=1` over the whole batch (same math), from the *lowered*
+    module: no compile needed, within 0.5 % of the compiled unrolled module's count (46.05 vs
+    46.28 GFLOP for `small`).
+    """
+    cfg = config.copy_and_resolve_references()
+    cfg.model.scan_layers = False
+    cfg.optim.grad_accum = 1
+    cost = build(cfg, mesh, **build_kw).lower().cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"]) / max(1, len(mesh.devices.flat))
