@@ -168,6 +168,18 @@ def test_cached_extend_equals_the_full_block_causal_pass(scan):
         m.predictor.extend(z[:, 3:], cond[:, 3:], None, None, cache, start=3)
 
 
+def test_absent_proprio_is_one_input_whether_none_or_masked(model):
+    """Planning and evaluation pass proprio=None; training sees absent proprio as mask=false.
+    Both must reach the predictor as the same input."""
+    b, s = 2, 3
+    z = _latents(model, b, s, 11)
+    cond = jax.random.normal(jax.random.key(12), (b, s, model.spec.latent_action_dim))
+    p = model.spec.proprio_dim
+    none = model.predictor(z, cond, None, None)
+    masked = model.predictor(z, cond, jnp.full((b, s, p), 3.0), jnp.zeros((b, s, p), bool))
+    np.testing.assert_array_equal(np.asarray(none), np.asarray(masked))
+
+
 def test_target_encoder_lives_outside_the_trained_tree(model):
     target = model.make_target_encoder()
     online = nnx.state(model.encoder, nnx.Param)

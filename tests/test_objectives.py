@@ -89,6 +89,20 @@ def test_mixed_batch_trains_both_the_embedder_and_the_latent_action_model(setup)
     assert 0.0 < float(metrics["act/labeled_frac"]) < 1.0
 
 
+def test_action_decoding_of_predictions_trains_the_head_not_the_predictor(setup):
+    """act_pred (the inverse head on predicted latents) teaches the head to read imagined
+    futures; it must not bend the predictor towards action-decodable latents."""
+    cfg, model, target, _ = setup
+    only = {name: 0.0 for name in objectives.LOSS_TERMS}
+    only["act_pred"] = 1.0
+    run = loss_and_grads(only)
+    _, metrics, grads = run(model, target, random_batch(cfg, labeled=4), jax.random.key(0))
+    assert float(metrics["loss/act_pred"]) > 0
+    assert _max_abs(grads["inverse_head"]) > 0
+    for name in ("predictor", "action_embedder", "latent_actions"):
+        assert _max_abs(grads[name]) == 0.0, name
+
+
 def test_padded_steps_do_not_touch_the_loss(setup):
     cfg = setup[0]
     batch = random_batch(cfg, labeled=3)

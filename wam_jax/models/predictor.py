@@ -176,9 +176,12 @@ class LatentPredictor(nnx.Module):
         lat = self.latent_in(z.astype(self.dtype)) + c_emb + types[2]
         c = c_emb + types[0]
         p = jnp.broadcast_to(types[1], (b, s, 1, self.width))
-        if self.proprio_in is not None and proprio is not None:
-            pm = (jnp.ones(proprio.shape, jnp.bool_) if proprio_mask is None else proprio_mask)
-            feats = jnp.concatenate([jnp.where(pm, proprio, 0.0), pm.astype(proprio.dtype)], -1)
+        if self.proprio_in is not None:
+            if proprio is None:  # absent: the same input as a batch whose proprio mask is false
+                feats = jnp.zeros((b, s, 2 * self.proprio_dim), self.dtype)
+            else:
+                pm = (jnp.ones(proprio.shape, jnp.bool_) if proprio_mask is None else proprio_mask)
+                feats = jnp.concatenate([jnp.where(pm, proprio, 0.0), pm.astype(proprio.dtype)], -1)
             p = p + self.proprio_in(feats.astype(self.dtype))[:, :, None]
         x = jnp.concatenate([c, p.astype(lat.dtype), lat], axis=2).reshape(b, s * (n + 2), self.width)
         return sharding.constrain(x, _ACT_AXES)
