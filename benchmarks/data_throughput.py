@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
 
 from configs import base  # noqa: E402
 from data_pipelines import loader, records  # noqa: E402
@@ -176,6 +179,8 @@ def main() -> None:
     p.add_argument("--color-jitter", type=float, default=0.1)
     p.add_argument("--no-rlds", action="store_true", help="skip the RLDS + tf.data row")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; best clips/s is kept")
+    p.add_argument("--json", default=common.default_json_path("data_throughput", False),
+                   help="result file")
     args = p.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="wam_bench_")
@@ -210,7 +215,7 @@ def main() -> None:
     for name, runs in results.items():
         cpus = [c for _, c in runs if c is not None]
         rows.append((name, (max(r for r, _ in runs), float(np.median(cpus)) if cpus else None)))
-    load = os.getloadavg()
+    load_before, load = load, os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
     print("\n| pipeline | clips/s | frames/s | CPU ms / clip |\n|---|---:|---:|---:|")
@@ -230,6 +235,16 @@ def main() -> None:
         print()
     print("CPU ms / clip counts this process's threads only (not worker processes); on a shared "
           "machine it is steadier than clips/s.")
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "data")}
+    common.write_json(args.json, {
+        "environment": common.environment(), "settings": settings,
+        "load_before": load_before, "load_after": load,
+        "rows": [{"pipeline": name, "clips_per_s": cps, "frames_per_s": cps * args.num_frames,
+                  "cpu_ms_per_clip": cpu} for name, (cps, cpu) in rows],
+        "rounds": {name: [{"clips_per_s": r, "cpu_ms_per_clip": c} for r, c in runs]
+                   for name, runs in results.items()},
+    })
+    print(f"\nwrote {args.json}")
     tmp.cleanup()
 
 
