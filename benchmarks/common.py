@@ -336,14 +336,6 @@ def datasheet_peak(dtype: str = "float32") -> tuple[float | None, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def step_flops(config: Any, mesh: Any, **build_kw: Any) -> float | None:
-    """`wam_jax.train_step.step_flops`: the unrolled step's FLOPs per device (the numerator of
-    every FLOP/s and MFU figure here, and of the trainer's logged MFU)."""
-    from wam_jax import train_step as ts
-
-    return ts.step_flops(config, mesh, **build_kw)
-
-
 def synthetic_batch(config: Any, global_batch: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Random arrays of the batch schema (`data_pipelines.schema.batch_spec`): uint8 noise video,
     unit-normal actions/proprio, every mask true, embodiment/source ids in range."""

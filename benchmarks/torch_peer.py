@@ -216,7 +216,7 @@ def build_jax(size: str, overrides: dict[str, Any], ctx, tgt) -> dict[str, Any]:
     built = ts.build(config, mesh, **kw)
     built.compile()
     compile_s = time.perf_counter() - t0
-    flops = common.step_flops(config, mesh, **kw)
+    flops = ts.step_flops(config, mesh, **kw)
     state = built.init(config, model_factory=peer_model_factory)
     batch = common.synthetic_batch(config, seed=1)
     batch = jax.device_put(batch, built.batch_shardings)

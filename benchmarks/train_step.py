@@ -7,7 +7,7 @@
 For each preset: the real jitted train step (`wam_jax.train_step.build`: loss, grads, AdamW,
 EMA target) on one device, compiled ahead of time; `--warmup` steps, then `--reps` timed steps
 (median, best, inter-quartile spread, process CPU time). FLOPs per step come from XLA's cost
-analysis of the same step with the layer loops unrolled (`common.step_flops`; a scanned loop is
+analysis of the same step with the layer loops unrolled (`wam_jax.train_step.step_flops`; a scanned loop is
 counted once by XLA). MFU divides the achieved FLOP/s by the device's peak measured in the same
 run: a 2048² matmul in float32, and in bfloat16 with float32 accumulation (second row); on
 accelerators the datasheet peak (`wam_jax.metrics.PEAK_FLOPS`) is reported too.
@@ -127,7 +127,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
     t2 = time.perf_counter()
     row["lower_s"], row["compile_s"] = t1 - t0, t2 - t1
     row["load_compile"] = common.load_average()
-    row["flops"] = common.step_flops(config, mesh)
+    row["flops"] = ts.step_flops(config, mesh)
     n_params = sum(x.size for x in jax.tree.leaves(built.abstract.params))
     row["params_m"] = n_params / 1e6
 

@@ -157,10 +157,11 @@ def train(
         t0 = time.perf_counter()
         compiled = built.compile()
         compile_s = time.perf_counter() - t0
-        flops = metrics.compiled_flops(compiled)
         if config.model.scan_layers or int(config.optim.grad_accum) > 1:
             # XLA counts a loop body once: take the FLOPs of the same step unrolled (lowered only).
             flops = ts.step_flops(config, mesh, model_factory=model_factory, loss_fn=loss_fn)
+        else:
+            flops = metrics.compiled_flops(compiled)
         mem = metrics.compiled_memory(compiled)
         peak, peak_src = metrics.peak_flops_per_device(jax.devices()[0], str(config.model.dtype))
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(built.abstract.params))

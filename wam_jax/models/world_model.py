@@ -221,24 +221,17 @@ class WorldActionModel(nnx.Module):
         key/value cache of everything before (the same numbers as re-running the predictor on the
         growing sequence, at a fraction of the cost). Proprio is known for the context frames
         only. conds `[B, >= c - 1 + k, du]`."""
-        b, c = z_context.shape[:2]
-        if proprio is not None:
-            pm = jnp.ones(proprio.shape, jnp.bool_) if proprio_mask is None else proprio_mask
-            pad = ((0, 0), (0, k - 1), (0, 0))
-            proprio = jnp.pad(proprio[:, :c], pad)
-            pm = jnp.pad(pm[:, :c], pad)  # imagined steps: proprio absent
-        else:
-            pm = None
+        c = z_context.shape[1]
         pred, cache = self.predictor.prefill(
             z_context.astype(jnp.float32), conds[:, :c], None if proprio is None else proprio[:, :c],
-            None if pm is None else pm[:, :c])
+            None if proprio_mask is None else proprio_mask[:, :c])
         nxt = normalize_latents(pred[:, -1])
         outs = [nxt]
         for i in range(1, k):
             s = c + i - 1  # the step `nxt` is the latent of
-            pred, cache = self.predictor.extend(
-                nxt[:, None], conds[:, s:s + 1], None if proprio is None else proprio[:, s:s + 1],
-                None if pm is None else pm[:, s:s + 1], cache, start=s)
+            # Imagined steps: proprio absent (None is the same input as a false proprio mask).
+            pred, cache = self.predictor.extend(nxt[:, None], conds[:, s:s + 1], None, None, cache,
+                                                start=s)
             nxt = normalize_latents(pred[:, -1])
             outs.append(nxt)
         return jnp.stack(outs, axis=1)
