@@ -53,8 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default="a,b,c")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--preset", default="small", help="model preset (configs/video_ablation.py)")
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (every arm)")
-    p.add_argument("--batch", type=int, default=16, help="global batch size")
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps per run (every arm)")
+    p.add_argument("--labeled_batch", type=int, default=8,
+                   help="labeled clips per batch in every arm; the video arms add as many video clips")
     p.add_argument("--overrides", default="", help="extra config overrides for every run, space separated")
     p.add_argument("--eval_clips", type=int, default=256, help="held-out clips to evaluate (0 = all)")
     p.add_argument("--plan_episodes", type=int, default=3, help="PushT planning tasks per run (0 = skip)")
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
     if args.smoke:
-        args.preset, args.steps, args.batch, args.seeds = "tiny", 40, 8, "0"
+        args.preset, args.steps, args.labeled_batch, args.seeds = "tiny", 40, 4, "0"
         args.plan_episodes, args.plan_budget = min(args.plan_episodes, 2), min(args.plan_budget, 4)
         args.runs = args.runs.rstrip("/") + "_smoke"
     name = "video_only_ablation" + ("_smoke" if args.smoke else "")
@@ -123,9 +124,10 @@ def run_one(args: argparse.Namespace, dirs: dict[str, str], labeled: int, arm: s
     mixture = video_ablation.mixture(arm, labeled, root=os.path.dirname(dirs[f"labeled_{labeled}"]),
                                      video=dirs["video"])
     cmd = [sys.executable, "-m", "launch.train",
-           f"--config=configs/video_ablation.py:arm={arm},labeled={labeled},preset={args.preset}",
+           f"--config=configs/video_ablation.py:arm={arm},labeled={labeled},preset={args.preset},"
+           f"batch={args.labeled_batch}",
            f"--workdir={workdir}", f"--config.seed={seed}", f"--config.data.mixture={mixture}",
-           f"--config.train.num_steps={args.steps}", f"--config.data.global_batch_size={args.batch}",
+           f"--config.train.num_steps={args.steps}",
            *args.overrides.split()]
     t0 = time.perf_counter()
     _run(cmd, os.path.join(workdir, "train.log"))
@@ -178,6 +180,7 @@ def eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
     pred = ev["prediction"]
     out: dict[str, Any] = {"horizon": len(pred["l1"]), "pred_l1": pred["l1"], "copy_l1": pred["copy_l1"],
                            "l1_vs_copy": pred["l1_vs_copy"], "pred_cos": pred.get("cos"),
+                           "latent_l1_vs_copy": pred.get("latent_l1_vs_copy"),
                            "num_clips": ev["num_clips"]}
     act = next(iter(ev.get("action", {}).values()), None)
     if act is not None:
@@ -202,11 +205,14 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         agg: dict[str, Any] = {"labeled": labeled, "arm": arm, "arm_name": ARMS[arm], "seeds": len(rs)}
         h = rs[0]["horizon"]
         for i in range(h):
-            for key in ("pred_l1", "copy_l1", "l1_vs_copy"):
-                vals = np.asarray([r[key][i] for r in rs], np.float64)
+            for key in ("pred_l1", "copy_l1", "l1_vs_copy", "latent_l1_vs_copy"):
+                vals = np.asarray([r[key][i] for r in rs if r.get(key)], np.float64)
+                if not vals.size:
+                    continue
                 agg[f"{key}_h{i + 1}"], agg[f"{key}_h{i + 1}_std"] = float(vals.mean()), float(vals.std())
         for key in ("act_r2", "rank_top1", "rank_normalized", "plan/planner/success", "plan/policy/success",
-                    "plan/random/success", "plan/planner/pos_error"):
+                    "plan/random/success", "plan/planner/pos_error", "plan/policy/pos_error",
+                    "plan/random/pos_error"):
             vals = np.asarray([r[key] for r in rs if key in r], np.float64)
             if vals.size:
                 agg[key], agg[key + "_std"] = float(vals.mean()), float(vals.std())
@@ -230,9 +236,10 @@ def table(agg: list[dict[str, Any]]) -> str:
     for r in agg:
         cells = [str(r["labeled"]), f"({r['arm']}) {r['arm_name']}", str(r["seeds"])]
         cells += [pm(r, f"l1_vs_copy_h{i}") for i in range(1, h + 1)]
-        cells += [pm(r, "pred_l1_h1", ".4f"), pm(r, "copy_l1_h1", ".4f"), pm(r, "act_r2"), pm(r, "rank_top1", ".2f"),
+        cells += [pm(r, "pred_l1_h1", ".4f"), pm(r, "copy_l1_h1", ".4f"), pm(r, "latent_l1_vs_copy_h1"), pm(r, "act_r2"), pm(r, "rank_top1", ".2f"),
                   pm(r, "rank_normalized", ".3f"), pm(r, "plan/planner/success", ".2f"),
-                  pm(r, "plan/policy/success", ".2f"), pm(r, "plan/random/success", ".2f")]
+                  pm(r, "plan/planner/pos_error", ".1f"), pm(r, "plan/policy/success", ".2f"),
+                  pm(r, "plan/policy/pos_error", ".1f"), pm(r, "plan/random/pos_error", ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

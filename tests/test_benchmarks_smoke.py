@@ -212,6 +212,9 @@ def test_video_ablation_config_arms_and_errors():
     assert b.data.mixture == c.data.mixture == "data/pusht/ablation/labeled_8:0.5,data/pusht/converted/pusht_video:0.5"
     assert (a.model.latent_action.video_cond, b.model.latent_action.video_cond, c.model.latent_action.video_cond) == (
         "latent", "latent", "mask")
+    # Same labeled clips per step in every arm; the video arms add as many video clips.
+    assert (a.data.global_batch_size, b.data.global_batch_size, c.data.global_batch_size) == (8, 16, 16)
+    assert video_ablation.get_config("arm=b,labeled=2,batch=4").data.global_batch_size == 8
     # Same model and optimizer in every arm: only the data and the video conditioning differ.
     for x in (b, c):
         assert x.model.encoder.to_dict() == a.model.encoder.to_dict() and x.optim.to_dict() == a.optim.to_dict()

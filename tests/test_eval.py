@@ -38,6 +38,12 @@ def test_heldout_eval_writes_metrics_plots_and_groups(heldout) -> None:
     # Action metrics only where there are labels; prediction metrics everywhere.
     assert "action" in r["per_kind"]["robot"] and "action" not in r["per_kind"]["video"]
     assert "prediction" in r["per_kind"]["video"]
+    # Latent-action conditioning: the same rollout as l1 on action-free clips (they are conditioned
+    # on latent actions anyway), a different one on labeled clips (real actions there).
+    vid, rob = r["per_kind"]["video"]["prediction"], r["per_kind"]["robot"]["prediction"]
+    assert vid["latent_l1"] == pytest.approx(vid["l1"], rel=1e-5)
+    assert rob["latent_l1"] != pytest.approx(rob["l1"], rel=1e-5)
+    assert len(r["prediction"]["latent_l1_vs_copy"]) == 3
     assert r["per_kind"]["robot"]["num_clips"] + r["per_kind"]["video"]["num_clips"] == r["num_clips"]
     act = r["action"]["square"]
     assert act["dims"] == ["vx", "vy"] and len(act["mae"]) == len(act["r2"]) == 2
