@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", default="runs/video_ablation", help="workdirs of the sweep")
     p.add_argument("--labeled", default="2,8", help="L values: labeled episodes per run")
     p.add_argument("--arms", default="a,b,c")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--preset", default="small", help="model preset (configs/video_ablation.py)")
     p.add_argument("--steps", type=int, default=600, help="optimizer steps per run (every arm)")
     p.add_argument("--labeled_batch", type=int, default=8,
