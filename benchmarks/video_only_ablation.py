@@ -230,8 +230,9 @@ def table(agg: list[dict[str, Any]]) -> str:
     h = max((int(k.split("_h")[1]) for r in agg for k in r if k.startswith("l1_vs_copy_h") and not k.endswith("std")),
             default=0)
     head = (["L", "arm", "seeds"] + [f"pred/copy h={i}" for i in range(1, h + 1)]
-            + ["pred L1 h=1", "copy L1 h=1", "inv-dyn R²", "rank top-1", "norm. rank", "plan success",
-               "policy success", "random success"])
+            + ["pred L1 h=1", "copy L1 h=1", "latent-action cond. pred/copy h=1", "inv-dyn R²", "rank top-1",
+               "norm. rank", "plan success", "plan error (px)", "policy success", "policy error (px)",
+               "random error (px)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in agg:
         cells = [str(r["labeled"]), f"({r['arm']}) {r['arm_name']}", str(r["seeds"])]
@@ -260,6 +261,8 @@ def plot(agg: list[dict[str, Any]], path: str) -> str:
             es = [r[f"l1_vs_copy_h{i}_std"] for i in hs]
             ax.errorbar(hs, ys, yerr=es, marker="o", capsize=3, label=f"({r['arm']}) {r['arm_name']}")
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xticks(sorted({int(k.split("_h")[1]) for r in agg for k in r
+                              if k.startswith("l1_vs_copy_h") and not k.endswith("std")}))
         ax.set_title(f"L = {n} labeled episodes")
         ax.set_xlabel("horizon")
         ax.set_ylabel("held-out latent L1 / copy-last")
@@ -308,8 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg = aggregate(rows)
     print()
     print(table(agg))
+    run_s = sum(r.get("train_s", 0.0) + r.get("eval_s", 0.0) + r.get("plan_s", 0.0) for r in rows)
     payload = {"benchmark": "video_only_ablation", "environment": common.environment(), "args": vars(args),
-               "rows": rows, "aggregate": agg, "seconds": time.perf_counter() - t0}
+               "rows": rows, "aggregate": agg, "seconds": time.perf_counter() - t0,
+               "run_seconds": run_s}  # every run's own time, also when resumed or cached
     common.write_json(args.json, payload)
     print(f"\nwrote {args.json} and {plot(agg, args.plot)} ({time.perf_counter() - t0:.0f} s)")
     return 0

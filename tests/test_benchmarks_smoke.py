@@ -224,6 +224,22 @@ def test_video_ablation_config_arms_and_errors():
         video_ablation.get_config("L=3")
 
 
+def test_video_ablation_table_has_one_cell_per_column():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import video_only_ablation as abl
+
+    rows = [{"labeled": n, "arm": arm, "seed": s, "horizon": 2, "pred_l1": [0.1, 0.2], "copy_l1": [0.1, 0.2],
+             "l1_vs_copy": [1.0 - 0.01 * s, 1.0], "latent_l1_vs_copy": [1.0, 1.0], "act_r2": 0.5,
+             "rank_top1": 0.1, "rank_normalized": 0.4, "plan/planner/success": 0.0, "plan/planner/pos_error": 50.0}
+            for n in (2, 8) for arm in "ab" for s in (0, 1)]
+    agg = abl.aggregate(rows)
+    assert len(agg) == 4 and all(r["seeds"] == 2 for r in agg)
+    assert agg[0]["l1_vs_copy_h1"] == pytest.approx(0.995) and agg[0]["l1_vs_copy_h1_std"] == pytest.approx(0.005)
+    lines = abl.table(agg).splitlines()
+    assert len(lines) == 2 + len(agg)
+    assert len({line.count("|") for line in lines}) == 1, lines
+
+
 @pytest.mark.slow  # generates a small PushT set, trains 2 x 3 arms, evaluates and plans: ~3 min
 def test_video_only_ablation_smoke(tmp_path):
     data = tmp_path / "pusht"
