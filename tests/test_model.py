@@ -25,6 +25,8 @@ def tiny_config(**overrides):
         *parents, leaf = path.split(".")
         for p in parents:
             node = node[p]
+        if leaf not in node:  # as `wam-train` does: a typo must not pass silently
+            raise KeyError(f"tiny_config: unknown config key {path!r}")
         node[leaf] = value
     return cfg
 
