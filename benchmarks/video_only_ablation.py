@@ -226,21 +226,29 @@ def pm(row: dict[str, Any], key: str, fmt: str = ".3f") -> str:
     return f"{format(row[key], fmt)} ± {format(row[key + '_std'], fmt)}"
 
 
+def horizons(row: dict[str, Any]) -> list[int]:
+    """The prediction horizons an aggregate row holds (its `l1_vs_copy_h<i>` keys)."""
+    return sorted(int(k.split("_h")[1]) for k in row if k.startswith("l1_vs_copy_h") and not k.endswith("std"))
+
+
+# Table columns after L, arm, seeds and pred/copy per horizon: (header, aggregate key, format).
+COLUMNS = (("pred L1 h=1", "pred_l1_h1", ".4f"), ("copy L1 h=1", "copy_l1_h1", ".4f"),
+           ("latent-action cond. pred/copy h=1", "latent_l1_vs_copy_h1", ".3f"), ("inv-dyn R²", "act_r2", ".3f"),
+           ("rank top-1", "rank_top1", ".2f"), ("norm. rank", "rank_normalized", ".3f"),
+           ("plan success", "plan/planner/success", ".2f"), ("plan error (px)", "plan/planner/pos_error", ".1f"),
+           ("policy success", "plan/policy/success", ".2f"), ("policy error (px)", "plan/policy/pos_error", ".1f"),
+           ("random error (px)", "plan/random/pos_error", ".1f"))
+
+
 def table(agg: list[dict[str, Any]]) -> str:
-    h = max((int(k.split("_h")[1]) for r in agg for k in r if k.startswith("l1_vs_copy_h") and not k.endswith("std")),
-            default=0)
+    h = max((max(horizons(r), default=0) for r in agg), default=0)
     head = (["L", "arm", "seeds"] + [f"pred/copy h={i}" for i in range(1, h + 1)]
-            + ["pred L1 h=1", "copy L1 h=1", "latent-action cond. pred/copy h=1", "inv-dyn R²", "rank top-1",
-               "norm. rank", "plan success", "plan error (px)", "policy success", "policy error (px)",
-               "random error (px)"])
+            + [name for name, _, _ in COLUMNS])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in agg:
         cells = [str(r["labeled"]), f"({r['arm']}) {r['arm_name']}", str(r["seeds"])]
         cells += [pm(r, f"l1_vs_copy_h{i}") for i in range(1, h + 1)]
-        cells += [pm(r, "pred_l1_h1", ".4f"), pm(r, "copy_l1_h1", ".4f"), pm(r, "latent_l1_vs_copy_h1"), pm(r, "act_r2"), pm(r, "rank_top1", ".2f"),
-                  pm(r, "rank_normalized", ".3f"), pm(r, "plan/planner/success", ".2f"),
-                  pm(r, "plan/planner/pos_error", ".1f"), pm(r, "plan/policy/success", ".2f"),
-                  pm(r, "plan/policy/pos_error", ".1f"), pm(r, "plan/random/pos_error", ".1f")]
+        cells += [pm(r, key, fmt) for _, key, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -256,13 +264,12 @@ def plot(agg: list[dict[str, Any]], path: str) -> str:
     axes = np.atleast_1d(axes)
     for ax, n in zip(axes, labeled, strict=False):
         for r in (r for r in agg if r["labeled"] == n):
-            hs = sorted(int(k.split("_h")[1]) for k in r if k.startswith("l1_vs_copy_h") and not k.endswith("std"))
+            hs = horizons(r)
             ys = [r[f"l1_vs_copy_h{i}"] for i in hs]
             es = [r[f"l1_vs_copy_h{i}_std"] for i in hs]
             ax.errorbar(hs, ys, yerr=es, marker="o", capsize=3, label=f"({r['arm']}) {r['arm_name']}")
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-        ax.set_xticks(sorted({int(k.split("_h")[1]) for r in agg for k in r
-                              if k.startswith("l1_vs_copy_h") and not k.endswith("std")}))
+        ax.set_xticks(sorted({h for r in agg for h in horizons(r)}))
         ax.set_title(f"L = {n} labeled episodes")
         ax.set_xlabel("horizon")
         ax.set_ylabel("held-out latent L1 / copy-last")
