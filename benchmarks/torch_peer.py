@@ -26,7 +26,15 @@ JAX variants (`--variants`): the library defaults (float32, no remat) and the tu
 MLP matmul, `model.remat='dots'`), each against the same torch model.
 
 Timing: `--rounds` rounds, each `--steps` torch steps then `--steps` steps of every JAX variant,
-so all see the same machine load. Wall time and core-seconds (process CPU time / cores, which
+so all see the same machine load. Each framework (and each JAX variant) runs in its own worker
+process, driven in turn by this one, as a user would run it: in one process the first JAX step
+after torch steps ran up to 2x slower than the next (allocator and thread-pool state left by the
+other framework). `--in_process` runs everything in this process, as earlier tables did.
+Each framework's turn in a round starts with `--settle` untimed steps (default 1): on the VM
+these numbers come from, a process that sat idle for a few seconds ran its next float32 JAX step
+up to 2x slower, in its own process too (freed memory handed back to the host and faulted in
+again; BENCHMARKS.md §2). A training loop never idles between steps, so the first step of a turn
+measures the interleaving, not the framework. Wall time and core-seconds (process CPU time / cores, which
 stays put on a loaded machine) are both reported; ratios from the medians and as the median of
 per-round core-second ratios.
 FLOP/s use one FLOP count for both (XLA's cost analysis of the unrolled JAX step; the torch
@@ -68,6 +76,10 @@ def parse_args(argv: list[str] | None = None):
                    help="JAX variants, NAME=KEY:VALUE,... separated by ';' (keys: matmul_dtype, remat, "
                         "scan_layers, attention); each is timed against the same torch model")
     p.add_argument("--attention_impl", default="sdpa", help="transformers attention (sdpa | eager)")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed steps of each framework at the start of its turn in every round")
+    p.add_argument("--in_process", action="store_true",
+                   help="run torch and every JAX variant in this one process (default: one worker each)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     if args.quick:
@@ -298,23 +310,116 @@ def timed(fn, n: int) -> list[tuple[float, float]]:
     return out
 
 
+def _build(kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, video) -> dict[str, Any]:
+    if kind == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads or common.num_cores())
+        return build_torch(size, args, ctx, tgt, video)
+    return build_jax(size, overrides, ctx, tgt)
+
+
+def _worker(conn, kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, video) -> None:
+    """One framework in its own process: builds its step, then runs `("run", n)` requests
+    (answering with `timed` samples of this process alone) until `("stop",)`."""
+    common.setup_host()
+    try:
+        built = _build(kind, size, overrides, args, ctx, tgt, video)
+        step = built.pop("step")
+        if "video" in built:
+            import numpy as np
+
+            built["video"] = np.asarray(built["video"])
+        conn.send(("ok", built))
+    except BaseException as e:  # report, do not hang the parent
+        import traceback
+
+        conn.send(("error", f"{kind} {size} {overrides}: {e!r}\n{traceback.format_exc()}"))
+        return
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        conn.send(timed(step, msg[1]))
+
+
+class _Remote:
+    """A framework's step in a worker process; `step_n(n)` returns its `timed` samples."""
+
+    def __init__(self, ctx_mp, kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, video):
+        self.conn, child = ctx_mp.Pipe()
+        self.proc = ctx_mp.Process(target=_worker, args=(child, kind, size, overrides, args, ctx, tgt, video),
+                                   daemon=True)
+        self.proc.start()
+        status, self.info = self.conn.recv()
+        if status != "ok":
+            self.close()
+            raise RuntimeError(f"benchmark worker failed: {self.info}")
+
+    def step_n(self, n: int) -> list[tuple[float, float]]:
+        self.conn.send(("run", n))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class _Local:
+    """A framework's step in this process (`--in_process`)."""
+
+    def __init__(self, kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, video):
+        self.info = _build(kind, size, overrides, args, ctx, tgt, video)
+        self._step = self.info.pop("step")
+
+    def step_n(self, n: int) -> list[tuple[float, float]]:
+        return timed(self._step, n)
+
+    def close(self) -> None:
+        pass
+
+
 def bench_size(size: str, args) -> list[dict[str, Any]]:
     """Every JAX variant and the torch model on one size, timed in interleaved rounds."""
-    import torch
+    import multiprocessing
 
-    torch.set_num_threads(args.threads or common.num_cores())
     t, g1, g2 = geometry()
     num_tokens = t * g1 * g2
     batch = SIZES[size][-1]
     ctx, tgt = make_masks(batch, num_tokens, args.mask_ratio)
     variants = parse_variants(args.variants)
-    jaxs = {name: build_jax(size, ov, ctx, tgt) for name, ov in variants}
-    video = next(iter(jaxs.values()))["video"]
-    th = build_torch(size, args, ctx, tgt, video)
+    ctx_mp = multiprocessing.get_context("spawn")
+
+    def make(kind: str, overrides: dict[str, Any], video=None):
+        if args.in_process:
+            return _Local(kind, size, overrides, args, ctx, tgt, video)
+        return _Remote(ctx_mp, kind, size, overrides, args, ctx, tgt, video)
+
+    runners: list = []
+    try:
+        jaxs = {}
+        for name, ov in variants:
+            jaxs[name] = make("jax", ov)
+            runners.append(jaxs[name])
+        th = make("torch", {}, next(iter(jaxs.values())).info["video"])
+        runners.append(th)
+        return _bench_rounds(size, args, batch, num_tokens, ctx, tgt, jaxs, th)
+    finally:
+        for r in runners:
+            r.close()
+
+
+def _bench_rounds(size, args, batch, num_tokens, ctx, tgt, jaxs, th) -> list[dict[str, Any]]:
     for _ in range(args.warmup):
         for jx in jaxs.values():
-            jx["step"]()
-        th["step"]()
+            jx.step_n(1)
+        th.step_n(1)
     if args.max_load > 0:
         common.wait_for_quiet(args.max_load, args.wait)
     load_before = common.load_average()
@@ -322,22 +427,28 @@ def bench_size(size: str, args) -> list[dict[str, Any]]:
     tt: list = []
     ratios: dict[str, list] = {name: [] for name in jaxs}
     for _ in range(args.rounds):
-        b = timed(th["step"], args.steps)
+        th.step_n(args.settle)
+        b = th.step_n(args.steps)
         tt += b
         for name, jx in jaxs.items():
-            a = timed(jx["step"], args.steps)
+            jx.step_n(args.settle)
+            a = jx.step_n(args.steps)
             jt[name] += a
             ratios[name].append(statistics.median(x[1] for x in b) / statistics.median(x[1] for x in a))
     load_after = common.load_average()
     t_wall = statistics.median(x[0] for x in tt)
     t_core = statistics.median(x[1] for x in tt)
     rows = []
+    th = th.info
     for name, jx in jaxs.items():
+        jx = jx.info
         j_wall = statistics.median(x[0] for x in jt[name])
         j_core = statistics.median(x[1] for x in jt[name])
         flops = jx["flops"]
         rows.append({
-            "size": size, "variant": name, "jax_config": jx["config"], "host_env": common.host_env_label(), "batch": batch, "tokens": num_tokens,
+            "size": size, "variant": name, "jax_config": jx["config"], "host_env": common.host_env_label(),
+            "processes": "one" if args.in_process else "per framework", "settle_steps": args.settle,
+            "batch": batch, "tokens": num_tokens,
             "context": int(ctx.shape[1]), "targets": int(tgt.shape[1]),
             "encoder": SIZES[size][:3], "predictor": SIZES[size][3:6],
             "params_jax": jx["params"], "params_torch": th["params"], "torch_threads": th["threads"],
@@ -359,7 +470,8 @@ def bench_size(size: str, args) -> list[dict[str, Any]]:
 
 
 COLUMNS: list[common.Column] = [
-    ("size", "size", ""), ("variant", "wam_jax variant", ""), ("host_env", "host env", ""), ("batch", "batch", "d"),
+    ("size", "size", ""), ("variant", "wam_jax variant", ""), ("host_env", "host env", ""),
+    ("processes", "processes", ""), ("batch", "batch", "d"),
     ("gflop_step", "GFLOP/step (XLA)", ".1f"), ("torch_gflop_counted", "GFLOP/step (torch counter)", ".1f"),
     ("jax_ms", "wam_jax wall (ms)", ".0f"), ("torch_ms", "torch wall (ms)", ".0f"),
     ("jax_core_ms", "wam_jax core-s (ms)", ".0f"), ("torch_core_ms", "torch core-s (ms)", ".0f"),

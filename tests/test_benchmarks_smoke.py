@@ -198,8 +198,12 @@ def test_torch_peer_quick(tmp_path):
     pytest.importorskip("transformers")
     r = _run("torch_peer", tmp_path)
     (row,) = r["rows"]
+    assert row["processes"] == "per framework"
     assert row["jax_ms"] > 0 and row["torch_ms"] > 0 and row["speedup"] > 0
     assert row["torch_flops_counted"] > 0
+    # every framework in this one process, as the earlier tables were measured
+    (row,) = _run("torch_peer", tmp_path, "--in_process")["rows"]
+    assert row["processes"] == "one" and row["jax_ms"] > 0 and row["torch_ms"] > 0
 
 
 def test_video_ablation_config_arms_and_errors():
