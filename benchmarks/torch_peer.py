@@ -438,6 +438,8 @@ def _bench_rounds(size, args, batch, num_tokens, ctx, tgt, jaxs, th) -> list[dic
     load_after = common.load_average()
     t_wall = statistics.median(x[0] for x in tt)
     t_core = statistics.median(x[1] for x in tt)
+    # The matmul peak of the same run (in this process while the workers wait), for the MFU target.
+    peaks = {dt: common.matmul_peak(dt, reps=3 if args.quick else 10) for dt in ("float32", "bfloat16")}
     rows = []
     th = th.info
     for name, jx in jaxs.items():
@@ -462,6 +464,10 @@ def _bench_rounds(size, args, batch, num_tokens, ctx, tgt, jaxs, th) -> list[dic
             "torch_gflops_core": flops / t_core / 1e9 if flops else None,
             "torch_gflops_counted_core": th["flops_counted"] / t_core / 1e9,
             "speedup": t_wall / j_wall, "speedup_core": t_core / j_core,
+            "f32_peak_gflops_core": peaks["float32"]["median_flops_cpu"] / 1e9,
+            "bf16_peak_gflops_core": peaks["bfloat16"]["median_flops_cpu"] / 1e9,
+            "jax_f32_peak_frac_core": flops / j_core / peaks["float32"]["median_flops_cpu"] if flops else None,
+            "torch_f32_peak_frac_core": flops / t_core / peaks["float32"]["median_flops_cpu"] if flops else None,
             "speedup_paired": statistics.median(ratios[name]),
             "jax_samples": jt[name], "torch_samples": tt, "round_ratios": ratios[name],
             "load_before": load_before, "load_after": load_after, "load": load_before[0],
@@ -477,7 +483,9 @@ COLUMNS: list[common.Column] = [
     ("jax_core_ms", "wam_jax core-s (ms)", ".0f"), ("torch_core_ms", "torch core-s (ms)", ".0f"),
     ("jax_gflops_core", "wam_jax GFLOP/core-s", ".1f"), ("torch_gflops_core", "torch GFLOP/core-s", ".1f"),
     ("speedup", "torch/wam_jax (wall)", ".2f"), ("speedup_core", "torch/wam_jax (core-s)", ".2f"),
-    ("speedup_paired", "per-round ratio (median, core-s)", ".2f"), ("load", "load 1m", ".2f"),
+    ("speedup_paired", "per-round ratio (median, core-s)", ".2f"),
+    ("jax_f32_peak_frac_core", "wam_jax ÷ f32 matmul (core-s)", ".1%"),
+    ("torch_f32_peak_frac_core", "torch ÷ f32 matmul (core-s)", ".1%"), ("load", "load 1m", ".2f"),
 ]
 
 
