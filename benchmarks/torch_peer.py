@@ -27,16 +27,14 @@ MLP matmul, `model.remat='dots'`), each against the same torch model.
 
 Timing: `--rounds` rounds, each `--steps` torch steps then `--steps` steps of every JAX variant,
 so all see the same machine load. Each framework (and each JAX variant) runs in its own worker
-process, driven in turn by this one, as a user would run it: in one process the first JAX step
-after torch steps ran up to 2x slower than the next (allocator and thread-pool state left by the
-other framework). `--in_process` runs everything in this process, as earlier tables did.
-Each framework's turn in a round starts with `--settle` untimed steps (default 1): on the VM
-these numbers come from, a process that sat idle for a few seconds ran its next float32 JAX step
-up to 2x slower, in its own process too (freed memory handed back to the host and faulted in
-again; BENCHMARKS.md §2). A training loop never idles between steps, so the first step of a turn
-measures the interleaving, not the framework. Wall time and core-seconds (process CPU time / cores, which
-stays put on a loaded machine) are both reported; ratios from the medians and as the median of
-per-round core-second ratios.
+process, driven in turn by this one, as a user would run it (`--in_process`: everything in this
+process, as earlier tables were measured). Each turn starts with `--settle` untimed steps
+(default 1): on the VM these numbers come from, a process that sat idle for a few seconds ran
+its next float32 JAX step up to 2x slower, whatever ran meanwhile (likely freed memory handed
+back to the host and faulted in again; BENCHMARKS.md §2.1). A training loop never idles between
+steps, so that first step measures the interleaving, not the framework. Wall time and
+core-seconds (process CPU time / cores, which stays put on a loaded machine) are both reported;
+ratios from the medians and as the median of per-round core-second ratios.
 FLOP/s use one FLOP count for both (XLA's cost analysis of the unrolled JAX step; the torch
 `FlopCounterMode` count of matmuls/attention is listed as a cross-check).
 """
@@ -319,18 +317,31 @@ def _build(kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, vide
     return build_jax(size, overrides, ctx, tgt)
 
 
+class _Local:
+    """A framework's step in this process (`--in_process`, and inside each worker)."""
+
+    def __init__(self, kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, video):
+        self.info = _build(kind, size, overrides, args, ctx, tgt, video)
+        self._step = self.info.pop("step")
+
+    def step_n(self, n: int) -> list[tuple[float, float]]:
+        return timed(self._step, n)
+
+    def close(self) -> None:
+        pass
+
+
 def _worker(conn, kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, video) -> None:
     """One framework in its own process: builds its step, then runs `("run", n)` requests
     (answering with `timed` samples of this process alone) until `("stop",)`."""
     common.setup_host()
     try:
-        built = _build(kind, size, overrides, args, ctx, tgt, video)
-        step = built.pop("step")
-        if "video" in built:
+        local = _Local(kind, size, overrides, args, ctx, tgt, video)
+        if "video" in local.info:
             import numpy as np
 
-            built["video"] = np.asarray(built["video"])
-        conn.send(("ok", built))
+            local.info["video"] = np.asarray(local.info["video"])
+        conn.send(("ok", local.info))
     except BaseException as e:  # report, do not hang the parent
         import traceback
 
@@ -340,7 +351,7 @@ def _worker(conn, kind: str, size: str, overrides: dict[str, Any], args, ctx, tg
         msg = conn.recv()
         if msg[0] == "stop":
             return
-        conn.send(timed(step, msg[1]))
+        conn.send(local.step_n(msg[1]))
 
 
 class _Remote:
@@ -369,20 +380,6 @@ class _Remote:
             self.proc.join(timeout=30)
         if self.proc.is_alive():
             self.proc.kill()
-
-
-class _Local:
-    """A framework's step in this process (`--in_process`)."""
-
-    def __init__(self, kind: str, size: str, overrides: dict[str, Any], args, ctx, tgt, video):
-        self.info = _build(kind, size, overrides, args, ctx, tgt, video)
-        self._step = self.info.pop("step")
-
-    def step_n(self, n: int) -> list[tuple[float, float]]:
-        return timed(self._step, n)
-
-    def close(self) -> None:
-        pass
 
 
 def bench_size(size: str, args) -> list[dict[str, Any]]:
@@ -441,9 +438,9 @@ def _bench_rounds(size, args, batch, num_tokens, ctx, tgt, jaxs, th) -> list[dic
     # The matmul peak of the same run (in this process while the workers wait), for the MFU target.
     peaks = {dt: common.matmul_peak(dt, reps=3 if args.quick else 10) for dt in ("float32", "bfloat16")}
     rows = []
-    th = th.info
-    for name, jx in jaxs.items():
-        jx = jx.info
+    th = th.info  # from here on: what each runner's build returned (flops, params, ...)
+    for name, runner in jaxs.items():
+        jx = runner.info
         j_wall = statistics.median(x[0] for x in jt[name])
         j_core = statistics.median(x[1] for x in jt[name])
         flops = jx["flops"]
