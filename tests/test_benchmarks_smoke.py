@@ -191,6 +191,14 @@ def test_planning_speed_quick(tmp_path):
     assert row["samples"] == 400 and row["iterations"] == 10 and row["plan_s"] > 0
 
 
+def test_attention_quick(tmp_path):
+    r = _run("attention", tmp_path)
+    impls = [row["impl"] for row in r["rows"]]
+    assert impls == ["jax dot_product_attention (xla)", "head_major_attention"]
+    assert all(row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 for row in r["rows"])
+    assert r["rows"][0]["speedup_fwd_bwd"] == 1.0
+
+
 @pytest.mark.slow
 @pytest.mark.torch
 def test_torch_peer_quick(tmp_path):
