@@ -199,6 +199,15 @@ def test_attention_quick(tmp_path):
     assert r["rows"][0]["speedup_fwd_bwd"] == 1.0
 
 
+def test_gelu_quick(tmp_path):
+    r = _run("gelu", tmp_path)
+    impls = [row["impl"] for row in r["rows"]]
+    assert impls == ["jax.nn.gelu exact (erfc)", "layers.gelu (erf)", "jax.nn.gelu tanh approx."]
+    assert all(row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 for row in r["rows"])
+    exact, ours, approx = r["rows"]
+    assert exact["max_abs_diff"] == 0.0 and ours["max_abs_diff"] < 1e-5 < approx["max_abs_diff"]
+
+
 @pytest.mark.slow
 @pytest.mark.torch
 def test_torch_peer_quick(tmp_path):

@@ -240,6 +240,28 @@ def test_attention_impls_agree():
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5, err_msg=impl)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gelu_is_exact_gelu(dtype):
+    """`layers.gelu` (erf form) is `jax.nn.gelu(approximate=False)` (erfc form), values and
+    gradients, far into both tails; bfloat16 in gives bfloat16 out, rounded from float32."""
+    x32 = jnp.concatenate([jnp.linspace(-12.0, 12.0, 4001), jnp.array([0.0, -0.0, 1e-6, -40.0, 40.0])])
+    x = x32.astype(dtype)
+    y, vjp = jax.vjp(layers.gelu, x)
+    y_ref, vjp_ref = jax.vjp(lambda x: jax.nn.gelu(x, approximate=False), x.astype(jnp.float32))
+    assert y.dtype == dtype
+    ones = jnp.ones_like(x)
+    if dtype == jnp.float32:
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=2e-6)
+        np.testing.assert_allclose(vjp(ones)[0], vjp_ref(ones)[0], rtol=1e-6, atol=2e-6)
+    else:  # float32 math, one bfloat16 rounding of the result (bf16 eps 2^-8)
+        np.testing.assert_allclose(np.asarray(y, np.float32), y_ref, rtol=2**-8, atol=2e-6)
+        np.testing.assert_allclose(np.asarray(vjp(ones)[0], np.float32), vjp_ref(ones.astype(jnp.float32))[0],
+                                   rtol=2**-8, atol=2e-6)
+    # Not the tanh approximation: it differs from exact GELU by up to ~5e-4 near |x| = 2.
+    approx = jax.nn.gelu(x32, approximate=True)
+    assert float(jnp.max(jnp.abs(layers.gelu(x32) - approx))) > 1e-4
+
+
 def test_every_param_has_logical_axes():
     allowed = {"embed", "mlp", "heads", "kv", "qkv", "layers", "norm"}
     for scan in (True, False):

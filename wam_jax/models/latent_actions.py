@@ -162,6 +162,6 @@ class ActionEmbedder(nnx.Module):
         """action / action_mask `[B, S, A]`, embodiment_id `[B]` -> `[B, S, du]` float32."""
         feats = jnp.concatenate(
             [jnp.where(action_mask, action, 0.0), action_mask.astype(action.dtype)], axis=-1)
-        h = jax.nn.gelu(self.action_in(feats.astype(self.dtype), embodiment_id), approximate=False)
-        h = jax.nn.gelu(self.hidden(h), approximate=False)
+        h = layers.gelu(self.action_in(feats.astype(self.dtype), embodiment_id))
+        h = layers.gelu(self.hidden(h))
         return self.out(h).astype(jnp.float32)
