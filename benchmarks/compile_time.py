@@ -1,6 +1,6 @@
 """Compile time of the train step per preset, with and without scanned layers.
 
-    python benchmarks/compile_time.py --presets tiny,small,S,B --scan on,off
+    python benchmarks/compile_time.py --presets tiny,small,S,B --scan on,off,unrolled
     python benchmarks/compile_time.py --config configs/pusht_small.py --presets small   # the demo
 
 Each measurement runs in a fresh subprocess (no tracing or compilation caches carried over, no
@@ -8,8 +8,9 @@ persistent cache): build the abstract state, trace and lower the real train step
 (`wam_jax.train_step.build`), then compile it for one CPU device. `trace+lower` and `compile` are
 timed separately; the compiled program's generated-code size is reported too.
 
-`model.scan_layers=True` compiles one block per stack whatever the depth; `False` unrolls every
-layer, so its compile time grows with depth.
+`--scan on` (`model.scan_layers=True`) compiles one block per stack whatever the depth; `off`
+(`scan_layers=False`) unrolls every layer, so its compile time grows with depth; `unrolled`
+(`scan_layers=True, scan_unroll=0`) keeps the stacked parameters and unrolls the loop.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
+# --scan mode -> (model.scan_layers, model.scan_unroll)
+SCAN_MODES = {"on": (True, 1), "off": (False, 1), "unrolled": (True, 0)}
+
 
 def parse_args(argv: list[str] | None = None):
     import argparse
 
     p = common.base_parser(__doc__, "compile_time")
     p.add_argument("--presets", default="tiny,small,S,B")
-    p.add_argument("--scan", default="on,off", help="which of on,off to measure")
+    p.add_argument("--scan", default="on,off", help=f"which of {','.join(SCAN_MODES)} to measure")
     p.add_argument("--config", default="", help="config file with get_config(preset) (default configs/base.py)")
     p.add_argument("--batch", type=int, default=0, help="global batch (0: the config's)")
     p.add_argument("--image_size", type=int, default=0)
@@ -53,7 +57,9 @@ def load_config(args, preset: str) -> Any:
     c = common.load_config(args.config, preset, args)
     if args.batch:
         c.data.global_batch_size = args.batch
-    c.model.scan_layers = args.scan_layers == "on"
+    if args.scan_layers not in SCAN_MODES:
+        raise ValueError(f"--scan: expected some of {','.join(SCAN_MODES)}, got {args.scan_layers!r}")
+    c.model.scan_layers, c.model.scan_unroll = SCAN_MODES[args.scan_layers]
     c.mesh.ici_data, c.mesh.ici_fsdp, c.mesh.ici_tensor = 1, 1, 1
     return c
 
@@ -76,7 +82,8 @@ def worker(args) -> dict[str, Any]:
     t2 = time.perf_counter()
     mem = metrics.compiled_memory(compiled)
     return {
-        "preset": args.preset, "scan": config.model.scan_layers, "config": args.config or "configs/base.py",
+        "preset": args.preset, "scan": config.model.scan_layers, "scan_mode": args.scan_layers,
+        "scan_unroll": int(config.model.scan_unroll), "config": args.config or "configs/base.py",
         "batch": int(config.data.global_batch_size), "image_size": int(config.model.image_size),
         "encoder_depth": int(config.model.encoder.depth), "predictor_depth": int(config.model.predictor.depth),
         "lower_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0,
@@ -86,7 +93,7 @@ def worker(args) -> dict[str, Any]:
 
 
 COLUMNS: list[common.Column] = [
-    ("preset", "preset", ""), ("scan", "scanned layers", ""), ("depths", "enc/pred depth", ""),
+    ("preset", "preset", ""), ("scan_mode", "layers (--scan)", ""), ("depths", "enc/pred depth", ""),
     ("lower_s", "trace+lower (s)", ".1f"), ("compile_s", "compile (s)", ".1f"), ("total_s", "total (s)", ".1f"),
     ("code_mib", "code (MiB)", ".2f"), ("load", "load 1m", ".2f"),
 ]

@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--variants", default="f32=;bf16-matmuls=matmul_dtype:bfloat16;"
                    "bf16-matmuls+dots=matmul_dtype:bfloat16,remat:dots",
                    help="JAX variants, NAME=KEY:VALUE,... separated by ';' (keys: matmul_dtype, remat, "
-                        "scan_layers, attention); each is timed against the same torch model")
+                        "scan_layers, scan_unroll, attention); each is timed against the same torch model")
     p.add_argument("--attention_impl", default="sdpa", help="transformers attention (sdpa | eager)")
     p.add_argument("--settle", type=int, default=1,
                    help="untimed steps of each framework at the start of its turn in every round")
@@ -147,7 +147,8 @@ def peer_model_factory(model_cfg: Any, rngs: Any) -> Any:
             self.predictor = MaskedPredictor(
                 latent_dim=int(cfg.encoder.width), width=int(p.width), depth=int(p.depth),
                 heads=int(p.heads), mlp_ratio=float(p.mlp_ratio), rngs=rngs,
-                scan=bool(cfg.scan_layers), remat=str(cfg.remat), dtype=jax_dtype(cfg.dtype),
+                scan=bool(cfg.scan_layers), scan_unroll=int(cfg.get("scan_unroll", 1)),
+                remat=str(cfg.remat), dtype=jax_dtype(cfg.dtype),
                 param_dtype=jax_dtype(cfg.param_dtype), attention_impl=str(cfg.attention),
             )
 
@@ -187,7 +188,7 @@ def peer_loss_fn(context_idx, target_idx, grid):
     return loss_fn
 
 
-VARIANT_KEYS = {"matmul_dtype": str, "remat": str, "attention": str,
+VARIANT_KEYS = {"matmul_dtype": str, "remat": str, "attention": str, "scan_unroll": int,
                 "scan_layers": lambda v: v.lower() in ("1", "true", "on")}
 
 

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--dtype", default="", help="compute dtype (float32 | bfloat16); '': the config's")
     p.add_argument("--remat", default="", help="none | full | dots; '': the config's")
     p.add_argument("--scan", default="", choices=["", "on", "off"], help="scanned layers; '': the config's")
+    p.add_argument("--scan_unroll", type=int, default=-1,
+                   help="model.scan_unroll (layers per scan iteration, 0: all); -1: the config's")
     p.add_argument("--attention", default="", help="xla | cudnn | auto; '': the config's")
     p.add_argument("--matmul_dtype", default=None, help="model.matmul_dtype ('' | bfloat16); default: the config's")
     p.add_argument("--data", default="", help="converted dataset dir(s) for real batches (else synthetic)")
@@ -78,6 +80,8 @@ def load_config(args, preset: str, batch: int) -> Any:
     c.data.global_batch_size = batch
     if args.scan:
         c.model.scan_layers = args.scan == "on"
+    if args.scan_unroll >= 0:
+        c.model.scan_unroll = args.scan_unroll
     if args.attention:
         c.model.attention = args.attention
     if args.matmul_dtype is not None:
@@ -114,6 +118,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
         "image_size": int(config.model.image_size), "patch_size": int(config.model.patch_size),
         "frames": int(config.data.num_frames), "dtype": str(config.model.dtype),
         "remat": str(config.model.remat), "scan": bool(config.model.scan_layers),
+        "scan_unroll": int(config.model.get("scan_unroll", 1)),
         "attention": str(config.model.attention),
         "matmul_dtype": str(config.model.get("matmul_dtype", "")) or str(config.model.dtype),
         "batches": "real:" + args.data if args.data else "synthetic",
@@ -163,7 +168,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
 
 COLUMNS: list[common.Column] = [
     ("preset", "preset", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""),
-    ("matmul_dtype", "matmuls", ""), ("remat", "remat", ""), ("host_env", "host env", ""), ("scan", "scan", ""), ("params_m", "params (M)", ".1f"),
+    ("matmul_dtype", "matmuls", ""), ("remat", "remat", ""), ("host_env", "host env", ""), ("scan", "scan", ""), ("scan_unroll", "unroll", "d"), ("params_m", "params (M)", ".1f"),
     ("gflop_step", "GFLOP/step", ".1f"), ("compile_s", "compile (s)", ".1f"),
     ("step_ms", "step (ms, median)", ".1f"), ("iqr_pct", "IQR %", ".0f"), ("best_ms", "best (ms)", ".1f"),
     ("examples_per_s", "examples/s", ".2f"), ("gflops", "GFLOP/s", ".1f"), ("mfu", "MFU", ".1%"),

@@ -46,6 +46,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.param_dtype = "float32"
     c.remat = "none"  # 'none' | 'full' | 'dots'
     c.scan_layers = True
+    # Layers per scan-loop iteration (JAX's `scan(unroll=)`); 0 unrolls the stack while keeping
+    # the stacked parameter layout: faster steps on CPU, longer compiles (BENCHMARKS.md §8).
+    c.scan_unroll = 1
     c.attention = "xla"  # 'xla' (head-major XLA attention) | 'cudnn' | 'auto' (layers.Attention)
     # Operand dtype of the projection / MLP matmuls ('' = the compute dtype). 'bfloat16' with
     # dtype='float32': bf16 operands, f32 accumulation and activations (CPU fast path, BENCHMARKS.md).

@@ -169,9 +169,10 @@ def test_train_step_quick(tmp_path):
 
 @pytest.mark.slow
 def test_compile_time_quick(tmp_path):
-    r = _run("compile_time", tmp_path)
-    (row,) = r["rows"]
-    assert row["compile_s"] > 0 and row["scan"] is True
+    r = _run("compile_time", tmp_path, "--scan=on,unrolled")
+    on, unrolled = r["rows"]
+    assert on["compile_s"] > 0 and on["scan"] is True and on["scan_unroll"] == 1
+    assert unrolled["scan_mode"] == "unrolled" and unrolled["scan"] is True and unrolled["scan_unroll"] == 0
 
 
 @pytest.mark.slow

@@ -114,12 +114,14 @@ def test_sincos_3d_values():
     assert layers.sincos_3d(pos, 36).shape == (8, 36)  # leftover channels are zero-padded
 
 
-def _stack(scan: bool, remat: str = "none") -> layers.BlockStack:
-    return layers.BlockStack(DEPTH, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), scan=scan, remat=remat)
+def _stack(scan: bool, remat: str = "none", unroll: int = 1) -> layers.BlockStack:
+    return layers.BlockStack(DEPTH, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), scan=scan, remat=remat,
+                             scan_unroll=unroll)
 
 
-def _scanned_copy_of(unscanned: layers.BlockStack, remat: str = "none") -> layers.BlockStack:
-    scanned = _stack(True, remat)
+def _scanned_copy_of(unscanned: layers.BlockStack, remat: str = "none", unroll: int = 1
+                     ) -> layers.BlockStack:
+    scanned = _stack(True, remat, unroll)
     per_layer = [nnx.state(b, nnx.Param) for b in unscanned.blocks]
     layers.load_params(scanned.blocks, layers.list_to_stacked(per_layer))
     return scanned
@@ -142,6 +144,46 @@ def test_scan_matches_unscanned_with_mask_and_rope():
         want_leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(b, nnx.Param)))
         for a, c in zip(want_leaves, jax.tree.leaves(s), strict=True):
             np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("unroll", [0, 2])
+def test_scan_unroll_keeps_values_grads_and_cache(unroll):
+    """scan_unroll changes the compiled loop only: the same outputs, gradients and KV-cache
+    rollouts as the unscanned stack; 0 leaves no loop in the program, 2 (of 3 layers) keeps one."""
+    unscanned = _stack(False)
+    rolled, unrolled = _scanned_copy_of(unscanned), _scanned_copy_of(unscanned, unroll=unroll)
+    x = jax.random.normal(jax.random.key(6), (2, 8, DIM))
+    pos = layers.grid_positions(2, 2, 2)
+    rope = layers.rope_3d(pos, DIM // HEADS)
+    mask = pos[:, 0][None, :] <= pos[:, 0][:, None]
+
+    def loss(m, x):
+        return jnp.sum(m(x, mask=mask, rope=rope) ** 2)
+
+    l0, g0 = nnx.value_and_grad(loss)(unscanned, x)
+    l1, g1 = nnx.value_and_grad(loss)(unrolled, x)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    want = layers.list_to_stacked([nnx.to_pure_dict(b) for b in g0.blocks.values()])
+    for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(g1.blocks)), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    y0, c0 = unscanned.with_cache(x[:, :4], rope=(rope[0][:4], rope[1][:4]))
+    y1, c1 = unrolled.with_cache(x[:, :4], rope=(rope[0][:4], rope[1][:4]))
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(c1, c0, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    def hlo(m):
+        graph, state = nnx.split(m)
+        return jax.jit(lambda s, x: nnx.merge(graph, s)(x)).lower(state, x).as_text()
+
+    assert "while" in hlo(rolled)
+    assert ("while" in hlo(unrolled)) == (unroll != 0)
+
+
+def test_scan_unroll_is_validated():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="scan_unroll"):
+            _stack(True, unroll=bad)
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])

@@ -170,6 +170,21 @@ def test_cached_extend_equals_the_full_block_causal_pass(scan):
         m.predictor.extend(z[:, 3:], cond[:, 3:], None, None, cache, start=3)
 
 
+def test_scan_unroll_reaches_every_layer_stack():
+    """`model.scan_unroll` is honoured by every BlockStack of the model (encoder, predictors,
+    latent-action trunk, heads), and the stacked parameter layout does not depend on it."""
+    from wam_jax.models import layers
+
+    rolled = WorldActionModel(tiny_config().model, rngs=nnx.Rngs(0))
+    unrolled = WorldActionModel(tiny_config(**{"model.scan_unroll": 0}).model, rngs=nnx.Rngs(0))
+    stacks = [m for _, m in nnx.iter_graph(unrolled) if isinstance(m, layers.BlockStack)]
+    assert len(stacks) >= 4 and all(st.scan_unroll == 0 for st in stacks)
+    assert all(m.scan_unroll == 1 for _, m in nnx.iter_graph(rolled) if isinstance(m, layers.BlockStack))
+    shapes = [jax.tree.map(lambda a: a.shape, nnx.to_pure_dict(nnx.state(m, nnx.Param)))
+              for m in (rolled, unrolled)]
+    assert shapes[0] == shapes[1]
+
+
 def test_absent_proprio_is_one_input_whether_none_or_masked(model):
     """Planning and evaluation pass proprio=None; training sees absent proprio as mask=false.
     Both must reach the predictor as the same input."""

@@ -23,11 +23,11 @@ class _PairToActions(nnx.Module):
     @layers.mesh_optional
     def __init__(self, *, latent_dim: int, out_dim: int, num_embodiments: int, width: int,
                  depth: int, heads: int, mlp_ratio: float, grid_hw: tuple[int, int],
-                 rngs: nnx.Rngs, scan: bool = True, remat: str = "none",
+                 rngs: nnx.Rngs, scan: bool = True, scan_unroll: int = 1, remat: str = "none",
                  dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla"):
         self.trunk = TransitionEncoder(
             latent_dim=latent_dim, width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
-            grid_hw=grid_hw, rngs=rngs, scan=scan, remat=remat, dtype=dtype,
+            grid_hw=grid_hw, rngs=rngs, scan=scan, scan_unroll=scan_unroll, remat=remat, dtype=dtype,
             param_dtype=param_dtype, attention_impl=attention_impl, change_only_init=False)
         self.out = EmbodimentLinear(num_embodiments, width, out_dim, ("embed", "act"), rngs=rngs,
                                     dtype=dtype, param_dtype=param_dtype)

@@ -109,7 +109,7 @@ class VideoEncoder(nnx.Module):
 
     Uses `image_size, patch_size, tubelet (1|2), in_channels, pos_emb ('rope'|'sincos'),
     encoder.{width, depth, heads, mlp_ratio}, dtype, param_dtype, remat, scan_layers, attention`;
-    optional `encoder.norm_eps` (1e-6) and `encoder.qkv_bias` (True).
+    optional `scan_unroll` (1), `encoder.norm_eps` (1e-6) and `encoder.qkv_bias` (True).
     Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `layers.BlockStack`), `norm.{scale,bias}`.
     """
 
@@ -154,6 +154,7 @@ class VideoEncoder(nnx.Module):
             float(enc.mlp_ratio),
             rngs=rngs,
             scan=bool(config.scan_layers),
+            scan_unroll=int(config.get("scan_unroll", 1)),
             remat=str(config.remat),
             qkv_bias=bool(enc.get("qkv_bias", True)),
             attention_impl=str(config.attention),

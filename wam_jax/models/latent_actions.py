@@ -87,7 +87,7 @@ class LatentActionModel(nnx.Module):
     @layers.mesh_optional
     def __init__(self, *, latent_dim: int, dim: int, bottleneck: str, fsq_levels: int | tuple[int, ...],
                  noise_std: float, width: int, depth: int, heads: int, mlp_ratio: float,
-                 grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True,
+                 grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True, scan_unroll: int = 1,
                  remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32,
                  attention_impl: str = "xla"):
         if bottleneck not in BOTTLENECKS:
@@ -98,7 +98,7 @@ class LatentActionModel(nnx.Module):
         self.noise_std = float(noise_std)
         self.trunk = TransitionEncoder(
             latent_dim=latent_dim, width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
-            grid_hw=grid_hw, rngs=rngs, scan=scan, remat=remat, dtype=dtype,
+            grid_hw=grid_hw, rngs=rngs, scan=scan, scan_unroll=scan_unroll, remat=remat, dtype=dtype,
             param_dtype=param_dtype, attention_impl=attention_impl)
         out = 2 * dim if bottleneck == "gaussian" else dim
         # Unit-scale pre-activations at init, so the FSQ codes / Gaussian means start spread out

@@ -567,6 +567,10 @@ class BlockStack(nnx.Module):
     scan=True: parameters stacked on a leading `'layers'` axis (created with `nnx.vmap`, run with
     `nnx.scan`) so the block compiles once whatever the depth; scan=False: an `nnx.List` of blocks
     (`blocks[i]`), same math. `remat` ('none' | 'full' | 'dots') applies per block.
+    `scan_unroll` (scanned stacks only, JAX's `scan(unroll=)`): 1 runs one block per loop
+    iteration; k runs k; 0 unrolls the whole stack, which keeps the stacked parameter layout
+    (checkpoints, sharding) but compiles and runs like scan=False: no loop, no per-iteration
+    stacking of saved activations, longer compiles (BENCHMARKS.md §8).
     `stacked_to_list` / `list_to_stacked` convert parameter states between the two layouts.
     """
 
@@ -580,6 +584,7 @@ class BlockStack(nnx.Module):
         *,
         rngs: nnx.Rngs,
         scan: bool = True,
+        scan_unroll: int = 1,
         remat: str = "none",
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -590,8 +595,11 @@ class BlockStack(nnx.Module):
         if depth < 1:
             raise ValueError(f"BlockStack depth must be >= 1, got {depth}")
         remat_policy(remat)  # validate early
+        if isinstance(scan_unroll, bool) or int(scan_unroll) != scan_unroll or scan_unroll < 0:
+            raise ValueError(f"model.scan_unroll must be an int >= 0 (0: unroll every layer), got {scan_unroll!r}")
         self.depth = depth
         self.scan = scan
+        self.scan_unroll = int(scan_unroll)
         self.remat = remat
 
         def make(r: nnx.Rngs) -> Block:
@@ -640,6 +648,7 @@ class BlockStack(nnx.Module):
             in_axes=(nnx.Carry, 0),
             out_axes=nnx.Carry,
             transform_metadata={nnx.PARTITION_NAME: "layers"},
+            unroll=self.scan_unroll,
         )
         def run(h: jax.Array, block: Block) -> jax.Array:
             return apply(block, h)
@@ -665,14 +674,14 @@ class BlockStack(nnx.Module):
 
         if cache is None:
             @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0),
-                      transform_metadata={nnx.PARTITION_NAME: "layers"})
+                      transform_metadata={nnx.PARTITION_NAME: "layers"}, unroll=self.scan_unroll)
             def prefill(h: jax.Array, block: Block) -> tuple[jax.Array, KVCache]:
                 return block.with_cache(h, rope=rope, mask=mask)
 
             return prefill(x, self.blocks)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0),
-                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+                  transform_metadata={nnx.PARTITION_NAME: "layers"}, unroll=self.scan_unroll)
         def extend(h: jax.Array, block: Block, layer: KVCache) -> tuple[jax.Array, KVCache]:
             return block.with_cache(h, rope=rope, cache=layer, mask=mask)
 

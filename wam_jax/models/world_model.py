@@ -141,7 +141,7 @@ class WorldActionModel(nnx.Module):
         self.spec = spec
         dtype = jnp.dtype(cfg.dtype)
         param_dtype = jnp.dtype(cfg.param_dtype)
-        common = dict(rngs=rngs, scan=bool(cfg.scan_layers),
+        common = dict(rngs=rngs, scan=bool(cfg.scan_layers), scan_unroll=int(cfg.get("scan_unroll", 1)),
                       remat=str(cfg.remat), dtype=dtype, param_dtype=param_dtype,
                       attention_impl=str(cfg.attention))
         pc = cfg.predictor
