@@ -10,7 +10,10 @@ EMA target) on one device, compiled ahead of time; `--warmup` steps, then `--rep
 analysis of the same step with the layer loops unrolled (`wam_jax.train_step.step_flops`; a scanned loop is
 counted once by XLA). MFU divides the achieved FLOP/s by the device's peak measured in the same
 run: a 2048² matmul in float32, and in bfloat16 with float32 accumulation (second row); on
-accelerators the datasheet peak (`wam_jax.metrics.PEAK_FLOPS`) is reported too.
+accelerators the datasheet peak (`wam_jax.metrics.PEAK_FLOPS`) is reported too. Memory per
+device: the compiled step's requirement (XLA's memory analysis) and, on GPU/TPU, the allocator's
+peak after the timed steps (`mem_peak_mib`); to find the largest batch, raise `--batch` until
+compilation fails for memory.
 
 Batches: with `--data DIR[,DIR]` real batches from converted datasets (`data_pipelines.loader`,
 `--prefetch_batches` of them loaded before timing, so the loader is not timed), else synthetic
@@ -105,6 +108,20 @@ def real_batches(config: Any, n: int) -> list[dict[str, Any]]:
             close()
 
 
+def memory_row(compiled: Any) -> dict[str, Any]:
+    """Per-device memory of the step: the compiled program's needs (arguments, temporaries, total
+    with donated buffers counted once) and, on GPU/TPU, the allocator's peak after the timed steps."""
+    from wam_jax import metrics
+
+    mib = 1024.0**2
+    mem = metrics.compiled_memory(compiled)
+    out: dict[str, Any] = {f"mem_{k.removesuffix('_bytes')}_mib": v / mib for k, v in mem.items()}
+    live = metrics.device_memory()
+    if "memory/peak_gib" in live:
+        out["mem_peak_mib"] = live["memory/peak_gib"] * 1024.0
+    return out
+
+
 def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
     import jax
 
@@ -161,6 +178,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
     row["examples_per_s"] = batch / timing.median
     row["load"] = timing.load_before[0]
     row["loss"] = float(box["loss"])
+    row.update(memory_row(compiled))
     box.clear()  # free the state before the next preset compiles
     batches.clear()
     return row
@@ -174,7 +192,8 @@ COLUMNS: list[common.Column] = [
     ("examples_per_s", "examples/s", ".2f"), ("gflops", "GFLOP/s", ".1f"), ("mfu", "MFU", ".1%"),
     ("mfu_bf16peak", "MFU vs bf16 peak", ".1%"), ("step_core_ms", "core-s/step (ms)", ".0f"),
     ("gflops_cpu", "GFLOP/core-s", ".1f"), ("mfu_cpu", "MFU (core-s)", ".1%"),
-    ("cpu_util", "cores busy", ".2f"), ("load", "load 1m", ".2f"),
+    ("cpu_util", "cores busy", ".2f"), ("mem_total_mib", "compiled memory (MiB)", ".0f"),
+    ("mem_peak_mib", "allocator peak (MiB)", ".0f"), ("load", "load 1m", ".2f"),
 ]
 PEAK_COLUMNS: list[common.Column] = [
     ("dtype", "matmul dtype (f32 accumulation)", ""), ("n", "n", "d"), ("best_gflops", "best GFLOP/s", ".1f"),

@@ -165,6 +165,7 @@ def test_train_step_quick(tmp_path):
     assert row["preset"] == "tiny" and row["step_ms"] > 0
     assert row["flops"] > 0 and 0 < row["mfu"] < 1.5
     assert set(r["peaks"]) == {"float32", "bfloat16"}
+    assert row["mem_total_mib"] > row["mem_temp_mib"] > 0 and row["mem_argument_mib"] > 0
 
 
 @pytest.mark.slow
