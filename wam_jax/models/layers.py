@@ -596,7 +596,9 @@ class BlockStack(nnx.Module):
             raise ValueError(f"BlockStack depth must be >= 1, got {depth}")
         remat_policy(remat)  # validate early
         if isinstance(scan_unroll, bool) or int(scan_unroll) != scan_unroll or scan_unroll < 0:
-            raise ValueError(f"model.scan_unroll must be an int >= 0 (0: unroll every layer), got {scan_unroll!r}")
+            raise ValueError(
+                f"model.scan_unroll must be an int >= 0 (0: unroll every layer), got {scan_unroll!r}"
+            )
         self.depth = depth
         self.scan = scan
         self.scan_unroll = int(scan_unroll)

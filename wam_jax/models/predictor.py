@@ -124,7 +124,8 @@ class LatentPredictor(nnx.Module):
         self.proprio_in = (linear(2 * proprio_dim, width, ("act", "embed"),
                                   stddev=(2 * proprio_dim) ** -0.5, **kw) if proprio_dim else None)
         self.token_type = nnx.Param(_init((None, "embed"))(rngs.params(), (3, width), param_dtype))
-        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, scan_unroll=scan_unroll, remat=remat,
+        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan,
+                                        scan_unroll=scan_unroll, remat=remat,
                                         attention_impl=attention_impl, **kw)
         self.norm = layers.layer_norm(width, **kw)
         # residual=True predicts z_{t+1} - z_t; the zero-initialised output then starts exactly at
@@ -218,7 +219,8 @@ class MaskedPredictor(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.latent_in = linear(latent_dim, width, ("embed", "mlp"), **kw)
         self.mask_token = nnx.Param(_init(("embed",))(rngs.params(), (width,), param_dtype))
-        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, scan_unroll=scan_unroll, remat=remat,
+        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan,
+                                        scan_unroll=scan_unroll, remat=remat,
                                         attention_impl=attention_impl, **kw)
         self.norm = layers.layer_norm(width, **kw)
         self.latent_out = linear(width, latent_dim, ("mlp", "embed"), **kw)
@@ -252,7 +254,8 @@ class TransitionEncoder(nnx.Module):
 
     @layers.mesh_optional
     def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
-                 grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True, scan_unroll: int = 1, remat: str = "none",
+                 grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True,
+                 scan_unroll: int = 1, remat: str = "none",
                  dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla",
                  change_only_init: bool = True):
         self.width = width
@@ -266,7 +269,8 @@ class TransitionEncoder(nnx.Module):
                                  stddev=0.0 if change_only_init else std, **kw)
         self.pool_token = nnx.Param(_init(("embed",), 0.0 if change_only_init else 0.02)(
             rngs.params(), (width,), param_dtype))
-        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan, scan_unroll=scan_unroll, remat=remat,
+        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan,
+                                        scan_unroll=scan_unroll, remat=remat,
                                         attention_impl=attention_impl, **kw)
         self.norm = layers.layer_norm(width, **kw)
 
