@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if argv is None:
         common.apply_host_tuning(args.host_tuning)
     common.setup_host()
-    shapes = [tuple(int(x) for x in s.split(":")) for s in common.parse_list(args.shapes)]
-    for s in shapes:
-        if len(s) != 4:
-            raise ValueError(f"--shapes: expected B:L:heads:head_dim, got {':'.join(map(str, s))!r}")
+    shapes = common.parse_shapes(args.shapes, "B:L:heads:head_dim")
     env = common.environment()
     rows = [r for s in shapes for r in bench_shape(s, args)]
     print(f"\n## Attention, float32 ({env['cpu']}, jax {env['versions']['jax']})\n")

@@ -477,6 +477,17 @@ def parse_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def parse_shapes(s: str, fields: str) -> list[tuple[int, ...]]:
+    """'8:256:6:64,4:256:12:64' -> [(8, 256, 6, 64), ...]; each shape must have `fields`'s parts
+    (e.g. 'B:L:heads:head_dim'), else a ValueError naming --shapes."""
+    want = len(fields.split(":"))
+    shapes = [tuple(int(x) for x in part.split(":")) for part in parse_list(s)]
+    for shape in shapes:
+        if len(shape) != want:
+            raise ValueError(f"--shapes: expected {fields}, got {':'.join(map(str, shape))!r}")
+    return shapes
+
+
 def parse_mapping(s: str, cast: Callable[[str], Any] = int) -> dict[str, Any]:
     """'tiny=8,S=4' -> {'tiny': 8, 'S': 4}."""
     out: dict[str, Any] = {}

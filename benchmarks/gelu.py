@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if argv is None:
         common.apply_host_tuning(args.host_tuning)
     common.setup_host()
-    shapes = [tuple(int(x) for x in s.split(":")) for s in common.parse_list(args.shapes)]
-    for s in shapes:
-        if len(s) != 2:
-            raise ValueError(f"--shapes: expected rows:features, got {':'.join(map(str, s))!r}")
+    shapes = common.parse_shapes(args.shapes, "rows:features")
     env = common.environment()
     rows = [r for s in shapes for r in bench_shape(s, args)]
     print(f"\n## Exact GELU, float32 ({env['cpu']}, jax {env['versions']['jax']})\n")
