@@ -318,10 +318,10 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 20, warmup: i
 
 
 def datasheet_peak(dtype: str = "float32") -> tuple[float | None, str]:
-    """The table peak of the default device (accelerators only; `wam_jax.metrics.PEAK_FLOPS`)."""
+    """The table peak of the default device (accelerators only; `wam_jax.training.metrics.PEAK_FLOPS`)."""
     import jax
 
-    from wam_jax import metrics
+    from wam_jax.training import metrics
 
     kind = jax.devices()[0].device_kind.lower()
     bf16 = dtype in ("bfloat16", "bf16")

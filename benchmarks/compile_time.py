@@ -5,7 +5,7 @@
 
 Each measurement runs in a fresh subprocess (no tracing or compilation caches carried over, no
 persistent cache): build the abstract state, trace and lower the real train step
-(`wam_jax.train_step.build`), then compile it for one CPU device. `trace+lower` and `compile` are
+(`wam_jax.training.train_step.build`), then compile it for one CPU device. `trace+lower` and `compile` are
 timed separately; the compiled program's generated-code size is reported too.
 
 `--scan on` (`model.scan_layers=True`) compiles one block per stack whatever the depth; `off`
@@ -68,8 +68,9 @@ def worker(args) -> dict[str, Any]:
     common.setup_host()
     import jax
 
-    from wam_jax import metrics, sharding
-    from wam_jax import train_step as ts
+    from wam_jax import sharding
+    from wam_jax.training import metrics
+    from wam_jax.training import train_step as ts
 
     config = load_config(args, args.preset)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])

@@ -103,7 +103,7 @@ def bench_decode_only(data: str, args: argparse.Namespace) -> Result:
 
 def write_rlds_copy(data: str, out_dir: str) -> str:
     """The converted episodes as an RLDS builder dir (JPEG bytes stored as given)."""
-    from data_pipelines import rlds_writer as rw
+    from data_pipelines.convert import rlds_writer as rw
 
     info = records.read_dataset_info(data)
     h, w = info["image_size"]

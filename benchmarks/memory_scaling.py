@@ -4,14 +4,14 @@
 
 Each (preset, N devices, mode) runs in its own subprocess with N simulated CPU devices
 (`--xla_force_host_platform_device_count=N`, which must be set before JAX starts). The real
-train step (`wam_jax.train_step.build`) is lowered and compiled for the abstract state
+train step (`wam_jax.training.train_step.build`) is lowered and compiled for the abstract state
 (ShapeDtypeStructs with shardings): nothing is allocated, so L / H / g compile on a laptop.
 
 Reported per device:
 - parameter, optimizer and target-encoder bytes, from the state's shardings (exactly what a run
   allocates; `shard_shape` of every leaf);
 - arguments, outputs (aliased with the donated state), temporaries and generated code, from the
-  compiled program's `memory_analysis()` (`wam_jax.metrics.compiled_memory`).
+  compiled program's `memory_analysis()` (`wam_jax.training.metrics.compiled_memory`).
 
 Modes: `fsdp` (mesh fsdp=N: parameters and optimizer sharded, batch split over N) and `data`
 (mesh data=N: parameters replicated). The scaling table divides the per-device parameter +
@@ -105,8 +105,9 @@ def worker(args) -> dict[str, Any]:
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from wam_jax import metrics, sharding
-    from wam_jax import train_step as ts
+    from wam_jax import sharding
+    from wam_jax.training import metrics
+    from wam_jax.training import train_step as ts
 
     n = args.num_devices
     devices = jax.devices()[:n]

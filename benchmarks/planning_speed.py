@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--presets", default="small,L")
     p.add_argument("--geometry", default="small=64/8,L=64/16",
                    help="per preset IMAGE/PATCH, e.g. 'small=64/8,L=256/16' (default: configs/base.py)")
-    p.add_argument("--planner", default="vjepa2_ac", help="planner preset (wam_jax.planning.PRESETS)")
+    p.add_argument("--planner", default="vjepa2_ac", help="planner preset (wam_jax.inference.planning.PRESETS)")
     p.add_argument("--context_frames", type=int, default=1)
     p.add_argument("--matmul_dtype", default="", choices=["", "float32", "bfloat16"],
                    help="model.matmul_dtype ('': the compute dtype; bfloat16: bf16 operands, f32 accumulation)")
@@ -69,8 +69,8 @@ def make_world_model(preset: str, image: int, patch: int, scan: bool = True, mat
     from flax import nnx
 
     from configs import base
-    from wam_jax import world_model_api
-    from wam_jax.train_step import default_model_factory
+    from wam_jax.inference import world_model_api
+    from wam_jax.training.train_step import default_model_factory
 
     c = base.get_config(preset)
     c.model.image_size, c.model.patch_size = image, patch
@@ -112,7 +112,7 @@ def bench_preset(args, preset: str, image: int, patch: int, rate_hint: float | N
     import jax
     import numpy as np
 
-    from wam_jax import planning
+    from wam_jax.inference import planning
 
     planner = planning.preset(args.planner)
     config, wm = make_world_model(preset, image, patch, matmul_dtype=args.matmul_dtype)

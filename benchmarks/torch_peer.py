@@ -13,7 +13,7 @@ This is `transformers`' token layout: its encoder runs over all tokens and the m
 inside the predictor (`context_mask` / `target_mask`), with the targets read from the same
 encoder output (`predictor_output.target_hidden_state`). The JAX side is built from wam_jax's
 `VideoEncoder` and `MaskedPredictor` (a `BlockStack` predictor) and runs through the real train
-step builder (`wam_jax.train_step.build`: donation, pinned shardings, clip + AdamW, EMA).
+step builder (`wam_jax.training.train_step.build`: donation, pinned shardings, clip + AdamW, EMA).
 The mask is the same for both: per example a random `--mask_ratio` of the tokens are targets,
 the rest context.
 
@@ -216,7 +216,7 @@ def build_jax(size: str, overrides: dict[str, Any], ctx, tgt) -> dict[str, Any]:
     import jax
 
     from wam_jax import sharding
-    from wam_jax import train_step as ts
+    from wam_jax.training import train_step as ts
 
     config = jax_config(size)
     for k, v in overrides.items():

@@ -4,13 +4,13 @@
     python benchmarks/train_step.py --config configs/pusht_small.py --presets small \\
         --data data/pusht/converted/pusht_test      # the README demo config on real batches
 
-For each preset: the real jitted train step (`wam_jax.train_step.build`: loss, grads, AdamW,
+For each preset: the real jitted train step (`wam_jax.training.train_step.build`: loss, grads, AdamW,
 EMA target) on one device, compiled ahead of time; `--warmup` steps, then `--reps` timed steps
 (median, best, inter-quartile spread, process CPU time). FLOPs per step come from XLA's cost
-analysis of the same step with the layer loops unrolled (`wam_jax.train_step.step_flops`; a scanned loop is
+analysis of the same step with the layer loops unrolled (`wam_jax.training.train_step.step_flops`; a scanned loop is
 counted once by XLA). MFU divides the achieved FLOP/s by the device's peak measured in the same
 run: a 2048² matmul in float32, and in bfloat16 with float32 accumulation (second row); on
-accelerators the datasheet peak (`wam_jax.metrics.PEAK_FLOPS`) is reported too. Memory per
+accelerators the datasheet peak (`wam_jax.training.metrics.PEAK_FLOPS`) is reported too. Memory per
 device: the compiled step's requirement (XLA's memory analysis) and, on GPU/TPU, the allocator's
 peak after the timed steps (`mem_peak_mib`); to find the largest batch, raise `--batch` until
 compilation fails for memory.
@@ -111,7 +111,7 @@ def real_batches(config: Any, n: int) -> list[dict[str, Any]]:
 def memory_row(compiled: Any) -> dict[str, Any]:
     """Per-device memory of the step: the compiled program's needs (arguments, temporaries, total
     with donated buffers counted once) and, on GPU/TPU, the allocator's peak after the timed steps."""
-    from wam_jax import metrics
+    from wam_jax.training import metrics
 
     mib = 1024.0**2
     mem = metrics.compiled_memory(compiled)
@@ -126,7 +126,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
     import jax
 
     from wam_jax import sharding
-    from wam_jax import train_step as ts
+    from wam_jax.training import train_step as ts
 
     config = load_config(args, preset, batch)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
@@ -256,7 +256,7 @@ def accuracy_run(args, preset: str, batch: int) -> dict[str, Any]:
     import numpy as np
 
     from wam_jax import sharding
-    from wam_jax import train_step as ts
+    from wam_jax.training import train_step as ts
 
     curves, finals = {}, {}
     host_batches = None

@@ -3,7 +3,7 @@
     python benchmarks/video_only_ablation.py                 # the full sweep (BENCHMARKS.md)
     python benchmarks/video_only_ablation.py --smoke         # minutes: tiny model, 1 seed, few steps
 
-Data: the PushT demo generator (`data_pipelines/pusht.py`): labeled scripted episodes as an RLDS
+Data: the PushT demo generator (`data_pipelines/convert/pusht.py`): labeled scripted episodes as an RLDS
 builder directory, action-free rollouts as mp4s in the Ego4D layout, and held-out labeled test
 episodes (disjoint seeds), all converted by the real converters. The labeled subsets are the first L
 episodes of the labeled set (`wam-convert oxe --max_episodes=L`); the video set is fixed.
@@ -14,7 +14,7 @@ Arms (`configs/video_ablation.py`), same model, optimizer steps and labeled epis
   c  labeled + video, video steps conditioned on one learned mask token (the naive alternative)
 
 Every (L, arm, seed) run trains with `wam-train`, is evaluated on the held-out test episodes with
-`wam_jax.evaluation.evaluate` (action-conditioned latent prediction error at horizons 1..k next to
+`wam_jax.inference.evaluation.evaluate` (action-conditioned latent prediction error at horizons 1..k next to
 copy-last, inverse-dynamics R^2, action ranking) and, unless `--plan_episodes=0`, plans in the PushT
 simulator with `wam-plan` (fixed budget, no early stop). Finished runs are skipped on a re-run, so an
 interrupted sweep resumes. Prints a markdown table (mean ± std over seeds), writes the JSON and a
@@ -83,7 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def prepare_data(data: str, labeled: Sequence[int], workers: int, sizes: str = "") -> dict[str, str]:
     """Demo data + one converted dataset per labeled subset; returns {name: converted dir}."""
-    from data_pipelines import convert_oxe, pusht
+    from data_pipelines.convert import oxe as convert_oxe
+    from data_pipelines.convert import pusht
 
     demo = pusht.DemoSizes()
     if sizes:
@@ -133,7 +134,7 @@ def run_one(args: argparse.Namespace, dirs: dict[str, str], labeled: int, arm: s
     _run(cmd, os.path.join(workdir, "train.log"))
     train_s = time.perf_counter() - t0
 
-    from wam_jax import evaluation
+    from wam_jax.inference import evaluation
 
     t0 = time.perf_counter()
     ev = evaluation.evaluate(workdir, data=dirs["test"], max_clips=args.eval_clips or None, plots=False, seed=seed)

@@ -142,7 +142,7 @@ def train(loss_fn, params: Any, sample_batch, *, steps: int, lr: float, seed: in
 def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
     """Runs `act_fn(frame uint8, agent_pos) -> action (px)` from the env's random initial states
     (seeds EVAL_SEED_BASE + seed * 1000 + i) for exactly `budget` steps; DINO-WM success at the end."""
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
     from launch.plan import observe
 
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
@@ -169,7 +169,7 @@ def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed
 
 def scripted_reference(*, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
     """The demonstrator itself on the same initial states (an upper reference for BC)."""
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
 
     rng = np.random.default_rng(seed)
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")

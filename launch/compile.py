@@ -125,8 +125,9 @@ def compile_train_step(config: Any, devices: Sequence[Any], *, model_factory=Non
     """Lowers and compiles the real train step for `devices`; returns memory / FLOPs numbers."""
     import jax
 
-    from wam_jax import metrics, sharding
-    from wam_jax import train_step as ts
+    from wam_jax import sharding
+    from wam_jax.training import metrics
+    from wam_jax.training import train_step as ts
 
     mesh = sharding.make_mesh(config.mesh, devices)
     global_batch = int(config.data.global_batch_size)

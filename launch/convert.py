@@ -19,9 +19,9 @@ from typing import Any
 
 # subcommand -> (module, one-line help)
 CONVERTERS: dict[str, tuple[str, str]] = {
-    "oxe": ("data_pipelines.convert_oxe", "an RLDS builder dir (Open X-Embodiment dataset)"),
-    "ego4d": ("data_pipelines.convert_ego4d", "an Ego4D download (videos + narrations)"),
-    "pusht": ("data_pipelines.pusht", "generate PushT demonstrations"),
+    "oxe": ("data_pipelines.convert.oxe", "an RLDS builder dir (Open X-Embodiment dataset)"),
+    "ego4d": ("data_pipelines.convert.ego4d", "an Ego4D download (videos + narrations)"),
+    "pusht": ("data_pipelines.convert.pusht", "generate PushT demonstrations"),
 }
 
 
@@ -59,7 +59,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe bad input: printed as one line, not a traceback."""
-    from data_pipelines import convert_common, ego4d, records, rlds
+    from data_pipelines import records
+    from data_pipelines.convert import common as convert_common
+    from data_pipelines.convert import ego4d_layout as ego4d
+    from data_pipelines.convert import rlds
 
     return (convert_common.ConversionError, ego4d.Ego4DLayoutError, records.DatasetFormatError,
             rlds.RLDSFormatError, rlds.RLDSKeyError, FileExistsError, FileNotFoundError)

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
 
     t0 = time.perf_counter()
     report = pusht.generate(args.data, workers=args.workers)
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     timings["train"] = time.perf_counter() - t0
 
-    from wam_jax import evaluation, export
+    from wam_jax.inference import evaluation, export
 
     t0 = time.perf_counter()
     results = evaluation.evaluate(args.workdir, data=os.path.join(converted, "pusht_test"))

@@ -37,7 +37,7 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s] %(message)s")
-    from wam_jax import evaluation
+    from wam_jax.inference import evaluation
 
     results = evaluation.evaluate(args.workdir, data=args.data, step=args.step, max_clips=args.max_clips,
                                   batch_size=args.batch_size, num_frames=args.num_frames,
@@ -52,7 +52,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipelines.records import DatasetFormatError
-    from wam_jax.world_model_api import IncompleteExportError, MissingStatisticsError
+    from wam_jax.inference.world_model_api import IncompleteExportError, MissingStatisticsError
 
     return (FileNotFoundError, FileExistsError, DatasetFormatError, MissingStatisticsError, IncompleteExportError)
 

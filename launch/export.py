@@ -4,7 +4,7 @@ Exports the trained encoder (target encoder + latent normalization) as a `jax.ex
 symbolic batch and time dimensions, its parameters (safetensors and Orbax), a preprocessing spec,
 the config, the dataset statistics and an example input with its expected output; optionally the
 predictor too. Load the result with `wam_jax.load_encoder(OUT)` (no Flax needed) or
-`wam_jax.WorldModel.load(OUT)`. See wam_jax/export.py for the layout.
+`wam_jax.WorldModel.load(OUT)`. See wam_jax/inference/export.py for the layout.
 
 Exit codes: 0 done, 2 bad input (missing workdir / checkpoint, existing output, statistics absent).
 """
@@ -35,7 +35,7 @@ def main(argv: Sequence[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s] %(message)s")
     for noisy in ("absl", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from wam_jax import export
+    from wam_jax.inference import export
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     manifest = export.export_model(args.workdir, args.output, step=args.step, with_predictor=args.with_predictor,
@@ -52,7 +52,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from wam_jax.world_model_api import IncompleteExportError, MissingStatisticsError
+    from wam_jax.inference.world_model_api import IncompleteExportError, MissingStatisticsError
 
     return (FileNotFoundError, FileExistsError, MissingStatisticsError, IncompleteExportError)
 

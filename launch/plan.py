@@ -56,7 +56,7 @@ def observe(env: Any, image_size: int) -> np.ndarray:
     the model size with the converter's resampling (bicubic, `reducing_gap=3`)."""
     from PIL import Image
 
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
 
     frame = pusht.render(env)
     if frame.shape[:2] == (image_size, image_size):
@@ -72,7 +72,7 @@ def make_tasks(num: int, *, image_size: int, goal_offset: int = 25, seed: int = 
     Pairs whose start already satisfies the success rule (the block barely moved) are skipped, so
     doing nothing never counts as success; the next seed is tried instead (deterministically).
     """
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
 
     own = env is None
     env = env or pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
@@ -163,7 +163,7 @@ class PlannerController:
     def act(self, frame: np.ndarray, step: int) -> np.ndarray:
         import jax
 
-        from wam_jax import planning
+        from wam_jax.inference import planning
 
         t0 = time.perf_counter()
         self.key, sub = jax.random.split(self.key)
@@ -184,7 +184,7 @@ def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: in
                 repeat: int = 1) -> dict[str, Any]:
     """Runs exactly `budget` env steps (no early stop); each action is held `repeat` env steps
     (the training frame stride). Returns final errors and success by the DINO-WM rule."""
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
 
     pusht.reset_to_state(env, task.start_state, seed=task.seed)
     controller.reset(task)
@@ -224,7 +224,7 @@ def summarize(episodes: list[dict[str, Any]], times: Sequence[float] = ()) -> di
 def evaluate_controllers(controllers: Sequence[Controller], tasks: Sequence[PushTTask], *, budget: int,
                          image_size: int, repeat: int = 1, progress: bool = True) -> dict[str, Any]:
     """Every controller on every task (same initial states); per-method summary + episodes."""
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
 
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
     out: dict[str, Any] = {}
@@ -294,8 +294,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"--episodes={args.episodes} and --budget={args.budget} must be >= 1")
     import jax
 
-    from wam_jax import WorldModel, planning
-    from wam_jax.world_model_api import inference_mesh
+    from wam_jax import WorldModel
+    from wam_jax.inference import planning
+    from wam_jax.inference.world_model_api import inference_mesh
 
     devices = jax.devices()[: args.devices] if args.devices else None
     wm = WorldModel.load(args.workdir, args.step, mesh=inference_mesh(devices))
@@ -341,7 +342,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
 def run(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: user errors print one clear line and exit with status 2."""
-    from wam_jax.world_model_api import IncompleteExportError, MissingStatisticsError
+    from wam_jax.inference.world_model_api import IncompleteExportError, MissingStatisticsError
 
     argv = sys.argv[1:] if argv is None else argv
     try:

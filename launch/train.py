@@ -19,9 +19,9 @@ from typing import Any
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipelines.records import DatasetFormatError
-    from wam_jax.checkpointing import CheckpointMismatchError
     from wam_jax.config_utils import ConfigError
     from wam_jax.sharding import MeshConfigError
+    from wam_jax.training.checkpointing import CheckpointMismatchError
 
     return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError)
 
@@ -131,7 +131,7 @@ def main(argv: Sequence[str]) -> int:
     if not absl_flags.FLAGS.is_parsed():  # grain's multiprocess prefetch reads absl flags
         absl_flags.FLAGS.mark_as_parsed()
 
-    from wam_jax import trainer
+    from wam_jax.training import trainer
 
     result = trainer.train(config, fv.workdir)
     log = logging.getLogger("wam-train")

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from data_pipelines import ego4d_writer as w
+from data_pipelines.convert import ego4d_writer as w
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import rlds_writer as W
+from data_pipelines.convert import rlds_writer as W
 
 LAYOUTS = (
     "fractal20220817_data",

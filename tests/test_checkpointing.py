@@ -13,8 +13,9 @@ import pytest
 
 from data_pipelines import loader
 from tests import runtime_fixtures as rf
-from wam_jax import checkpointing, sharding, trainer
-from wam_jax import train_step as ts
+from wam_jax import sharding
+from wam_jax.training import checkpointing, trainer
+from wam_jax.training import train_step as ts
 
 rf.enable_compile_cache()
 
@@ -127,7 +128,7 @@ def test_interrupted_and_damaged_checkpoints_fall_back(tmp_path, caplog, mixture
                 os.remove(os.path.join(root, f))
 
     ckpt = checkpointing.Checkpointer(str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="wam_jax.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="wam_jax.training.checkpointing"):
         step, state, _, data_restored = ckpt.restore_latest(_abstract(_small_state(0)), None, cfg)
     assert step == 2 and not data_restored
     np.testing.assert_array_equal(state["params"]["encoder"]["kernel"], _small_state(2)["params"]["encoder"]["kernel"])
@@ -218,7 +219,7 @@ def test_process_count_change_restarts_data_at_the_saved_position(tmp_path, mixt
     fresh = _prefetch(cfg, mesh)
     _, _, data_restored = ckpt.restore(3, _abstract(_small_state(0)), fresh)
     assert not data_restored
-    with caplog.at_level(logging.WARNING, logger="wam_jax.trainer"):
+    with caplog.at_level(logging.WARNING, logger="wam_jax.training.trainer"):
         trainer._restart_data(cfg, 3, fresh)
     assert "different process count" in caplog.text
     assert fresh.get_state() == {"next_index": 3 * cfg.data.global_batch_size}

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import convert_common, convert_ego4d, ego4d, records
-from data_pipelines import ego4d_writer as w
+from data_pipelines import records
+from data_pipelines.convert import common as convert_common
+from data_pipelines.convert import ego4d as convert_ego4d
+from data_pipelines.convert import ego4d_layout as ego4d
+from data_pipelines.convert import ego4d_writer as w
 from tests import ego4d_fixtures as fx
 
 OPTS = convert_ego4d.Ego4DOptions(target_fps=10.0, image_size=32, chunk_seconds=2.0)

@@ -10,9 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from data_pipelines import convert_common, convert_oxe, oxe_registry, records
-from data_pipelines.rlds import RLDSDataset, RLDSFormatError, RLDSKeyError
-from data_pipelines.stats import RunningStats
+from data_pipelines import records
+from data_pipelines.convert import common as convert_common
+from data_pipelines.convert import oxe as convert_oxe
+from data_pipelines.convert import oxe_registry
+from data_pipelines.convert.rlds import RLDSDataset, RLDSFormatError, RLDSKeyError
+from data_pipelines.convert.stats import RunningStats
 from launch import convert as cli
 from tests.rlds_fixtures import LAYOUTS, make_fixture
 
@@ -457,7 +460,7 @@ def test_truncated_tfrecord_shard_is_skipped_and_counted(tmp_path):
 
 def test_episode_level_language(tmp_path):
     """Language stored in episode_metadata (no step-level instruction) is found and kept."""
-    from data_pipelines import rlds_writer as W
+    from data_pipelines.convert import rlds_writer as W
 
     feats = W.rlds_features(
         {"image": W.image((20, 20, 3), "png"), "state": W.tensor((2,))},

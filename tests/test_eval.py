@@ -18,7 +18,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def heldout(setup, tmp_path_factory):
-    from wam_jax import evaluation
+    from wam_jax.inference import evaluation
 
     workdir, _ = setup
     out = str(tmp_path_factory.mktemp("eval"))
@@ -55,7 +55,7 @@ def test_heldout_eval_writes_metrics_plots_and_groups(heldout) -> None:
 
 
 def test_format_table(heldout) -> None:
-    from wam_jax import evaluation
+    from wam_jax.inference import evaluation
 
     table = evaluation.format_table(heldout)
     for needle in ("copy-last-frame L1", "IDM R^2", "Action ranking", "effective rank", "[robot]", "square_video"):
@@ -65,7 +65,8 @@ def test_format_table(heldout) -> None:
 def test_metrics_match_direct_computation(setup, tmp_path) -> None:
     """Copy baseline and inverse-dynamics MAE recomputed from the public API on the same clips."""
     from data_pipelines import transforms
-    from wam_jax import WorldModel, evaluation
+    from wam_jax import WorldModel
+    from wam_jax.inference import evaluation
 
     workdir, mix = setup
     robot_dir = mix.split(",")[0].rsplit(":", 1)[0]
@@ -109,7 +110,9 @@ def test_cli_and_bad_workdir(setup, tmp_path, capsys) -> None:
 def test_on_a_workdir_written_by_the_trainer(tmp_path) -> None:
     """The whole consumer side on a real `trainer.train` workdir: load, evaluate, export, reload."""
     from tests import runtime_fixtures as rf
-    from wam_jax import WorldModel, evaluation, export, trainer
+    from wam_jax import WorldModel
+    from wam_jax.inference import evaluation, export
+    from wam_jax.training import trainer
 
     mix = rf.write_mixture(str(tmp_path / "data"))
     config = rf.tiny_config(mix, **{"train.num_steps": 2, "mesh.ici_data": 1, "mesh.ici_fsdp": -1})

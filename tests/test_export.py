@@ -23,7 +23,7 @@ def workdir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def exported(workdir, tmp_path_factory) -> str:
-    from wam_jax import export
+    from wam_jax.inference import export
 
     out = str(tmp_path_factory.mktemp("export") / "out")
     export.export_model(workdir, out, with_predictor=True)  # every platform: cpu, cuda, tpu
@@ -42,7 +42,7 @@ def _frames(shape, seed=0) -> np.ndarray:
 
 
 def test_export_layout_and_manifest(exported) -> None:
-    from wam_jax import export
+    from wam_jax.inference import export
 
     manifest = export.read_manifest(exported)
     assert manifest["format"] == export.FORMAT and manifest["step"] == 2 and manifest["with_predictor"]
@@ -111,7 +111,7 @@ def test_exported_encoder_runs_in_a_fresh_process_without_flax(exported) -> None
 def test_exported_predictor_matches_the_model(exported, wm) -> None:
     from safetensors.numpy import load_file
 
-    from wam_jax import export
+    from wam_jax.inference import export
 
     with open(os.path.join(exported, export.PREDICTOR_EXPORT), "rb") as f:
         exp = jax.export.deserialize(bytearray(f.read()))
@@ -131,7 +131,7 @@ def test_exported_predictor_matches_the_model(exported, wm) -> None:
 
 def test_export_refuses_to_overwrite_and_cli(workdir, exported, tmp_path) -> None:
     from launch import export as cli
-    from wam_jax import export
+    from wam_jax.inference import export
 
     with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
         export.export_model(workdir, exported)

@@ -15,8 +15,9 @@ import pytest
 
 from launch import train as train_cli
 from tests import runtime_fixtures as rf
-from wam_jax import checkpointing, sharding
-from wam_jax import train_step as ts
+from wam_jax import sharding
+from wam_jax.training import checkpointing
+from wam_jax.training import train_step as ts
 
 rf.enable_compile_cache()
 

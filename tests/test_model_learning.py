@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 from configs import base
-from wam_jax import objectives, optim
 from wam_jax.models.world_model import WorldActionModel
+from wam_jax.training import objectives, optim
 
 SIZE, SQUARE, SPEED, FRAMES = 32, 8.0, 3.0, 4
 STEPS = int(os.environ.get("WAM_LEARNING_STEPS", "300"))
@@ -73,7 +73,7 @@ def train(cfg, steps: int, batch_size: int = 16, seed: int = 0):
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 30, steps, 2e-4),
                                  weight_decay=1e-4))
-    # Pure array trees cross jit / grad (as in wam_jax.train_step); modules are rebuilt inside.
+    # Pure array trees cross jit / grad (as in wam_jax.training.train_step); modules are rebuilt inside.
     graphdef, params, rest = nnx.split(model, model.trainable_filter, ...)
     tgraph, tstate = nnx.split(target)
     params, rest, tstate = (nnx.to_pure_dict(s) for s in (params, rest, tstate))

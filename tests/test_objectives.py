@@ -12,9 +12,9 @@ import pytest
 from flax import nnx
 
 from tests.test_model import random_batch, tiny_config, trained_like
-from wam_jax import masks, objectives
 from wam_jax.models.latent_actions import usage_hinge
 from wam_jax.models.world_model import WorldActionModel
+from wam_jax.training import masks, objectives
 
 ACTION_PATHS = ("inverse_head", "policy_head", "action_embedder")
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wam_jax import planning
+from wam_jax.inference import planning
 
 H, A = 3, 2
 
@@ -186,7 +186,7 @@ def test_shift_plan() -> None:
 def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
     """Replaying the demonstration that defined a task reaches its goal exactly: the reset,
     stepping, budget and scoring of the harness are right; random actions do not."""
-    from data_pipelines import pusht
+    from data_pipelines.convert import pusht
     from launch import plan
 
     tasks = plan.make_tasks(2, image_size=32, goal_offset=25)

@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import ego4d, pusht, records
+from data_pipelines import records
+from data_pipelines.convert import ego4d_layout as ego4d
+from data_pipelines.convert import pusht
 
 
 @pytest.fixture(scope="module")

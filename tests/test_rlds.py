@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipelines import rlds_writer as W
-from data_pipelines.rlds import RLDSDataset, RLDSFormatError, RLDSKeyError, lookup
+from data_pipelines.convert import rlds_writer as W
+from data_pipelines.convert.rlds import RLDSDataset, RLDSFormatError, RLDSKeyError, lookup
 from tests.rlds_fixtures import make_fixture, moving_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,7 +225,7 @@ def test_reading_does_not_import_tensorflow(tmp_path, file_format):
     fx = make_fixture(str(tmp_path), "droid", num_episodes=2, length=3, file_format=file_format)
     code = (
         "import sys\n"
-        "from data_pipelines.rlds import RLDSDataset\n"
+        "from data_pipelines.convert.rlds import RLDSDataset\n"
         f"ds = RLDSDataset({fx.path!r})\n"
         "n = sum(len(ep['steps']['is_first']) for _, ep in ds.episodes())\n"
         "assert n == 6, n\n"

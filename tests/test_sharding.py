@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from tests import runtime_fixtures as rf
 from wam_jax import sharding
-from wam_jax import train_step as ts
+from wam_jax.training import train_step as ts
 
 rf.enable_compile_cache()
 

@@ -9,8 +9,9 @@ import pytest
 
 from data_pipelines import loader
 from tests import runtime_fixtures as rf
-from wam_jax import optim, sharding
-from wam_jax import train_step as ts
+from wam_jax import sharding
+from wam_jax.training import optim
+from wam_jax.training import train_step as ts
 
 rf.enable_compile_cache()
 

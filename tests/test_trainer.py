@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import runtime_fixtures as rf
-from wam_jax import metrics
+from wam_jax.training import metrics
 
 rf.enable_compile_cache()
 session_mixture = rf.session_mixture  # shared session fixtures
@@ -99,7 +99,8 @@ def test_rerun_of_a_finished_run_is_a_noop(uninterrupted, config_file):
 def test_periodic_eval_and_export_at_end(tmp_path, session_mixture):
     """train.eval_every logs held-out `eval/*` scalars (and writes eval/step_N/metrics.json) at
     those steps; train.export_at_end leaves a loadable export in WORKDIR/export."""
-    from wam_jax import export, trainer
+    from wam_jax.inference import export
+    from wam_jax.training import trainer
 
     cfg = rf.tiny_config(session_mixture, **{"train.eval_every": 4, "train.eval_max_clips": 8,
                                              "train.export_at_end": True, "data.heldout_fraction": 0.3})

@@ -22,8 +22,8 @@ def make_tiny_workdir(root: str, *, steps: tuple[int, ...] = (1, 2), stats: bool
     Returns (workdir, mixture string of its fixture datasets).
     """
     from data_pipelines import loader
-    from wam_jax import checkpointing
-    from wam_jax import train_step as ts
+    from wam_jax.training import checkpointing
+    from wam_jax.training import train_step as ts
 
     mix = rf.write_mixture(os.path.join(root, "data"))
     config = rf.tiny_config(mix)
@@ -131,8 +131,9 @@ def test_missing_path_errors(tmp_path) -> None:
 def test_checkpoint_without_statistics_is_a_clear_error(workdir, tmp_path) -> None:
     import orbax.checkpoint as ocp
 
-    from wam_jax import WorldModel, checkpointing
-    from wam_jax import world_model_api as api
+    from wam_jax import WorldModel
+    from wam_jax.inference import world_model_api as api
+    from wam_jax.training import checkpointing
 
     # A copy of the workdir whose step 2 was saved with `stats=None` (Checkpointer writes {}).
     copy = str(tmp_path / "nostats")
@@ -167,7 +168,7 @@ def test_encode_shapes_and_batching(wm) -> None:
 
 
 def test_wrong_frame_size_needs_resize(wm) -> None:
-    from wam_jax.world_model_api import resize_frames
+    from wam_jax.inference.world_model_api import resize_frames
 
     big = _frames(2, size=48)
     with pytest.raises(ValueError, match=r"48x48 pixels but the model expects 32x32"):
@@ -245,7 +246,7 @@ def test_inverse_dynamics_and_policy_in_robot_units(wm) -> None:
 
 
 def test_action_space_round_trip() -> None:
-    from wam_jax.world_model_api import ActionSpace
+    from wam_jax.inference.world_model_api import ActionSpace
 
     space = ActionSpace(embodiment="arm", embodiment_id=1, source="s", dim=2, model_dim=4,
                         mean=np.array([0.1, 2.0], np.float32), std=np.array([0.5, 1.0], np.float32),
@@ -265,7 +266,7 @@ def test_action_space_round_trip() -> None:
 
 
 def test_plan_energy_matches_public_predict(wm) -> None:
-    from wam_jax import planning
+    from wam_jax.inference import planning
 
     f = _frames(2, seed=3)
     cfg = planning.PlannerConfig(num_samples=32, num_elites=4, num_iterations=3, horizon=2)
@@ -285,7 +286,7 @@ def test_plan_energy_matches_public_predict(wm) -> None:
 
 
 def test_goal_image_of_wrong_size_is_rejected(wm) -> None:
-    from wam_jax import planning
+    from wam_jax.inference import planning
 
     cfg = planning.PlannerConfig(num_samples=8, num_elites=2, num_iterations=1, horizon=2)
     with pytest.raises(ValueError, match=r"goal image are 40x40 pixels but the model expects 32x32"):
@@ -300,7 +301,7 @@ def test_goal_image_of_wrong_size_is_rejected(wm) -> None:
 
 @pytest.fixture(scope="module")
 def export_dirs(workdir, tmp_path_factory):
-    from wam_jax import export
+    from wam_jax.inference import export
 
     root = tmp_path_factory.mktemp("exports")
     full = str(root / "full")
@@ -332,8 +333,9 @@ def test_load_from_export_dir(wm, export_dirs) -> None:
 
 
 def test_missing_and_partial_export_dirs(export_dirs, tmp_path) -> None:
-    from wam_jax import WorldModel, export
-    from wam_jax.world_model_api import IncompleteExportError
+    from wam_jax import WorldModel
+    from wam_jax.inference import export
+    from wam_jax.inference.world_model_api import IncompleteExportError
 
     _, enc = export_dirs
     broken = str(tmp_path / "broken")

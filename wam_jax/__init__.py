@@ -11,19 +11,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wam_jax.export import load_encoder
-    from wam_jax.world_model_api import WorldModel
+    from wam_jax.inference.export import load_encoder
+    from wam_jax.inference.world_model_api import WorldModel
 
 __all__ = ["WorldModel", "load_encoder"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "WorldModel":
-        from wam_jax.world_model_api import WorldModel
+        from wam_jax.inference.world_model_api import WorldModel
 
         return WorldModel
     if name == "load_encoder":
-        from wam_jax.export import load_encoder
+        from wam_jax.inference.export import load_encoder
 
         return load_encoder
     raise AttributeError(f"module 'wam_jax' has no attribute {name!r}")

@@ -13,7 +13,7 @@ objective, and the target follows it by EMA. With `model.target='frozen'` both a
 Public entry points (`encode`, `predict`, `rollout`, `infer_latent_actions`, `embed_actions`,
 `inverse_dynamics`, `policy`) validate shapes and dtypes in Python before any array op, raising
 `ValueError` that names the argument and the expected shape; they trace fine under `nnx.jit`.
-The loss (`wam_jax.objectives.loss_fn`) calls the submodules directly.
+The loss (`wam_jax.training.objectives.loss_fn`) calls the submodules directly.
 """
 
 from __future__ import annotations

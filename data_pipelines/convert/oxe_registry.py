@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.rlds import RLDSDataset, RLDSKeyError, lookup
+from data_pipelines.convert.rlds import RLDSDataset, RLDSKeyError, lookup
 
 EEF_ACTION_KEYS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 

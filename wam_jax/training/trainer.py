@@ -7,7 +7,7 @@ parameters, EMA target, optimizer, step, RNG and the data iterator position (so 
 continues exactly as if never interrupted). SIGTERM (preemption, `scancel`, Ctrl-C) saves a
 checkpoint at the current step and returns cleanly.
 
-`train.eval_every` > 0 evaluates the held-out split of the mixture (`wam_jax.evaluation`) from the
+`train.eval_every` > 0 evaluates the held-out split of the mixture (`wam_jax.inference.evaluation`) from the
 checkpoint written at every such step and logs it as `eval/*` scalars; `train.export_at_end`
 writes `wam-export`'s artifact to WORKDIR/export once the last step is reached.
 """
@@ -26,8 +26,9 @@ import jax
 import numpy as np
 from etils import epath
 
-from wam_jax import checkpointing, config_utils, metrics, sharding
-from wam_jax import train_step as ts
+from wam_jax import config_utils, sharding
+from wam_jax.training import checkpointing, metrics
+from wam_jax.training import train_step as ts
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def train(
 def evaluate_checkpoint(config: Any, workdir: str, step: int, mesh: Any) -> dict[str, float]:
     """Held-out metrics of the checkpoint at `step` as flat `eval/*` scalars (every process takes
     part: the model is sharded over `mesh`). Written to WORKDIR/eval/step_<step>/metrics.json."""
-    from wam_jax import evaluation
+    from wam_jax.inference import evaluation
 
     max_clips = int(config.train.get("eval_max_clips", 0) or 0) or None
     results = evaluation.evaluate(
@@ -281,7 +282,7 @@ def export_final(workdir: str) -> str | None:
     writes it; local workdirs only, since exports are plain files)."""
     if jax.process_index() != 0 or "://" in workdir:
         return None
-    from wam_jax import export
+    from wam_jax.inference import export
 
     out = os.path.join(workdir, "export")
     t0 = time.perf_counter()

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import convert_common, records
-from data_pipelines.ego4d import (
+from data_pipelines import records
+from data_pipelines.convert import common as convert_common
+from data_pipelines.convert.ego4d_layout import (
     VIDEO_DIRS,
     Ego4DLayout,
     Ego4DLayoutError,

@@ -34,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from data_pipelines import records
-from data_pipelines.stats import RunningStats, merge_all
+from data_pipelines.convert.stats import RunningStats, merge_all
 
 PROGRESS_DIR = ".progress"
 MAX_LISTED_SKIPS = 1000  # manifest lists at most this many skipped items (all are counted)

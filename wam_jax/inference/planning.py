@@ -12,7 +12,7 @@ devices evaluates 50 per device; the energy function sees the full `[S, H, A]` a
 partitions it.
 
 The model-independent parts live here (optimizer, presets, bounds, energies on latents, the
-receding-horizon loop); `wam_jax.world_model_api.WorldModel.plan` binds them to a trained model.
+receding-horizon loop); `wam_jax.inference.world_model_api.WorldModel.plan` binds them to a trained model.
 """
 
 from __future__ import annotations

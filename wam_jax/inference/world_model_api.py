@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wam_jax import planning
+from wam_jax.inference import planning
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +165,13 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def _is_export(path: str) -> bool:
-    from wam_jax import export
+    from wam_jax.inference import export
 
     return os.path.exists(os.path.join(path, export.EXPORT_JSON))
 
 
 def _checkpointer(ckpt_dir: str):
-    from wam_jax import checkpointing
+    from wam_jax.training import checkpointing
 
     return checkpointing.Checkpointer(ckpt_dir, async_save=False)
 
@@ -324,7 +324,7 @@ class WorldModel:
             if step is not None:
                 raise ValueError(f"{path} is an export directory (one fixed step); do not pass step={step}")
             return cls._load_export(path, mesh=mesh, embodiment=embodiment)
-        from wam_jax import export
+        from wam_jax.inference import export
 
         if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in export.REQUIRED_FILES):
             raise IncompleteExportError(
@@ -334,7 +334,7 @@ class WorldModel:
 
     @classmethod
     def _build(cls, config: Any, mesh: Any):
-        from wam_jax import train_step as ts
+        from wam_jax.training import train_step as ts
 
         return ts.abstract_train_state(config, mesh)
 
@@ -357,7 +357,7 @@ class WorldModel:
 
     @classmethod
     def _load_export(cls, export_dir: str, *, mesh: Any, embodiment: str | None) -> WorldModel:
-        from wam_jax import export
+        from wam_jax.inference import export
 
         manifest = export.read_manifest(export_dir)
         with open(os.path.join(export_dir, export.CONFIG_JSON)) as f:

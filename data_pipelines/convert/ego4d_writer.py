@@ -403,7 +403,7 @@ class Ego4DLayoutWriter:
         meta = {
             "version": self.version,
             "date": datetime.date(2023, 1, 1).isoformat(),
-            "description": "Ego4D-layout videos written by data_pipelines.ego4d_writer",
+            "description": "Ego4D-layout videos written by data_pipelines.convert.ego4d_writer",
             "videos": self.videos,
             "clips": self.clips,
             "concurrent_video_sets": [],

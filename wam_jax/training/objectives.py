@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wam_jax import masks
 from wam_jax.models import encoder as encoder_lib
 from wam_jax.models.latent_actions import usage_hinge
 from wam_jax.models.world_model import WorldActionModel, encode_latents, normalize_latents
+from wam_jax.training import masks
 
 sg = jax.lax.stop_gradient
 

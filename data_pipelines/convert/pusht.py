@@ -432,7 +432,7 @@ def _rollout_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_s
                    video_paths: Sequence[str] | None = None) -> list[Rollout]:
     """Rollouts for `seeds` in one process. With `video_paths`, each rollout is encoded to its mp4
     right here and returned without images (so frames never cross process boundaries)."""
-    from data_pipelines import ego4d_writer
+    from data_pipelines.convert import ego4d_writer
 
     env = make_env(image_size, obs_type="state")
     out = []
@@ -484,7 +484,7 @@ def generate_rollouts(seeds: Sequence[int], steps: int, *, noise_scale: float = 
 
 
 def rlds_features(image_size: int = RENDER_SIZE) -> Any:
-    from data_pipelines import rlds_writer as rw
+    from data_pipelines.convert import rlds_writer as rw
 
     return rw.rlds_features(
         observation={
@@ -502,7 +502,7 @@ def rlds_features(image_size: int = RENDER_SIZE) -> Any:
 def rlds_episode(r: Rollout, index: int, split: str) -> dict[str, Any]:
     """RLDS steps: step t holds the observation before action t; the final observation is a last
     step whose action holds the agent's target (the agent stays where it is)."""
-    from data_pipelines import rlds_writer as rw
+    from data_pipelines.convert import rlds_writer as rw
 
     n = len(r.actions)
     actions = np.concatenate([r.actions, r.actions[-1:] if n else r.agent_pos[:1]], axis=0)
@@ -524,7 +524,7 @@ def rlds_episode(r: Rollout, index: int, split: str) -> dict[str, Any]:
 
 def write_rlds(out_dir: str, rollouts: Sequence[Rollout], *, split_tag: str, image_size: int = RENDER_SIZE
                ) -> str:
-    from data_pipelines import rlds_writer as rw
+    from data_pipelines.convert import rlds_writer as rw
 
     return rw.write_rlds_dataset(
         out_dir, "pusht", "0.1.0", rlds_features(image_size),
@@ -586,7 +586,9 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
     """
     import shutil
 
-    from data_pipelines import convert_ego4d, convert_oxe, ego4d_writer
+    from data_pipelines.convert import ego4d as convert_ego4d
+    from data_pipelines.convert import ego4d_writer
+    from data_pipelines.convert import oxe as convert_oxe
 
     report_path = os.path.join(output, "generation.json")
     wanted = {"sizes": sizes.__dict__, "image_size": image_size, "render_size": RENDER_SIZE,

@@ -435,7 +435,7 @@ def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, 
       seed: seed of the perturbations.
       mesh: device mesh for the model (default: all devices, see `WorldModel.load`).
     """
-    from wam_jax.world_model_api import WorldModel
+    from wam_jax.inference.world_model_api import WorldModel
 
     t0 = time.perf_counter()
     wm = WorldModel.load(workdir, step, mesh=mesh)

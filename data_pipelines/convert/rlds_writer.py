@@ -1,7 +1,7 @@
 """Write genuine RLDS / TFDS builder directories from Python episodes.
 
 Used by the PushT demo generator and by the test fixtures, so that everything downstream
-(`data_pipelines.rlds`, `wam-convert oxe`) reads exactly what it reads for a real Open
+(`data_pipelines.convert.rlds`, `wam-convert oxe`) reads exactly what it reads for a real Open
 X-Embodiment dataset: a TFDS *builder directory* (`dataset_info.json`, `features.json` and
 `{name}-{split}.{tfrecord|array_record}-XXXXX-of-YYYYY` shards) that
 `tfds.builder_from_directory(dir)` opens.

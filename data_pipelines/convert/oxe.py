@@ -1,9 +1,9 @@
 """`wam-convert oxe`: an RLDS builder directory (an Open X-Embodiment dataset) -> wam_jax episodes.
 
-Reads the builder dir TF-free (`data_pipelines.rlds`), standardizes every episode with its
-registry entry or a user spec (`data_pipelines.oxe_registry`), center-crops each camera frame to a
+Reads the builder dir TF-free (`data_pipelines.convert.rlds`), standardizes every episode with its
+registry entry or a user spec (`data_pipelines.convert.oxe_registry`), center-crops each camera frame to a
 square, resizes it to `--image_size` and re-encodes it as JPEG, and writes ArrayRecord shards with
-`dataset.json`, `stats.json` and `manifest.json` (`data_pipelines.convert_common`).
+`dataset.json`, `stats.json` and `manifest.json` (`data_pipelines.convert.common`).
 
 Work is split into output shards of `--episodes_per_shard` consecutive source episodes (default:
 one output shard per input shard), converted in `--workers` processes; a rerun resumes (finished
@@ -32,9 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import convert_common, records
-from data_pipelines.oxe_registry import REGISTRY, DatasetSpec, custom_spec, get_spec, spec_for
-from data_pipelines.rlds import RLDSDataset, RLDSFormatError
+from data_pipelines import records
+from data_pipelines.convert import common as convert_common
+from data_pipelines.convert.oxe_registry import (
+    REGISTRY,
+    DatasetSpec,
+    custom_spec,
+    get_spec,
+    spec_for,
+)
+from data_pipelines.convert.rlds import RLDSDataset, RLDSFormatError
 
 
 class CorruptImageError(ValueError):

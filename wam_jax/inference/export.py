@@ -44,7 +44,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-FORMAT = "wam_jax.export"
+FORMAT = "wam_jax.inference.export"
 VERSION = 1
 EXPORT_JSON = "export.json"
 CONFIG_JSON = "config.json"
@@ -97,7 +97,7 @@ def _unflattener(treedef: Any, keys: list[str]):
 
 def read_manifest(export_dir: str) -> dict[str, Any]:
     """The manifest of a complete export; clear errors for missing or partial directories."""
-    from wam_jax.world_model_api import IncompleteExportError
+    from wam_jax.inference.world_model_api import IncompleteExportError
 
     if not os.path.isdir(export_dir):
         raise FileNotFoundError(f"export directory {export_dir} does not exist (write one with wam-export)")
@@ -141,7 +141,7 @@ class ExportedEncoder:
 
     def __call__(self, frames: Any, *, resize: bool = False) -> np.ndarray:
         """`[H, W, 3]` / `[T, H, W, 3]` / `[B, T, H, W, 3]` uint8 -> `[..., N, D]` float32."""
-        from wam_jax.world_model_api import check_frames
+        from wam_jax.inference.world_model_api import check_frames
 
         video, lead = check_frames(frames, self.image_size, resize=resize)
         z = np.asarray(self._call(self.params, jnp.asarray(video)))
@@ -195,7 +195,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     """
     from flax import nnx
 
-    from wam_jax import world_model_api as api
+    from wam_jax.inference import world_model_api as api
     from wam_jax.models import encoder as encoder_lib
     from wam_jax.models.world_model import encode_latents, normalize_latents
 

@@ -24,7 +24,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wam_jax import optim, sharding
+from wam_jax import sharding
+from wam_jax.training import optim
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 ModelFactory = Callable[[Any, nnx.Rngs], nnx.Module]
@@ -82,7 +83,7 @@ def default_model_factory(model_cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
 
 
 def default_loss_fn() -> LossFn:
-    from wam_jax import objectives
+    from wam_jax.training import objectives
 
     return objectives.loss_fn
 
