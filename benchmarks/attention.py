@@ -17,6 +17,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import host  # noqa: E402
+import measure  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
@@ -33,27 +35,27 @@ def parse_args(argv: list[str] | None = None):
 def bench_shape(shape: tuple[int, int, int, int], args) -> list[dict[str, Any]]:
     import jax
 
-    from wam_jax.models import layers
+    from wam_jax.models.attention import head_major_attention
 
     b, length, h, d = shape
     ks = jax.random.split(jax.random.key(0), 4)
     q, k, v, g = (jax.random.normal(key, (b, length, h, d)) for key in ks)
     impls = {
         "jax dot_product_attention (xla)": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
-        "head_major_attention": layers.head_major_attention,
+        "head_major_attention": head_major_attention,
     }
     flops = 4.0 * b * h * length * length * d
     rows = []
     for name, fn in impls.items():
         fwd = jax.jit(fn)
         bwd = jax.jit(lambda q, k, v, g, fn=fn: jax.vjp(fn, q, k, v)[1](g))
-        t_f = common.time_fn(lambda fwd=fwd: jax.block_until_ready(fwd(q, k, v)), warmup=args.warmup, reps=args.reps)
-        t_b = common.time_fn(lambda bwd=bwd: jax.block_until_ready(bwd(q, k, v, g)), warmup=args.warmup,
+        t_f = measure.time_fn(lambda fwd=fwd: jax.block_until_ready(fwd(q, k, v)), warmup=args.warmup, reps=args.reps)
+        t_b = measure.time_fn(lambda bwd=bwd: jax.block_until_ready(bwd(q, k, v, g)), warmup=args.warmup,
                              reps=args.reps)
         rows.append({"shape": f"{b}x{length}x{h}x{d}", "impl": name,
                      "fwd_ms": 1e3 * t_f.median, "fwd_bwd_ms": 1e3 * t_b.median,
                      "fwd_gflops": flops / t_f.median / 1e9, "fwd_bwd_gflops": 3 * flops / t_b.median / 1e9,
-                     "fwd": t_f.summary(), "fwd_bwd": t_b.summary(), "load": common.load_average()[0]})
+                     "fwd": t_f.summary(), "fwd_bwd": t_b.summary(), "load": host.load_average()[0]})
     base = rows[0]["fwd_bwd_ms"]
     for r in rows:
         r["speedup_fwd_bwd"] = base / r["fwd_bwd_ms"]
@@ -71,10 +73,10 @@ COLUMNS: list[common.Column] = [
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if argv is None:
-        common.apply_host_tuning(args.host_tuning)
-    common.setup_host()
+        host.apply_host_tuning(args.host_tuning)
+    host.setup_host()
     shapes = common.parse_shapes(args.shapes, "B:L:heads:head_dim")
-    env = common.environment()
+    env = host.environment()
     rows = [r for s in shapes for r in bench_shape(s, args)]
     print(f"\n## Attention, float32 ({env['cpu']}, jax {env['versions']['jax']})\n")
     print(common.format_table(rows, COLUMNS))

@@ -24,6 +24,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import host  # noqa: E402
 
 # --scan mode -> (model.scan_layers, model.scan_unroll)
 SCAN_MODES = {"on": (True, 1), "off": (False, 1), "unrolled": (True, 0)}
@@ -65,7 +66,7 @@ def load_config(args, preset: str) -> Any:
 
 
 def worker(args) -> dict[str, Any]:
-    common.setup_host()
+    host.setup_host()
     import jax
 
     from wam_jax import sharding
@@ -74,7 +75,7 @@ def worker(args) -> dict[str, Any]:
 
     config = load_config(args, args.preset)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    load_before = common.load_average()
+    load_before = host.load_average()
     t0 = time.perf_counter()
     built = ts.build(config, mesh)
     lowered = built.lower()
@@ -89,7 +90,7 @@ def worker(args) -> dict[str, Any]:
         "encoder_depth": int(config.model.encoder.depth), "predictor_depth": int(config.model.predictor.depth),
         "lower_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0,
         "code_mib": mem.get("code_bytes", 0) / 1024**2,
-        "load_before": load_before, "load_after": common.load_average(),
+        "load_before": load_before, "load_after": host.load_average(),
     }
 
 
@@ -105,12 +106,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     if argv is None:
-        common.apply_host_tuning(args.host_tuning)
+        host.apply_host_tuning(args.host_tuning)
     if args.worker:
         print(json.dumps(worker(args)))
         return {}
-    common.setup_host()
-    env = common.environment()
+    host.setup_host()
+    env = host.environment()
     passthrough = []
     for flag in ("config", "batch", "image_size", "remat"):
         if getattr(args, flag):
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs = []
             for _ in range(args.repeats):
                 if args.max_load > 0:
-                    common.wait_for_quiet(args.max_load, args.wait)
+                    host.wait_for_quiet(args.max_load, args.wait)
                 cmd = [os.path.join("benchmarks", "compile_time.py"), "--worker", f"--preset={preset}",
                        f"--scan_layers={scan}", *passthrough]
                 runs.append(common.run_json_subprocess(cmd, timeout=args.timeout))

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import host  # noqa: E402
 
 from configs import base  # noqa: E402
 from data_pipelines import loader, records  # noqa: E402
@@ -237,7 +238,7 @@ def main() -> None:
           "machine it is steadier than clips/s.")
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "data")}
     common.write_json(args.json, {
-        "environment": common.environment(), "settings": settings,
+        "environment": host.environment(), "settings": settings,
         "load_before": load_before, "load_after": load,
         "rows": [{"pipeline": name, "clips_per_s": cps, "frames_per_s": cps * args.num_frames,
                   "cpu_ms_per_clip": cpu} for name, (cps, cpu) in rows],

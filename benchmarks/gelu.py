@@ -1,4 +1,4 @@
-"""Exact GELU alone: `jax.nn.gelu(approximate=False)` (erfc form) against wam_jax's `layers.gelu`
+"""Exact GELU alone: `jax.nn.gelu(approximate=False)` (erfc form) against wam_jax's `ops.gelu`
 (erf form, as PyTorch writes it), with the tanh approximation for reference.
 
     python benchmarks/gelu.py --host_tuning
@@ -17,6 +17,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import host  # noqa: E402
+import measure  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
@@ -34,13 +36,13 @@ def bench_shape(shape: tuple[int, int], args) -> list[dict[str, Any]]:
     import jax
     import jax.numpy as jnp
 
-    from wam_jax.models import layers
+    from wam_jax.models import ops
 
     x = 3.0 * jax.random.normal(jax.random.key(0), shape, jnp.float32)
     g = jax.random.normal(jax.random.key(1), shape, jnp.float32)
     impls = {
         "jax.nn.gelu exact (erfc)": lambda x: jax.nn.gelu(x, approximate=False),
-        "layers.gelu (erf)": layers.gelu,
+        "ops.gelu (erf)": ops.gelu,
         "jax.nn.gelu tanh approx.": lambda x: jax.nn.gelu(x, approximate=True),
     }
     ref = impls["jax.nn.gelu exact (erfc)"]
@@ -49,13 +51,13 @@ def bench_shape(shape: tuple[int, int], args) -> list[dict[str, Any]]:
     for name, fn in impls.items():
         fwd = jax.jit(fn)
         bwd = jax.jit(lambda x, fn=fn: jax.vjp(fn, x)[1](g)[0])
-        t_f = common.time_fn(lambda fwd=fwd: jax.block_until_ready(fwd(x)), warmup=args.warmup, reps=args.reps)
-        t_b = common.time_fn(lambda bwd=bwd: jax.block_until_ready(bwd(x)), warmup=args.warmup, reps=args.reps)
+        t_f = measure.time_fn(lambda fwd=fwd: jax.block_until_ready(fwd(x)), warmup=args.warmup, reps=args.reps)
+        t_b = measure.time_fn(lambda bwd=bwd: jax.block_until_ready(bwd(x)), warmup=args.warmup, reps=args.reps)
         rows.append({"shape": f"{shape[0]}x{shape[1]}", "impl": name,
                      "fwd_ms": 1e3 * t_f.median, "fwd_bwd_ms": 1e3 * t_b.median,
                      "max_abs_diff": float(jnp.max(jnp.abs(fwd(x) - ref_y))),
                      "max_abs_diff_grad": float(jnp.max(jnp.abs(bwd(x) - ref_dx))),
-                     "fwd": t_f.summary(), "fwd_bwd": t_b.summary(), "load": common.load_average()[0]})
+                     "fwd": t_f.summary(), "fwd_bwd": t_b.summary(), "load": host.load_average()[0]})
     for r in rows:
         r["speedup_fwd"] = rows[0]["fwd_ms"] / r["fwd_ms"]
         r["speedup_fwd_bwd"] = rows[0]["fwd_bwd_ms"] / r["fwd_bwd_ms"]
@@ -74,10 +76,10 @@ COLUMNS: list[common.Column] = [
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if argv is None:
-        common.apply_host_tuning(args.host_tuning)
-    common.setup_host()
+        host.apply_host_tuning(args.host_tuning)
+    host.setup_host()
     shapes = common.parse_shapes(args.shapes, "rows:features")
-    env = common.environment()
+    env = host.environment()
     rows = [r for s in shapes for r in bench_shape(s, args)]
     print(f"\n## Exact GELU, float32 ({env['cpu']}, jax {env['versions']['jax']})\n")
     print(common.format_table(rows, COLUMNS))

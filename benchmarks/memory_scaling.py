@@ -33,6 +33,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import host  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -99,7 +100,7 @@ def _tree_bytes(tree: Any) -> tuple[int, int]:
 
 def worker(args) -> dict[str, Any]:
     """One (preset, N, mode) compile, in a process that owns exactly N simulated devices."""
-    common.setup_host(args.num_devices)
+    host.setup_host(args.num_devices)
     import jax
 
     if args.compile_cache:
@@ -134,7 +135,7 @@ def worker(args) -> dict[str, Any]:
         "target_bytes": target_dev, "state_bytes": state_dev,
         "param_opt_bytes": params_dev + opt_dev, "param_opt_bytes_global": params_total + opt_total,
         "state_bytes_global": state_total, "compile_s": compile_s,
-        "load": common.load_average()[0],
+        "load": host.load_average()[0],
         **metrics.compiled_memory(compiled),
     }
 
@@ -192,7 +193,7 @@ def _display(r: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if argv is None:
-        common.apply_host_tuning(args.host_tuning)
+        host.apply_host_tuning(args.host_tuning)
     if args.worker:
         print(json.dumps(worker(args)))
         return {}
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for flag in ("dtype", "remat", "compile_cache"):
         if getattr(args, flag):
             passthrough.append(f"--{flag}={getattr(args, flag)}")
-    common.setup_host()
-    env = common.environment()
+    host.setup_host()
+    env = host.environment()
     rows, failures = [], []
     data_counts = [int(x) for x in common.parse_list(args.data_devices)] if args.data_devices else counts
     for preset in presets:

@@ -29,6 +29,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import host  # noqa: E402
+import measure  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
@@ -125,7 +127,7 @@ def bench_preset(args, preset: str, image: int, patch: int, rate_hint: float | N
     row: dict[str, Any] = {
         "preset": preset, "image_size": image, "patch_size": patch, "tokens_per_frame": n, "latent_dim": d,
         "predictor": f"{config.model.predictor.width}x{config.model.predictor.depth}",
-        "matmul_dtype": args.matmul_dtype or "float32", "host_env": common.host_env_label(),
+        "matmul_dtype": args.matmul_dtype or "float32", "host_env": host.host_env_label(),
         "samples": planner.num_samples, "elites": planner.num_elites, "iterations": planner.num_iterations,
         "horizon": planner.horizon, "context_frames": args.context_frames,
         "flops": flops, "gflop_call": flops / 1e9 if flops else None,
@@ -143,8 +145,8 @@ def bench_preset(args, preset: str, image: int, patch: int, rate_hint: float | N
     call()
     row["first_call_s"] = time.perf_counter() - t0  # includes compilation
     if args.max_load > 0:
-        row["wait"] = common.wait_for_quiet(args.max_load, args.wait)
-    t = common.time_fn(call, warmup=args.warmup, reps=args.reps, max_seconds=args.max_seconds)
+        row["wait"] = host.wait_for_quiet(args.max_load, args.wait)
+    t = measure.time_fn(call, warmup=args.warmup, reps=args.reps, max_seconds=args.max_seconds)
     row["estimated"] = False
     row["timing"] = t.summary()
     row["plan_s"] = t.median
@@ -168,12 +170,12 @@ COLUMNS: list[common.Column] = [
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if argv is None:
-        common.apply_host_tuning(args.host_tuning)
-    common.setup_host()
+        host.apply_host_tuning(args.host_tuning)
+    host.setup_host()
     import jax
 
     jax.devices()
-    env = common.environment()
+    env = host.environment()
     geometry = {k: tuple(int(x) for x in v.split("/")) for k, v in common.parse_mapping(args.geometry, str).items()}
     rows: list[dict[str, Any]] = []
     rate = None

@@ -30,6 +30,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import host  # noqa: E402
+import measure  # noqa: E402
 
 DEFAULT_BATCH = {"tiny": 8, "small": 16, "S": 8, "B": 4, "L": 2, "H": 1, "g": 1}
 
@@ -139,7 +141,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
         "attention": str(config.model.attention),
         "matmul_dtype": str(config.model.get("matmul_dtype", "")) or str(config.model.dtype),
         "batches": "real:" + args.data if args.data else "synthetic",
-        "host_env": common.host_env_label(),
+        "host_env": host.host_env_label(),
     }
     t0 = time.perf_counter()
     built = ts.build(config, mesh)
@@ -148,7 +150,7 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
     built.compiled = lowered.compile()
     t2 = time.perf_counter()
     row["lower_s"], row["compile_s"] = t1 - t0, t2 - t1
-    row["load_compile"] = common.load_average()
+    row["load_compile"] = host.load_average()
     row["flops"] = ts.step_flops(config, mesh)
     n_params = sum(x.size for x in jax.tree.leaves(built.abstract.params))
     row["params_m"] = n_params / 1e6
@@ -168,8 +170,8 @@ def bench_preset(args, preset: str, batch: int) -> dict[str, Any]:
         box["loss"] = out["loss"]
 
     if args.max_load > 0:
-        row["wait"] = common.wait_for_quiet(args.max_load, args.wait)
-    timing = common.time_fn(step, warmup=args.warmup, reps=args.reps, max_seconds=args.max_seconds)
+        row["wait"] = host.wait_for_quiet(args.max_load, args.wait)
+    timing = measure.time_fn(step, warmup=args.warmup, reps=args.reps, max_seconds=args.max_seconds)
     row["timing"] = timing.summary()
     row["step_ms"] = 1e3 * timing.median
     row["best_ms"] = 1e3 * timing.best
@@ -224,7 +226,7 @@ def add_rates(row: dict[str, Any], peaks: dict[str, dict[str, Any]]) -> None:
     row["mfu_best"] = row["flops"] / best / dtype_peak
     row["mfu_f32peak"] = row["flops"] / med / peaks["float32"]["best_flops"]
     row["mfu_bf16peak"] = row["flops"] / med / peaks["bfloat16"]["best_flops"]
-    sheet, src = common.datasheet_peak(row["dtype"])
+    sheet, src = measure.datasheet_peak(row["dtype"])
     if sheet:
         row["mfu_datasheet"] = row["flops"] / med / sheet
         row["datasheet"] = src
@@ -241,8 +243,8 @@ def measure_peaks(args) -> dict[str, dict[str, Any]]:
     peaks = {}
     for dt in ("float32", "bfloat16"):
         if args.max_load > 0:
-            common.wait_for_quiet(args.max_load, args.wait)
-        r = common.matmul_peak(dt, n=args.peak_n, reps=reps)
+            host.wait_for_quiet(args.max_load, args.wait)
+        r = measure.matmul_peak(dt, n=args.peak_n, reps=reps)
         r["best_gflops"], r["median_gflops"] = r["best_flops"] / 1e9, r["median_flops"] / 1e9
         r["median_gflops_cpu"] = r["median_flops_cpu"] / 1e9
         r["load"] = r["timing"]["load_before"][0]
@@ -304,8 +306,8 @@ ACCURACY_COLUMNS: list[common.Column] = [
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if argv is None:
-        common.apply_host_tuning(args.host_tuning)
-    common.setup_host()
+        host.apply_host_tuning(args.host_tuning)
+    host.setup_host()
     import jax
 
     jax.devices()  # initialise the backend before recording the environment
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return accuracy_main(args)
     presets = common.parse_list(args.presets)
     sizes = batch_sizes(args.batch, presets)
-    env = common.environment()
+    env = host.environment()
     peaks = measure_peaks(args)
     print(f"## Measured matmul peak ({env['devices']}, {env['cpu']})\n")
     print(common.format_table(list(peaks.values()), PEAK_COLUMNS), "\n", flush=True)
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def accuracy_main(args) -> dict[str, Any]:
     presets = common.parse_list(args.presets)
     sizes = batch_sizes(args.batch, presets)
-    env = common.environment()
+    env = host.environment()
     rows = [accuracy_run(args, p, sizes[p]) for p in presets]
     print(f"## float32 vs {args.accuracy_matmul_dtype} matmuls (f32 accumulation), same init and batches\n")
     print(common.format_table(rows, ACCURACY_COLUMNS))

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
+import host  # noqa: E402
 
 ARMS = {"a": "labeled only", "b": "+ video, latent actions", "c": "+ video, masked cond."}
 
@@ -167,9 +168,9 @@ def compile_cache_env(runs: str) -> dict[str, str]:
 
 
 def _run(cmd: list[str], log_path: str) -> None:
-    env = dict(os.environ, **common.HOST_TUNING)
+    env = dict(os.environ, **host.HOST_TUNING)
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=common.REPO, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = subprocess.run(cmd, cwd=host.REPO, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = "".join(f.readlines()[-20:])
@@ -294,7 +295,7 @@ def plot(agg: list[dict[str, Any]], path: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    os.chdir(common.REPO)
+    os.chdir(host.REPO)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.update(compile_cache_env(args.runs))  # before jax is imported (in-process eval, runs)
     labeled = [int(x) for x in common.parse_list(args.labeled)]
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(agg))
     run_s = sum(r.get("train_s", 0.0) + r.get("eval_s", 0.0) + r.get("plan_s", 0.0) for r in rows)
-    payload = {"benchmark": "video_only_ablation", "environment": common.environment(), "args": vars(args),
+    payload = {"benchmark": "video_only_ablation", "environment": host.environment(), "args": vars(args),
                "rows": rows, "aggregate": agg, "seconds": time.perf_counter() - t0,
                "run_seconds": run_s}  # every run's own time, also when resumed or cached
     common.write_json(args.json, payload)

@@ -25,18 +25,14 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.proprio_dim = 8  # P
     c.num_embodiments = 4
     c.latent_action = mlc.ConfigDict(
-        dict(dim=8, bottleneck="fsq", fsq_levels=5, kl_weight=1e-3, noise_std=0.1, width=0, depth=2)
+        dict(dim=8, bottleneck="fsq", fsq_levels=5, noise_std=0.1, width=0, depth=2)
     )
-    # Fraction of labeled steps conditioned on u_t instead of g(a_t), so the latent-action model
-    # also learns from fully labeled data (0 = only action-free steps use u_t).
-    c.latent_action.label_dropout = 0.0
     # What conditions action-free (video) steps: 'latent' = the inferred latent action u_t (the
     # design); 'mask' = one learned token carrying no information (the naive baseline, ablations).
     c.latent_action.video_cond = "latent"
     c.action_head = mlc.ConfigDict(dict(width=0, depth=1))  # width 0: the predictor's width
     c.num_sources = 8  # static maximum of mixture sources for per-source metrics
     c.policy_horizon = 4  # h: action chunk length
-    c.rollout_k = 2
     c.target = "ema"  # 'ema' or 'frozen'
     c.ema = mlc.ConfigDict(dict(start=0.996, end=1.0))
     c.ssl = mlc.ConfigDict(
@@ -49,7 +45,7 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     # Layers per scan-loop iteration (JAX's `scan(unroll=)`); 0 unrolls the stack and keeps the
     # stacked parameters: 8-14 % faster f32 steps on CPU at S, longer compiles (BENCHMARKS.md §2).
     c.scan_unroll = 1
-    c.attention = "xla"  # 'xla' (head-major XLA attention) | 'cudnn' | 'auto' (layers.Attention)
+    c.attention = "xla"  # 'xla' (head-major XLA attention) | 'cudnn' | 'auto' (models/attention.py)
     # Operand dtype of the projection / MLP matmuls ('' = the compute dtype). 'bfloat16' with
     # dtype='float32': bf16 operands, f32 accumulation and activations (CPU fast path, BENCHMARKS.md).
     c.matmul_dtype = ""
@@ -68,6 +64,11 @@ def loss_config() -> mlc.ConfigDict:
             act=1.0,
             act_pred=0.5,  # inverse dynamics applied to predicted latents
             policy=1.0,
+            kl_weight=1e-3,  # the Gaussian bottleneck's KL inside the bottleneck term
+            # Fraction of labeled steps conditioned on u_t instead of g(a_t), so the latent-action
+            # model also learns from fully labeled data (0 = only action-free steps use u_t).
+            label_dropout=0.0,
+            rollout_k=2,  # steps of the autoregressive rollout term (roll)
             # Scale of the action heads' gradient into the online encoder (0 = the heads train on
             # stop-gradient latents and the encoder learns from SSL only; see objectives.py).
             encoder_from_heads=1.0,

@@ -8,7 +8,7 @@ Run (the same command on every host; see launch/tpu_pod.sh and launch/slurm_gpu.
 Argument: `variant=S|B|L|H|g` (default `L`), optionally `,steps=N` and `,batch=N`.
 
 Hardware it is meant for (trained parameters counted from the model: encoder + latent predictor +
-V-JEPA mask predictor + heads; check the fit with `launch/compile.py` before renting):
+V-JEPA mask predictor + heads; check the fit with `wam-compile` before renting):
 
     variant  trained params            meant for                      mesh
     S        63M  (22 + 11 + 22 + 8)   1 GPU / v5e-8                  fsdp over all devices

@@ -12,10 +12,12 @@ global position, not on how many processes share the stream. Everything before `
 is a pure function of the element index, so the iterator state is a handful of integers and a
 restored iterator yields the same batches bit for bit.
 
-Evaluation (`split="eval"`): the held-out windows of every source once, in order, center crops;
-the tail is filled with all-masked `PaddingClip`s (every mask false) up to a multiple of
+Evaluation (`split="eval"`): the held-out windows of every source once, in order, center crops
+(or every window of other datasets, `data=`; at most `max_clips`); the tail is filled with
+all-masked `PaddingClip`s (every mask false) up to a multiple of
 `global_batch_size * max(1, num_workers)` so every process and worker produces only full batches
-and no window is dropped.
+and no window is dropped. With `trained=` (a checkpoint's `mixture_info`) clips are normalized with
+the statistics the model was trained with for their embodiment (`trained_normalization`).
 
 Resume notes: Grain iterator state is per process and depends on the process count and on
 `config.data.num_workers` (workers each own a slice); restore with the same values.
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grain
@@ -38,7 +41,7 @@ import numpy as np
 
 from data_pipelines import records
 from data_pipelines.mixture import Mixture, Source, load_mixture
-from data_pipelines.transforms import LoadClip, PaddingClip
+from data_pipelines.transforms import LoadClip, Normalization, PaddingClip
 from data_pipelines.window_index import (
     SPLITS,
     EpisodeTable,
@@ -77,9 +80,7 @@ def window_index(source: Source, config: mlc.ConfigDict, split: str) -> WindowIn
 
 
 def per_process_batch_size(config: mlc.ConfigDict, process_count: int) -> int:
-    g = int(config.data.global_batch_size)
-    if g <= 0:
-        raise ValueError(f"config.data.global_batch_size must be > 0, got {g}")
+    g = int(config.data.global_batch_size)  # > 0: config_utils.validate
     if g % process_count:
         raise ValueError(
             f"config.data.global_batch_size={g} is not divisible by process_count={process_count}; "
@@ -93,7 +94,8 @@ def _source_seed(seed: int, source_id: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, source_id]).generate_state(1)[0])
 
 
-def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict) -> LoadClip:
+def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict,
+                    norm: Normalization | None = None) -> LoadClip:
     return LoadClip(
         source,
         index,
@@ -102,6 +104,7 @@ def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict) 
         proprio_dim=int(config.model.proprio_dim),
         crop_scale=tuple(config.data.crop_scale),
         color_jitter=float(config.data.color_jitter),
+        norm=norm,
     )
 
 
@@ -137,24 +140,92 @@ def _train_dataset(mixture: Mixture, indices: list[WindowIndex], config: mlc.Con
     return grain.MapDataset.mix(datasets, mixture.weights)
 
 
-def _eval_dataset(mixture: Mixture, indices: list[WindowIndex], config: mlc.ConfigDict,
-                  process_index: int, process_count: int) -> grain.MapDataset:
-    parts = [
-        grain.MapDataset.range(len(index)).map(_clip_transform(source, index, config))
-        for source, index in zip(mixture.sources, indices, strict=True)
-        if len(index)
-    ]
-    total = sum(len(index) for index in indices)
+@dataclasses.dataclass(frozen=True)
+class EvalSource:
+    """One evaluated dataset: its windows, how many of them are read, and the statistics (and
+    embodiment id) its clips are fed to the model with."""
+
+    source: Source
+    index: WindowIndex
+    num_clips: int
+    norm: Normalization
+
+
+def _vector(stats: Mapping[str, Any] | None, modality: str, key: str) -> np.ndarray | None:
+    entry = (stats or {}).get(modality)
+    if not entry or entry.get(key) is None:
+        return None
+    return np.asarray(entry[key], np.float32)
+
+
+def trained_normalization(source: Source, trained: Mapping[str, Any]) -> Normalization:
+    """How a model trained on `trained` (its `mixture_info`) saw `source`'s clips: the statistics of
+    the training source at the same path, else of the first labeled training source of the same
+    embodiment (the one `WorldModel.action_space` uses). An embodiment it never saw gets neither
+    actions nor proprio, and embodiment id 0."""
+    entries = list(zip(trained["sources"], trained["stats"], strict=True))
+    real = os.path.realpath(source.path)
+    match = next((e for e in entries if os.path.realpath(str(e[0]["path"])) == real), None)
+    if match is None:
+        match = next((e for e in entries if e[0]["embodiment"] == source.embodiment
+                      and _vector(e[1], "action", "mean") is not None), None)
+    if match is None:
+        known = list(trained.get("embodiments") or [])
+        return Normalization(known.index(source.embodiment) if source.embodiment in known else 0)
+    entry, stats = match
+    delta = entry.get("action_is_delta")
+    return Normalization(
+        embodiment_id=int(entry["embodiment_id"]),
+        stride=int(entry.get("stride") or 1),
+        action_mean=_vector(stats, "action", "mean"),
+        action_std=_vector(stats, "action", "std"),
+        action_is_delta=None if delta is None else np.asarray(delta, bool),
+        proprio_mean=_vector(stats, "proprio", "mean"),
+        proprio_std=_vector(stats, "proprio", "std"),
+    )
+
+
+def eval_sources(config: mlc.ConfigDict, *, data: str | None = None, trained: Mapping[str, Any] | None = None,
+                 max_clips: int | None = None) -> list[EvalSource]:
+    """The evaluated sources, in order: the held-out windows of `config.data.mixture`, or every
+    window of `data` ('DIR' or 'DIR[:w],DIR'). `max_clips` caps the total (earlier sources first);
+    `trained`: normalize with a trained model's statistics (`trained_normalization`), else each
+    source's own."""
+    if data is not None:
+        config = copy.deepcopy(config)
+        config.data.mixture = data
+        config.data.heldout_fraction = 0.0  # every episode is in the 'train' split
+    split = "eval" if data is None else "train"
+    mixture = load_mixture(config)
+    out, total = [], 0
+    for source in mixture.sources:
+        index = window_index(source, config, split)
+        n = len(index) if max_clips is None else min(len(index), max(0, int(max_clips) - total))
+        total += n
+        norm = (trained_normalization(source, trained) if trained is not None
+                else Normalization.of_source(source, index.stride))
+        out.append(EvalSource(source, index, n, norm))
     if total == 0:
+        summary = [e.index.summary() for e in out]
+        if data is not None:
+            raise ValueError(f"no evaluation clips of {config.data.num_frames} frames in {data} "
+                             f"(per source: {summary})")
         raise ValueError(
             f"config.data.mixture has no held-out clips (heldout_fraction="
-            f"{config.data.heldout_fraction}, per source: {[i.summary() for i in indices]}); "
-            f"raise config.data.heldout_fraction"
-        )
+            f"{config.data.heldout_fraction}, per source: {summary}); raise "
+            f"config.data.heldout_fraction when training, or evaluate other data (data=DIR)")
+    return out
+
+
+def _eval_dataset(sources: list[EvalSource], config: mlc.ConfigDict, process_index: int,
+                  process_count: int) -> grain.MapDataset:
+    parts = [grain.MapDataset.range(e.num_clips).map(_clip_transform(e.source, e.index, config, e.norm))
+             for e in sources if e.num_clips]
+    total = sum(e.num_clips for e in sources)
     multiple = int(config.data.global_batch_size) * max(1, int(config.data.num_workers))
     pad = -total % multiple
     if pad:
-        first = next(i for i in indices if len(i))
+        first = next(e.index for e in sources if e.num_clips)
         parts.append(grain.MapDataset.range(pad).map(PaddingClip(
             num_frames=int(config.data.num_frames), image_size=int(config.model.image_size),
             action_dim=int(config.model.action_dim), proprio_dim=int(config.model.proprio_dim),
@@ -164,29 +235,35 @@ def _eval_dataset(mixture: Mixture, indices: list[WindowIndex], config: mlc.Conf
 
 
 def make_dataset(config: mlc.ConfigDict, *, split: str = "train", process_index: int = 0,
-                 process_count: int = 1, seed: int | None = None) -> grain.IterDataset:
+                 process_count: int = 1, seed: int | None = None, data: str | None = None,
+                 max_clips: int | None = None, trained: Mapping[str, Any] | None = None) -> grain.IterDataset:
     """This process's stream of numpy batch dicts (`schema.batch_spec` with B = global / count).
 
     `split='train'`: infinite, shuffled, augmented. `split='eval'`: one deterministic pass over the
-    held-out windows (see module docstring). `seed` defaults to `config.seed`.
+    held-out windows, or over `data`, with `max_clips` and `trained` as in `eval_sources` (see
+    module docstring). `seed` defaults to `config.seed`.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "train" and (data is not None or max_clips is not None or trained is not None):
+        raise ValueError("data=, max_clips= and trained= select what split='eval' reads; training reads "
+                         "config.data.mixture")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     batch_size = per_process_batch_size(config, process_count)
     num_workers = int(config.data.num_workers)
     if num_workers < 0:
         raise ValueError(f"config.data.num_workers must be >= 0, got {num_workers}")
-    mixture = load_mixture(config)
-    indices = [window_index(source, config, split) for source in mixture.sources]
     if split == "train":
+        mixture = load_mixture(config)
+        indices = [window_index(source, config, split) for source in mixture.sources]
         seed = int(config.seed if seed is None else seed)
         ds = _train_dataset(mixture, indices, config, seed, process_index, process_count)
     else:
-        ds = _eval_dataset(mixture, indices, config, process_index, process_count)
+        sources = eval_sources(config, data=data, trained=trained, max_clips=max_clips)
+        ds = _eval_dataset(sources, config, process_index, process_count)
     read = grain.ReadOptions(
-        num_threads=int(config.data.get("read_threads", 16)),
+        num_threads=int(config.data.read_threads),
         prefetch_buffer_size=max(2 * batch_size, 8),
     )
     it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
@@ -197,16 +274,17 @@ def make_dataset(config: mlc.ConfigDict, *, split: str = "train", process_index:
 
 
 def make_iterator(config: mlc.ConfigDict, *, split: str = "train", process_index: int = 0,
-                  process_count: int = 1, seed: int | None = None) -> grain.DatasetIterator:
+                  process_count: int = 1, seed: int | None = None, **eval_options: Any) -> grain.DatasetIterator:
     """`iter(make_dataset(...))`: has `get_state()` / `set_state()` and is checkpointable with
     `grain.checkpoint.CheckpointSave` / `CheckpointRestore`. Close it (`.close()`) when done."""
     return iter(make_dataset(config, split=split, process_index=process_index,
-                             process_count=process_count, seed=seed))
+                             process_count=process_count, seed=seed, **eval_options))
 
 
 def mixture_info(config: mlc.ConfigDict) -> dict[str, Any]:
-    """Sources, weights, embodiment registry and normalization stats (JSON-serialisable), saved
-    with every checkpoint so a trained model can map ids back to datasets and un-normalize actions.
+    """Sources (with one name per action and proprio dim), weights, embodiment registry and
+    normalization stats (JSON-serialisable), saved with every checkpoint so a trained model can map
+    ids back to datasets, un-normalize actions and name their dimensions.
     """
     mixture = load_mixture(config)
     sources = []
@@ -227,6 +305,8 @@ def mixture_info(config: mlc.ConfigDict) -> dict[str, Any]:
             "proprio_dim": s.proprio_dim,
             "action_keys": list(s.action_keys),
             "action_is_delta": list(s.action_is_delta),
+            "action_names": list(s.action_names),
+            "proprio_names": list(s.proprio_names),
             "num_episodes": train.num_episodes,
             "train": train.summary(),
             "eval": held.summary(),

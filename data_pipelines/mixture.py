@@ -8,13 +8,16 @@ Registries fixed here travel with the checkpoint (via `loader.mixture_info`):
 - source id: position of the entry in the mixture string;
 - embodiment id: embodiment names (`dataset.json["embodiment"]`, else the dataset name) numbered in
   order of first appearance, at most `config.model.num_embodiments` of them;
-- per-source normalization stats (`stats.json`), used by the loader and to un-normalize actions.
+- per-source normalization stats (`stats.json`), used by the loader and to un-normalize actions;
+- per-dimension names of actions and proprio (`dataset.json` `action_names` / `proprio_names`;
+  derived from `action_keys` for datasets converted before the names were recorded).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +45,8 @@ class Source:
     proprio_dim: int
     action_keys: tuple[str, ...]
     action_is_delta: tuple[bool, ...]  # per action dim; see transforms.transition_actions
+    action_names: tuple[str, ...]  # one per action dim (`action_dim` of them)
+    proprio_names: tuple[str, ...]  # one per proprio dim
     info: dict[str, Any] = field(repr=False)
     stats: dict[str, Any] | None = field(repr=False)
 
@@ -61,6 +66,35 @@ class Mixture:
     @property
     def weights(self) -> list[float]:
         return [s.weight for s in self.sources]
+
+
+def indexed_names(prefix: str, dim: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}[{i}]" for i in range(dim))
+
+
+def dimension_names(names: Sequence[str] | None, keys: Sequence[str] | None, prefix: str, dim: int
+                    ) -> tuple[str, ...]:
+    """One name per dimension: the recorded names; for datasets converted before they were
+    recorded, the keys when there is one per dimension, one vector key indexed (`key[i]`), or
+    `prefix[i]`."""
+    if names and len(names) == dim:
+        return tuple(str(n) for n in names)
+    keys = list(keys or [])
+    if len(keys) == dim:
+        return tuple(str(k) for k in keys)
+    if len(keys) == 1:
+        return indexed_names(str(keys[0]), dim)
+    return indexed_names(prefix, dim)
+
+
+def _recorded_names(info: dict[str, Any], field_name: str, dim: int, where: str) -> list[str] | None:
+    names = info.get(field_name)
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) != dim or not all(isinstance(n, str) for n in names):
+        raise records.DatasetFormatError(
+            f"{where}: field {field_name!r} is {names!r}, expected a list of {dim} strings (one per dim)")
+    return names
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
@@ -156,6 +190,7 @@ def load_source(path: str, *, source_id: int, weight: float, model: mlc.ConfigDi
             _stats_vector(stats, modality, "mean", dim, stats_where)
             _stats_vector(stats, modality, "std", dim, stats_where)
     embodiment = str(info.get("embodiment") or info["name"])
+    action_keys = tuple(str(k) for k in info.get("action_keys") or ())
     return Source(
         source_id=source_id,
         path=path,
@@ -167,8 +202,12 @@ def load_source(path: str, *, source_id: int, weight: float, model: mlc.ConfigDi
         fps=float(fps),
         action_dim=action_dim,
         proprio_dim=proprio_dim,
-        action_keys=tuple(str(k) for k in info.get("action_keys") or ()),
+        action_keys=action_keys,
         action_is_delta=tuple(delta),
+        action_names=dimension_names(_recorded_names(info, "action_names", action_dim, where), action_keys,
+                                     "action", action_dim),
+        proprio_names=dimension_names(_recorded_names(info, "proprio_names", proprio_dim, where),
+                                      info.get("proprio_keys"), "proprio", proprio_dim),
         info=info,
         stats=stats,
     )

@@ -17,10 +17,15 @@ absolute (the safe reading: taking the last of a delta would drop motion, summin
 would invent it). Normalization uses the per-step dataset stats: a delta dim's sum of `s` steps is
 normalized as `(sum / s - mean) / std`, an absolute dim as `(a - mean) / std`; then clipped to ±5.
 `denormalize_actions` inverts it.
+
+Which statistics (`Normalization`): in training each source's own. In evaluation, the ones the model
+was trained with for the clip's embodiment (`loader.trained_normalization`), so a dataset the model
+never saw is fed in the units it knows, with no conversion afterwards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -76,6 +81,48 @@ def denormalize_actions(x: np.ndarray, mean: Sequence[float], std: Sequence[floa
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.clip((x - mean) / np.maximum(std, STD_FLOOR), -NORM_CLIP, NORM_CLIP).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """The statistics (and embodiment id) a source's clips are fed to the model with.
+
+    `stride` is the frame stride the action statistics are applied at (a delta dim's offset and
+    scale grow with it); None statistics: that modality is left out (zeros, mask false).
+    """
+
+    embodiment_id: int
+    stride: int = 1
+    action_mean: np.ndarray | None = None  # float32 [A_s], per recorded step
+    action_std: np.ndarray | None = None
+    action_is_delta: np.ndarray | None = None  # bool [A_s]
+    proprio_mean: np.ndarray | None = None
+    proprio_std: np.ndarray | None = None
+
+    @classmethod
+    def of_source(cls, source: Source, stride: int) -> Normalization:
+        """The source's own statistics (training)."""
+        a, p = source.action_dim, source.proprio_dim
+        return cls(embodiment_id=source.embodiment_id, stride=int(stride),
+                   action_mean=source.stat("action", "mean") if a else None,
+                   action_std=source.stat("action", "std") if a else None,
+                   action_is_delta=np.asarray(source.action_is_delta, bool),
+                   proprio_mean=source.stat("proprio", "mean") if p else None,
+                   proprio_std=source.stat("proprio", "std") if p else None)
+
+    @property
+    def has_actions(self) -> bool:
+        return self.action_mean is not None and self.action_std is not None
+
+    def action_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, scale) [A_s]: robot units = normalized * scale + offset (`denormalize_actions`)."""
+        if not self.has_actions:
+            return np.zeros((0,), np.float32), np.ones((0,), np.float32)
+        return _action_norm(self.action_mean, self.action_std, self.delta_mask(), self.stride)
+
+    def delta_mask(self) -> np.ndarray:
+        d = len(self.action_mean) if self.action_mean is not None else 0
+        return np.zeros(d, bool) if self.action_is_delta is None else np.asarray(self.action_is_delta, bool)
 
 
 def random_crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float]
@@ -150,7 +197,8 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
     """
 
     def __init__(self, source: Source, index: WindowIndex, *, image_size: int, action_dim: int,
-                 proprio_dim: int, crop_scale: Sequence[float] = (0.8, 1.0), color_jitter: float = 0.0):
+                 proprio_dim: int, crop_scale: Sequence[float] = (0.8, 1.0), color_jitter: float = 0.0,
+                 norm: Normalization | None = None):
         if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
             raise ValueError(f"config.data.crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}")
         if not 0.0 <= color_jitter < 1.0:
@@ -165,11 +213,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         h, w = source.info["image_size"]
         self.frame_hw = (int(h), int(w))
         self.is_delta = np.asarray(source.action_is_delta, dtype=bool)
-        a, p = source.action_dim, source.proprio_dim
-        self.action_mean = source.stat("action", "mean") if a else None
-        self.action_std = source.stat("action", "std") if a else None
-        self.proprio_mean = source.stat("proprio", "mean") if p else None
-        self.proprio_std = source.stat("proprio", "std") if p else None
+        self.norm = norm if norm is not None else Normalization.of_source(source, index.stride)
         self.data = grain.sources.ArrayRecordDataSource(records.shard_paths(source.path, source.info))
 
     def random_map(self, element: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -204,19 +248,20 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size, jitter) for f in frames])
 
         t = self.index.num_frames
+        norm = self.norm
         action = np.zeros((t - 1, self.action_dim), np.float32)
         action_mask = np.zeros((t - 1, self.action_dim), bool)
-        if self.action_mean is not None and ep.action is not None:
-            a = self.source.action_dim
-            raw = transition_actions(ep.action, frames, self.index.stride, self.is_delta)
-            action[:, :a] = normalize_actions(raw, self.action_mean, self.action_std, self.is_delta,
-                                              self.index.stride)
+        if norm.has_actions and ep.action is not None and self.source.action_dim:
+            a = min(self.source.action_dim, len(norm.action_mean))
+            raw = transition_actions(ep.action, frames, self.index.stride, self.is_delta)[:, :a]
+            action[:, :a] = normalize_actions(raw, norm.action_mean[:a], norm.action_std[:a],
+                                              norm.delta_mask()[:a], norm.stride)
             action_mask[:, :a] = True
         proprio = np.zeros((t, self.proprio_dim), np.float32)
         proprio_mask = np.zeros((t, self.proprio_dim), bool)
-        if self.proprio_mean is not None and ep.proprio is not None:
-            p = self.source.proprio_dim
-            proprio[:, :p] = normalize(ep.proprio[frames], self.proprio_mean, self.proprio_std)
+        if norm.proprio_mean is not None and norm.proprio_std is not None and ep.proprio is not None:
+            p = min(self.source.proprio_dim, len(norm.proprio_mean))
+            proprio[:, :p] = normalize(ep.proprio[frames][:, :p], norm.proprio_mean[:p], norm.proprio_std[:p])
             proprio_mask[:, :p] = True
         return {
             "video": video,
@@ -225,7 +270,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             "proprio": proprio,
             "proprio_mask": proprio_mask,
             "timestep_mask": np.ones((t,), bool),
-            "embodiment_id": np.int32(self.source.embodiment_id),
+            "embodiment_id": np.int32(norm.embodiment_id),
             "source_id": np.int32(self.source.source_id),
             "dt": np.float32(self.index.dt),
         }

@@ -142,8 +142,9 @@ def train(loss_fn, params: Any, sample_batch, *, steps: int, lr: float, seed: in
 def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
     """Runs `act_fn(frame uint8, agent_pos) -> action (px)` from the env's random initial states
     (seeds EVAL_SEED_BASE + seed * 1000 + i) for exactly `budget` steps; DINO-WM success at the end."""
-    from data_pipelines.convert import pusht
     from launch.plan import observe
+    from sim import pusht
+    from sim.success import is_success, pose_error
 
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
     out = []
@@ -155,9 +156,9 @@ def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed
             for _ in range(budget):
                 a = act_fn(observe(env, image_size), pusht.get_state(env)[:2])
                 env.step(np.clip(np.asarray(a, np.float64), 0.0, 512.0).astype(np.float32))
-                reached = reached or pusht.is_success(pusht.block_pose(env), goal)
-            pos, ang = pusht.pose_error(pusht.block_pose(env), goal)
-            out.append({"success": pusht.is_success(pusht.block_pose(env), goal), "reached": reached,
+                reached = reached or is_success(pusht.block_pose(env), goal)
+            pos, ang = pose_error(pusht.block_pose(env), goal)
+            out.append({"success": is_success(pusht.block_pose(env), goal), "reached": reached,
                         "pos_error": pos, "angle_error": ang})
     finally:
         env.close()
@@ -169,7 +170,9 @@ def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed
 
 def scripted_reference(*, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
     """The demonstrator itself on the same initial states (an upper reference for BC)."""
-    from data_pipelines.convert import pusht
+    from sim import pusht
+    from sim.scripted_policy import PolicyParams, ScriptedPushPolicy
+    from sim.success import is_success, pose_error
 
     rng = np.random.default_rng(seed)
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
@@ -177,14 +180,14 @@ def scripted_reference(*, episodes: int, budget: int, image_size: int, seed: int
     try:
         for i in range(episodes):
             env.reset(seed=EVAL_SEED_BASE + seed * 1000 + i)
-            policy = pusht.ScriptedPushPolicy(rng, pusht.PolicyParams.sample(rng))  # reads the true state
+            policy = ScriptedPushPolicy(rng, PolicyParams.sample(rng))  # reads the true state
             goal = pusht.goal_pose(env)
             reached = False
             for _ in range(budget):
                 env.step(policy.act(pusht.get_state(env), goal))
-                reached = reached or pusht.is_success(pusht.block_pose(env), goal)
-            pos, ang = pusht.pose_error(pusht.block_pose(env), goal)
-            out.append({"success": pusht.is_success(pusht.block_pose(env), goal), "reached": reached,
+                reached = reached or is_success(pusht.block_pose(env), goal)
+            pos, ang = pose_error(pusht.block_pose(env), goal)
+            out.append({"success": is_success(pusht.block_pose(env), goal), "reached": reached,
                         "pos_error": pos, "angle_error": ang})
     finally:
         env.close()

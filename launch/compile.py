@@ -1,6 +1,6 @@
-"""Ahead-of-time fit check: compile the train step for a target topology without the hardware.
+"""`wam-compile`: ahead-of-time fit check, compiling the train step for a topology without the hardware.
 
-    python -m launch.compile --config=configs/pretrain.py:variant=L --topology=v5p-64
+    wam-compile --config=configs/pretrain.py:variant=L --topology=v5p-64 [--config.a.b=value ...]
     python -m launch.compile --config=configs/pusht_small.py --topology=cpu:8
 
 Prints per-device memory (arguments, outputs, temporaries), FLOPs per step, and whether the
@@ -8,10 +8,13 @@ program fits the device. TPU targets (`v4-N`, `v5p-N`, `v5e-N`, `v6e-N`, optiona
 e.g. `v5p-256x2`) need libtpu (`pip install 'jax[tpu]==0.10.2'`), which provides compile-only TPU
 devices on any machine; an oversize TPU program fails to compile with RESOURCE_EXHAUSTED.
 `cpu:N` compiles for N simulated CPU devices (any machine) and compares against host memory.
+
+Exit codes: 0 fits, 1 does not fit, 2 bad input (config, topology, mesh).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -97,7 +100,7 @@ def target_devices(target: Target) -> list[Any]:
         devices = jax.devices("cpu")
         if len(devices) < target.num_devices:
             raise RuntimeError(
-                f"--topology={target.name}: only {len(devices)} CPU devices; launch/compile.py sets "
+                f"--topology={target.name}: only {len(devices)} CPU devices; wam-compile sets "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count before JAX starts, so run it as a "
                 f"fresh process (or set XLA_FLAGS yourself)"
             )
@@ -125,10 +128,11 @@ def compile_train_step(config: Any, devices: Sequence[Any], *, model_factory=Non
     """Lowers and compiles the real train step for `devices`; returns memory / FLOPs numbers."""
     import jax
 
-    from wam_jax import sharding
+    from wam_jax import config_utils, sharding
     from wam_jax.training import metrics
     from wam_jax.training import train_step as ts
 
+    config_utils.validate(config, needs_data=False)
     mesh = sharding.make_mesh(config.mesh, devices)
     global_batch = int(config.data.global_batch_size)
     sharding.check_global_batch(global_batch, mesh, int(config.optim.grad_accum))
@@ -180,31 +184,40 @@ def format_report(target: Target, report: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines), fits
 
 
-def _preparse_topology(argv: Sequence[str]) -> str | None:
-    for a in argv:
-        if a.startswith("--topology="):
-            return a.split("=", 1)[1]
-    return None
+def build_parser() -> argparse.ArgumentParser:
+    """The fit check's flags; `--config.a.b=value` overrides are split off before it parses."""
+    from wam_jax.config_utils import ConfigError
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # bad input: one line, exit status 2 (run())
+            raise ConfigError(message)
+
+    p = Parser(prog="wam-compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+               allow_abbrev=False,
+               epilog="Config values can be overridden as for wam-train: --config.a.b=VALUE.")
+    p.add_argument("--config", metavar="configs/NAME.py[:ARG]", help="experiment config file (required)")
+    p.add_argument("--topology", metavar="NAME", help="compile target: cpu:N, v5p-64, v6e-8, v5p-256x2, ... (required)")
+    return p
 
 
 def main(argv: Sequence[str]) -> int:
-    topology = _preparse_topology(argv)
-    if topology is None:
-        print("launch/compile.py: --topology=NAME is required (cpu:N, v5p-64, v6e-8, ...)", file=sys.stderr)
-        return 2
-    target = parse_target(topology)
+    """argv: the program name, then the flags. 0: fits, 1: does not fit, 2: bad input."""
+    from wam_jax import config_utils
+
+    overrides, rest = config_utils.split_overrides(list(argv)[1:])
+    args = build_parser().parse_args(rest)
+    if args.topology is None:
+        raise config_utils.ConfigError("--topology=NAME is required (cpu:N, v5p-64, v6e-8, ...)")
+    if args.config is None:
+        raise config_utils.ConfigError("--config=configs/NAME.py[:ARG] is required")
+    target = parse_target(args.topology)
     if target.platform == "cpu":
         # Must happen before JAX creates its CPU client.
         flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
         os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={target.num_devices}"])
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-    from launch.train import parse_flags
-
-    args = [a for a in argv if not a.startswith("--topology=")]
-    if not any(a.startswith("--workdir=") for a in args):
-        args.append("--workdir=unused")
-    config, _ = parse_flags(args)
+    config = config_utils.load_config(args.config, overrides)
     devices = target_devices(target)
     try:
         report = compile_train_step(config, devices)
@@ -219,13 +232,14 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`wam-compile`): bad input prints one line and exits with status 2."""
     from launch.train import _user_errors
 
     argv = list(sys.argv if argv is None else argv)
     try:
         code = main(argv)
     except (*_user_errors(), ValueError, RuntimeError) as e:
-        print(f"launch/compile.py: error: {e}", file=sys.stderr)
+        print(f"wam-compile: error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)
 

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     timings["train"] = time.perf_counter() - t0
 
-    from wam_jax.inference import evaluation, export
+    from wam_jax.inference import eval_report, evaluation, export
 
     t0 = time.perf_counter()
     results = evaluation.evaluate(args.workdir, data=os.path.join(converted, "pusht_test"))
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["total"] = time.perf_counter() - t_start
 
     print()
-    print(evaluation.format_table(results))
+    print(eval_report.format_table(results))
     print()
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(f"PushT data: {args.data} ({report.get('timings_s', {}).get('total', 0):.0f} s when generated)")

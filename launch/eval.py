@@ -1,6 +1,7 @@
 """`wam-eval --workdir=DIR [--data=DIR[,DIR]] [--step=N]`: held-out evaluation of a trained model.
 
-Writes DIR/eval/metrics.json and PNG plots (or --output), and prints the metrics table: latent
+Writes DIR/eval/metrics.json (or --output) and prints the metrics table, then draws PNG plots there
+(a plot that fails is a warning; the metrics are already written). The table: latent
 prediction L1 / cosine per horizon next to the copy-last-frame baseline, action-head errors in robot
 units, action ranking, representation health, everything also per source and per kind.
 
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="wam-eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="wam-eval", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="training workdir (wam-train --workdir)")
     p.add_argument("--data", default=None, help="converted dataset(s) 'DIR' or 'DIR[:w],DIR' (default: held-out split)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -37,16 +40,18 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s] %(message)s")
-    from wam_jax.inference import evaluation
+    from wam_jax.inference import eval_report, evaluation
 
+    # Results first: metrics.json is written and the table printed before any plot is drawn.
     results = evaluation.evaluate(args.workdir, data=args.data, step=args.step, max_clips=args.max_clips,
                                   batch_size=args.batch_size, num_frames=args.num_frames,
                                   num_perturbations=args.num_perturbations, output_dir=args.output,
-                                  plots=not args.no_plots)
-    print(evaluation.format_table(results))
-    print(f"\nmetrics: {results['metrics_path']}")
-    for path in results.get("plots", []):
-        print(f"plot:    {path}")
+                                  plots=False)
+    print(eval_report.format_table(results))
+    print(f"\nmetrics: {results['metrics_path']}", flush=True)
+    if not args.no_plots:
+        for path in eval_report.write_plots(results, os.path.dirname(results["metrics_path"])):
+            print(f"plot:    {path}")
     return 0
 
 

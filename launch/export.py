@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="wam-export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="wam-export", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="training workdir (wam-train --workdir)")
     p.add_argument("--output", required=True, help="export directory to create")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -52,7 +53,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from wam_jax.inference.world_model_api import IncompleteExportError, MissingStatisticsError
+    from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError
 
     return (FileNotFoundError, FileExistsError, MissingStatisticsError, IncompleteExportError)
 

@@ -56,7 +56,7 @@ def observe(env: Any, image_size: int) -> np.ndarray:
     the model size with the converter's resampling (bicubic, `reducing_gap=3`)."""
     from PIL import Image
 
-    from data_pipelines.convert import pusht
+    from sim import pusht
 
     frame = pusht.render(env)
     if frame.shape[:2] == (image_size, image_size):
@@ -72,7 +72,9 @@ def make_tasks(num: int, *, image_size: int, goal_offset: int = 25, seed: int = 
     Pairs whose start already satisfies the success rule (the block barely moved) are skipped, so
     doing nothing never counts as success; the next seed is tried instead (deterministically).
     """
-    from data_pipelines.convert import pusht
+    from sim import pusht
+    from sim.rollouts import rollout
+    from sim.success import is_success
 
     own = env is None
     env = env or pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
@@ -80,10 +82,10 @@ def make_tasks(num: int, *, image_size: int, goal_offset: int = 25, seed: int = 
     s = TASK_SEED_BASE + seed * 10_000
     try:
         while len(tasks) < num:
-            r = pusht.rollout(s, goal_offset, image_size=pusht.RENDER_SIZE, env=env)
+            r = rollout(s, goal_offset, image_size=pusht.RENDER_SIZE, env=env)
             start = np.concatenate([r.agent_pos[0], r.block_pose[0]]).astype(np.float64)
             goal = np.concatenate([r.agent_pos[-1], r.block_pose[-1]]).astype(np.float64)
-            if not pusht.is_success(start[2:], goal[2:]):
+            if not is_success(start[2:], goal[2:]):
                 pusht.reset_to_state(env, goal, seed=s)
                 tasks.append(PushTTask(seed=s, start_state=start, goal_state=goal,
                                        goal_image=observe(env, image_size)))
@@ -184,11 +186,12 @@ def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: in
                 repeat: int = 1) -> dict[str, Any]:
     """Runs exactly `budget` env steps (no early stop); each action is held `repeat` env steps
     (the training frame stride). Returns final errors and success by the DINO-WM rule."""
-    from data_pipelines.convert import pusht
+    from sim import pusht
+    from sim.success import is_success, pose_error
 
     pusht.reset_to_state(env, task.start_state, seed=task.seed)
     controller.reset(task)
-    start_err = pusht.pose_error(pusht.block_pose(env), task.goal_pose)
+    start_err = pose_error(pusht.block_pose(env), task.goal_pose)
     steps = 0
     ever = False
     while steps < budget:
@@ -199,9 +202,9 @@ def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: in
                     break
                 env.step(np.clip(a, 0.0, 512.0).astype(np.float32))
                 steps += 1
-                ever = ever or pusht.is_success(pusht.block_pose(env), task.goal_pose)
-    pos, ang = pusht.pose_error(pusht.block_pose(env), task.goal_pose)
-    return {"seed": task.seed, "success": bool(pusht.is_success(pusht.block_pose(env), task.goal_pose)),
+                ever = ever or is_success(pusht.block_pose(env), task.goal_pose)
+    pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)
+    return {"seed": task.seed, "success": bool(is_success(pusht.block_pose(env), task.goal_pose)),
             "pos_error": pos, "angle_error": ang, "start_pos_error": start_err[0],
             "start_angle_error": start_err[1], "reached_at_some_step": bool(ever)}
 
@@ -224,7 +227,7 @@ def summarize(episodes: list[dict[str, Any]], times: Sequence[float] = ()) -> di
 def evaluate_controllers(controllers: Sequence[Controller], tasks: Sequence[PushTTask], *, budget: int,
                          image_size: int, repeat: int = 1, progress: bool = True) -> dict[str, Any]:
     """Every controller on every task (same initial states); per-method summary + episodes."""
-    from data_pipelines.convert import pusht
+    from sim import pusht
 
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
     out: dict[str, Any] = {}
@@ -296,7 +299,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
     from wam_jax import WorldModel
     from wam_jax.inference import planning
-    from wam_jax.inference.world_model_api import inference_mesh
+    from wam_jax.inference.load import inference_mesh
 
     devices = jax.devices()[: args.devices] if args.devices else None
     wm = WorldModel.load(args.workdir, args.step, mesh=inference_mesh(devices))
@@ -328,7 +331,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     header = (f"PushT goal reaching: {args.episodes} episodes, budget {args.budget} steps (no early stop), "
               f"goal {args.goal_offset} demo steps ahead; success = block < 20 px and < 20 deg from the goal\n"
               f"planner: {cfg}")
-    print(format_results(results, header))
+    # The record on disk first, then the table: nothing after a finished evaluation can lose it.
     record = {"workdir": os.path.abspath(args.workdir), "step": wm.step, "preset": args.preset,
               "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
               "goal_offset": args.goal_offset, "execute": args.execute, "results": results}
@@ -336,13 +339,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(record, f, indent=2)
+    print(format_results(results, header))
     print(f"\nper-episode record: {out}")
     return record
 
 
 def run(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: user errors print one clear line and exit with status 2."""
-    from wam_jax.inference.world_model_api import IncompleteExportError, MissingStatisticsError
+    from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError
 
     argv = sys.argv[1:] if argv is None else argv
     try:

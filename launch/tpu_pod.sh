@@ -17,7 +17,7 @@
 #
 # - The workdir must be shared by all hosts (a gs:// bucket): Orbax writes one checkpoint from all
 #   processes, and each host stores its own data-iterator state in it.
-# - Check the fit first without the hardware: `python -m launch.compile
+# - Check the fit first without the hardware: `wam-compile
 #   --config=configs/pretrain.py:variant=L --topology=v5p-64` (needs `pip install 'jax[tpu]'`).
 # - Preemption / `stop`: every host gets SIGTERM, JAX agrees on a step, a checkpoint is saved and the
 #   processes exit; `train` with the same arguments resumes (also after a hard crash: the newest

@@ -10,6 +10,7 @@ Exit codes: 0 finished or preempted-and-saved, 2 bad input (config, mesh, data, 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -26,45 +27,47 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError)
 
 
-def parse_flags(argv: Sequence[str]) -> tuple[Any, Any]:
-    """(config, flag values) from argv; raises ConfigError naming the file / key on bad input."""
-    from absl import flags
-    from ml_collections import config_flags
+def build_parser() -> argparse.ArgumentParser:
+    """wam-train's own flags; `--config.a.b=value` overrides are split off before it parses."""
+    from wam_jax.config_utils import ConfigError
 
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # bad input: one ConfigError line, exit status 2 (run())
+            raise ConfigError(message)
+
+    p = Parser(prog="wam-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+               allow_abbrev=False,
+               epilog="Any config value can be overridden: --config.a.b=VALUE (e.g. --config.train.num_steps=500); "
+                      "an unknown key names the closest ones.")
+    p.add_argument("--config", metavar="configs/NAME.py[:ARG]", help="experiment config file (required)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="run directory: checkpoints, metrics.jsonl, TensorBoard; resumes if it holds a checkpoint "
+                        "(required)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (explicit multi-process runs)")
+    p.add_argument("--num_processes", type=int, help="total number of processes (explicit multi-process runs)")
+    p.add_argument("--process_id", type=int, help="this process's index in [0, num_processes)")
+    p.add_argument("--init_timeout", type=int, default=300, help="seconds to wait for every process to join")
+    p.add_argument("--local_device_ids", metavar="I,J,...",
+                   help="comma-separated accelerator ids this process drives (e.g. all GPUs of a node when "
+                        "running one process per node under SLURM; default: JAX's choice)")
+    p.add_argument("--log_level", default="INFO", help="python logging level (DEBUG also shows tracebacks)")
+    return p
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    """(config, flag values) from argv (program name first); the config file runs once.
+
+    Raises ConfigError naming the file / key / flag on bad input; `--help` prints usage and exits 0.
+    """
     from wam_jax import config_utils
 
-    argv = list(argv)
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is None:
+    overrides, rest = config_utils.split_overrides(list(argv)[1:])
+    args = build_parser().parse_args(rest)
+    if args.config is None:
         raise config_utils.ConfigError("--config=configs/NAME.py[:ARG] is required")
-    if not any(a.startswith("--workdir=") for a in argv):
+    if args.workdir is None:
         raise config_utils.ConfigError("--workdir=DIR is required (checkpoints, metrics.jsonl, TensorBoard)")
-    config_utils.check_config_file(spec)
-
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=fv,
-                                    lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("workdir", None, "run directory (resumes if it holds a checkpoint)", flag_values=fv)
-    flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (explicit multi-process runs)", flag_values=fv)
-    flags.DEFINE_integer("num_processes", None, "total number of processes (explicit multi-process runs)", flag_values=fv)
-    flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)", flag_values=fv)
-    flags.DEFINE_integer("init_timeout", 300, "seconds to wait for every process to join", flag_values=fv)
-    flags.DEFINE_string("local_device_ids", None,
-                        "comma-separated accelerator ids this process drives (e.g. all GPUs of a node when "
-                        "running one process per node under SLURM; default: JAX's choice)", flag_values=fv)
-    flags.DEFINE_string("log_level", "INFO", "python logging level", flag_values=fv)
-
-    # Load the file alone first, so unknown override keys get a precise message.
-    base_fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=base_fv, lock_config=False,
-                                    sys_argv=[argv[0], f"--config={spec}"])
-    base_fv([argv[0], f"--config={spec}"])
-    config_utils.check_overrides(base_fv.config, argv)
-    try:
-        fv(argv)
-    except flags.Error as e:
-        raise config_utils.ConfigError(str(e)) from e
-    return fv.config, fv
+    return config_utils.load_config(args.config, overrides), args
 
 
 def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
@@ -131,9 +134,11 @@ def main(argv: Sequence[str]) -> int:
     if not absl_flags.FLAGS.is_parsed():  # grain's multiprocess prefetch reads absl flags
         absl_flags.FLAGS.mark_as_parsed()
 
+    from wam_jax.inference import evaluation, export
     from wam_jax.training import trainer
 
-    result = trainer.train(config, fv.workdir)
+    result = trainer.train(config, fv.workdir, periodic_eval=evaluation.PeriodicEval(config, fv.workdir),
+                           export=export.export)
     log = logging.getLogger("wam-train")
     if result.preempted:
         log.warning("preempted at step %d; re-run the same command to resume", result.step)

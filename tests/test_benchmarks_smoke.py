@@ -2,7 +2,8 @@
 
 Each script runs as a subprocess (as users run it), on one simulated CPU device (memory_scaling
 spawns its own 1- and 2-device workers), with a persistent XLA cache shared between runs where
-the script supports it. The helpers in `benchmarks/common.py` are checked directly.
+the script supports it. The helpers in `benchmarks/common.py`, `host.py` and `measure.py` are
+checked directly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import common  # noqa: E402
+import host  # noqa: E402
+import measure  # noqa: E402
 
 CACHE = os.path.join(tempfile.gettempdir(), "wam_jax_bench_smoke_xla_cache")
 
@@ -45,7 +48,7 @@ def _run(script: str, tmp_path, *extra: str, timeout: float = 600) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# common.py
+# common.py, host.py, measure.py
 
 
 def test_format_table_and_missing_values():
@@ -67,7 +70,7 @@ def test_time_fn_records_load_and_spread():
     import time
 
     calls = []
-    t = common.time_fn(lambda: (calls.append(1), time.sleep(0.002)), warmup=2, reps=5)
+    t = measure.time_fn(lambda: (calls.append(1), time.sleep(0.002)), warmup=2, reps=5)
     assert len(calls) == 7
     s = t.summary()
     assert s["reps"] == 5 and 0.002 <= s["best_s"] <= s["median_s"] <= max(s["samples_s"]) + 1e-6
@@ -75,9 +78,9 @@ def test_time_fn_records_load_and_spread():
 
 
 def test_wait_for_quiet_times_out_and_says_so():
-    r = common.wait_for_quiet(max_load=-1.0, timeout_s=0.0)  # <= 0: never waits
+    r = host.wait_for_quiet(max_load=-1.0, timeout_s=0.0)  # <= 0: never waits
     assert r["quiet"] and r["waited_s"] == 0.0
-    r = common.wait_for_quiet(max_load=1e-9, timeout_s=0.0, poll_s=0.0)
+    r = host.wait_for_quiet(max_load=1e-9, timeout_s=0.0, poll_s=0.0)
     assert set(r) == {"waited_s", "load", "quiet"}
 
 
@@ -102,12 +105,14 @@ def _stack_loss(matmul_dtype: str):
     import jax.numpy as jnp
     from flax import nnx
 
-    from wam_jax.models import layers
+    from wam_jax.models.blocks import BlockStack
+    from wam_jax.models.ops import use_matmul_dtype
+    from wam_jax.models.positions import grid_positions, rope_3d
 
-    stack = layers.use_matmul_dtype(layers.BlockStack(2, 48, 4, 4.0, rngs=nnx.Rngs(0)), matmul_dtype)
+    stack = use_matmul_dtype(BlockStack(2, 48, 4, 4.0, rngs=nnx.Rngs(0)), matmul_dtype)
     graph, params = nnx.split(stack, nnx.Param)
     x = jax.random.normal(jax.random.key(1), (2, 16, 48))
-    rope = layers.rope_3d(layers.grid_positions(1, 4, 4), 12)
+    rope = rope_3d(grid_positions(1, 4, 4), 12)
 
     def loss(p):
         return jnp.mean(jnp.square(nnx.merge(graph, p)(x, rope=rope)))
@@ -145,13 +150,14 @@ def test_bf16_matmuls_run_backward_in_bf16_too():
 def test_matmul_dtype_default_and_bad_value():
     from flax import nnx
 
-    from wam_jax.models import layers
+    from wam_jax.models import ops
+    from wam_jax.models.blocks import BlockStack
 
-    stack = layers.BlockStack(1, 48, 4, 4.0, rngs=nnx.Rngs(0))
-    layers.use_matmul_dtype(stack, "")
-    assert all(getattr(m, "dot_general", None) is not layers.bf16_dot_general for _, m in nnx.iter_graph(stack))
+    stack = BlockStack(1, 48, 4, 4.0, rngs=nnx.Rngs(0))
+    ops.use_matmul_dtype(stack, "")
+    assert all(getattr(m, "dot_general", None) is not ops.bf16_dot_general for _, m in nnx.iter_graph(stack))
     with pytest.raises(ValueError, match="matmul dtype"):
-        layers.use_matmul_dtype(stack, "float16")
+        ops.use_matmul_dtype(stack, "float16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +210,7 @@ def test_attention_quick(tmp_path):
 def test_gelu_quick(tmp_path):
     r = _run("gelu", tmp_path)
     impls = [row["impl"] for row in r["rows"]]
-    assert impls == ["jax.nn.gelu exact (erfc)", "layers.gelu (erf)", "jax.nn.gelu tanh approx."]
+    assert impls == ["jax.nn.gelu exact (erfc)", "ops.gelu (erf)", "jax.nn.gelu tanh approx."]
     assert all(row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 for row in r["rows"])
     exact, ours, approx = r["rows"]
     assert exact["max_abs_diff"] == 0.0 and ours["max_abs_diff"] < 1e-5 < approx["max_abs_diff"]

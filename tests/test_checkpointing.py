@@ -179,6 +179,22 @@ def test_incompatible_model_names_parameter_paths(tmp_path, mixture):
     assert "encoder.width: checkpoint 64, now 96" in msg
 
 
+def test_mismatch_lists_changed_values_not_keys_added_since(tmp_path, mixture):
+    """A checkpoint whose saved config predates newer keys: only real differences are listed."""
+    old = checkpointing.config_to_json(rf.tiny_config(mixture))
+    del old["model"]["scan_unroll"], old["model"]["latent_action"]["video_cond"]
+    ckpt = checkpointing.Checkpointer(str(tmp_path))
+    ckpt.save(1, _small_state(1, width=4), None, old, {})
+    ckpt.close()
+    wide = rf.tiny_config(mixture, **{"model.encoder.width": 96})
+    ckpt = checkpointing.Checkpointer(str(tmp_path))
+    with pytest.raises(checkpointing.CheckpointMismatchError) as err:
+        ckpt.restore_latest(_abstract(_small_state(0, width=8)), None, wide)
+    ckpt.close()
+    msg = str(err.value)
+    assert "Model config differences: encoder.width: checkpoint 64, now 96." in msg
+
+
 def test_retention_max_to_keep_and_keep_period(tmp_path, mixture):
     cfg = rf.tiny_config(mixture)
     ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=2, keep_period=4)

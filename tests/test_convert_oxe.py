@@ -13,7 +13,7 @@ import pytest
 from data_pipelines import records
 from data_pipelines.convert import common as convert_common
 from data_pipelines.convert import oxe as convert_oxe
-from data_pipelines.convert import oxe_registry
+from data_pipelines.convert import oxe_registry, oxe_spec
 from data_pipelines.convert.rlds import RLDSDataset, RLDSFormatError, RLDSKeyError
 from data_pipelines.convert.stats import RunningStats
 from launch import convert as cli
@@ -134,7 +134,7 @@ def test_standardization_per_registry_entry(tmp_path, layout):
 
 
 def test_rel2abs_gripper_examples():
-    f = oxe_registry.rel2abs_gripper
+    f = oxe_spec.rel2abs_gripper
     # +1 close, -1 open, 0 no change -> 1 open, 0 closed
     np.testing.assert_array_equal(f(np.array([0, 0, 1, 0, -1, 0]))[:, 0], [1, 1, 0, 0, 1, 1])
     # first command 'open' -> it was closed before
@@ -143,7 +143,7 @@ def test_rel2abs_gripper_examples():
 
 
 def test_binarize_gripper_examples():
-    f = oxe_registry.binarize_gripper
+    f = oxe_spec.binarize_gripper
     np.testing.assert_allclose(
         f(np.array([1.0, 0.97, 0.5, 0.3, 0.0, 0.6]))[:, 0], [1, 1, 0, 0, 0, 0.6], rtol=1e-6
     )

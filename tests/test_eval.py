@@ -55,16 +55,17 @@ def test_heldout_eval_writes_metrics_plots_and_groups(heldout) -> None:
 
 
 def test_format_table(heldout) -> None:
-    from wam_jax.inference import evaluation
+    from wam_jax.inference import eval_report
 
-    table = evaluation.format_table(heldout)
+    table = eval_report.format_table(heldout)
     for needle in ("copy-last-frame L1", "IDM R^2", "Action ranking", "effective rank", "[robot]", "square_video"):
         assert needle in table, needle
 
 
 def test_metrics_match_direct_computation(setup, tmp_path) -> None:
-    """Copy baseline and inverse-dynamics MAE recomputed from the public API on the same clips."""
-    from data_pipelines import transforms
+    """Copy baseline and inverse-dynamics MAE recomputed from the public API on the same clips
+    (the loader's eval stream: the one data path of evaluation)."""
+    from data_pipelines import loader, transforms
     from wam_jax import WorldModel
     from wam_jax.inference import evaluation
 
@@ -74,13 +75,13 @@ def test_metrics_match_direct_computation(setup, tmp_path) -> None:
                             plots=False, mesh=one_device_mesh(), num_perturbations=2)
     assert r["num_clips"] == 8 and r["num_batches"] == 1
     wm = WorldModel.load(workdir, mesh=one_device_mesh())
-    batches, sources, _ = evaluation._eval_pipeline(wm.config, robot_dir, 8, 8)
-    batch = next(iter(batches))
+    batch = next(iter(loader.make_dataset(wm.config, split="eval", data=robot_dir, max_clips=8, trained=wm.info)))
+    assert batch["timestep_mask"].all()  # 8 clips: one full batch, no padding
     z = np.asarray(wm.encode(batch["video"]))  # [8, T, N, D]
     copy = np.abs(z[:, :1] - z[:, 1:]).mean(axis=(0, 2, 3))
     np.testing.assert_allclose(r["prediction"]["copy_l1"], copy, rtol=1e-4)
-    src = sources[0][0]
-    stride = sources[0][1].stride
+    first = loader.eval_sources(wm.config, data=robot_dir)[0]
+    src, stride = first.source, first.index.stride
     truth = transforms.denormalize_actions(batch["action"], src.stat("action", "mean"), src.stat("action", "std"),
                                            src.action_is_delta, stride)
     pred = wm.infer_actions(z)

@@ -92,6 +92,7 @@ import wam_jax  # the package itself is import-light
 enc = wam_jax.load_encoder(out)
 z = enc(x)
 print(json.dumps({"flax": "flax" in sys.modules, "models": "wam_jax.models" in sys.modules,
+                  "api": "wam_jax.inference.world_model_api" in sys.modules,
                   "exact": bool(np.array_equal(y, expected)), "shape3": list(y3.shape),
                   "loader_exact": bool(np.array_equal(z, expected)), "in_tree": str(exp.in_tree)[:40]}))
 """
@@ -103,7 +104,7 @@ def test_exported_encoder_runs_in_a_fresh_process_without_flax(exported) -> None
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["flax"] is False and report["models"] is False
+    assert report["flax"] is False and report["models"] is False and report["api"] is False
     assert report["exact"] and report["loader_exact"]
     assert report["shape3"] == [3, 1, 16, 64]
 

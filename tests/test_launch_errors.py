@@ -148,6 +148,28 @@ def test_half_written_checkpoint_falls_back_to_the_last_complete_one(mixture, tm
     assert "resuming from step 4" in caplog.text
 
 
+def test_unknown_flag_and_flag_value_of_the_wrong_type(config_file, tmp_path, capsys):
+    err = _fails([f"--config={config_file}", f"--workdir={tmp_path}/w", "--wrokdir=x"], capsys)
+    assert "--wrokdir=x" in err
+    err = _fails([f"--config={config_file}", f"--workdir={tmp_path}/w", "--num_processes=two"], capsys)
+    assert "--num_processes" in err and "'two'" in err
+
+
+def test_compile_names_missing_flags_and_bad_keys(config_file, capsys):
+    from launch import compile as compile_cli
+
+    for argv, fragment in ((["--topology=cpu:8"], "--config=configs/NAME.py[:ARG] is required"),
+                           ([f"--config={config_file}"], "--topology=NAME is required"),
+                           ([f"--config={config_file}", "--topology=v5p-7"], "--topology='v5p-7'"),
+                           ([f"--config={config_file}", "--topology=cpu:8", "--config.mesh.ici_dat=2"],
+                            "did you mean mesh.ici_data")):
+        with pytest.raises(SystemExit) as e:
+            compile_cli.run(["wam-compile", *argv])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("wam-compile: error: ") and fragment in err, err
+
+
 def test_console_script_reports_errors(tmp_path):
     """The installed `wam-train` script (and `python -m launch.train`) share the error path."""
     exe = os.path.join(os.path.dirname(sys.executable), "wam-train")

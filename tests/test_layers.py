@@ -1,4 +1,5 @@
-"""Shared transformer layers: RoPE layout, masks, scanned vs unscanned stacks, remat, metadata."""
+"""Transformer layers (positions, attention, blocks, ops): RoPE layout, masks, scanned vs unscanned
+stacks, remat, metadata."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wam_jax.models import layers
+from wam_jax.models import attention, blocks, ops, positions
 
 DIM, HEADS, DEPTH = 48, 4, 3  # head_dim 12 -> rope parts of 4 channels each, nothing left over
 
@@ -39,14 +40,14 @@ def _reference_vjepa2_rope(x: np.ndarray, pos_thw: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("head_dim", [12, 16, 64, 88])
 def test_rope_vjepa2_layout_matches_reference(head_dim):
-    pos = np.asarray(layers.grid_positions(2, 3, 4))
+    pos = np.asarray(positions.grid_positions(2, 3, 4))
     x = np.random.default_rng(0).normal(size=(2, pos.shape[0], 3, head_dim)).astype(np.float32)
-    got = layers.apply_rope(jnp.asarray(x), layers.rope_3d(jnp.asarray(pos), head_dim))
+    got = positions.apply_rope(jnp.asarray(x), positions.rope_3d(jnp.asarray(pos), head_dim))
     # reference works on [..., N, Dh]: move heads before tokens
     want = _reference_vjepa2_rope(x.transpose(0, 2, 1, 3), pos).transpose(0, 2, 1, 3)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
     if head_dim % 6:  # channels past the three parts are untouched
-        rest = 3 * layers.rope_part_dim(head_dim)
+        rest = 3 * positions.rope_part_dim(head_dim)
         np.testing.assert_array_equal(np.asarray(got)[..., rest:], x[..., rest:])
 
 
@@ -54,12 +55,12 @@ def test_rope_identity_at_origin_and_batched_tables():
     x = jax.random.normal(jax.random.key(0), (2, 5, HEADS, DIM // HEADS))
     zeros = jnp.zeros((5, 3))
     np.testing.assert_allclose(
-        layers.apply_rope(x, layers.rope_3d(zeros, DIM // HEADS)), x, atol=1e-7
+        positions.apply_rope(x, positions.rope_3d(zeros, DIM // HEADS)), x, atol=1e-7
     )
     # per-example tables [B, L, Dh] equal shared tables [L, Dh] when the positions agree
-    pos = layers.grid_positions(1, 1, 5).astype(jnp.float32)
-    shared = layers.apply_rope(x, layers.rope_3d(pos, DIM // HEADS))
-    batched = layers.apply_rope(x, layers.rope_3d(jnp.stack([pos, pos]), DIM // HEADS))
+    pos = positions.grid_positions(1, 1, 5).astype(jnp.float32)
+    shared = positions.apply_rope(x, positions.rope_3d(pos, DIM // HEADS))
+    batched = positions.apply_rope(x, positions.rope_3d(jnp.stack([pos, pos]), DIM // HEADS))
     np.testing.assert_allclose(shared, batched, atol=1e-7)
 
 
@@ -70,8 +71,8 @@ def test_rope_rotary_layout_is_a_relative_rotation():
     k = jax.random.normal(key_k, (1, 1, 1, dh))
 
     def rot(v, p):
-        return layers.apply_rope(
-            v, layers.rope_3d(jnp.asarray([p], jnp.float32), dh, layout="rotary")
+        return positions.apply_rope(
+            v, positions.rope_3d(jnp.asarray([p], jnp.float32), dh, layout="rotary")
         )
 
     m, n, shift = (1.0, 2.0, 3.0), (4.0, 0.0, 5.0), (7.0, -3.0, 2.0)
@@ -88,22 +89,22 @@ def test_rope_vjepa2_layout_is_not_an_exact_rotation():
     # Pins the V-JEPA 2 quirk (tiled frequencies, paired channels): a "fix" would break checkpoints.
     dh = 24
     q = jax.random.normal(jax.random.key(2), (1, 1, 1, dh))
-    table = layers.rope_3d(jnp.asarray([[3.0, 1.0, 2.0]]), dh)
-    assert abs(float(jnp.linalg.norm(layers.apply_rope(q, table)) - jnp.linalg.norm(q))) > 1e-3
+    table = positions.rope_3d(jnp.asarray([[3.0, 1.0, 2.0]]), dh)
+    assert abs(float(jnp.linalg.norm(positions.apply_rope(q, table)) - jnp.linalg.norm(q))) > 1e-3
 
 
 def test_rope_and_sincos_validate_positions():
     with pytest.raises(ValueError, match=r"\[\.\.\., L, 3\]"):
-        layers.rope_3d(jnp.zeros((4, 2)), 12)
+        positions.rope_3d(jnp.zeros((4, 2)), 12)
     with pytest.raises(ValueError, match="layout"):
-        layers.rope_3d(jnp.zeros((4, 3)), 12, layout="interleaved")
+        positions.rope_3d(jnp.zeros((4, 3)), 12, layout="interleaved")
     with pytest.raises(ValueError, match=r"\[\.\.\., L, 3\]"):
-        layers.sincos_3d(jnp.zeros((4, 2)), 16)
+        positions.sincos_3d(jnp.zeros((4, 2)), 16)
 
 
 def test_sincos_3d_values():
-    pos = layers.grid_positions(2, 2, 2)
-    emb = layers.sincos_3d(pos, 32)
+    pos = positions.grid_positions(2, 2, 2)
+    emb = positions.sincos_3d(pos, 32)
     assert emb.shape == (8, 32)
     # token 0 sits at the origin: every sin channel 0, every cos channel 1
     t_part = [0.0] * 8 + [1.0] * 8  # t: half of 32 channels, [sin | cos]
@@ -111,19 +112,19 @@ def test_sincos_3d_values():
     np.testing.assert_allclose(emb[0], t_part + hw_part + hw_part, atol=1e-7)
     # distinct positions get distinct embeddings
     assert len({tuple(np.round(np.asarray(e), 5)) for e in emb}) == 8
-    assert layers.sincos_3d(pos, 36).shape == (8, 36)  # leftover channels are zero-padded
+    assert positions.sincos_3d(pos, 36).shape == (8, 36)  # leftover channels are zero-padded
 
 
-def _stack(scan: bool, remat: str = "none", unroll: int = 1) -> layers.BlockStack:
-    return layers.BlockStack(DEPTH, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), scan=scan, remat=remat,
+def _stack(scan: bool, remat: str = "none", unroll: int = 1) -> blocks.BlockStack:
+    return blocks.BlockStack(DEPTH, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), scan=scan, remat=remat,
                              scan_unroll=unroll)
 
 
-def _scanned_copy_of(unscanned: layers.BlockStack, remat: str = "none", unroll: int = 1
-                     ) -> layers.BlockStack:
+def _scanned_copy_of(unscanned: blocks.BlockStack, remat: str = "none", unroll: int = 1
+                     ) -> blocks.BlockStack:
     scanned = _stack(True, remat, unroll)
     per_layer = [nnx.state(b, nnx.Param) for b in unscanned.blocks]
-    layers.load_params(scanned.blocks, layers.list_to_stacked(per_layer))
+    blocks.load_params(scanned.blocks, blocks.list_to_stacked(per_layer))
     return scanned
 
 
@@ -132,14 +133,14 @@ def test_scan_matches_unscanned_with_mask_and_rope():
     scanned = _scanned_copy_of(unscanned)
     # the scanned init differs (different rng streams), so equality below comes from the copy
     x = jax.random.normal(jax.random.key(3), (2, 8, DIM))
-    pos = layers.grid_positions(2, 2, 2)
-    rope = layers.rope_3d(pos, DIM // HEADS)
+    pos = positions.grid_positions(2, 2, 2)
+    rope = positions.rope_3d(pos, DIM // HEADS)
     mask = pos[:, 0][None, :] <= pos[:, 0][:, None]  # frame-causal [L, L]
     want = unscanned(x, mask=mask, rope=rope)
     got = scanned(x, mask=mask, rope=rope)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # and the split back gives the original per-layer params
-    back = layers.stacked_to_list(nnx.state(scanned.blocks, nnx.Param), DEPTH)
+    back = blocks.stacked_to_list(nnx.state(scanned.blocks, nnx.Param), DEPTH)
     for b, s in zip(unscanned.blocks, back, strict=True):
         want_leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(b, nnx.Param)))
         for a, c in zip(want_leaves, jax.tree.leaves(s), strict=True):
@@ -153,8 +154,8 @@ def test_scan_unroll_keeps_values_grads_and_cache(unroll):
     unscanned = _stack(False)
     rolled, unrolled = _scanned_copy_of(unscanned), _scanned_copy_of(unscanned, unroll=unroll)
     x = jax.random.normal(jax.random.key(6), (2, 8, DIM))
-    pos = layers.grid_positions(2, 2, 2)
-    rope = layers.rope_3d(pos, DIM // HEADS)
+    pos = positions.grid_positions(2, 2, 2)
+    rope = positions.rope_3d(pos, DIM // HEADS)
     mask = pos[:, 0][None, :] <= pos[:, 0][:, None]
 
     def loss(m, x):
@@ -163,7 +164,7 @@ def test_scan_unroll_keeps_values_grads_and_cache(unroll):
     l0, g0 = nnx.value_and_grad(loss)(unscanned, x)
     l1, g1 = nnx.value_and_grad(loss)(unrolled, x)
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    want = layers.list_to_stacked([nnx.to_pure_dict(b) for b in g0.blocks.values()])
+    want = blocks.list_to_stacked([nnx.to_pure_dict(b) for b in g0.blocks.values()])
     for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(g1.blocks)), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     y0, c0 = unscanned.with_cache(x[:, :4], rope=(rope[0][:4], rope[1][:4]))
@@ -202,7 +203,7 @@ def test_remat_keeps_values_and_grads(remat):
 
 
 def test_mask_semantics():
-    attn = layers.Attention(DIM, HEADS, rngs=nnx.Rngs(0))
+    attn = attention.Attention(DIM, HEADS, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(5), (2, 6, DIM))
     # all-True mask == no mask
     np.testing.assert_allclose(attn(x, mask=jnp.ones((6, 6), bool)), attn(x), rtol=1e-6, atol=1e-6)
@@ -256,7 +257,7 @@ def test_head_major_attention_matches_jax(mask_kind, dtype):
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
 
     def ours(q, k, v):
-        return layers.head_major_attention(q, k, v, mask)
+        return attention.head_major_attention(q, k, v, mask)
 
     tol = 1e-5 if dtype == jnp.float32 else 3e-2
     y_ref, vjp_ref = jax.vjp(ref, q, k, v)
@@ -274,7 +275,7 @@ def test_attention_impls_agree():
     causal = jnp.tril(jnp.ones((6, 6), bool))
     outs = {}
     for impl in ("xla", "auto"):
-        attn = layers.Attention(DIM, HEADS, rngs=nnx.Rngs(0), attention_impl=impl)
+        attn = attention.Attention(DIM, HEADS, rngs=nnx.Rngs(0), attention_impl=impl)
         outs[impl] = attn(x, mask=causal)
     q, k, v = attn._qkv(x, None)
     ref = attn.proj(jax.nn.dot_product_attention(q, k, v, mask=causal, implementation="xla"))
@@ -284,11 +285,11 @@ def test_attention_impls_agree():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_gelu_is_exact_gelu(dtype):
-    """`layers.gelu` (erf form) is `jax.nn.gelu(approximate=False)` (erfc form), values and
+    """`ops.gelu` (erf form) is `jax.nn.gelu(approximate=False)` (erfc form), values and
     gradients, far into both tails; bfloat16 in gives bfloat16 out, rounded from float32."""
     x32 = jnp.concatenate([jnp.linspace(-12.0, 12.0, 4001), jnp.array([0.0, -0.0, 1e-6, -40.0, 40.0])])
     x = x32.astype(dtype)
-    y, vjp = jax.vjp(layers.gelu, x)
+    y, vjp = jax.vjp(ops.gelu, x)
     y_ref, vjp_ref = jax.vjp(lambda x: jax.nn.gelu(x, approximate=False), x.astype(jnp.float32))
     assert y.dtype == dtype
     ones = jnp.ones_like(x)
@@ -301,7 +302,7 @@ def test_gelu_is_exact_gelu(dtype):
                                    rtol=2**-8, atol=2e-6)
     # Not the tanh approximation: it differs from exact GELU by up to ~5e-4 near |x| = 2.
     approx = jax.nn.gelu(x32, approximate=True)
-    assert float(jnp.max(jnp.abs(layers.gelu(x32) - approx))) > 1e-4
+    assert float(jnp.max(jnp.abs(ops.gelu(x32) - approx))) > 1e-4
 
 
 def test_every_param_has_logical_axes():
@@ -317,19 +318,19 @@ def test_every_param_has_logical_axes():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="remat"):
-        layers.BlockStack(1, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), remat="some")
+        blocks.BlockStack(1, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), remat="some")
     with pytest.raises(ValueError, match="attention implementation"):
-        layers.Attention(DIM, HEADS, rngs=nnx.Rngs(0), attention_impl="flash")
+        attention.Attention(DIM, HEADS, rngs=nnx.Rngs(0), attention_impl="flash")
     with pytest.raises(ValueError, match="multiple of heads"):
-        layers.Attention(50, HEADS, rngs=nnx.Rngs(0))
-    attn = layers.Attention(DIM, HEADS, rngs=nnx.Rngs(0))
-    bad_rope = layers.rope_3d(jnp.zeros((5, 3)), DIM // HEADS)
+        attention.Attention(50, HEADS, rngs=nnx.Rngs(0))
+    attn = attention.Attention(DIM, HEADS, rngs=nnx.Rngs(0))
+    bad_rope = positions.rope_3d(jnp.zeros((5, 3)), DIM // HEADS)
     with pytest.raises(ValueError, match="rope tables"):
         attn(jnp.zeros((1, 6, DIM)), rope=bad_rope)
 
 
 def test_bf16_compute_keeps_f32_params():
-    stack = layers.BlockStack(
+    stack = blocks.BlockStack(
         2, DIM, HEADS, 4.0, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.float32
     )
     y = stack(jnp.ones((1, 4, DIM), jnp.bfloat16))

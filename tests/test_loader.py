@@ -397,3 +397,57 @@ def test_device_prefetch_over_workers_resumes_exactly(robot, video):
     resumed.set_state(state)
     _assert_batches_equal(_take(resumed, 3), expected)
     resumed.close()
+
+
+def test_mixture_info_names_every_dimension(robot):
+    src = loader.mixture_info(_config(robot))["sources"][0]
+    assert src["action_names"] == ["a0", "a1", "a2"]
+    assert src["proprio_names"] == [f"proprio[{i}]" for i in range(4)]
+
+
+def test_eval_of_other_data_whole_capped_and_padded(robot, tmp_path):
+    """`data=` reads every episode of other datasets (heldout ignored), `max_clips` caps the
+    total (earlier sources first), the tail is padded to full batches, processes split it."""
+    other = write_converted_dataset(str(tmp_path / "o"), name="other", episode_lengths=[6] * 3)
+    c = _config(robot, batch=4, heldout=0.5)
+    sources = loader.eval_sources(c, data=f"{other},{robot}")
+    assert [e.num_clips for e in sources] == [9, 56]  # 3 x 3 and 8 x 7 windows: no held-out split
+    capped = loader.eval_sources(c, data=f"{other},{robot}", max_clips=11)
+    assert [e.num_clips for e in capped] == [9, 2]
+    batches = list(loader.make_iterator(c, split="eval", data=f"{other},{robot}", max_clips=11))
+    valid = np.concatenate([b["timestep_mask"].all(1) for b in batches])
+    assert len(batches) == 3 and valid.sum() == 11 and not valid[11:].any()
+    ids = np.concatenate([b["source_id"] for b in batches])[valid]
+    assert ids.tolist() == [0] * 9 + [1] * 2
+    halves = [list(loader.make_iterator(c, split="eval", data=other, process_index=i, process_count=2))
+              for i in range(2)]
+    assert sum(int(b["timestep_mask"].all(1).sum()) for h in halves for b in h) == 9
+    with pytest.raises(ValueError, match="trained="):
+        loader.make_dataset(c, data=other)
+
+
+def test_eval_normalizes_with_the_trained_statistics(robot, tmp_path):
+    """Clips of a dataset the model never saw are fed with the statistics (and embodiment id) it
+    was trained with for that embodiment: the trained source at the same path, else the first
+    labeled one of the embodiment; an unknown embodiment gets no actions."""
+    c = _config(robot, batch=4)
+    trained = loader.mixture_info(c)
+    mean, std = [1.0, 2.0, 3.0], [10.0, 20.0, 30.0]
+    other = write_converted_dataset(str(tmp_path / "o"), name="other", embodiment="robot", episode_lengths=[6] * 2,
+                                    stats={"action": {"mean": mean, "std": std},
+                                           "proprio": {"mean": [5.0] * 4, "std": [7.0] * 4}})
+    stranger = write_converted_dataset(str(tmp_path / "s"), name="stranger", episode_lengths=[6] * 2)
+    norms = [e.norm for e in loader.eval_sources(c, data=f"{other},{stranger},{robot}", trained=trained)]
+    assert norms[0].action_std.tolist() == [PROPRIO_SCALE] * 3 and norms[0].embodiment_id == 0
+    assert norms[1].action_mean is None and norms[1].proprio_mean is None
+    own = loader.eval_sources(c, data=other)[0].norm  # without `trained`: the dataset's own
+    assert own.action_std.tolist() == std
+    batch = next(loader.make_iterator(c, split="eval", data=other, trained=trained))
+    first = next(loader.make_iterator(c, split="eval", data=other))
+    # action[t, d] = (d + 1) * (t + 1), the same clips: only the statistics differ
+    np.testing.assert_allclose(batch["action"][..., :3] * PROPRIO_SCALE,
+                               (first["action"][..., :3] * std + mean), rtol=1e-5)
+    assert batch["action_mask"][..., :3].all()
+    unknown = next(loader.make_iterator(c, split="eval", data=stranger, trained=trained))
+    assert not unknown["action_mask"].any() and not unknown["proprio_mask"].any()
+    assert (unknown["embodiment_id"] == 0).all()

@@ -127,3 +127,20 @@ def test_too_many_embodiments(tmp_path):
     with pytest.raises(ValueError, match="3 embodiments.*num_embodiments is 2"):
         load_mixture(_config(",".join(dirs), num_embodiments=2))
     assert len(load_mixture(_config(",".join(dirs), num_embodiments=3)).embodiments) == 3
+
+
+def test_dimension_names_recorded_or_derived(tmp_path):
+    d = write_converted_dataset(str(tmp_path / "d"), action_dim=3, proprio_dim=2)
+    src = load_mixture(_config(d)).sources[0]
+    # converted before names were recorded: one key per dim names them, proprio is indexed
+    assert src.action_names == ("a0", "a1", "a2") and src.proprio_names == ("proprio[0]", "proprio[1]")
+    _edit(d, action_keys=["action"])  # one vector key: indexed
+    assert load_mixture(_config(d)).sources[0].action_names == ("action[0]", "action[1]", "action[2]")
+    _edit(d, action_names=["x", "y", "grip"], proprio_names=["px", "py"])
+    src = load_mixture(_config(d)).sources[0]
+    assert src.action_names == ("x", "y", "grip") and src.proprio_names == ("px", "py")
+    _edit(d, action_names=["x", "y"])
+    with pytest.raises(records.DatasetFormatError, match="'action_names'.*3 strings"):
+        load_mixture(_config(d))
+    video = write_converted_dataset(str(tmp_path / "v"), kind="video")
+    assert load_mixture(_config(video)).sources[0].action_names == ()

@@ -173,13 +173,13 @@ def test_cached_extend_equals_the_full_block_causal_pass(scan):
 def test_scan_unroll_reaches_every_layer_stack():
     """`model.scan_unroll` is honoured by every BlockStack of the model (encoder, predictors,
     latent-action trunk, heads), and the stacked parameter layout does not depend on it."""
-    from wam_jax.models import layers
+    from wam_jax.models.blocks import BlockStack
 
     rolled = WorldActionModel(tiny_config().model, rngs=nnx.Rngs(0))
     unrolled = WorldActionModel(tiny_config(**{"model.scan_unroll": 0}).model, rngs=nnx.Rngs(0))
-    stacks = [m for _, m in nnx.iter_graph(unrolled) if isinstance(m, layers.BlockStack)]
+    stacks = [m for _, m in nnx.iter_graph(unrolled) if isinstance(m, BlockStack)]
     assert len(stacks) >= 4 and all(st.scan_unroll == 0 for st in stacks)
-    assert all(m.scan_unroll == 1 for _, m in nnx.iter_graph(rolled) if isinstance(m, layers.BlockStack))
+    assert all(m.scan_unroll == 1 for _, m in nnx.iter_graph(rolled) if isinstance(m, BlockStack))
     shapes = [jax.tree.map(lambda a: a.shape, nnx.to_pure_dict(nnx.state(m, nnx.Param)))
               for m in (rolled, unrolled)]
     assert shapes[0] == shapes[1]
@@ -264,6 +264,37 @@ def test_continuous_bottlenecks(bottleneck):
     assert np.all(np.asarray(det.kl) >= 0)
     if bottleneck == "noisy":
         assert np.abs(np.asarray(det.mean)).max() <= 1.0
+
+
+@pytest.mark.parametrize("video_cond", ["latent", "mask"])
+def test_conditioning_chooses_actions_or_latent_actions_per_step(video_cond):
+    """c_t = g(a_t) where use_action, else u_t (or the mask token); latents may stop early (a
+    rollout's context): steps past the last frame take g(a_t), and one frame means no u_t."""
+    cfg = tiny_config(**{"model.latent_action.video_cond": video_cond})
+    m = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    if m.cond_mask is not None:  # a token that differs from every latent action
+        m.cond_mask[...] = jnp.full(m.cond_mask[...].shape, 0.5)
+    batch = random_batch(cfg)
+    z = m.encode(batch["video"])  # [B, 4, N, D]
+    a, am, emb = batch["action"], batch["action_mask"], batch["embodiment_id"]
+    b, s = a.shape[:2]
+    g = np.asarray(m.action_embedder(a, am, emb))
+    use = np.zeros((b, s), bool)
+    use[0] = True
+    out = m.conditioning(z, a, am, emb, use)
+    u = np.asarray(m.latent_actions(z[:, :-1], z[:, 1:]).mean)
+    other = u if video_cond == "latent" else np.full(u.shape, 0.5, np.float32)
+    np.testing.assert_array_equal(np.asarray(out.cond), np.where(use[..., None], g, other))
+    np.testing.assert_array_equal(np.asarray(out.action_emb), g)
+    np.testing.assert_array_equal(np.asarray(out.latent.u), u)  # no key: u is the mean
+    ctx = m.conditioning(z[:, :2], a, am, emb, np.arange(s)[None].repeat(b, 0) >= 1)
+    np.testing.assert_array_equal(np.asarray(ctx.cond[:, 0]), other[:, 0])
+    np.testing.assert_array_equal(np.asarray(ctx.cond[:, 1:]), g[:, 1:])
+    one = m.conditioning(z[:, :1], a, am, emb, np.ones((b, s), bool))
+    assert one.latent.u.shape == (b, 0, cfg.model.latent_action.dim)
+    np.testing.assert_array_equal(np.asarray(one.cond), g)
+    with pytest.raises(ValueError, match="C - 1 <= S"):
+        m.conditioning(z, a[:, :2], am[:, :2], emb, use[:, :2])
 
 
 def test_embed_actions_pads_smaller_action_dims(model):

@@ -12,7 +12,6 @@ import pytest
 from flax import nnx
 
 from tests.test_model import random_batch, tiny_config, trained_like
-from wam_jax.models.latent_actions import usage_hinge
 from wam_jax.models.world_model import WorldActionModel
 from wam_jax.training import masks, objectives
 
@@ -50,6 +49,12 @@ def setup():
     cfg = tiny_config(**{"loss.bottleneck": 0.0})
     model = trained_like(WorldActionModel(cfg.model, rngs=nnx.Rngs(0)))
     return cfg, model, model.make_target_encoder(), loss_and_grads(cfg.loss)
+
+
+def _only(cfg, term: str) -> dict:
+    """`cfg.loss` with every term weight 0 but `term`'s (1)."""
+    weights = {name: float(name == term) for name in objectives.LOSS_TERMS}
+    return {**cfg.loss.to_dict(), **weights}
 
 
 def _run(setup, batch, seed=0):
@@ -93,8 +98,7 @@ def test_action_decoding_of_predictions_trains_the_head_not_the_predictor(setup)
     """act_pred (the inverse head on predicted latents) teaches the head to read imagined
     futures; it must not bend the predictor towards action-decodable latents."""
     cfg, model, target, _ = setup
-    only = {name: 0.0 for name in objectives.LOSS_TERMS}
-    only["act_pred"] = 1.0
+    only = _only(cfg, "act_pred")
     run = loss_and_grads(only)
     _, metrics, grads = run(model, target, random_batch(cfg, labeled=4), jax.random.key(0))
     assert float(metrics["loss/act_pred"]) > 0
@@ -164,7 +168,7 @@ def test_loss_rejects_bad_batches_naming_the_key(setup, key, bad, expected):
 
 def test_ssl_and_gaussian_bottleneck_terms():
     cfg = tiny_config(**{"model.ssl.enabled": True, "model.latent_action.bottleneck": "gaussian",
-                         "model.latent_action.label_dropout": 0.5, "loss.ssl": 1.0})
+                         "loss.label_dropout": 0.5, "loss.ssl": 1.0})
     model = WorldActionModel(cfg.model, rngs=nnx.Rngs(1))
     target = model.make_target_encoder()
     batch = random_batch(cfg, labeled=2)
@@ -218,11 +222,9 @@ def test_align_directions_route_gradients(setup):
     latent-action model only (each measured with every other term off)."""
     cfg, model, target, _ = setup
     batch = random_batch(cfg, labeled=4)
-    only = {name: 0.0 for name in objectives.LOSS_TERMS}
     for term, trained, untouched in (("align", "action_embedder", "latent_actions"),
                                      ("align_u", "latent_actions", "action_embedder")):
-        loss_cfg = dict(only, **{term: 1.0})
-        _, metrics, grads = loss_and_grads(loss_cfg)(model, target, batch, jax.random.key(0))
+        _, metrics, grads = loss_and_grads(_only(cfg, term))(model, target, batch, jax.random.key(0))
         assert float(metrics[f"loss/{term}"]) > 0
         assert _max_abs(grads[trained]) > 0, term
         assert _max_abs(grads[untouched]) == 0.0, term
@@ -275,19 +277,31 @@ def test_effective_rank_matches_definition():
     q, _ = np.linalg.qr(rng.normal(size=(64, d)))
     full = jnp.asarray(q * 3.0, jnp.float32)  # equal singular values: effective rank d
     mask = jnp.ones((64,), bool)
-    np.testing.assert_allclose(float(objectives.effective_rank(full, mask)), d, rtol=1e-3)
+    np.testing.assert_allclose(float(_rank(full, mask)), d, rtol=1e-3)
     rank2 = jnp.asarray(rng.normal(size=(64, 2)) @ rng.normal(size=(2, d)), jnp.float32)
     s = np.linalg.svd(np.asarray(rank2), compute_uv=False)
     p = s / s.sum()
     ref = math.exp(-np.sum(p * np.log(p + 1e-12)))
-    np.testing.assert_allclose(float(objectives.effective_rank(rank2, mask)), ref, rtol=1e-3)
+    np.testing.assert_allclose(float(_rank(rank2, mask)), ref, rtol=1e-3)
     # Masked rows do not count.
     junk = full.at[:8].set(100.0)
     m = mask.at[:8].set(False)
-    masked_rank = float(objectives.effective_rank(junk, m))
-    np.testing.assert_allclose(masked_rank, float(objectives.effective_rank(full[8:], mask[8:])),
-                               rtol=1e-3)
+    masked_rank = float(_rank(junk, m))
+    np.testing.assert_allclose(masked_rank, float(_rank(full[8:], mask[8:])), rtol=1e-3)
+    # Gram matrices summed over batches give the rank of all rows; NumPy (float64) in, NumPy out.
+    g1, n1 = objectives.masked_gram(rank2[:40], mask[:40])
+    g2, n2 = objectives.masked_gram(rank2[40:], mask[40:])
+    host = objectives.effective_rank(np.asarray(g1, np.float64) + np.asarray(g2, np.float64),
+                                     float(n1 + n2))
+    assert isinstance(host, np.floating) and host.dtype == np.float64
+    np.testing.assert_allclose(float(host), ref, rtol=1e-3)
+    jitted = jax.jit(objectives.effective_rank)(g1 + g2, n1 + n2)
+    np.testing.assert_allclose(float(jitted), float(host), rtol=1e-4)
     assert float(objectives.feature_std(jnp.ones((10, 4)), jnp.ones((10,), bool))) < 1e-5
+
+
+def _rank(z, mask):
+    return objectives.effective_rank(*objectives.masked_gram(z, mask))
 
 
 def test_code_usage_matches_numpy():
@@ -311,9 +325,9 @@ def test_r_squared_and_usage_hinge():
     mean = jnp.broadcast_to(jnp.mean(y, axis=0), y.shape)
     assert float(objectives.r_squared(mean, y, mask)) == pytest.approx(0.0, abs=1e-5)
     flat = jnp.zeros((32, 4))
-    assert float(usage_hinge(flat, jnp.ones(32, bool))) == pytest.approx(0.5 - 0.01, abs=1e-4)
+    assert float(objectives.usage_hinge(flat, jnp.ones(32, bool))) == pytest.approx(0.5 - 0.01, abs=1e-4)
     spread = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (256, 4)), jnp.float32)
-    assert float(usage_hinge(spread, jnp.ones(256, bool))) == 0.0
+    assert float(objectives.usage_hinge(spread, jnp.ones(256, bool))) == 0.0
 
 
 @pytest.mark.parametrize("grid", [(2, 4, 4), (1, 8, 8), (3, 6, 5)])

@@ -105,6 +105,23 @@ def test_sharded_and_unsharded_planning_agree(method: str, mesh_kind: str) -> No
     assert "f32[8,3,2]" in hlo, "expected per-device candidate blocks of 64/8 samples"
 
 
+@pytest.mark.parametrize("mesh_kind", ["planning", "inference"])
+def test_meshes_come_from_the_rules_table(mesh_kind: str) -> None:
+    """Planning and inference meshes put every device on the axis the rules map their logical axis
+    to (`samples` / `embed`); candidates then split 8 ways on either."""
+    from wam_jax import sharding
+    from wam_jax.inference.load import inference_mesh
+
+    mesh, logical = ((planning.planning_mesh(), "samples") if mesh_kind == "planning"
+                     else (inference_mesh(), "embed"))
+    axis = sharding.logical_to_spec((logical,))[0]
+    axis = axis if isinstance(axis, str) else axis[0]
+    assert mesh.shape[axis] == 8 and mesh.size == 8
+    assert planning.num_sample_shards(mesh) == 8
+    with pytest.raises(ValueError, match="the rules replicate logical axis 'time'"):
+        sharding.mesh_along("time")
+
+
 def test_padded_num_samples_rounds_up_to_shards() -> None:
     mesh = planning.planning_mesh()
     assert planning.padded_num_samples(300, mesh) == 304
@@ -186,12 +203,14 @@ def test_shift_plan() -> None:
 def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
     """Replaying the demonstration that defined a task reaches its goal exactly: the reset,
     stepping, budget and scoring of the harness are right; random actions do not."""
-    from data_pipelines.convert import pusht
     from launch import plan
+    from sim import pusht
+    from sim.rollouts import rollout
+    from sim.success import is_success
 
     tasks = plan.make_tasks(2, image_size=32, goal_offset=25)
     assert len(tasks) == 2 and tasks[0].goal_image.shape == (32, 32, 3)
-    assert all(not pusht.is_success(t.start_state[2:], t.goal_pose) for t in tasks)  # non-trivial
+    assert all(not is_success(t.start_state[2:], t.goal_pose) for t in tasks)  # non-trivial
     again = plan.make_tasks(2, image_size=32, goal_offset=25)  # deterministic: same tasks for every method
     for a, b in zip(tasks, again, strict=True):
         assert a.seed == b.seed and np.array_equal(a.start_state, b.start_state)
@@ -201,7 +220,7 @@ def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
         name = "replay"
 
         def reset(self, task):
-            self.actions = pusht.rollout(task.seed, 25, image_size=pusht.RENDER_SIZE).actions
+            self.actions = rollout(task.seed, 25, image_size=pusht.RENDER_SIZE).actions
 
         def act(self, frame, step):
             assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8

@@ -1,4 +1,5 @@
-"""PushT demo data: env helpers, the scripted policy, and generation + conversion end to end."""
+"""PushT: the simulator helpers, the success rule and the scripted policy (`sim`), and the demo
+data generation + conversion end to end (`data_pipelines.convert.pusht`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 
 from data_pipelines import records
 from data_pipelines.convert import ego4d_layout as ego4d
-from data_pipelines.convert import pusht
+from data_pipelines.convert import pusht as pusht_demo
+from sim import pusht
+from sim.rollouts import rollout
+from sim.success import is_success, pose_error
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +47,29 @@ def test_render_matches_gym_pixels(env):
 
 def test_pose_error_and_success_rule():
     goal = pusht.GOAL_POSE
-    assert pusht.is_success(goal, goal)
-    pos, ang = pusht.pose_error([256 + 12, 256 - 9, goal[2]], goal)
+    assert is_success(goal, goal)
+    pos, ang = pose_error([256 + 12, 256 - 9, goal[2]], goal)
     assert pos == pytest.approx(15.0) and ang == pytest.approx(0.0, abs=1e-9)
     # angles wrap: 350 degrees vs 5 degrees is 15 degrees apart
-    assert pusht.pose_error([0, 0, math.radians(350)], [0, 0, math.radians(5)])[1] == pytest.approx(15.0)
-    assert not pusht.is_success([256 + 21, 256, goal[2]], goal)  # 21 px
-    assert not pusht.is_success([256, 256, goal[2] + math.radians(21)], goal)  # 21 degrees
-    assert pusht.is_success([256 + 14, 256 + 14, goal[2] - math.radians(19)], goal)  # 19.8 px, 19 deg
+    assert pose_error([0, 0, math.radians(350)], [0, 0, math.radians(5)])[1] == pytest.approx(15.0)
+    assert not is_success([256 + 21, 256, goal[2]], goal)  # 21 px
+    assert not is_success([256, 256, goal[2] + math.radians(21)], goal)  # 21 degrees
+    assert is_success([256 + 14, 256 + 14, goal[2] - math.radians(19)], goal)  # 19.8 px, 19 deg
 
 
 def test_success_is_read_from_the_simulator(env):
     goal = pusht.goal_pose(env)
     pusht.reset_to_state(env, [60.0, 60.0, goal[0] + 5.0, goal[1], goal[2] + 0.1])
-    assert pusht.is_success(pusht.block_pose(env), goal)
+    assert is_success(pusht.block_pose(env), goal)
     pusht.reset_to_state(env, [60.0, 60.0, goal[0] + 40.0, goal[1], goal[2]])
-    assert not pusht.is_success(pusht.block_pose(env), goal)
+    assert not is_success(pusht.block_pose(env), goal)
 
 
 def test_scripted_policy_pushes_the_block_and_is_deterministic():
     env = pusht.make_env(obs_type="state")
     try:
-        runs = [pusht.rollout(seed, 80, env=env) for seed in (11, 12, 13)]
-        again = pusht.rollout(11, 80, env=env)
+        runs = [rollout(seed, 80, env=env) for seed in (11, 12, 13)]
+        again = rollout(11, 80, env=env)
     finally:
         env.close()
     for r in runs:
@@ -77,12 +81,23 @@ def test_scripted_policy_pushes_the_block_and_is_deterministic():
     turned = [abs(r.block_pose[-1, 2] - r.block_pose[0, 2]) for r in runs]
     assert min(max(m, 100 * a) for m, a in zip(moved, turned, strict=True)) > 10, (moved, turned)
     # Toward the goal on average, not just anywhere.
-    before = np.mean([pusht.pose_error(r.block_pose[0], pusht.GOAL_POSE)[0] for r in runs])
-    after = np.mean([pusht.pose_error(r.block_pose[-1], pusht.GOAL_POSE)[0] for r in runs])
+    before = np.mean([pose_error(r.block_pose[0], pusht.GOAL_POSE)[0] for r in runs])
+    after = np.mean([pose_error(r.block_pose[-1], pusht.GOAL_POSE)[0] for r in runs])
     assert after < before
     np.testing.assert_array_equal(again.actions, runs[0].actions)
     np.testing.assert_array_equal(again.images, runs[0].images)
     assert not np.array_equal(runs[1].actions[:10], runs[2].actions[:10])
+
+
+def test_sim_imports_neither_data_pipelines_nor_wam_jax():
+    """`sim` sits below both the data generator and the planning evaluation that use it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sim.pusht, sim.rollouts, sim.scripted_policy, sim.success; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'data_pipelines', 'wam_jax', 'launch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def _count_steps(report: dict, part: str) -> int:
@@ -92,8 +107,8 @@ def _count_steps(report: dict, part: str) -> int:
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("pusht") / "demo")
-    sizes = pusht.DemoSizes(labeled_episodes=3, video_episodes=3, test_episodes=2, steps=25, seed=1)
-    report = pusht.generate(out, sizes, workers=1, image_size=32, progress=False)
+    sizes = pusht_demo.DemoSizes(labeled_episodes=3, video_episodes=3, test_episodes=2, steps=25, seed=1)
+    report = pusht_demo.generate(out, sizes, workers=1, image_size=32, progress=False)
     return out, sizes, report
 
 
@@ -111,7 +126,7 @@ def test_generation_writes_a_tfds_builder_dir(small_demo):
     assert steps["action"].shape == (2,)
     ep = next(iter(tfds.as_numpy(builder.as_dataset(split="train").take(1))))
     st = list(ep["steps"])  # RLDS: steps is a nested dataset
-    assert st[0]["language_instruction"].decode() == pusht.LANGUAGE
+    assert st[0]["language_instruction"].decode() == pusht_demo.LANGUAGE
     assert st[0]["is_first"] and st[-1]["is_last"] and not st[0]["is_last"]
     assert st[0]["observation"]["image"].shape == (96, 96, 3)
     assert 2 <= len(st) <= sizes.steps + 1  # one step per action, plus the final observation
@@ -147,7 +162,7 @@ def test_generation_converts_with_the_real_converters(small_demo):
     assert video["num_episodes"] == sizes.video_episodes
     assert video["num_frames"] == _count_steps(report, "video")  # every rendered frame kept at 10 fps
     ep = next(records.iter_episodes(records.shard_paths(os.path.join(conv, "pusht_labeled"))))
-    assert ep.language == pusht.LANGUAGE and ep.action.shape == (len(ep), 2)
+    assert ep.language == pusht_demo.LANGUAGE and ep.action.shape == (len(ep), 2)
     stats = records.read_stats(os.path.join(conv, "pusht_labeled"))
     assert len(stats["action"]["mean"]) == 2
     with open(os.path.join(out, "generation.json")) as f:
@@ -157,30 +172,30 @@ def test_generation_converts_with_the_real_converters(small_demo):
 
 def test_generation_is_deterministic_and_rerun_is_a_no_op(small_demo, tmp_path):
     out, sizes, report = small_demo
-    again = pusht.generate(out, sizes, workers=1, image_size=32, progress=False)
+    again = pusht_demo.generate(out, sizes, workers=1, image_size=32, progress=False)
     assert again == report  # kept, not regenerated
     with pytest.raises(FileExistsError, match="--overwrite"):
-        pusht.generate(out, pusht.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
+        pusht_demo.generate(out, pusht_demo.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
     # The action-free videos too, byte for byte.
     redo = str(tmp_path / "v.mp4")
-    pusht.generate_rollouts(sizes.seeds()["video"][:1], sizes.steps, noise_scale=pusht.VIDEO_NOISE_SCALE,
-                            video_paths=[redo])
+    pusht_demo.generate_rollouts(sizes.seeds()["video"][:1], sizes.steps,
+                                 noise_scale=pusht_demo.VIDEO_NOISE_SCALE, video_paths=[redo])
     with open(redo, "rb") as f, open(os.path.join(out, "ego4d", "v2", "full_scale", "pusht-00000.mp4"), "rb") as g:
         assert f.read() == g.read()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not ours")
     with pytest.raises(FileExistsError, match="other data"):
-        pusht.generate(str(foreign), pusht.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
+        pusht_demo.generate(str(foreign), pusht_demo.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
     assert (foreign / "notes.txt").exists()
     # An interrupted generation (our parts, no generation.json) is redone without --overwrite.
     partial = tmp_path / "partial"
     (partial / "rlds").mkdir(parents=True)
-    small = pusht.generate(str(partial), pusht.DemoSizes(0, 1, 0, 5, 2), image_size=16, progress=False)
+    small = pusht_demo.generate(str(partial), pusht_demo.DemoSizes(0, 1, 0, 5, 2), image_size=16, progress=False)
     assert small["converted_dirs"]["pusht_video"]["episodes"] == 1
     # Same seed, same episode, whatever the worker count (4+ seeds run in 2 processes).
     seeds = sizes.seeds()
-    rs = pusht.generate_rollouts(seeds["labeled"] + seeds["test"], sizes.steps, workers=2)
+    rs = pusht_demo.generate_rollouts(seeds["labeled"] + seeds["test"], sizes.steps, workers=2)
     eps = list(records.iter_episodes(records.shard_paths(os.path.join(out, "converted", "pusht_labeled"))))
     assert len(eps) == len(seeds["labeled"])
     for ep, r in zip(eps, rs, strict=False):
@@ -192,11 +207,11 @@ def test_cli_validation(tmp_path):
     import argparse
 
     parser = argparse.ArgumentParser()
-    pusht.add_arguments(parser)
+    pusht_demo.add_arguments(parser)
     args = parser.parse_args([f"--output={tmp_path / 'x'}", "--labeled_episodes=0", "--video_episodes=0",
                               "--test_episodes=0"])
     with pytest.raises(SystemExit, match="nothing to generate"):
-        pusht.main(args)
+        pusht_demo.main(args)
     args = parser.parse_args([f"--output={tmp_path / 'x'}", "--steps=1"])
     with pytest.raises(SystemExit, match="--steps"):
-        pusht.main(args)
+        pusht_demo.main(args)

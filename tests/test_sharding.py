@@ -132,8 +132,15 @@ def test_global_batch_checks():
     sharding.check_global_batch(16, mesh, grad_accum=2)
     with pytest.raises(sharding.BatchSizeError, match=r"global_batch_size=12 is not divisible by the data-parallel size 8"):
         sharding.check_global_batch(12, mesh)
-    with pytest.raises(sharding.BatchSizeError, match="not divisible by the 2 processes"):
-        sharding.check_global_batch(9, sharding.make_mesh(_mesh_cfg(), jax.devices()[:1]), process_count=2)
+
+
+def test_batch_and_micro_batch_shardings_follow_the_rules_table():
+    mesh = sharding.make_mesh(_mesh_cfg(ici_data=2))
+    batch_axes = sharding.logical_to_spec(("batch",))[0]
+    assert sharding.batch_sharding(mesh, 4).spec == P(batch_axes)
+    assert sharding.batch_sharding(mesh, 0).spec == P()
+    micro = sharding.batch_sharding(mesh, micro_batches=True)
+    assert micro.spec == P(None, batch_axes) and micro.mesh is mesh
 
 
 def test_local_batches_become_global_sharded_arrays():

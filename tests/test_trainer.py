@@ -97,16 +97,21 @@ def test_rerun_of_a_finished_run_is_a_noop(uninterrupted, config_file):
 
 
 def test_periodic_eval_and_export_at_end(tmp_path, session_mixture):
-    """train.eval_every logs held-out `eval/*` scalars (and writes eval/step_N/metrics.json) at
-    those steps; train.export_at_end leaves a loadable export in WORKDIR/export."""
-    from wam_jax.inference import export
+    """train.eval_every logs held-out `eval/*` scalars of the in-memory model (and writes
+    eval/step_N/metrics.json) at those steps, compiling the eval step once; train.export_at_end
+    leaves a loadable export in WORKDIR/export. Both are the callables passed in."""
+    from wam_jax.inference import evaluation, export
     from wam_jax.training import trainer
 
     cfg = rf.tiny_config(session_mixture, **{"train.eval_every": 4, "train.eval_max_clips": 8,
                                              "train.export_at_end": True, "data.heldout_fraction": 0.3})
     workdir = str(tmp_path / "run")
-    result = trainer.train(cfg, workdir)
+    hook = evaluation.PeriodicEval(cfg, workdir)
+    result = trainer.train(cfg, workdir, periodic_eval=hook, export=export.export)
     assert result.step == STEPS and result.export_dir == os.path.join(workdir, "export")
+    (step_fn,) = hook.evaluator._fns.values()
+    assert step_fn._cache_size() == 1  # both evaluations ran one compiled step
+    assert _checkpoints(workdir) == [3, 6, 8]  # evaluated from memory: no save (nor read) at step 4
     records = metrics.read_jsonl(os.path.join(workdir, metrics.METRICS_JSONL))
     evals = {r["step"]: r for r in records if "eval/pred_l1/1" in r}
     assert sorted(evals) == [4, 8]

@@ -13,6 +13,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from configs import base  # noqa: E402
 from wam_jax.models import vjepa2_convert  # noqa: E402
 from wam_jax.models.encoder import VideoEncoder  # noqa: E402
 
@@ -67,7 +68,7 @@ def _hf_encode(model, video: np.ndarray) -> np.ndarray:
 
 
 def _converted(config, model, scan: bool = True) -> VideoEncoder:
-    cfg = vjepa2_convert.config_from_hf(config)
+    cfg = vjepa2_convert.config_from_hf(config, base.model_config())
     cfg.scan_layers = scan
     encoder = VideoEncoder(cfg, rngs=nnx.Rngs(1))
     return vjepa2_convert.load_state_dict(encoder, model.state_dict())
@@ -109,7 +110,7 @@ def test_param_count_matches_transformers():
     for case in CASES:
         config, model = _hf_model(case)
         hf = sum(p.numel() for p in model.encoder.parameters())
-        encoder = VideoEncoder(vjepa2_convert.config_from_hf(config), rngs=nnx.Rngs(0))
+        encoder = VideoEncoder(vjepa2_convert.config_from_hf(config, base.model_config()), rngs=nnx.Rngs(0))
         ours = sum(x.size for x in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
         assert ours == hf, case
 
@@ -137,7 +138,7 @@ def _meta_keys(model, config) -> dict:
 
 def test_meta_layout_converts_to_the_same_params():
     config, model = _hf_model("tubelet2")
-    encoder = VideoEncoder(vjepa2_convert.config_from_hf(config), rngs=nnx.Rngs(0))
+    encoder = VideoEncoder(vjepa2_convert.config_from_hf(config, base.model_config()), rngs=nnx.Rngs(0))
     from_hf = vjepa2_convert.convert_state_dict(model.state_dict(), encoder)
     meta = _meta_keys(model, config)
     assert "module.backbone.blocks.1.attn.qkv.weight" in meta
@@ -154,7 +155,7 @@ def test_meta_layout_converts_to_the_same_params():
 
 def test_encoder_from_state_dict_without_random_init():
     config, model = _hf_model("tubelet2")
-    cfg = vjepa2_convert.config_from_hf(config)
+    cfg = vjepa2_convert.config_from_hf(config, base.model_config())
     encoder = vjepa2_convert.encoder_from_state_dict(cfg, model.state_dict())
     assert isinstance(encoder, VideoEncoder)
     leaves = jax.tree.leaves(nnx.state(encoder, nnx.Param))
@@ -165,7 +166,7 @@ def test_encoder_from_state_dict_without_random_init():
 
 def test_mismatches_are_listed():
     config, model = _hf_model("tubelet2")
-    encoder = VideoEncoder(vjepa2_convert.config_from_hf(config), rngs=nnx.Rngs(0))
+    encoder = VideoEncoder(vjepa2_convert.config_from_hf(config, base.model_config()), rngs=nnx.Rngs(0))
     sd = dict(model.state_dict())
     extra = dict(sd, **{"encoder.layer.0.attention.rotary.weight": torch.zeros(3)})
     with pytest.raises(
@@ -178,11 +179,11 @@ def test_mismatches_are_listed():
     no_value = {k: v for k, v in sd.items() if "layer.1.attention.value" not in k}
     with pytest.raises(ValueError, match=r"layer 1: attention kernel lacks \['value'\]"):
         vjepa2_convert.convert_state_dict(no_value, encoder)
-    cfg = vjepa2_convert.config_from_hf(config)
+    cfg = vjepa2_convert.config_from_hf(config, base.model_config())
     cfg.encoder.depth = 3
     with pytest.raises(ValueError, match="2 encoder layers.*depth 3"):
         vjepa2_convert.convert_state_dict(sd, VideoEncoder(cfg, rngs=nnx.Rngs(0)))
-    cfg = vjepa2_convert.config_from_hf(config)
+    cfg = vjepa2_convert.config_from_hf(config, base.model_config())
     cfg.patch_size = 16
     with pytest.raises(
         ValueError, match=r"patch_embeddings.proj.weight: converts to shape \(2, 8, 8, 3, 64\)"

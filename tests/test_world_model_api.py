@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -65,12 +68,9 @@ def shared_workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 def one_device_mesh():
-    import ml_collections as mlc
+    from wam_jax.inference.load import inference_mesh
 
-    from wam_jax import sharding
-
-    cfg = mlc.ConfigDict(dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
-    return sharding.make_mesh(cfg, jax.devices()[:1])
+    return inference_mesh(jax.devices()[:1])
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,8 @@ def test_config_and_statistics_come_from_the_checkpoint(wm) -> None:
     assert space.embodiment == "square" and space.dim == 2 and space.stride == 1
     assert space.is_delta.tolist() == [True, True]
     assert space.q01 is not None and np.all(space.q01 < space.q99)
+    assert space.action_names == ("vx", "vy")  # the dataset's per-dimension names
+    assert space.proprio_names == ("proprio[0]", "proprio[1]")  # none recorded: indexed
     with pytest.raises(ValueError, match="unknown embodiment 'arm'"):
         wm.action_space("arm")
 
@@ -131,8 +133,9 @@ def test_missing_path_errors(tmp_path) -> None:
 def test_checkpoint_without_statistics_is_a_clear_error(workdir, tmp_path) -> None:
     import orbax.checkpoint as ocp
 
-    from wam_jax import WorldModel
-    from wam_jax.inference import world_model_api as api
+    from wam_jax import WorldModel, config_utils
+    from wam_jax.inference import load
+    from wam_jax.inference.artifacts import MissingStatisticsError
     from wam_jax.training import checkpointing
 
     # A copy of the workdir whose step 2 was saved with `stats=None` (Checkpointer writes {}).
@@ -142,10 +145,10 @@ def test_checkpoint_without_statistics_is_a_clear_error(workdir, tmp_path) -> No
     state = ck.manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     shutil.rmtree(os.path.join(copy, "checkpoints", "2"))
     ck.manager.reload()
-    config = api.config_from_json(api.read_checkpoint_meta(workdir, 2)[1])
+    config = config_utils.restore_config(load.read_checkpoint_meta(workdir, 2)[1])
     ck.save(2, state, None, config, None)
     ck.close()
-    with pytest.raises(api.MissingStatisticsError, match=r"checkpoints/2 has no dataset statistics"):
+    with pytest.raises(MissingStatisticsError, match=r"checkpoints/2 has no dataset statistics"):
         WorldModel.load(copy, mesh=one_device_mesh())
 
 
@@ -168,7 +171,7 @@ def test_encode_shapes_and_batching(wm) -> None:
 
 
 def test_wrong_frame_size_needs_resize(wm) -> None:
-    from wam_jax.inference.world_model_api import resize_frames
+    from wam_jax.inference.artifacts import resize_frames
 
     big = _frames(2, size=48)
     with pytest.raises(ValueError, match=r"48x48 pixels but the model expects 32x32"):
@@ -246,7 +249,7 @@ def test_inverse_dynamics_and_policy_in_robot_units(wm) -> None:
 
 
 def test_action_space_round_trip() -> None:
-    from wam_jax.inference.world_model_api import ActionSpace
+    from wam_jax.inference.action_space import ActionSpace
 
     space = ActionSpace(embodiment="arm", embodiment_id=1, source="s", dim=2, model_dim=4,
                         mean=np.array([0.1, 2.0], np.float32), std=np.array([0.5, 1.0], np.float32),
@@ -334,17 +337,48 @@ def test_load_from_export_dir(wm, export_dirs) -> None:
 
 def test_missing_and_partial_export_dirs(export_dirs, tmp_path) -> None:
     from wam_jax import WorldModel
-    from wam_jax.inference import export
-    from wam_jax.inference.world_model_api import IncompleteExportError
+    from wam_jax.inference import artifacts, export
+    from wam_jax.inference.artifacts import IncompleteExportError
 
     _, enc = export_dirs
     broken = str(tmp_path / "broken")
     shutil.copytree(enc, broken)
-    os.remove(os.path.join(broken, export.ENCODER_SAFETENSORS))
+    os.remove(os.path.join(broken, artifacts.ENCODER_SAFETENSORS))
     with pytest.raises(IncompleteExportError, match=r"is partial: missing \['encoder.safetensors'\]"):
         WorldModel.load(broken)
-    os.remove(os.path.join(broken, export.EXPORT_JSON))  # interrupted before the manifest
+    os.remove(os.path.join(broken, artifacts.EXPORT_JSON))  # interrupted before the manifest
     with pytest.raises(IncompleteExportError, match="has no export.json"):
         WorldModel.load(broken)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         export.load_encoder(str(tmp_path / "missing"))
+
+
+_LOAD_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from wam_jax import WorldModel
+from wam_jax.inference import planning
+from wam_jax.inference.load import inference_mesh
+
+frames = np.zeros((2, 32, 32, 3), np.uint8)
+for path in sys.argv[1:]:
+    wm = WorldModel.load(path, mesh=inference_mesh(jax.devices()[:1]))
+    z = wm.encode(frames)
+    if wm.has_predictor:
+        wm.predict(z[-1], np.zeros(2, np.float32))
+        wm.plan(frames[0], frames[1], preset=planning.PlannerConfig(num_samples=4, num_elites=2,
+                                                                    num_iterations=1, horizon=1))
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("wam_jax.training"))))
+"""
+
+
+def test_loading_for_inference_builds_no_optimizer(workdir, export_dirs) -> None:
+    """Loading, encoding, predicting and planning import neither the train step nor the optimizer
+    module (optax itself is imported by `flax.nnx`, so only our optimizer code can be absent)."""
+    full, enc = export_dirs
+    proc = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, workdir, full, enc], env=rf.cli_env(num_devices=1),
+                          cwd=rf.REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    training = json.loads(proc.stdout.strip().splitlines()[-1])
+    forbidden = {f"wam_jax.training.{m}" for m in ("train_step", "optim", "objectives", "trainer")}
+    assert not forbidden & set(training), training

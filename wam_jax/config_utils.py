@@ -1,8 +1,13 @@
-"""Config files as code: loading `configs/*.py[:arg]`, checking overrides, validating values.
+"""Config files as code: loading `configs/*.py[:arg]`, applying overrides, validating values.
 
-ml_collections does the parsing (`config_flags.DEFINE_config_file`); this module turns its
-failure modes (missing file, a Python error in the file, an unknown `--config.a.b` key, a value of
-the wrong type) into one `ConfigError` that names the file / key and what was expected.
+    config = load_config("configs/pusht_small.py", ["--config.train.num_steps=50"])
+    validate(config)
+
+The file runs once. ml_collections parses the `--config.a.b=value` overrides (by the type of the
+field they replace); this module turns every failure (missing file, a Python error in the file,
+an unknown key, a value of the wrong type, a value out of range) into one `ConfigError` that names
+the file / flag and what was expected. `restore_config` rebuilds the config of a saved run in
+today's layout.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections as mlc
+
+_OVERRIDE = re.compile(r"^--?(no)?config\.")
 
 
 class ConfigError(ValueError):
@@ -28,14 +36,37 @@ def split_config_arg(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def check_config_file(spec: str) -> None:
-    """Loads the config file once to turn its failures into a clear ConfigError."""
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`--config.a.b[=value]` overrides, every other argument) of a command line.
+
+    An override written `--config.a.b VALUE` keeps its value with it.
+    """
+    overrides: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if _OVERRIDE.match(arg):
+            overrides.append(arg)
+            if "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                overrides.append(args[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return overrides, rest
+
+
+def load_config_file(spec: str) -> mlc.ConfigDict:
+    """Runs the config file `PATH.py[:ARG]` and returns `get_config([ARG])`, or a clear ConfigError."""
     path, arg = split_config_arg(spec)
     if not path.endswith(".py"):
         raise ConfigError(f"--config={spec}: expected a Python config file (configs/NAME.py[:ARG])")
     if not os.path.isfile(path):
         raise ConfigError(f"--config={spec}: config file {path!r} does not exist (cwd {os.getcwd()})")
-    module_spec = importlib.util.spec_from_file_location("_wam_config_check", path)
+    module_name = "_wam_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
@@ -53,15 +84,39 @@ def check_config_file(spec: str) -> None:
         raise ConfigError(f"config file {path!r}: get_config({arg!r}) failed: {type(e).__name__}: {e}") from e
     if not isinstance(config, mlc.ConfigDict):
         raise ConfigError(f"config file {path!r}: get_config() returned {type(config).__name__}, expected a ConfigDict")
+    return config
 
 
-def check_overrides(config: mlc.ConfigDict, argv: Sequence[str], flag: str = "config") -> None:
+def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str]) -> mlc.ConfigDict:
+    """`config` with `--config.a.b=value` overrides applied (parsed by the field's type), locked."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    check_overrides(config, overrides)
+    argv = ["wam", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=fv, lock_config=True, sys_argv=argv)
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        raise ConfigError(str(e)) from e
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected argument(s) {' '.join(rest[1:])!r} after the --config.* overrides")
+    return fv.config
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> mlc.ConfigDict:
+    """The config of `--config=PATH.py[:ARG]` with its `--config.a.b=value` overrides applied."""
+    return apply_overrides(load_config_file(spec), overrides)
+
+
+def check_overrides(config: mlc.ConfigDict, argv: Sequence[str]) -> None:
     """Every `--config.a.b=...` must name an existing key; suggests the closest ones otherwise."""
-    prefix = f"--{flag}."
     for arg in argv:
-        if not arg.startswith(prefix):
+        m = _OVERRIDE.match(arg)
+        if not m:
             continue
-        key = arg[len(prefix):].split("=", 1)[0]
+        key = arg[m.end():].split("=", 1)[0]
         node: Any = config
         walked = []
         for part in key.split("."):
@@ -73,14 +128,19 @@ def check_overrides(config: mlc.ConfigDict, argv: Sequence[str], flag: str = "co
             options = sorted(node.keys()) if isinstance(node, mlc.ConfigDict | Mapping) else []
             close = difflib.get_close_matches(part, options, n=3)
             hint = f"; did you mean {', '.join('.'.join([*walked, c]) for c in close)}?" if close else ""
+            if key in RENAMED_KEYS:
+                hint = f"; it moved to --config.{RENAMED_KEYS[key]}"
             raise ConfigError(
                 f"unknown config key {key!r} in {arg!r}: {parent} has no field {part!r}"
                 f" (fields: {', '.join(options) if options else 'none, it is a value'}){hint}"
             )
 
 
-def validate(config: mlc.ConfigDict) -> None:
-    """Value checks the runtime relies on, with the flag to fix in every message."""
+def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
+    """Value checks the run relies on, with the flag to fix in every message. Each value is checked
+    either here or, for the architecture (e.g. `image_size % patch_size`), only in the model, so
+    that a model built without this function is checked too. `needs_data=False` (an ahead-of-time
+    compile) skips the check of the data mixture."""
 
     def need(cond: bool, key: str, msg: str) -> None:
         if not cond:
@@ -93,11 +153,91 @@ def validate(config: mlc.ConfigDict) -> None:
     need(int(config.data.global_batch_size) > 0, "data.global_batch_size", "must be > 0")
     need(int(config.optim.grad_accum) >= 1, "optim.grad_accum", "must be >= 1")
     need(int(config.data.num_frames) >= 2, "data.num_frames", "must be >= 2 (a clip has T-1 transitions)")
-    need(bool(str(config.data.mixture).strip()), "data.mixture",
-         "is empty; set it to converted datasets 'DIR[:weight],DIR[:weight]' (see `wam-convert`)")
+    if needs_data:
+        need(bool(str(config.data.mixture).strip()), "data.mixture",
+             "is empty; set it to converted datasets 'DIR[:weight],DIR[:weight]' (see `wam-convert`)")
     need(str(config.model.dtype) in ("float32", "bfloat16", "float16"), "model.dtype",
          "expected 'float32', 'bfloat16' or 'float16'")
     need(str(config.model.target) in ("ema", "frozen"), "model.target", "expected 'ema' or 'frozen'")
+
+
+# Keys that moved since checkpoints were first written: old dotted path -> new dotted path.
+RENAMED_KEYS: dict[str, str] = {
+    "model.latent_action.kl_weight": "loss.kl_weight",
+    "model.latent_action.label_dropout": "loss.label_dropout",
+    "model.rollout_k": "loss.rollout_k",
+}
+
+
+def restore_config(saved: Mapping[str, Any]) -> mlc.ConfigDict:
+    """The config a checkpoint or export was trained with, in today's layout.
+
+    Old runs saved fewer keys (defaults added later) and some at paths that moved since: this starts
+    from `configs.base.get_config(<saved model preset>)`, moves renamed keys (`RENAMED_KEYS`) and
+    writes every saved value over it, so new keys get base's default and nothing else needs one.
+    JSON lists come back as tuples (ml_collections saves tuples as lists).
+    """
+    from configs import base
+
+    if "model" not in saved or not isinstance(saved["model"], Mapping):
+        raise ConfigError("the saved config has no 'model' section; cannot rebuild the model")
+    try:
+        config = base.get_config(str(saved["model"].get("preset", "tiny")))
+    except ValueError:  # a preset since renamed: the saved encoder / predictor sizes replace it
+        config = base.get_config()
+    values = _tuples(saved)
+    for old, new in RENAMED_KEYS.items():
+        if _has(config, new) and not _has(config, old) and _has(values, old):
+            value = _pop(values, old)
+            if not _has(values, new):
+                _put(values, new, value)
+    _merge(config, values)
+    return config
+
+
+def _tuples(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def _has(node: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(node, mlc.ConfigDict | Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _pop(tree: dict[str, Any], dotted: str) -> Any:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree[part]
+    return tree.pop(leaf)
+
+
+def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def _merge(config: mlc.ConfigDict, values: Mapping[str, Any]) -> None:
+    """Writes `values` into `config` recursively; a saved value replaces base's even if its type differs."""
+    for k, v in values.items():
+        if isinstance(v, Mapping) and isinstance(config.get(k), mlc.ConfigDict):
+            _merge(config[k], v)
+            continue
+        if k in config:
+            try:
+                config[k] = v
+                continue
+            except TypeError:
+                del config[k]  # the saved run's type wins over today's default's
+        config[k] = mlc.ConfigDict(v) if isinstance(v, Mapping) else v
 
 
 def _get(config: Any, dotted: str) -> Any:

@@ -163,26 +163,36 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def mesh_along(logical: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Every device on the (first) mesh axis the rules map `logical` to; the other axes size 1.
+
+    Inference uses `mesh_along('embed')`: parameters FSDP-sharded, and batches and planning samples,
+    whose rules include that axis, split over the same devices. A bare planner: `mesh_along('samples')`.
+    """
+    axes = _axes_of(logical)
+    if not axes:
+        raise ValueError(f"the rules replicate logical axis {logical!r}: no mesh axis to put devices on")
+    sizes = {a: -1 if a == axes[0] else 1 for a in MESH_AXES}
+    return make_mesh({f"{level}_{a}": s for level in ("ici", "dcn") for a, s in sizes.items()}, devices)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     """How many ways the batch is split: the product of the mesh axes `batch` maps to."""
     return math.prod(mesh.shape[a] for a in _axes_of("batch") if a in mesh.shape)
 
 
-def check_global_batch(global_batch: int, mesh: Mesh, grad_accum: int = 1, process_count: int = 1) -> None:
-    """Raises a clear error when the global batch cannot be split over devices / micro-steps / hosts."""
+def check_global_batch(global_batch: int, mesh: Mesh, grad_accum: int = 1) -> None:
+    """Raises a clear error when the global batch cannot be split over devices and micro-steps.
+
+    `grad_accum >= 1` is `config_utils.validate`'s check; the split over processes the loader's
+    (`loader.per_process_batch_size`)."""
     dp = data_parallel_size(mesh)
-    if grad_accum < 1:
-        raise BatchSizeError(f"--config.optim.grad_accum={grad_accum}: must be >= 1")
     if global_batch % (dp * grad_accum):
         raise BatchSizeError(
             f"--config.data.global_batch_size={global_batch} is not divisible by the data-parallel "
             f"size {dp} (mesh data×fsdp = {mesh.shape['data']}×{mesh.shape['fsdp']})"
             + (f" × --config.optim.grad_accum={grad_accum}" if grad_accum > 1 else "")
             + f"; use a multiple of {dp * grad_accum}"
-        )
-    if global_batch % process_count:
-        raise BatchSizeError(
-            f"--config.data.global_batch_size={global_batch} is not divisible by the {process_count} processes"
         )
 
 
@@ -264,9 +274,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Batch arrays: leading dim over every data-parallel axis, the rest replicated."""
+def batch_sharding(mesh: Mesh, ndim: int = 1, *, micro_batches: bool = False) -> NamedSharding:
+    """Batch arrays: leading dim over every data-parallel axis, the rest replicated.
+
+    `micro_batches`: a `[n, B/n, ...]` stack of gradient-accumulation micro-batches, split along
+    its second dim, so every device holds its rows of every micro-batch.
+    """
     axes = tuple(a for a in _axes_of("batch") if a in mesh.axis_names)
+    if micro_batches:
+        return NamedSharding(mesh, P(None, axes))
     return NamedSharding(mesh, P(axes) if ndim else P())
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from data_pipelines import records
 from data_pipelines.convert.stats import RunningStats, merge_all
+from data_pipelines.mixture import dimension_names
 
 PROGRESS_DIR = ".progress"
 MAX_LISTED_SKIPS = 1000  # manifest lists at most this many skipped items (all are counted)
@@ -449,6 +450,11 @@ def run_conversion(
         "proprio_dim": proprio.dim if proprio.count else None,
         "shards": shards,
     }
+    for modality in ("action", "proprio"):  # one name per dimension, derived if not recorded
+        dim, names = ds[f"{modality}_dim"] or 0, ds.get(f"{modality}_names")
+        if names is not None and len(names) != dim:
+            raise ConversionError(f"{len(names)} {modality}_names {names} for {dim} {modality} dims")
+        ds[f"{modality}_names"] = list(dimension_names(names, ds.get(f"{modality}_keys"), modality, dim))
     # The loader builds its window index from these without opening a record (record order).
     if all(len(r.episode_ids) == r.num_episodes for r in results):
         ds["episode_ids"] = [e for r in results if r.num_episodes for e in r.episode_ids]
@@ -480,14 +486,8 @@ def run_conversion(
             "workers": workers,
         },
         "shards": [
-            {
-                "shard": r.shard,
-                "num_episodes": r.num_episodes,
-                "num_frames": r.num_frames,
-                "num_skipped": len(r.skipped),
-                "seconds": r.seconds,
-                "resumed": r.resumed,
-            }
+            {"shard": r.shard, "num_episodes": r.num_episodes, "num_frames": r.num_frames,
+             "num_skipped": len(r.skipped), "seconds": r.seconds, "resumed": r.resumed}
             for r in results
         ],
         **(manifest_extra or {}),

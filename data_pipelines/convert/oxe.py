@@ -34,13 +34,8 @@ import numpy as np
 
 from data_pipelines import records
 from data_pipelines.convert import common as convert_common
-from data_pipelines.convert.oxe_registry import (
-    REGISTRY,
-    DatasetSpec,
-    custom_spec,
-    get_spec,
-    spec_for,
-)
+from data_pipelines.convert.oxe_registry import REGISTRY, custom_spec, get_spec, spec_for
+from data_pipelines.convert.oxe_spec import DatasetSpec
 from data_pipelines.convert.rlds import RLDSDataset, RLDSFormatError
 
 
@@ -126,6 +121,7 @@ def produce(
     """convert_common producer: the standardized episodes of one output shard."""
     ds = _open(builder_dir, split)
     size, q = options.image_size, options.jpeg_quality
+    named = False
     for shard, start, stop in _ranges(plan.items):
         fname = os.path.basename(ds.shard_paths[shard])
         expected = start
@@ -168,6 +164,11 @@ def produce(
             log.set_info("action_is_delta", spec.delta_mask(int(std.action.shape[1])))
             log.set_info("action_dim", int(std.action.shape[1]))
             log.set_info("proprio_dim", None if std.proprio is None else int(std.proprio.shape[1]))
+            if not named:  # once per shard: the names follow from the keys and their widths
+                action_names, proprio_names = spec.dim_names(ep)
+                log.set_info("action_names", action_names)
+                log.set_info("proprio_names", proprio_names)
+                named = True
             meta: dict[str, Any] = {"source_file": fname, "source_index": int(i), "length": n}
             md = ep.get("episode_metadata")
             if isinstance(md, dict) and isinstance(md.get("file_path"), str):

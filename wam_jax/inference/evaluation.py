@@ -1,11 +1,14 @@
-"""Held-out evaluation of a trained world action model: one function, one table, one JSON file.
+"""Held-out evaluation of a trained world action model: one data path, one compiled step, one JSON file.
 
     results = evaluate("runs/pusht_small")                        # the training mixture's held-out split
     results = evaluate("runs/pusht_small", data="data/pusht_test") # every episode of other datasets
-    print(format_table(results))
+    print(eval_report.format_table(results))
 
-Writes `WORKDIR/eval/metrics.json` and PNG plots there. Metrics (overall, per source, per kind
-robot / video):
+    evaluator = Evaluator(config, info)                            # in training: the in-memory model
+    results = evaluator(model, target_encoder)
+
+Writes `WORKDIR/eval/metrics.json` first, then PNG plots (`eval_report`; a plot that fails is a
+warning). Metrics (overall, per source, per kind robot / video):
 
 - latent prediction: L1 and cosine between the k-step autoregressive rollout from frame 0 and the
   target latents, per horizon 1..k, next to the copy-last-frame baseline (predicting z_0 for every
@@ -15,403 +18,400 @@ robot / video):
 - action ranking: for each labeled transition, the rank of the true action's energy
   L1(P(z_t, a), z_{t+1}) among K Gaussian perturbations of it (1 = best; chance = (K + 2) / 2), the
   signal a planner relies on;
-- representation health: per-dimension std of the target latents, their effective rank (RankMe,
-  same definition as the training logs), latent-action spread and FSQ code usage / perplexity.
+- representation health: per-dimension std of the target latents, their effective rank (the
+  training logs' definition), latent-action spread and FSQ code usage / perplexity.
 
-Conditioning follows training: embedded real actions on labeled steps, inferred latent actions on
-action-free ones. Latents are the target encoder's (the space the predictor predicts into), for
-inputs and targets alike, as in `WorldModel`.
+Data: the loader's eval stream (`loader.make_dataset(split='eval')`), normalized with the statistics
+the model was trained with for each clip's embodiment; robot units are one affine map per source.
+Conditioning follows training (`WorldActionModel.conditioning`). Latents are the target encoder's
+(the space the predictor predicts into), for inputs and targets alike, as in `WorldModel`. The
+jitted step reduces every batch to per-source sums on device, so the host only adds small arrays.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wam_jax.inference import eval_report
+
 log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
 METRICS_JSON = "metrics.json"
+PRED_KEYS = ("l1", "cos", "copy_l1", "copy_cos", "latent_l1")
+ACT_KEYS = ("n", "abs", "sq", "y", "y2", "pol_abs")
 
 
 # ----------------------------------------------------------------------------------------------
-# Data
+# The jitted per-batch computation: per-source sums
 
 
-@dataclass
-class EvalSource:
-    """One evaluated dataset and how its batch actions map to the model's units."""
-
-    source_id: int
-    name: str
-    path: str
-    kind: str
-    embodiment: str
-    embodiment_id: int | None  # in the *training* registry; None: embodiment unseen in training
-    action_dim: int
-    action_keys: list[str]
-    # the eval source's own normalization (how the loader normalized its batch actions)
-    action_mean: np.ndarray | None = None
-    action_std: np.ndarray | None = None
-    is_delta: np.ndarray | None = None
-    stride: int = 1
-    proprio_mean: np.ndarray | None = None
-    proprio_std: np.ndarray | None = None
-    proprio_dim: int = 0
-    num_windows: int = 0
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    num = jnp.sum(a * b, axis=-1)
+    den = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
+    return jnp.mean(num / jnp.maximum(den, 1e-8), axis=-1)
 
 
-def _eval_pipeline(config: Any, data: str | None, batch_size: int, max_clips: int | None):
-    """(batches iterable, sources): the held-out windows of the training mixture (`data=None`) or
-    every window of `data` ('DIR' or 'DIR[:w],DIR'), center crops, in order, padded to full batches."""
-    import grain
+def _batch_sums(model: Any, target: Any, batch: Mapping[str, jax.Array], offset: jax.Array, scale: jax.Array,
+                noise: jax.Array, num_sources: int) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """One batch -> (per-source sums `[S, ...]`, the latent-action codes of its transitions).
 
-    from data_pipelines import loader, mixture, transforms
+    offset / scale `[S, A]`: robot units = normalized * scale + offset, per source."""
+    tm, action, a_mask = batch["timestep_mask"], batch["action"], batch["action_mask"]
+    proprio, p_mask, emb = batch["proprio"], batch["proprio_mask"], batch["embodiment_id"]
+    zbar = model.encode(batch["video"], encoder=target)  # [B, T, N, D]
+    b, t = tm.shape
+    k = t - 1
+    step_valid = tm[:, :-1] & tm[:, 1:]
+    labeled = jnp.any(a_mask, axis=-1) & step_valid
+    conditioning = model.conditioning(zbar, action, a_mask, emb, labeled)
+    cond, la = conditioning.cond, conditioning.latent  # deterministic latent actions: u == mean
+    onehot = jax.nn.one_hot(batch["source_id"], num_sources, dtype=jnp.float32)  # [B, S]
 
-    cfg = copy.deepcopy(config)
-    if data is not None:
-        cfg.data.mixture = data
-        cfg.data.heldout_fraction = 0.0
-        split = "train"  # heldout 0: every episode is in the 'train' split; read with center crops
-    else:
-        split = "eval"
-    mix = mixture.load_mixture(cfg)
-    parts, sources, total = [], [], 0
-    for src in mix.sources:
-        index = loader.window_index(src, cfg, split)
-        sources.append((src, index))
-        n = len(index)
-        if max_clips is not None:
-            n = min(n, max(0, max_clips - total))
-        if n:
-            clip = transforms.LoadClip(src, index, image_size=int(cfg.model.image_size),
-                                       action_dim=int(cfg.model.action_dim),
-                                       proprio_dim=int(cfg.model.proprio_dim))
-            parts.append(grain.MapDataset.range(n).map(clip))
-            total += n
-    if total == 0:
-        where = data if data is not None else f"the held-out split of {cfg.data.mixture}"
-        raise ValueError(
-            f"no evaluation clips of {cfg.data.num_frames} frames in {where} "
-            f"(per source: {[i.summary() for _, i in sources]})"
-            + ("; raise config.data.heldout_fraction when training, or pass data=DIR" if data is None else ""))
-    pad = -total % batch_size
-    if pad:
-        parts.append(grain.MapDataset.range(pad).map(transforms.PaddingClip(
-            num_frames=int(cfg.data.num_frames), image_size=int(cfg.model.image_size),
-            action_dim=int(cfg.model.action_dim), proprio_dim=int(cfg.model.proprio_dim),
-            dt=sources[0][1].dt)))
-    ds = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
-    return ds.batch(batch_size, drop_remainder=True), sources, total
+    def per_source(x: jax.Array, valid: jax.Array) -> jax.Array:  # [B, J, ...] masked by [B, J]
+        x = jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - valid.ndim)), x, 0.0)
+        return jnp.einsum("bj...,bs->sj...", x.astype(jnp.float32), onehot)
 
+    # k-step rollout from frame 0 vs targets, and the copy-last-frame baseline. The same rollout
+    # conditioned on the latent actions inferred from the clip itself (latent_l1): how well the
+    # dynamics are known when the conditioning is right; a gap to l1 means the action pathway limits.
+    roll = model.rollout_raw(zbar[:, :1], cond[:, :k], proprio[:, :1], p_mask[:, :1], k)
+    roll_u = model.rollout_raw(zbar[:, :1], la.mean[:, :k], proprio[:, :1], p_mask[:, :1], k)
+    tgt = zbar[:, 1:k + 1]
+    copy0 = jnp.broadcast_to(zbar[:, :1], tgt.shape)
+    rv = jnp.cumprod(step_valid[:, :k].astype(jnp.int32), axis=1).astype(bool)
+    pred = {"l1": jnp.mean(jnp.abs(roll - tgt), axis=(-2, -1)), "cos": _cosine(roll, tgt),
+            "copy_l1": jnp.mean(jnp.abs(copy0 - tgt), axis=(-2, -1)), "copy_cos": _cosine(copy0, tgt),
+            "latent_l1": jnp.mean(jnp.abs(roll_u - tgt), axis=(-2, -1))}
+    out = {f"pred/{name}": per_source(v, rv) for name, v in pred.items()}  # [S, k]
+    out["pred_n"] = per_source(jnp.ones(rv.shape), rv)
+    out["clips"] = jnp.einsum("b,bs->s", jnp.any(tm, axis=1).astype(jnp.float32), onehot)
 
-def _eval_sources(sources, training_embodiments: Sequence[str]) -> list[EvalSource]:
-    out = []
-    for src, index in sources:
-        emb_id = training_embodiments.index(src.embodiment) if src.embodiment in training_embodiments else None
-        keys = list(src.action_keys) or [f"a{i}" for i in range(src.action_dim)]
-        out.append(EvalSource(
-            source_id=src.source_id, name=src.name, path=src.path, kind=src.kind, embodiment=src.embodiment,
-            embodiment_id=emb_id, action_dim=src.action_dim, action_keys=keys,
-            action_mean=src.stat("action", "mean"), action_std=src.stat("action", "std"),
-            is_delta=np.asarray(src.action_is_delta, bool), stride=int(index.stride),
-            proprio_mean=src.stat("proprio", "mean"), proprio_std=src.stat("proprio", "std"),
-            proprio_dim=src.proprio_dim, num_windows=len(index)))
-    return out
+    # Action heads, in robot units: one affine map per source (the statistics it was fed with).
+    last = jnp.maximum(jnp.sum(tm.astype(jnp.int32), axis=1) - 1, 0)
+    z_goal = jnp.take_along_axis(zbar, last[:, None, None, None], axis=1)
+    a_hat = model.inverse_head(zbar[:, :-1], zbar[:, 1:], emb)
+    p_hat = model.policy_head(zbar[:, :-1], jnp.broadcast_to(z_goal, zbar[:, :-1].shape), emb)[:, :, 0]
+    off, sc = (offset[batch["source_id"]][:, None], scale[batch["source_id"]][:, None])  # [B, 1, A]
+    y, y_hat, pol = action * sc + off, a_hat * sc + off, p_hat * sc + off
+    m = a_mask & step_valid[..., None]
+    act = {"n": jnp.ones_like(y), "abs": jnp.abs(y_hat - y), "sq": jnp.square(y_hat - y), "y": y,
+           "y2": jnp.square(y), "pol_abs": jnp.abs(pol - y)}
+    for name, v in act.items():
+        out[f"act/{name}"] = jnp.sum(per_source(v, m), axis=1)  # [S, A]
 
+    # Action ranking: energy of the true action vs K perturbations, one step from z_t.
+    kk = noise.shape[2]
+    cands = jnp.concatenate([action[:, :, None], action[:, :, None] + noise], axis=2)  # [B, T-1, K+1, A]
+    mm = b * (t - 1) * (kk + 1)
+    cmask = jnp.broadcast_to(a_mask[:, :, None], cands.shape)
+    emb_c = jnp.broadcast_to(emb[:, None, None], cands.shape[:3]).reshape(mm)
+    gc = model.action_embedder(cands.reshape(mm, 1, -1), cmask.reshape(mm, 1, -1), emb_c)
+    z_in = jnp.broadcast_to(zbar[:, :-1, None], (b, t - 1, kk + 1) + zbar.shape[2:]).reshape((mm, 1) + zbar.shape[2:])
+    pred_c = model.predict_raw(z_in, gc, None, None).reshape((b, t - 1, kk + 1) + zbar.shape[2:])
+    energy = jnp.mean(jnp.abs(pred_c - zbar[:, 1:, None]), axis=(-2, -1))  # [B, T-1, K+1]
+    true, pert = energy[..., :1], energy[..., 1:]
+    rank = 1.0 + jnp.sum(pert < true, axis=-1) + 0.5 * jnp.sum(pert == true, axis=-1)  # [B, T-1]
+    out["rank_sum"] = jnp.sum(per_source(rank, labeled), axis=1)
+    out["rank_top1"] = jnp.sum(per_source((rank <= 1.0).astype(jnp.float32), labeled), axis=1)
+    out["rank_n"] = jnp.sum(per_source(jnp.ones(rank.shape), labeled), axis=1)
 
-# ----------------------------------------------------------------------------------------------
-# Host-side unit conversion: eval-source normalization -> robot units -> the model's normalization
-
-
-def _batch_to_model_units(batch: Mapping[str, np.ndarray], sources: list[EvalSource], wm: Any
-                          ) -> dict[str, np.ndarray]:
-    """Re-normalizes batch actions/proprio with the *training* statistics of each embodiment.
-
-    Returns model-unit actions, the labeled mask (own dims of embodiments the model knows), robot
-    unit target actions, proprio and mask, training embodiment ids.
-    """
-    from data_pipelines import transforms
-
-    a = np.asarray(batch["action"], np.float32)
-    b, s, a_dim = a.shape
-    p_dim = batch["proprio"].shape[-1]
-    a_model = np.zeros_like(a)
-    a_mask = np.zeros(a.shape, bool)
-    a_robot = np.zeros_like(a)
-    p_model = np.zeros(batch["proprio"].shape, np.float32)
-    p_mask = np.zeros(batch["proprio"].shape, bool)
-    emb = np.zeros((b,), np.int32)
-    tm = np.asarray(batch["timestep_mask"])
-    for i in range(b):
-        if not tm[i].any():
-            continue
-        src = sources[int(batch["source_id"][i])]
-        if src.embodiment_id is None or src.embodiment not in wm.action_spaces:
-            continue
-        space = wm.action_space(src.embodiment)
-        emb[i] = space.embodiment_id
-        d = min(src.action_dim, space.dim)
-        mask_i = np.asarray(batch["action_mask"][i])[:, :d]
-        if d and src.action_mean is not None and mask_i.any():
-            robot = transforms.denormalize_actions(a[i], src.action_mean, src.action_std, src.is_delta, src.stride)
-            robot = robot[:, :d]
-            norm, _ = space.normalize(np.pad(robot, ((0, 0), (0, space.dim - d))))
-            a_model[i, :, :d] = norm[:, :d]
-            a_mask[i, :, :d] = mask_i
-            a_robot[i, :, :d] = robot
-        pd = min(src.proprio_dim, space.proprio_dim)
-        pm_i = np.asarray(batch["proprio_mask"][i])[:, :pd]
-        if pd and src.proprio_mean is not None and space.proprio_mean is not None and pm_i.any():
-            raw = np.asarray(batch["proprio"][i])[:, :pd] * np.maximum(src.proprio_std[:pd], 1e-6) + src.proprio_mean[:pd]
-            p_model[i, :, :pd] = transforms.normalize(raw, space.proprio_mean[:pd], space.proprio_std[:pd])
-            p_mask[i, :, :pd] = pm_i
-    del s, a_dim, p_dim
-    return {"action": a_model, "action_mask": a_mask, "action_robot": a_robot, "proprio": p_model,
-            "proprio_mask": p_mask, "embodiment_id": emb}
+    # Representation health: sums for the std and the (uncentered) Gram matrix of the targets.
+    w = jnp.broadcast_to(tm[:, :, None], zbar.shape[:3]).astype(jnp.float32)  # [B, T, N]
+    zf = zbar * w[..., None]
+    out["h_count"] = jnp.einsum("btn,bs->s", w, onehot)
+    out["h_sum"] = jnp.einsum("btnd,bs->sd", zf, onehot)
+    out["h_sum2"] = jnp.einsum("btnd,bs->sd", zf * zbar, onehot)
+    out["h_gram"] = jnp.einsum("btnd,btne,bs->sde", zf, zbar, onehot)
+    out["u_sum"] = jnp.sum(per_source(la.mean, step_valid), axis=1)
+    out["u_sum2"] = jnp.sum(per_source(jnp.square(la.mean), step_valid), axis=1)
+    out["u_n"] = jnp.sum(per_source(jnp.ones(step_valid.shape), step_valid), axis=1)
+    codes = {"codes": la.codes, "valid": step_valid, "source_id": batch["source_id"]}
+    return out, codes
 
 
-# ----------------------------------------------------------------------------------------------
-# The jitted per-batch computation
-
-
-def _make_step(wm: Any, horizon: int, num_sources: int):
+def _step(mgraph: Any, tgraph: Any, mstate: Any, tstate: Any, batch: Mapping[str, jax.Array], offset: jax.Array,
+          scale: jax.Array, noise: jax.Array, *, num_sources: int, codes: bool):
     from flax import nnx
 
-    from wam_jax.models import encoder as encoder_lib
-    from wam_jax.models.world_model import encode_latents
+    sums, code_out = _batch_sums(nnx.merge(mgraph, mstate), nnx.merge(tgraph, tstate), batch, offset, scale,
+                                 noise, num_sources)
+    return sums, (code_out if codes else {})
 
-    mgraph, tgraph = wm._model_graph, wm._target_graph
-    fsq = wm.spec.bottleneck == "fsq"
 
-    def cosine(a, b):
-        num = jnp.sum(a * b, axis=-1)
-        den = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
-        return jnp.mean(num / jnp.maximum(den, 1e-8), axis=-1)
+# ----------------------------------------------------------------------------------------------
+# The evaluator
 
-    def step(mstate, tstate, video, action, action_mask, proprio, proprio_mask, tm, emb, source_id, noise):
-        model = nnx.merge(mgraph, mstate)
-        target = nnx.merge(tgraph, tstate)
-        zbar = encode_latents(target, encoder_lib.normalize_video(video))  # [B, T, N, D]
-        b, t = tm.shape
-        step_valid = tm[:, :-1] & tm[:, 1:]
-        labeled = jnp.any(action_mask, axis=-1) & step_valid
-        la = model.latent_actions(zbar[:, :-1], zbar[:, 1:])
-        g = model.action_embedder(action, action_mask, emb)
-        unlabeled_cond = model.cond_mask[...] if wm.spec.video_cond == "mask" else la.mean
-        cond = jnp.where(labeled[..., None], g, unlabeled_cond)
 
-        # k-step rollout from frame 0 vs targets, and the copy-last-frame baseline.
-        k = horizon
-        roll = model.rollout_raw(zbar[:, :1], cond[:, :k], proprio[:, :1], proprio_mask[:, :1], k)
-        tgt = zbar[:, 1:k + 1]
-        copy0 = jnp.broadcast_to(zbar[:, :1], tgt.shape)
-        out = {
-            "l1": jnp.mean(jnp.abs(roll - tgt), axis=(-2, -1)),
-            "cos": cosine(roll, tgt),
-            "copy_l1": jnp.mean(jnp.abs(copy0 - tgt), axis=(-2, -1)),
-            "copy_cos": cosine(copy0, tgt),
-            # The same rollout conditioned on the latent actions inferred from the clip itself: how
-            # well the dynamics are known when the conditioning is right, next to how well the real
-            # actions convey it (l1). A gap means the action pathway, not the dynamics, limits l1.
-            "latent_l1": jnp.mean(jnp.abs(model.rollout_raw(zbar[:, :1], la.mean[:, :k], proprio[:, :1],
-                                                            proprio_mask[:, :1], k) - tgt), axis=(-2, -1)),
-            "roll_valid": jnp.cumprod(step_valid[:, :k].astype(jnp.int32), axis=1).astype(bool),
-            "step_valid": step_valid,
-            "labeled": labeled,
+BATCH_KEYS = ("video", "action", "action_mask", "proprio", "proprio_mask", "timestep_mask", "embodiment_id",
+              "source_id")
+
+
+def _mesh_of(tree: Any) -> Any:
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return sharding.mesh
+    raise ValueError("the model's arrays carry no NamedSharding: pass mesh=")
+
+
+def _dim_names(info: Mapping[str, Any], embodiment: str, dim: int) -> list[str]:
+    """The trained action space's dimension names of `embodiment` (first labeled source)."""
+    from data_pipelines.mixture import dimension_names
+
+    for src in info.get("sources", []):
+        if src.get("embodiment") == embodiment and int(src.get("action_dim") or 0) == dim:
+            return list(dimension_names(src.get("action_names"), src.get("action_keys"), "action", dim))
+    return list(dimension_names(None, None, "action", dim))
+
+
+class Evaluator:
+    """Held-out metrics of in-memory models (training's periodic eval, `evaluate`): the clips, their
+    normalization and the jitted step are set up once; each call evaluates the given modules.
+
+    Args:
+      config: the training config (mixture, model dims, clip length, batch size).
+      info: `loader.mixture_info` of the data the model was trained on (a checkpoint's `stats`):
+        the statistics clips are normalized with, the embodiment ids, the action dims' names.
+      data, max_clips, batch_size, num_frames, num_perturbations, perturb_std, seed: see `evaluate`.
+      mesh: default: the mesh the model's arrays live on.
+    """
+
+    def __init__(self, config: Any, info: Mapping[str, Any], *, data: str | None = None,
+                 max_clips: int | None = None, batch_size: int | None = None, num_frames: int | None = None,
+                 num_perturbations: int = 16, perturb_std: float = 1.0, seed: int = 0, mesh: Any = None):
+        from data_pipelines import loader
+
+        cfg = copy.deepcopy(config)
+        if num_frames is not None:
+            if int(num_frames) < 2:
+                raise ValueError(f"num_frames={num_frames}: need at least 2 frames per clip")
+            cfg.data.num_frames = int(num_frames)
+        cfg.data.global_batch_size = int(batch_size or cfg.data.global_batch_size)
+        cfg.data.num_workers = 0  # reader threads decode; no worker processes to start per evaluation
+        self.config, self.info, self.data, self.mesh = cfg, dict(info), data, mesh
+        self.num_perturbations, self.perturb_std, self.seed = int(num_perturbations), float(perturb_std), seed
+        self.sources = loader.eval_sources(cfg, data=data, trained=info, max_clips=max_clips)
+        self.dataset = loader.make_dataset(cfg, split="eval", process_index=jax.process_index(),
+                                           process_count=jax.process_count(), data=data, max_clips=max_clips,
+                                           trained=info)
+        a = int(cfg.model.action_dim)
+        self._offset = np.zeros((len(self.sources), a), np.float32)
+        self._scale = np.ones((len(self.sources), a), np.float32)
+        for i, e in enumerate(self.sources):
+            offset, scale = e.norm.action_affine()
+            d = min(len(offset), a)
+            self._offset[i, :d], self._scale[i, :d] = offset[:d], scale[:d]
+        self._fns: dict[Any, Any] = {}
+
+    @property
+    def num_clips(self) -> int:
+        return sum(e.num_clips for e in self.sources)
+
+    def _fn(self, mesh: Any, codes: bool) -> Any:
+        """The jitted step, one per (mesh, codes); model structures are static arguments."""
+        import functools
+
+        from wam_jax import sharding
+
+        key = (mesh, codes)
+        if key not in self._fns:
+            self._fns[key] = jax.jit(
+                functools.partial(_step, num_sources=len(self.sources), codes=codes),
+                static_argnums=(0, 1), out_shardings=sharding.replicated(mesh))
+        return self._fns[key]
+
+    def _place(self, x: np.ndarray, mesh: Any) -> jax.Array:
+        """This process's rows -> one global array, split over the data-parallel devices."""
+        from wam_jax import sharding
+
+        x = np.asarray(x)
+        global_batch = int(self.config.data.global_batch_size)
+        if global_batch % sharding.data_parallel_size(mesh) == 0:
+            target = sharding.batch_sharding(mesh, x.ndim)
+        elif jax.process_count() == 1:
+            target = sharding.replicated(mesh)
+        else:
+            raise ValueError(f"eval batch size {global_batch} is not divisible by the data-parallel size "
+                             f"{sharding.data_parallel_size(mesh)}")
+        return jax.make_array_from_process_local_data(target, x, (global_batch, *x.shape[1:]))
+
+    def __call__(self, model: Any, target: Any) -> dict[str, Any]:
+        """Metrics of `model` (a `WorldActionModel`) with `target` (its target encoder) on the clips."""
+        from flax import nnx
+
+        from wam_jax import sharding
+
+        t0 = time.perf_counter()
+        mgraph, mstate = nnx.split(model)
+        tgraph, tstate = nnx.split(target)
+        mesh = self.mesh if self.mesh is not None else _mesh_of(mstate)
+        num_codes = int(getattr(model.latent_actions, "num_codes", 0) or 0)
+        fn = self._fn(mesh, num_codes > 0)
+        # the same perturbations at every call, so periodic evaluations compare like with like
+        rng = np.random.default_rng(self.seed if jax.process_count() == 1 else (self.seed, jax.process_index()))
+        sums: dict[str, np.ndarray] = {}
+        codes: list[dict[str, np.ndarray]] = []
+        pending, n_batches = None, 0
+
+        def collect(item) -> None:  # fetched one batch late: the host never waits on the step in flight
+            out, code_out = jax.device_get(item)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+            if code_out:
+                codes.append(code_out)
+
+        with jax.set_mesh(mesh):
+            offset = jax.device_put(self._offset, sharding.replicated(mesh))
+            scale = jax.device_put(self._scale, sharding.replicated(mesh))
+            for batch in self.dataset:
+                a_mask = np.asarray(batch["action_mask"])
+                noise = rng.normal(0.0, self.perturb_std, size=a_mask.shape[:2] + (self.num_perturbations,)
+                                   + a_mask.shape[2:])
+                noise = (noise * a_mask[:, :, None]).astype(np.float32)
+                placed = {k: self._place(batch[k], mesh) for k in BATCH_KEYS}
+                out = fn(mgraph, tgraph, mstate, tstate, placed, offset, scale, self._place(noise, mesh))
+                if pending is not None:
+                    collect(pending)
+                pending, n_batches = out, n_batches + 1
+            if pending is not None:
+                collect(pending)
+        t = int(self.config.data.num_frames)
+        results = {
+            "data": self.data or f"held-out split of {self.config.data.mixture}",
+            "num_frames": t, "horizon": t - 1, "num_clips": self.num_clips, "num_batches": n_batches,
+            "num_perturbations": self.num_perturbations, "perturb_std": self.perturb_std,
         }
-        # Action heads (model units; converted to robot units on the host).
-        out["a_hat"] = model.inverse_head(zbar[:, :-1], zbar[:, 1:], emb)
-        last = jnp.maximum(jnp.sum(tm.astype(jnp.int32), axis=1) - 1, 0)
-        z_goal = jnp.take_along_axis(zbar, last[:, None, None, None], axis=1)
-        out["policy_hat"] = model.policy_head(zbar[:, :-1], jnp.broadcast_to(z_goal, zbar[:, :-1].shape), emb)[:, :, 0]
+        results.update(self._groups(sums, codes, num_codes))
+        results["eval_seconds"] = time.perf_counter() - t0
+        return results
 
-        # Action ranking: energy of the true action vs K perturbations, one step from z_t.
-        kk = noise.shape[2]
-        cands = jnp.concatenate([action[:, :, None], action[:, :, None] + noise], axis=2)  # [B, T-1, K+1, A]
-        m = b * (t - 1) * (kk + 1)
-        cmask = jnp.broadcast_to(action_mask[:, :, None], cands.shape)
-        emb_c = jnp.broadcast_to(emb[:, None, None], cands.shape[:3]).reshape(m)
-        gc = model.action_embedder(cands.reshape(m, 1, -1), cmask.reshape(m, 1, -1), emb_c)
-        z_in = jnp.broadcast_to(zbar[:, :-1, None], (b, t - 1, kk + 1) + zbar.shape[2:]).reshape((m, 1) + zbar.shape[2:])
-        pred = model.predict_raw(z_in, gc, None, None).reshape((b, t - 1, kk + 1) + zbar.shape[2:])
-        out["energy"] = jnp.mean(jnp.abs(pred - zbar[:, 1:, None]), axis=(-2, -1))  # [B, T-1, K+1]
+    # -- sums -> metrics ------------------------------------------------------------------------
 
-        # Representation health: per-source sums for std and the (uncentered) Gram matrix.
-        d = zbar.shape[-1]
-        w = jnp.broadcast_to(tm[:, :, None], zbar.shape[:3]).astype(jnp.float32)  # [B, T, N]
-        onehot = jax.nn.one_hot(source_id, num_sources, dtype=jnp.float32)  # [B, S]
-        zf = zbar * w[..., None]
-        out["h_count"] = jnp.einsum("btn,bs->s", w, onehot)
-        out["h_sum"] = jnp.einsum("btnd,bs->sd", zf, onehot)
-        out["h_sum2"] = jnp.einsum("btnd,bs->sd", zf * zbar, onehot)
-        out["h_gram"] = jnp.einsum("btnd,btne,bs->sde", zf, zbar, onehot)
-        out["u"] = la.mean
-        if fsq:
-            out["codes"] = la.codes
-        del d
+    def _groups(self, sums: Mapping[str, np.ndarray], codes: list[dict[str, np.ndarray]], num_codes: int
+                ) -> dict[str, Any]:
+        """Overall, per kind and per source metrics from the per-source sums."""
+        if codes:
+            valid = np.concatenate([c["valid"].reshape(-1) for c in codes])
+            sid = np.concatenate([np.repeat(c["source_id"], c["valid"].shape[1]) for c in codes])[valid]
+            flat = np.concatenate([c["codes"].reshape(-1, c["codes"].shape[-1]) for c in codes])[valid]
+        else:
+            sid, flat = np.zeros((0,), np.int64), None
+
+        def finish(rows: list[int]) -> dict[str, Any]:
+            group_codes = None if flat is None else flat[np.isin(sid, rows)]
+            return self._finish(sums, rows, group_codes, num_codes)
+
+        kinds = sorted({e.source.kind for e in self.sources})
+        return {
+            **finish(list(range(len(self.sources)))),
+            "per_kind": {k: finish([i for i, e in enumerate(self.sources) if e.source.kind == k]) for k in kinds},
+            "per_source": {e.source.name: {"kind": e.source.kind, "embodiment": e.source.embodiment,
+                                           "path": e.source.path, **finish([i])}
+                           for i, e in enumerate(self.sources)},
+        }
+
+    def _finish(self, sums: Mapping[str, np.ndarray], rows: list[int], codes: np.ndarray | None,
+                num_codes: int) -> dict[str, Any]:
+        def total(key: str) -> np.ndarray:
+            return np.asarray(sums[key])[rows].sum(0)
+
+        out: dict[str, Any] = {"num_clips": int(total("clips")) if sums else 0}
+        if not sums:
+            return out
+        n = total("pred_n")
+        if n.sum() > 0:
+            pred = {k: (total(f"pred/{k}") / np.maximum(n, 1)).tolist() for k in PRED_KEYS}
+            for name, num in (("l1_vs_copy", "l1"), ("latent_l1_vs_copy", "latent_l1")):
+                pred[name] = [a / b if b > 0 else float("nan") for a, b in zip(pred[num], pred["copy_l1"], strict=True)]
+            pred["num_steps"] = n.astype(int).tolist()
+            out["prediction"] = pred
+        actions = {}
+        for emb in dict.fromkeys(self.sources[i].source.embodiment for i in rows):
+            same = [i for i in rows if self.sources[i].source.embodiment == emb]
+            s = {k: np.asarray(sums[f"act/{k}"])[same].sum(0) for k in ACT_KEYS}
+            if s["n"].sum() == 0:
+                continue
+            dim = max(len(e.norm.action_mean) for e in (self.sources[i] for i in same) if e.norm.has_actions)
+            actions[emb] = _action_metrics({k: v[:dim] for k, v in s.items()}, _dim_names(self.info, emb, dim))
+        if actions:
+            out["action"] = actions
+        rank_n = float(total("rank_n"))
+        if rank_n > 0:
+            k = self.num_perturbations + 1
+            rank_sum = float(total("rank_sum"))
+            out["ranking"] = {"num_candidates": k, "mean_rank": rank_sum / rank_n,
+                              "top1": float(total("rank_top1")) / rank_n,
+                              "normalized_rank": (rank_sum - rank_n) / max(k - 1, 1) / rank_n,
+                              "chance_rank": (k + 1) / 2, "num_transitions": int(rank_n)}
+        count = float(total("h_count"))
+        if count > 0:
+            out["health"] = _health(total, count, codes, num_codes)
         return out
 
-    return jax.jit(step)
+
+def _action_metrics(s: Mapping[str, np.ndarray], names: list[str]) -> dict[str, Any]:
+    cnt = np.maximum(s["n"], 1)
+    mean_y = s["y"] / cnt
+    sst = s["y2"] - cnt * mean_y**2
+    r2 = np.where(sst > 1e-12, 1.0 - s["sq"] / np.where(sst > 1e-12, sst, 1.0), np.nan)
+    mae = s["abs"] / cnt
+    pol = s["pol_abs"] / cnt
+    return {"dims": names, "mae": mae.tolist(), "r2": r2.tolist(), "policy_mae": pol.tolist(),
+            "mae_mean": float(mae.mean()),
+            "r2_mean": float(np.nanmean(r2)) if np.any(np.isfinite(r2)) else float("nan"),
+            "policy_mae_mean": float(pol.mean()), "num_transitions": int(s["n"].max())}
 
 
-# ----------------------------------------------------------------------------------------------
-# Accumulation
-
-
-@dataclass
-class _Acc:
-    """Sums for one group of examples (a source); merged into kinds and the total."""
-
-    horizon: int
-    pred: dict[str, np.ndarray] = field(default_factory=dict)
-    pred_n: np.ndarray | None = None
-    act: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # embodiment -> sums
-    ranks: list[float] = field(default_factory=list)
-    num_candidates: int = 0
-    h_count: float = 0.0
-    h_sum: np.ndarray | None = None
-    h_sum2: np.ndarray | None = None
-    h_gram: np.ndarray | None = None
-    u_sum: np.ndarray | None = None
-    u_sum2: np.ndarray | None = None
-    u_n: float = 0.0
-    codes: collections.Counter = field(default_factory=collections.Counter)
-    clips: int = 0
-
-    def add_pred(self, name: str, values: np.ndarray, valid: np.ndarray) -> None:
-        s = np.where(valid, values, 0.0).sum(0)
-        self.pred[name] = self.pred.get(name, 0.0) + s
-
-    def merge(self, other: _Acc) -> _Acc:
-        for k, v in other.pred.items():
-            self.pred[k] = self.pred.get(k, 0.0) + v
-        if other.pred_n is not None:
-            self.pred_n = other.pred_n.copy() if self.pred_n is None else self.pred_n + other.pred_n
-        for emb, sums in other.act.items():
-            mine = self.act.setdefault(emb, {k: np.zeros_like(v) for k, v in sums.items()})
-            for k, v in sums.items():
-                mine[k] = mine[k] + v
-        self.ranks += other.ranks
-        self.num_candidates = max(self.num_candidates, other.num_candidates)
-        self.h_count += other.h_count
-        for name in ("h_sum", "h_sum2", "h_gram", "u_sum", "u_sum2"):
-            a, b = getattr(self, name), getattr(other, name)
-            if b is not None:
-                setattr(self, name, b.copy() if a is None else a + b)
-        self.u_n += other.u_n
-        self.codes.update(other.codes)
-        self.clips += other.clips
-        return self
-
-
-def _act_sums(dim: int) -> dict[str, np.ndarray]:
-    return {k: np.zeros(dim, np.float64) for k in ("n", "abs", "sq", "y", "y2", "pol_abs", "pol_n")}
-
-
-def _effective_rank(gram: np.ndarray, n: float) -> float:
-    s = np.sqrt(np.clip(np.linalg.eigvalsh(gram / max(n, 1.0)), 0.0, None))
-    p = s / max(s.sum(), 1e-12) + 1e-12
-    return float(np.exp(-np.sum(p * np.log(p))))
-
-
-def _finish(acc: _Acc, *, num_codes: int | None, latent_dim: int, action_keys: Mapping[str, list[str]]
+def _health(total: Callable[[str], np.ndarray], count: float, codes: np.ndarray | None, num_codes: int
             ) -> dict[str, Any]:
-    out: dict[str, Any] = {"num_clips": acc.clips}
-    n = acc.pred_n if acc.pred_n is not None else np.zeros(acc.horizon)
-    if n.sum() > 0:
-        pred = {k: (v / np.maximum(n, 1)).tolist() for k, v in acc.pred.items()}
-        pred["l1_vs_copy"] = [a / b if b > 0 else float("nan") for a, b in zip(pred["l1"], pred["copy_l1"], strict=True)]
-        pred["latent_l1_vs_copy"] = [a / b if b > 0 else float("nan")
-                                     for a, b in zip(pred["latent_l1"], pred["copy_l1"], strict=True)]
-        pred["num_steps"] = n.astype(int).tolist()
-        out["prediction"] = pred
-    actions = {}
-    for emb, s in acc.act.items():
-        if s["n"].sum() == 0:
-            continue
-        cnt = np.maximum(s["n"], 1)
-        mean_y = s["y"] / cnt
-        sst = s["y2"] - cnt * mean_y**2
-        r2 = np.where(sst > 1e-12, 1.0 - s["sq"] / np.where(sst > 1e-12, sst, 1.0), np.nan)
-        mae = s["abs"] / cnt
-        pol = s["pol_abs"] / np.maximum(s["pol_n"], 1)
-        actions[emb] = {"dims": action_keys.get(emb, [f"a{i}" for i in range(len(mae))]),
-                        "mae": mae.tolist(), "r2": r2.tolist(), "policy_mae": pol.tolist(),
-                        "mae_mean": float(mae.mean()), "r2_mean": float(np.nanmean(r2)) if np.any(np.isfinite(r2)) else float("nan"),
-                        "policy_mae_mean": float(pol.mean()), "num_transitions": int(s["n"].max())}
-    if actions:
-        out["action"] = actions
-    if acc.ranks:
-        r = np.asarray(acc.ranks)
-        k = acc.num_candidates
-        out["ranking"] = {"num_candidates": k, "mean_rank": float(r.mean()), "top1": float(np.mean(r <= 1.0)),
-                          "normalized_rank": float(np.mean((r - 1) / max(k - 1, 1))),
-                          "chance_rank": (k + 1) / 2, "num_transitions": int(r.size)}
-    if acc.h_count > 0:
-        mean = acc.h_sum / acc.h_count
-        var = np.maximum(acc.h_sum2 / acc.h_count - mean**2, 0.0)
-        health = {"target_std": float(np.mean(np.sqrt(var + 1e-12))),
-                  "effective_rank": _effective_rank(acc.h_gram, acc.h_count), "latent_dim": latent_dim,
-                  "num_tokens": int(acc.h_count)}
-        if acc.u_n > 0:
-            um = acc.u_sum / acc.u_n
-            health["latent_action_std"] = float(np.mean(np.sqrt(np.maximum(acc.u_sum2 / acc.u_n - um**2, 0) + 1e-12)))
-        if num_codes is not None and acc.codes:
-            total = sum(acc.codes.values())
-            p = np.asarray(list(acc.codes.values()), np.float64) / total
-            ent = float(-np.sum(p * np.log(p)))
-            health["latent_action_codes_used"] = len(acc.codes)
-            health["latent_action_usage"] = len(acc.codes) / min(num_codes, total)
-            health["latent_action_perplexity"] = math.exp(ent)
-            health["latent_action_num_codes"] = num_codes
-        out["health"] = health
-    return out
+    from wam_jax.training import objectives
 
-
-def flat_scalars(results: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
-    """The headline numbers of `evaluate`'s results as flat scalars (for metric writers):
-    per horizon h `pred_l1/h`, `copy_l1/h`, `l1_vs_copy/h`; per embodiment `act/<emb>/mae|r2`;
-    `rank/top1`, `rank/normalized`; `health/*`; the same under `<kind>/` per source kind."""
-
-    def group(r: Mapping[str, Any], pre: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        pred = r.get("prediction")
-        if pred:
-            for h, (l1, c, ratio) in enumerate(zip(pred["l1"], pred["copy_l1"], pred["l1_vs_copy"], strict=True), 1):
-                out[f"{pre}pred_l1/{h}"], out[f"{pre}copy_l1/{h}"], out[f"{pre}l1_vs_copy/{h}"] = l1, c, ratio
-        for emb, a in r.get("action", {}).items():
-            out[f"{pre}act/{emb}/mae"], out[f"{pre}act/{emb}/r2"] = a["mae_mean"], a["r2_mean"]
-            out[f"{pre}act/{emb}/policy_mae"] = a["policy_mae_mean"]
-        if "ranking" in r:
-            out[f"{pre}rank/top1"] = r["ranking"]["top1"]
-            out[f"{pre}rank/normalized"] = r["ranking"]["normalized_rank"]
-        for k, v in r.get("health", {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[f"{pre}health/{k}"] = float(v)
-        return out
-
-    flat = group(results, prefix)
-    for kind, r in results.get("per_kind", {}).items():
-        if len(results.get("per_kind", {})) > 1:
-            flat.update(group(r, f"{prefix}{kind}/"))
-    return {k: float(v) for k, v in flat.items()}
+    mean = total("h_sum") / count
+    var = np.maximum(total("h_sum2") / count - mean**2, 0.0)
+    gram = total("h_gram")
+    health: dict[str, Any] = {"target_std": float(np.mean(np.sqrt(var + 1e-12))),
+                              "effective_rank": float(objectives.effective_rank(gram, count)),
+                              "latent_dim": int(gram.shape[-1]), "num_tokens": int(count)}
+    u_n = float(total("u_n"))
+    if u_n > 0:
+        um = total("u_sum") / u_n
+        health["latent_action_std"] = float(np.mean(np.sqrt(np.maximum(total("u_sum2") / u_n - um**2, 0) + 1e-12)))
+    if num_codes and codes is not None and len(codes):
+        counts = np.unique(codes, axis=0, return_counts=True)[1]
+        p = counts / counts.sum()
+        health["latent_action_codes_used"] = int(len(counts))
+        health["latent_action_usage"] = len(counts) / min(num_codes, int(counts.sum()))
+        health["latent_action_perplexity"] = math.exp(float(-np.sum(p * np.log(p))))
+        health["latent_action_num_codes"] = num_codes
+    return health
 
 
 # ----------------------------------------------------------------------------------------------
-# The entry point
+# Entry points
+
+
+def write_metrics(results: Mapping[str, Any], out_dir: str) -> str:
+    """`out_dir/metrics.json`, atomically (written before any plot: results first)."""
+    from etils import epath
+
+    path = epath.Path(out_dir) / METRICS_JSON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (METRICS_JSON + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(results), indent=2))
+    tmp.replace(path)
+    return str(path)
 
 
 def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, max_clips: int | None = None,
@@ -421,145 +421,62 @@ def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, 
     """Evaluates the checkpoint of `workdir` (latest or `step`); returns (and writes) the metrics.
 
     Args:
-      workdir: a training workdir (`wam-train --workdir`).
+      workdir: a training workdir (`wam-train --workdir`) or a `wam-export --with_predictor` directory.
       data: converted dataset(s) to evaluate on, 'DIR' or 'DIR[:w],DIR' (every episode); default:
         the held-out split of the training mixture.
       step: checkpoint step (default: latest).
       max_clips: evaluate at most this many clips (default: all).
-      batch_size: clips per device batch (default: the training global batch size).
+      batch_size: clips per batch (default: the training global batch size).
       num_frames: clip length T (horizons 1..T-1); default: the training `config.data.num_frames`.
       num_perturbations: K perturbed actions per labeled transition for the ranking metric.
       perturb_std: std of the perturbations, in units of the dataset action std.
       output_dir: where metrics.json and plots go (default: WORKDIR/eval).
-      plots: write PNG plots (matplotlib).
+      plots: write PNG plots after metrics.json (a plot that fails is a logged warning).
       seed: seed of the perturbations.
       mesh: device mesh for the model (default: all devices, see `WorldModel.load`).
     """
-    from wam_jax.inference.world_model_api import WorldModel
+    from wam_jax.inference import load
 
     t0 = time.perf_counter()
-    wm = WorldModel.load(workdir, step, mesh=mesh)
-    if not wm.has_predictor:
+    restored = load.restore(workdir, step, mesh=mesh)
+    if restored.model is None:
         raise ValueError(f"{workdir}: evaluation needs the predictor (an encoder-only export cannot be evaluated)")
-    config = copy.deepcopy(wm.config)
-    if num_frames is not None:
-        if int(num_frames) < 2:
-            raise ValueError(f"num_frames={num_frames}: need at least 2 frames per clip")
-        config.data.num_frames = int(num_frames)
-    bsz = int(batch_size or config.data.global_batch_size)
-    batches, raw_sources, total = _eval_pipeline(config, data, bsz, max_clips)
-    sources = _eval_sources(raw_sources, list(wm.info.get("embodiments", [])))
-    t = int(config.data.num_frames)
-    horizon = t - 1
-    num_sources = len(sources)
-    step_fn = _make_step(wm, horizon, num_sources)
-    num_codes = wm._model().latent_actions.num_codes if wm.spec.bottleneck == "fsq" else None
-    accs = [_Acc(horizon) for _ in sources]
-    rng = np.random.default_rng(seed)
-    action_keys = {}
-    for s in sources:
-        if s.embodiment in wm.action_spaces:
-            action_keys.setdefault(s.embodiment, s.action_keys[: wm.action_spaces[s.embodiment].dim])
-
-    n_batches = 0
-    for batch in batches:
-        conv = _batch_to_model_units(batch, sources, wm)
-        noise = rng.normal(0.0, perturb_std, size=conv["action"].shape[:2] + (num_perturbations, conv["action"].shape[-1]))
-        noise = (noise * conv["action_mask"][:, :, None]).astype(np.float32)
-        with jax.set_mesh(wm.mesh):
-            out = step_fn(wm._model_state, wm._target_state, jnp.asarray(batch["video"]), jnp.asarray(conv["action"]),
-                          jnp.asarray(conv["action_mask"]), jnp.asarray(conv["proprio"]),
-                          jnp.asarray(conv["proprio_mask"]), jnp.asarray(batch["timestep_mask"]),
-                          jnp.asarray(conv["embodiment_id"]), jnp.asarray(batch["source_id"], jnp.int32),
-                          jnp.asarray(noise))
-        out = jax.device_get(out)
-        _accumulate(accs, sources, batch, conv, out, wm, num_perturbations)
-        n_batches += 1
-
-    # Groups: per source, per kind, overall.
-    def finish(acc: _Acc) -> dict[str, Any]:
-        return _finish(acc, num_codes=num_codes, latent_dim=wm.latent_shape[1], action_keys=action_keys)
-
-    per_source = {}
-    kinds: dict[str, _Acc] = {}
-    overall = _Acc(horizon)
-    for s, acc in zip(sources, accs, strict=True):
-        per_source[s.name] = {"kind": s.kind, "embodiment": s.embodiment, "path": s.path, **finish(acc)}
-        kinds.setdefault(s.kind, _Acc(horizon)).merge(acc)
-        overall.merge(acc)
-    results: dict[str, Any] = {
-        "workdir": os.path.abspath(workdir), "step": wm.step,
-        "data": data or f"held-out split of {wm.config.data.mixture}",
-        "num_frames": t, "horizon": horizon, "num_clips": total, "num_batches": n_batches,
-        "num_perturbations": num_perturbations, "perturb_std": perturb_std,
-        **finish(overall),
-        "per_kind": {k: finish(a) for k, a in sorted(kinds.items())},
-        "per_source": per_source,
-    }
-    out_dir = os.path.abspath(output_dir or os.path.join(workdir, EVAL_DIR))
-    os.makedirs(out_dir, exist_ok=True)
-    if plots:
-        results["plots"] = write_plots(results, out_dir)
+    evaluator = Evaluator(restored.config, restored.info, data=data, max_clips=max_clips, batch_size=batch_size,
+                          num_frames=num_frames, num_perturbations=num_perturbations, perturb_std=perturb_std,
+                          seed=seed, mesh=restored.mesh)
+    results = {"workdir": os.path.abspath(workdir), "step": restored.step,
+               **evaluator(restored.model, restored.target)}
     results["seconds"] = time.perf_counter() - t0
-    path = os.path.join(out_dir, METRICS_JSON)
-    with open(path + ".tmp", "w") as f:
-        json.dump(_json_safe(results), f, indent=2)
-    os.replace(path + ".tmp", path)
-    results["metrics_path"] = path
-    log.info("evaluated %d clips of %s (step %s) in %.1fs -> %s", total, workdir, wm.step, results["seconds"], path)
+    out_dir = os.path.abspath(output_dir or os.path.join(workdir, EVAL_DIR))
+    if jax.process_index() == 0:
+        results["metrics_path"] = write_metrics(results, out_dir)
+        log.info("evaluated %d clips of %s (step %s) in %.1fs -> %s", results["num_clips"], workdir,
+                 restored.step, results["seconds"], results["metrics_path"])
+        if plots:
+            results["plots"] = eval_report.write_plots(results, out_dir)
     return results
 
 
-def _accumulate(accs: list[_Acc], sources: list[EvalSource], batch: Mapping[str, np.ndarray],
-                conv: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], wm: Any, kk: int) -> None:
-    tm = np.asarray(batch["timestep_mask"])
-    sid = np.asarray(batch["source_id"])
-    for s, acc in enumerate(accs):
-        acc.h_count += float(out["h_count"][s])
-        for name in ("h_sum", "h_sum2", "h_gram"):
-            v = np.asarray(out[name][s], np.float64)
-            cur = getattr(acc, name)
-            setattr(acc, name, v if cur is None else cur + v)
-    for i in range(tm.shape[0]):
-        if not tm[i].any():
-            continue
-        src = sources[int(sid[i])]
-        acc = accs[int(sid[i])]
-        acc.clips += 1
-        rv = out["roll_valid"][i]
-        for name in ("l1", "cos", "copy_l1", "copy_cos", "latent_l1"):
-            acc.add_pred(name, out[name][i][None], rv[None])
-        acc.pred_n = rv.astype(np.float64) if acc.pred_n is None else acc.pred_n + rv
-        sv = out["step_valid"][i]
-        u = np.asarray(out["u"][i], np.float64)[sv]
-        if u.size:
-            acc.u_sum = u.sum(0) if acc.u_sum is None else acc.u_sum + u.sum(0)
-            acc.u_sum2 = (u**2).sum(0) if acc.u_sum2 is None else acc.u_sum2 + (u**2).sum(0)
-            acc.u_n += u.shape[0]
-        if "codes" in out:
-            acc.codes.update(tuple(int(c) for c in code) for code in np.asarray(out["codes"][i])[sv])
-        lab = out["labeled"][i]
-        if not lab.any() or src.embodiment not in wm.action_spaces:
-            continue
-        space = wm.action_space(src.embodiment)
-        d = space.dim
-        mask = conv["action_mask"][i][:, :d] & sv[:, None]
-        y = conv["action_robot"][i][:, :d]
-        yhat = space.denormalize(out["a_hat"][i])
-        phat = space.denormalize(out["policy_hat"][i])
-        sums = acc.act.setdefault(src.embodiment, _act_sums(d))
-        sums["n"] += mask.sum(0)
-        sums["abs"] += np.where(mask, np.abs(yhat - y), 0).sum(0)
-        sums["sq"] += np.where(mask, (yhat - y) ** 2, 0).sum(0)
-        sums["y"] += np.where(mask, y, 0).sum(0)
-        sums["y2"] += np.where(mask, y**2, 0).sum(0)
-        sums["pol_abs"] += np.where(mask, np.abs(phat - y), 0).sum(0)
-        sums["pol_n"] += mask.sum(0)
-        e = np.asarray(out["energy"][i])  # [T-1, K+1]
-        for tt in np.nonzero(lab & sv)[0]:
-            true, pert = e[tt, 0], e[tt, 1:]
-            acc.ranks.append(1.0 + float(np.sum(pert < true)) + 0.5 * float(np.sum(pert == true)))
-        acc.num_candidates = kk + 1
+class PeriodicEval:
+    """`trainer.train(periodic_eval=PeriodicEval(config, workdir))`: every `train.eval_every` steps,
+    the held-out metrics of the in-memory model (no checkpoint read back; one `Evaluator`, so the
+    step compiles once), written to WORKDIR/eval/step_<step>/metrics.json and returned as flat
+    `eval/*` scalars for the training logs."""
+
+    def __init__(self, config: Any, workdir: str):
+        self.config, self.workdir = config, workdir
+        self.evaluator: Evaluator | None = None  # built on first use: the trainer checks data and mesh first
+
+    def __call__(self, step: int, model: Any, target: Any) -> dict[str, float]:
+        from data_pipelines import loader
+
+        if self.evaluator is None:
+            max_clips = int(self.config.train.eval_max_clips) or None
+            self.evaluator = Evaluator(self.config, loader.mixture_info(self.config), max_clips=max_clips)
+        results = {"workdir": self.workdir, "step": int(step), **self.evaluator(model, target)}
+        if jax.process_index() == 0:
+            write_metrics(results, os.path.join(self.workdir, EVAL_DIR, f"step_{step}"))
+        return eval_report.flat_scalars(results, prefix="eval/")
 
 
 def _json_safe(x: Any) -> Any:
@@ -574,110 +491,3 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return _json_safe(x.tolist())
     return x
-
-
-# ----------------------------------------------------------------------------------------------
-# Presentation
-
-
-def _fmt(x: Any, nd: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{nd}f}"
-
-
-def format_table(results: Mapping[str, Any]) -> str:
-    """A plain-text summary of `evaluate`'s results (what `wam-eval` prints)."""
-    lines = [f"World model evaluation: {results.get('workdir')} (step {results.get('step')}), "
-             f"{results.get('num_clips')} clips of {results.get('num_frames')} frames from {results.get('data')}"]
-    pred = results.get("prediction")
-    if pred:
-        hs = range(1, len(pred["l1"]) + 1)
-        lines += ["", "Latent prediction (rollout from frame 0)   " + "".join(f"   h={h:<3d}" for h in hs)]
-        for label, key in (("  model L1", "l1"), ("  copy-last-frame L1", "copy_l1"), ("  model / copy L1", "l1_vs_copy"),
-                           ("  model cosine", "cos"), ("  copy-last-frame cosine", "copy_cos"),
-                           ("  model / copy L1, latent-action cond.", "latent_l1_vs_copy")):
-            lines.append(f"{label:<43s}" + "".join(f"{_fmt(v):>8s}" for v in pred[key]))
-    for emb, act in (results.get("action") or {}).items():
-        lines += ["", f"Action heads, embodiment {emb!r} ({act['num_transitions']} labeled transitions, robot units)",
-                  f"  {'dim':<12s}{'IDM MAE':>10s}{'IDM R^2':>10s}{'policy MAE':>12s}"]
-        for name, mae, r2, pm in zip(act["dims"], act["mae"], act["r2"], act["policy_mae"], strict=False):
-            lines.append(f"  {name:<12s}{_fmt(mae, 4):>10s}{_fmt(r2):>10s}{_fmt(pm, 4):>12s}")
-    rk = results.get("ranking")
-    if rk:
-        lines += ["", f"Action ranking: true action among {rk['num_candidates']} candidates "
-                      f"({rk['num_transitions']} transitions): mean rank {_fmt(rk['mean_rank'], 2)} "
-                      f"(chance {_fmt(rk['chance_rank'], 1)}), top-1 {_fmt(rk['top1'])}, "
-                      f"normalized rank {_fmt(rk['normalized_rank'])} (0 best, 0.5 chance)"]
-    h = results.get("health")
-    if h:
-        s = (f"Representation: target std {_fmt(h['target_std'])}, effective rank "
-             f"{_fmt(h['effective_rank'], 1)} / {h['latent_dim']}")
-        if "latent_action_usage" in h:
-            s += (f", latent-action codes {h['latent_action_codes_used']} used "
-                  f"(usage {_fmt(h['latent_action_usage'])}, perplexity {_fmt(h['latent_action_perplexity'], 1)})")
-        elif "latent_action_std" in h:
-            s += f", latent-action std {_fmt(h['latent_action_std'])}"
-        lines += ["", s]
-    groups = [(f"[{k}]", v) for k, v in (results.get("per_kind") or {}).items()]
-    groups += [(name, v) for name, v in (results.get("per_source") or {}).items()]
-    if groups:
-        lines += ["", f"  {'group':<24s}{'clips':>6s}{'L1 h=1':>9s}{'copy h=1':>10s}{'L1 h=k':>9s}{'copy h=k':>10s}"
-                      f"{'IDM R^2':>9s}{'rank':>7s}{'eff.rank':>9s}"]
-        for name, g in groups:
-            p = g.get("prediction") or {}
-            acts = list((g.get("action") or {}).values())
-            r2 = acts[0]["r2_mean"] if acts else None
-            rank = (g.get("ranking") or {}).get("mean_rank")
-            er = (g.get("health") or {}).get("effective_rank")
-            l1 = p.get("l1") or [None]
-            c1 = p.get("copy_l1") or [None]
-            lines.append(f"  {name[:24]:<24s}{g.get('num_clips', 0):>6d}{_fmt(l1[0]):>9s}{_fmt(c1[0]):>10s}"
-                         f"{_fmt(l1[-1]):>9s}{_fmt(c1[-1]):>10s}{_fmt(r2):>9s}{_fmt(rank, 2):>7s}"
-                         f"{_fmt(er, 1):>9s}")
-    return "\n".join(lines)
-
-
-def write_plots(results: Mapping[str, Any], out_dir: str) -> list[str]:
-    """PNG plots next to metrics.json: prediction error per horizon, action error per dim, ranks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    pred = results.get("prediction")
-    if pred:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        hs = np.arange(1, len(pred["l1"]) + 1)
-        ax.plot(hs, pred["l1"], "o-", label="model (all)")
-        ax.plot(hs, pred["copy_l1"], "k--", label="copy last frame")
-        for name, g in (results.get("per_source") or {}).items():
-            p = g.get("prediction")
-            if p:
-                ax.plot(hs, p["l1"], ".:", label=f"model: {name}")
-        ax.set_xlabel("horizon (steps)")
-        ax.set_ylabel("latent L1")
-        ax.set_xticks(hs)
-        ax.legend(fontsize=7)
-        ax.set_title(f"Rollout error, step {results.get('step')}")
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "prediction_l1.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    acts = results.get("action") or {}
-    if acts:
-        fig, axes = plt.subplots(1, len(acts), figsize=(4 * len(acts), 3.2), squeeze=False)
-        for ax, (emb, act) in zip(axes[0], acts.items(), strict=True):
-            x = np.arange(len(act["mae"]))
-            ax.bar(x - 0.2, act["mae"], 0.4, label="inverse dynamics")
-            ax.bar(x + 0.2, act["policy_mae"], 0.4, label="policy (1st action)")
-            ax.set_xticks(x, act["dims"], rotation=45, fontsize=7)
-            ax.set_ylabel("MAE (robot units)")
-            ax.set_title(emb)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "action_mae.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths

@@ -42,24 +42,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wam_jax.inference.artifacts import (
+    CONFIG_JSON,
+    ENCODER_EXPORT,
+    ENCODER_SAFETENSORS,
+    EXAMPLE_INPUT,
+    EXAMPLE_OUTPUT,
+    EXPORT_JSON,
+    FORMAT,
+    PARAMS_DIR,
+    PREDICTOR_EXPORT,
+    PREDICTOR_FILES,
+    PREDICTOR_SAFETENSORS,
+    PREPROCESSING_JSON,
+    REQUIRED_FILES,
+    STATS_JSON,
+    VERSION,
+    check_frames,
+    read_manifest,
+)
+
 log = logging.getLogger(__name__)
 
-FORMAT = "wam_jax.inference.export"
-VERSION = 1
-EXPORT_JSON = "export.json"
-CONFIG_JSON = "config.json"
-STATS_JSON = "stats.json"
-PREPROCESSING_JSON = "preprocessing.json"
-PARAMS_DIR = "params"
-ENCODER_EXPORT = "encoder.jax_export"
-ENCODER_SAFETENSORS = "encoder.safetensors"
-PREDICTOR_EXPORT = "predictor.jax_export"
-PREDICTOR_SAFETENSORS = "predictor.safetensors"
-EXAMPLE_INPUT = "example_input.npy"
-EXAMPLE_OUTPUT = "example_output.npy"
-REQUIRED_FILES = (ENCODER_EXPORT, ENCODER_SAFETENSORS, PREPROCESSING_JSON, PARAMS_DIR, CONFIG_JSON,
-                  STATS_JSON, EXAMPLE_INPUT, EXAMPLE_OUTPUT)
-PREDICTOR_FILES = (PREDICTOR_EXPORT, PREDICTOR_SAFETENSORS)
 # Lowered for every platform so one artifact serves CPU, GPU and TPU consumers.
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -95,31 +99,6 @@ def _unflattener(treedef: Any, keys: list[str]):
 # Reading
 
 
-def read_manifest(export_dir: str) -> dict[str, Any]:
-    """The manifest of a complete export; clear errors for missing or partial directories."""
-    from wam_jax.inference.world_model_api import IncompleteExportError
-
-    if not os.path.isdir(export_dir):
-        raise FileNotFoundError(f"export directory {export_dir} does not exist (write one with wam-export)")
-    path = os.path.join(export_dir, EXPORT_JSON)
-    if not os.path.exists(path):
-        present = sorted(os.listdir(export_dir))
-        raise IncompleteExportError(
-            f"{export_dir} has no {EXPORT_JSON} (written last by wam-export), so the export is incomplete "
-            f"or this is not an export directory (it holds {present[:10]}); re-run wam-export")
-    with open(path) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
-        raise IncompleteExportError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if int(manifest.get("version", -1)) > VERSION:
-        raise IncompleteExportError(f"{path}: version {manifest.get('version')} is newer than this library ({VERSION})")
-    missing = [f for f in manifest.get("files", []) if not os.path.exists(os.path.join(export_dir, f))]
-    if missing:
-        raise IncompleteExportError(
-            f"export {export_dir} is partial: missing {missing} (listed in {EXPORT_JSON}); re-run wam-export")
-    return manifest
-
-
 class ExportedEncoder:
     """The exported encoder as a plain callable: uint8 frames -> float32 latents (numpy).
 
@@ -141,8 +120,6 @@ class ExportedEncoder:
 
     def __call__(self, frames: Any, *, resize: bool = False) -> np.ndarray:
         """`[H, W, 3]` / `[T, H, W, 3]` / `[B, T, H, W, 3]` uint8 -> `[..., N, D]` float32."""
-        from wam_jax.inference.world_model_api import check_frames
-
         video, lead = check_frames(frames, self.image_size, resize=resize)
         z = np.asarray(self._call(self.params, jnp.asarray(video)))
         return z.reshape(lead + z.shape[-2:])
@@ -195,9 +172,9 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     """
     from flax import nnx
 
-    from wam_jax.inference import world_model_api as api
+    from wam_jax.inference import load
     from wam_jax.models import encoder as encoder_lib
-    from wam_jax.models.world_model import encode_latents, normalize_latents
+    from wam_jax.models.world_model import normalize_latents
 
     t0 = time.time()
     output = os.path.abspath(output)
@@ -205,23 +182,25 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
         if not overwrite:
             raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it")
         shutil.rmtree(output)
-    wm = api.WorldModel.load(path, step)
-    if wm.kind != "checkpoint":
+    restored = load.restore(path, step)
+    if restored.kind != "checkpoint":
         raise ValueError(f"{path} is already an export; export from a training workdir")
-    cfg = wm.config
-    s = wm.image_size
-    n, d = wm.latent_shape
+    cfg = restored.config
+    s = int(cfg.model.image_size)
+    n, d = restored.target.num_patches, restored.target.width
     os.makedirs(output)
 
-    # -- encoder artifact: f(params_flat, video) with params as an argument, not constants.
-    target_pure = _host(nnx.to_pure_dict(wm._target_state))
+    # -- encoder artifact: f(params_flat, video) with params as an argument, not constants. It
+    # runs the model's own encode path on an array-free copy of the model (`encode` reads only the
+    # model's static spec when given the encoder), so no trained array is baked into the artifact.
+    enc_graph, enc_state = nnx.split(restored.target)
+    target_pure = _host(nnx.to_pure_dict(enc_state))
     enc_flat, enc_treedef, enc_keys = flatten_params(target_pure)
     enc_unflatten = _unflattener(enc_treedef, enc_keys)
-    enc_graph = wm._target_graph
+    host = restored.abstract.module()
 
     def encode_fn(params: Mapping[str, jax.Array], video: jax.Array) -> jax.Array:
-        enc = nnx.merge(enc_graph, enc_unflatten(params))
-        return encode_latents(enc, encoder_lib.normalize_video(video))
+        return host.encode(video, encoder=nnx.merge(enc_graph, enc_unflatten(params)))
 
     b, t = jax.export.symbolic_shape("b, t")
     video_spec = jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.uint8)
@@ -261,7 +240,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     pred_info = None
     arrays: dict[str, Any] = {"target": target_pure}
     if with_predictor:
-        model = wm._model()
+        model = restored.model
         pred_graph, pred_state = nnx.split(model.predictor)
         emb_graph, emb_state = nnx.split(model.action_embedder)
         pred_pure = {"predictor": _host(nnx.to_pure_dict(pred_state)),
@@ -300,11 +279,11 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ck:
         ck.save(os.path.join(output, PARAMS_DIR), args=ocp.args.PyTreeSave(arrays))
     _write_json(os.path.join(output, CONFIG_JSON), json.loads(cfg.to_json_best_effort()))
-    _write_json(os.path.join(output, STATS_JSON), wm.info)
+    _write_json(os.path.join(output, STATS_JSON), restored.info)
 
     manifest = {
         "format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": os.path.abspath(path), "step": wm.step, "with_predictor": bool(with_predictor),
+        "source": os.path.abspath(path), "step": restored.step, "with_predictor": bool(with_predictor),
         "jax_version": jax.__version__, "files": files,
         "encoder": {"inputs": ["params", "video uint8 [b, t, H, W, 3]"], "output": "latents [b, t, N, D] f32",
                     "image_size": s, "latent_shape": [n, d], "platforms": list(enc_platforms),
@@ -312,7 +291,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
         "predictor": pred_info,
     }
     _write_json(os.path.join(output, EXPORT_JSON), manifest)  # last: marks the export complete
-    log.info("exported step %s of %s to %s in %.1fs", wm.step, path, output, time.time() - t0)
+    log.info("exported step %s of %s to %s in %.1fs", restored.step, path, output, time.time() - t0)
     return manifest
 
 

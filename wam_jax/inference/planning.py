@@ -6,10 +6,10 @@ A planner minimizes an energy over action sequences `a[H, A]`:
 
 where `context` is any pytree the energy needs (current latents, goal latents, model state). The
 whole optimization (sampling, energy, elite selection, distribution update, every iteration) is
-one `lax.scan` inside one `jax.jit`, so one planning step is one device program. Candidates are
-sharded over the mesh's data axis (logical axis `samples`), so planning with 400 candidates on 8
-devices evaluates 50 per device; the energy function sees the full `[S, H, A]` array and XLA
-partitions it.
+one `lax.scan` inside one `jax.jit`, so one planning step is one device program. Candidates carry
+the logical axis `samples`, which the rules table (`wam_jax.sharding`) maps to mesh axes, so
+planning with 400 candidates on 8 devices evaluates 50 per device; the energy function sees the
+full `[S, H, A]` array and XLA partitions it.
 
 The model-independent parts live here (optimizer, presets, bounds, energies on latents, the
 receding-horizon loop); `wam_jax.inference.world_model_api.WorldModel.plan` binds them to a trained model.
@@ -35,6 +35,7 @@ Array = jax.Array
 EnergyFn = Callable[[Array, Any], Array]
 
 METHODS = ("cem", "mppi")
+SAMPLES = "samples"  # the logical axis of candidate sequences (mapped to mesh axes by the rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +154,12 @@ class ActionBounds(NamedTuple):
 
 
 def planning_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-axis ('data',) mesh with Auto axes over `devices` (default: all), for sharding samples."""
-    devices = list(jax.devices() if devices is None else devices)
-    return Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
+    """Every device (default: all) on the mesh axis the rules put planning `samples` on."""
+    return shd.mesh_along(SAMPLES, devices)
 
 
 def _samples_axes(mesh: Mesh) -> tuple[str, ...]:
-    spec = shd.logical_to_spec(("samples",))[0]
+    spec = shd.logical_to_spec((SAMPLES,))[0]
     axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
     return tuple(a for a in axes if a in mesh.axis_names and mesh.shape[a] > 1)
 
@@ -188,7 +188,7 @@ def _shard_samples(x: Array, mesh: Mesh | None) -> Array:
     axes = _samples_axes(mesh)
     if not axes:
         return x
-    spec = P(axes[0] if len(axes) == 1 else axes, *([None] * (x.ndim - 1)))
+    spec = shd.spec_for(x.shape, (SAMPLES,) + (None,) * (x.ndim - 1), mesh)
     if _is_explicit(mesh, axes):
         return jax.sharding.reshard(x, spec)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

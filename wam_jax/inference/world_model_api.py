@@ -10,275 +10,40 @@
     a_hat = wm.infer_actions(z)                # inverse dynamics: [T, N, D] -> [T-1, A]
     chunk = wm.policy(z[-1], z_goal)           # goal-conditioned policy head -> [h, A]
     plan = wm.plan(frame, goal_frame)          # CEM/MPPI in latent space -> plan.actions [H, A]
+    wm.action_space().action_names             # what each action dimension is
 
 Units: every action going in or out is in the robot's own units (the converted dataset's), for one
 embodiment's own action dimensions; the model's internal normalization (dataset mean/std, stride
 summing of delta dims, padding to `model.action_dim`) is applied here, from the statistics saved
-with the checkpoint. Planning bounds are the dataset's q01/q99.
+with the checkpoint (`action_space.ActionSpace`). Planning bounds are the dataset's q01/q99.
 
 Latent space: everything uses the *target* encoder (EMA of the online encoder, or the frozen
 encoder), layer-normed: the space the predictor was trained to predict into, so observations, goals
 and predictions are directly comparable. Shapes: a leading batch dimension is optional everywhere.
+Loading (`load.restore`) builds no optimizer state and imports no training step.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wam_jax.inference import planning
+from wam_jax.inference import load, planning
+from wam_jax.inference.action_space import ActionSpace, action_spaces_from_info
+from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError, check_frames
+from wam_jax.inference.load import inference_mesh
 
 log = logging.getLogger(__name__)
 
 ArrayLike = Any
 
-
-class MissingStatisticsError(ValueError):
-    """The checkpoint has no dataset statistics, so actions cannot be mapped to robot units."""
-
-
-class IncompleteExportError(ValueError):
-    """An export directory is missing files (interrupted export, or copied partially)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Action spaces (per embodiment): normalization exactly as the loader applies it.
-
-
-@dataclasses.dataclass(frozen=True)
-class ActionSpace:
-    """One embodiment's action (and proprio) units, from a training source's `stats.json`.
-
-    The loader feeds the model `(a - mean * s) / (std * s)` per transition for delta dims summed over
-    the frame stride `s` (absolute dims: `(a - mean) / std`), clipped to ±5, zero-padded to
-    `model.action_dim` with a mask. `normalize`/`denormalize` reproduce and invert exactly that.
-    """
-
-    embodiment: str
-    embodiment_id: int
-    source: str
-    dim: int
-    model_dim: int
-    mean: np.ndarray
-    std: np.ndarray
-    q01: np.ndarray | None
-    q99: np.ndarray | None
-    is_delta: np.ndarray
-    stride: int
-    proprio_dim: int = 0
-    proprio_mean: np.ndarray | None = None
-    proprio_std: np.ndarray | None = None
-
-    def normalize(self, actions: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """Robot-unit actions `[..., dim]` -> (normalized `[..., model_dim]`, mask `[..., model_dim]`)."""
-        from data_pipelines import transforms
-
-        a = np.asarray(actions, np.float32)
-        if a.shape[-1] != self.dim:
-            raise ValueError(
-                f"actions have shape {a.shape}: expected [..., {self.dim}] (the action dims of "
-                f"embodiment {self.embodiment!r}, in its own units)")
-        x = transforms.normalize_actions(a, self.mean, self.std, self.is_delta, self.stride)
-        pad = [(0, 0)] * (a.ndim - 1) + [(0, self.model_dim - self.dim)]
-        mask = np.zeros(a.shape[:-1] + (self.model_dim,), bool)
-        mask[..., : self.dim] = True
-        return np.pad(x, pad), mask
-
-    def denormalize(self, x: ArrayLike) -> np.ndarray:
-        """Normalized model actions `[..., model_dim]` (or `[..., dim]`) -> robot units `[..., dim]`."""
-        from data_pipelines import transforms
-
-        return transforms.denormalize_actions(np.asarray(x, np.float32)[..., : self.dim], self.mean,
-                                              self.std, self.is_delta, self.stride)
-
-    def normalize_proprio(self, proprio: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        from data_pipelines import transforms
-
-        if not self.proprio_dim or self.proprio_mean is None:
-            raise ValueError(f"embodiment {self.embodiment!r} has no proprio statistics; pass proprio=None")
-        p = np.asarray(proprio, np.float32)
-        if p.shape[-1] != self.proprio_dim:
-            raise ValueError(f"proprio has shape {p.shape}: expected [..., {self.proprio_dim}]")
-        return transforms.normalize(p, self.proprio_mean, self.proprio_std), np.ones(p.shape, bool)
-
-    def bounds(self) -> planning.ActionBounds:
-        """Planner box in normalized units: the dataset's q01/q99 (mean ± 3 std without quantiles)."""
-        if self.q01 is None or self.q99 is None:
-            lo, hi = self.mean - 3 * self.std, self.mean + 3 * self.std
-        else:
-            lo, hi = self.q01, self.q99
-        return planning.ActionBounds.from_quantiles(lo, hi, mean=self.mean, std=np.maximum(self.std, 1e-6))
-
-
-def _vec(stats: Mapping[str, Any] | None, key: str) -> np.ndarray | None:
-    if not stats or stats.get(key) is None:
-        return None
-    return np.asarray(stats[key], np.float32)
-
-
-def action_spaces_from_info(info: Mapping[str, Any], model_action_dim: int, where: str
-                            ) -> dict[str, ActionSpace]:
-    """Embodiment name -> ActionSpace, from `loader.mixture_info` (the checkpoint's `stats` item)."""
-    if not info or "sources" not in info or "stats" not in info:
-        raise MissingStatisticsError(
-            f"{where} has no dataset statistics (expected the `loader.mixture_info` dict with "
-            f"'sources' and 'stats'); actions cannot be converted to robot units. Re-save the "
-            f"checkpoint with `Checkpointer.save(..., stats=loader.mixture_info(config))`")
-    spaces: dict[str, ActionSpace] = {}
-    for src, stats in zip(info["sources"], info["stats"], strict=True):
-        dim = int(src.get("action_dim") or 0)
-        if src.get("kind") != "robot" or dim == 0 or src["embodiment"] in spaces:
-            continue
-        a = (stats or {}).get("action")
-        mean, std = _vec(a, "mean"), _vec(a, "std")
-        if mean is None or std is None:
-            raise MissingStatisticsError(
-                f"{where}: source {src.get('name')!r} ({src.get('path')}) has {dim} action dims but "
-                f"no action mean/std in its statistics (expected stats.action.mean/std of length {dim})")
-        p = (stats or {}).get("proprio")
-        spaces[src["embodiment"]] = ActionSpace(
-            embodiment=src["embodiment"], embodiment_id=int(src["embodiment_id"]),
-            source=str(src.get("name")), dim=dim, model_dim=int(model_action_dim), mean=mean, std=std,
-            q01=_vec(a, "q01"), q99=_vec(a, "q99"),
-            is_delta=np.asarray(src.get("action_is_delta") or [False] * dim, bool),
-            stride=int(src.get("stride") or 1), proprio_dim=int(src.get("proprio_dim") or 0),
-            proprio_mean=_vec(p, "mean"), proprio_std=_vec(p, "std"))
-    return spaces
-
-
-# ----------------------------------------------------------------------------------------------
-# Locating and reading checkpoints / exports
-
-
-def checkpoint_dir(workdir: str) -> str:
-    """`WORKDIR/checkpoints` (a training workdir) or WORKDIR itself if it holds Orbax steps."""
-    sub = os.path.join(workdir, "checkpoints")
-    return sub if os.path.isdir(sub) else workdir
-
-
-def _is_export(path: str) -> bool:
-    from wam_jax.inference import export
-
-    return os.path.exists(os.path.join(path, export.EXPORT_JSON))
-
-
-def _checkpointer(ckpt_dir: str):
-    from wam_jax.training import checkpointing
-
-    return checkpointing.Checkpointer(ckpt_dir, async_save=False)
-
-
-def read_checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any], dict[str, Any], str]:
-    """(step, config dict, stats dict, step directory) of a training workdir; latest step by default."""
-    import orbax.checkpoint as ocp
-
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"{workdir} does not exist (expected a training workdir or an export directory)")
-    ckpt_dir = checkpoint_dir(workdir)
-    ck = _checkpointer(ckpt_dir)
-    try:
-        steps = ck.all_steps()
-        if not steps:
-            raise FileNotFoundError(
-                f"no checkpoint in {ckpt_dir}: expected WORKDIR/checkpoints/<step>/ written by wam-train, "
-                f"or an export directory (with export.json) written by wam-export")
-        if step is None:
-            step = steps[-1]
-        elif int(step) not in steps:
-            raise FileNotFoundError(f"{ckpt_dir} has no checkpoint for step {step}; available steps: {steps}")
-        step = int(step)
-        out = ck.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                               stats=ocp.args.JsonRestore()))
-    finally:
-        ck.close()
-    return step, dict(out["config"] or {}), dict(out["stats"] or {}), os.path.join(ckpt_dir, str(step))
-
-
-def config_from_json(d: Mapping[str, Any]):
-    """JSON config dict -> ConfigDict (lists back to tuples where the base config has tuples)."""
-    import ml_collections as mlc
-
-    def fix(x):
-        if isinstance(x, Mapping):
-            return {k: fix(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return tuple(fix(v) for v in x)
-        return x
-
-    if "model" not in d:
-        raise ValueError("the saved config has no 'model' section; cannot rebuild the model")
-    return mlc.ConfigDict(fix(dict(d)))
-
-
-def inference_mesh(devices: Sequence[jax.Device] | None = None):
-    """All devices on the fsdp axis: parameters sharded (FSDP), planning samples split over them."""
-    import ml_collections as mlc
-
-    from wam_jax import sharding
-
-    cfg = mlc.ConfigDict(dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
-    return sharding.make_mesh(cfg, devices)
-
-
-def restore_arrays(state_dir: str, abstract: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    """Restores only `keys` of an Orbax pytree (no optimizer state) onto `abstract`'s shardings."""
-    import orbax.checkpoint as ocp
-
-    sub = {k: abstract[k] for k in keys}
-    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), sub)
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ck:
-        return ck.restore(state_dir, args=ocp.args.PyTreeRestore(item=sub, restore_args=restore_args,
-                                                                  partial_restore=True))
-
-
-# ----------------------------------------------------------------------------------------------
-# Frames
-
-
-def resize_frames(frames: ArrayLike, size: int) -> np.ndarray:
-    """uint8 `[..., H, W, 3]` -> `[..., size, size, 3]` (bilinear with antialiasing)."""
-    x = jnp.asarray(frames)
-    shape = x.shape[:-3] + (size, size, x.shape[-1])
-    y = jax.image.resize(x.astype(jnp.float32), shape, method="bilinear", antialias=True)
-    return np.asarray(jnp.clip(jnp.round(y), 0, 255).astype(jnp.uint8))
-
-
-def check_frames(frames: ArrayLike, image_size: int, *, name: str = "frames", resize: bool = False
-                 ) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Validates uint8 RGB frames `[H, W, 3]`, `[T, H, W, 3]` or `[B, T, H, W, 3]`.
-
-    Returns (`[B, T, S, S, 3]` frames, the leading dims to restore on outputs).
-    """
-    x = np.asarray(frames)
-    expected = f"uint8 [T, {image_size}, {image_size}, 3] (or [{image_size}, {image_size}, 3], or batched [B, T, ...])"
-    if x.ndim not in (3, 4, 5) or x.shape[-1] != 3:
-        raise ValueError(f"{name} has shape {x.shape}; expected {expected}")
-    if x.dtype != np.uint8:
-        raise ValueError(f"{name} has dtype {x.dtype}; expected {expected}, RGB values 0..255")
-    if x.shape[-3:-1] != (image_size, image_size):
-        if not resize:
-            raise ValueError(
-                f"{name} are {x.shape[-3]}x{x.shape[-2]} pixels but the model expects "
-                f"{image_size}x{image_size} (shape {expected}); resize them or pass resize=True")
-        x = resize_frames(x, image_size)
-    lead = x.shape[:-3]
-    return _to5(x), lead
-
-
-def _to5(x: np.ndarray) -> np.ndarray:
-    if x.ndim == 3:
-        return x[None, None]
-    if x.ndim == 4:
-        return x[None]
-    return x
+# Errors and the default mesh of `WorldModel.load`, for callers that handle them.
+__all__ = ["ActionSpace", "IncompleteExportError", "MissingStatisticsError", "WorldModel", "inference_mesh"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,7 +54,10 @@ class WorldModel:
     """A trained world action model with un-normalized (robot-unit) actions. See module docstring."""
 
     def __init__(self, *, config: Any, info: Mapping[str, Any], step: int | None, path: str, kind: str,
-                 mesh: Any, model: Any | None, target: Any, embodiment: str | None = None):
+                 mesh: Any, model: Any | None, target: Any, embodiment: str | None = None,
+                 abstract_model: Any = None):
+        """`model` None: an encoder-only model, which encodes through `abstract_model` (the model
+        with ShapeDtypeStruct leaves, `load.AbstractModel.module()`; traced here when not given)."""
         from flax import nnx
 
         self.config = config
@@ -306,9 +74,12 @@ class WorldModel:
         if model is not None:
             self._model_graph, self._model_state = nnx.split(model)
             self.spec = model.spec
+            self._abstract_model = None
         else:
             self._model_graph = self._model_state = None
-            self.spec = None
+            self._abstract_model = (abstract_model if abstract_model is not None
+                                    else load.abstract_model(config, mesh).module())
+            self.spec = self._abstract_model.spec
         self._fns: dict[Any, Any] = {}
 
     # -- loading --------------------------------------------------------------------------------
@@ -316,62 +87,14 @@ class WorldModel:
     @classmethod
     def load(cls, path: str, step: int | None = None, *, mesh: Any = None,
              embodiment: str | None = None) -> WorldModel:
-        """A training workdir (latest checkpoint, or `step`) or a `wam-export` directory."""
-        path = os.path.abspath(os.fspath(path))
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist (expected a training workdir or an export directory)")
-        if _is_export(path):
-            if step is not None:
-                raise ValueError(f"{path} is an export directory (one fixed step); do not pass step={step}")
-            return cls._load_export(path, mesh=mesh, embodiment=embodiment)
-        from wam_jax.inference import export
+        """A training workdir (latest checkpoint, or `step`) or a `wam-export` directory.
 
-        if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in export.REQUIRED_FILES):
-            raise IncompleteExportError(
-                f"{path} looks like an export directory but has no {export.EXPORT_JSON} (written last "
-                f"by wam-export): the export was interrupted or copied partially; re-run wam-export")
-        return cls._load_checkpoint(path, step, mesh=mesh, embodiment=embodiment)
-
-    @classmethod
-    def _build(cls, config: Any, mesh: Any):
-        from wam_jax.training import train_step as ts
-
-        return ts.abstract_train_state(config, mesh)
-
-    @classmethod
-    def _load_checkpoint(cls, workdir: str, step: int | None, *, mesh: Any, embodiment: str | None) -> WorldModel:
-        step, cfg_dict, info, step_dir = read_checkpoint_meta(workdir, step)
-        if not info:
-            raise MissingStatisticsError(
-                f"checkpoint {step_dir} has no dataset statistics (its 'stats' item is empty); actions "
-                f"cannot be converted to robot units. It was saved without `loader.mixture_info(config)`")
-        config = config_from_json(cfg_dict)
-        mesh = mesh if mesh is not None else inference_mesh()
-        defs, _, abstract = cls._build(config, mesh)
-        arrays = restore_arrays(os.path.join(step_dir, "state"), abstract.to_dict(),
-                                ("params", "model_state", "target"))
-        model = defs.model(arrays["params"], arrays["model_state"])
-        target = defs.target_encoder(arrays["target"])
-        return cls(config=config, info=info, step=step, path=workdir, kind="checkpoint", mesh=mesh,
-                   model=model, target=target, embodiment=embodiment)
-
-    @classmethod
-    def _load_export(cls, export_dir: str, *, mesh: Any, embodiment: str | None) -> WorldModel:
-        from wam_jax.inference import export
-
-        manifest = export.read_manifest(export_dir)
-        with open(os.path.join(export_dir, export.CONFIG_JSON)) as f:
-            config = config_from_json(json.load(f))
-        with open(os.path.join(export_dir, export.STATS_JSON)) as f:
-            info = json.load(f)
-        mesh = mesh if mesh is not None else inference_mesh()
-        defs, _, abstract = cls._build(config, mesh)
-        keys = ("params", "model_state", "target") if manifest["with_predictor"] else ("target",)
-        arrays = restore_arrays(os.path.join(export_dir, export.PARAMS_DIR), abstract.to_dict(), keys)
-        model = defs.model(arrays["params"], arrays["model_state"]) if manifest["with_predictor"] else None
-        target = defs.target_encoder(arrays["target"])
-        return cls(config=config, info=info, step=manifest.get("step"), path=export_dir, kind="export",
-                   mesh=mesh, model=model, target=target, embodiment=embodiment)
+        `mesh`: default all devices (`load.inference_mesh`); `embodiment`: the default action space.
+        """
+        r = load.restore(path, step, mesh=mesh)
+        return cls(config=r.config, info=r.info, step=r.step, path=r.path, kind=r.kind, mesh=r.mesh,
+                   model=r.model, target=r.target, embodiment=embodiment,
+                   abstract_model=None if r.model is not None else r.abstract.module())
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -433,25 +156,23 @@ class WorldModel:
     def encode(self, frames: ArrayLike, *, resize: bool = False) -> jax.Array:
         """uint8 RGB `[H, W, 3]` / `[T, H, W, 3]` / `[B, T, H, W, 3]` -> latents `[..., N, D]`.
 
-        Wrong-size frames raise (naming the expected size) unless `resize=True`.
+        Wrong-size frames raise (naming the expected size) unless `resize=True`. The model's own
+        `WorldActionModel.encode` with the target encoder, as in training.
         """
         from flax import nnx
-
-        from wam_jax.models import encoder as encoder_lib
-        from wam_jax.models.world_model import encode_latents
 
         video, lead = check_frames(frames, self.image_size, resize=resize)
 
         def build():
-            graph = self._target_graph
+            mgraph, tgraph, host = self._model_graph, self._target_graph, self._abstract_model
 
             @jax.jit
-            def f(state, v):
-                enc = nnx.merge(graph, state)
-                return encode_latents(enc, encoder_lib.normalize_video(v))
+            def f(model_state, target_state, v):
+                model = host if mgraph is None else nnx.merge(mgraph, model_state)
+                return model.encode(v, encoder=nnx.merge(tgraph, target_state))
             return f
 
-        z = self._call(self._fn("encode", build), self._target_state, jnp.asarray(video))
+        z = self._call(self._fn("encode", build), self._model_state, self._target_state, jnp.asarray(video))
         return z.reshape(lead + z.shape[-2:])
 
     # -- prediction -----------------------------------------------------------------------------
@@ -666,10 +387,11 @@ class WorldModel:
 
 def _context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.Array, emb: jax.Array
                               ) -> jax.Array:
-    """Conditioning for a rollout from C context frames: inferred latent actions for the C-1
-    observed transitions, embedded real actions for the k future ones -> `[B, C-1+k, du]`."""
-    cond = model.action_embedder(a, mask, emb)
-    if z.shape[1] > 1:
-        ctx = model.latent_actions(z[:, :-1], z[:, 1:]).mean
-        cond = jnp.concatenate([ctx.astype(cond.dtype), cond], axis=1)
-    return cond
+    """Conditioning for a rollout from C context frames and k actions, through the model's one
+    conditioning rule: the C-1 observed transitions get their inferred latent actions, the k
+    future ones the embedded real actions -> `[B, C-1+k, du]`."""
+    b, c = z.shape[:2]
+    steps = c - 1 + a.shape[1]
+    observed = ((0, 0), (c - 1, 0), (0, 0))  # no real action on the observed transitions
+    use_action = jnp.broadcast_to(jnp.arange(steps) >= c - 1, (b, steps))
+    return model.conditioning(z, jnp.pad(a, observed), jnp.pad(mask, observed), emb, use_action).cond

@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wam_jax.models import layers
-from wam_jax.models.predictor import EmbodimentLinear, TransitionEncoder
+from wam_jax.models.linear import EmbodimentLinear
+from wam_jax.models.partitioning import mesh_optional
+from wam_jax.models.transition import TransitionEncoder
 
 
 class _PairToActions(nnx.Module):
-    @layers.mesh_optional
+    @mesh_optional
     def __init__(self, *, latent_dim: int, out_dim: int, num_embodiments: int, width: int,
                  depth: int, heads: int, mlp_ratio: float, grid_hw: tuple[int, int],
                  rngs: nnx.Rngs, scan: bool = True, scan_unroll: int = 1, remat: str = "none",

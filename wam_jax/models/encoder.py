@@ -24,7 +24,9 @@ import numpy as np
 from flax import nnx
 
 from wam_jax import sharding
-from wam_jax.models import layers
+from wam_jax.models.blocks import BlockStack, layer_norm
+from wam_jax.models.partitioning import ACT_AXES, mesh_optional
+from wam_jax.models.positions import grid_positions, rope_3d, sincos_3d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,7 +59,7 @@ class PatchEmbed(nnx.Module):
     `kernel [tubelet, p, p, C, D]` (= torch `weight[D, C, tubelet, p, p]` transposed), `bias [D]`.
     """
 
-    @layers.mesh_optional
+    @mesh_optional
     def __init__(
         self,
         patch_size: int,
@@ -105,15 +107,16 @@ class PatchEmbed(nnx.Module):
 
 
 class VideoEncoder(nnx.Module):
-    """Video ViT encoder (V-JEPA 2 architecture) built from `configs.base.model_config()`.
+    """Video ViT encoder (V-JEPA 2 architecture) built from a model config (`config.model`).
 
     Uses `image_size, patch_size, tubelet (1|2), in_channels, pos_emb ('rope'|'sincos'),
-    encoder.{width, depth, heads, mlp_ratio}, dtype, param_dtype, remat, scan_layers, attention`;
-    optional `scan_unroll` (1), `encoder.norm_eps` (1e-6) and `encoder.qkv_bias` (True).
-    Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `layers.BlockStack`), `norm.{scale,bias}`.
+    encoder.{width, depth, heads, mlp_ratio}, dtype, param_dtype, remat, scan_layers, scan_unroll,
+    attention`; optional `encoder.norm_eps` (1e-6) and `encoder.qkv_bias` (True), which only
+    converted V-JEPA 2 configs set.
+    Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `blocks.BlockStack`), `norm.{scale,bias}`.
     """
 
-    @layers.mesh_optional
+    @mesh_optional
     def __init__(self, config: mlc.ConfigDict, *, rngs: nnx.Rngs):
         enc = config.encoder
         if config.tubelet not in (1, 2):
@@ -147,21 +150,21 @@ class VideoEncoder(nnx.Module):
         self.patch_embed = PatchEmbed(
             self.patch_size, self.tubelet, self.in_channels, self.width, rngs=rngs, **kw
         )
-        self.blocks = layers.BlockStack(
+        self.blocks = BlockStack(
             self.depth,
             self.width,
             self.heads,
             float(enc.mlp_ratio),
             rngs=rngs,
             scan=bool(config.scan_layers),
-            scan_unroll=int(config.get("scan_unroll", 1)),
+            scan_unroll=int(config.scan_unroll),
             remat=str(config.remat),
             qkv_bias=bool(enc.get("qkv_bias", True)),
             attention_impl=str(config.attention),
             norm_eps=norm_eps,
             **kw,
         )
-        self.norm = layers.layer_norm(self.width, rngs=rngs, eps=norm_eps, **kw)
+        self.norm = layer_norm(self.width, rngs=rngs, eps=norm_eps, **kw)
 
     # ----------------------------------------------------------------------------- geometry
 
@@ -218,16 +221,16 @@ class VideoEncoder(nnx.Module):
         before any token dropping, as in V-JEPA)."""
         if self.pos_emb != "sincos":
             return x
-        return x + layers.sincos_3d(positions, self.width).astype(x.dtype)
+        return x + sincos_3d(positions, self.width).astype(x.dtype)
 
     def _transform(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Tokens `[B, L, D]` at grid positions `[L, 3]` or `[B, L, 3]` -> normed latents."""
         rope = None
         if self.pos_emb == "rope":
-            rope = layers.rope_3d(positions, self.width // self.heads)
-        x = sharding.constrain(x, ("batch", "tokens", "embed"))
+            rope = rope_3d(positions, self.width // self.heads)
+        x = sharding.constrain(x, ACT_AXES)
         x = self.norm(self.blocks(x, rope=rope))
-        return sharding.constrain(x, ("batch", "tokens", "embed"))
+        return sharding.constrain(x, ACT_AXES)
 
     def __call__(self, video: jax.Array, *, keep_idx: jax.Array | None = None) -> jax.Array:
         """Clip encoder: `video` float `[B, T, H, W, 3]` (normalized) -> `[B, L, D]`,
@@ -242,7 +245,7 @@ class VideoEncoder(nnx.Module):
         b, t = video.shape[:2]
         gh, gw = self.grid
         x = self.patch_embed(video).reshape(b, -1, self.width)
-        positions = layers.grid_positions(t // self.tubelet, gh, gw)
+        positions = grid_positions(t // self.tubelet, gh, gw)
         x = self._add_sincos(x, positions)
         if keep_idx is not None:
             if keep_idx.ndim != 2 or keep_idx.shape[0] != b:
@@ -265,6 +268,6 @@ class VideoEncoder(nnx.Module):
         gh, gw = self.grid
         x = self.patch_embed.embed_single_frames(video.reshape(b * t, h, w, c))
         x = x.reshape(b * t, gh * gw, self.width)
-        positions = layers.grid_positions(1, gh, gw)
+        positions = grid_positions(1, gh, gw)
         z = self._transform(self._add_sincos(x, positions), positions)
         return z.reshape(b, t, gh * gw, self.width)

@@ -7,14 +7,15 @@ bottleneck has to be narrow enough that u_t cannot smuggle the whole next frame 
 - 'fsq': finite scalar quantization (Mentzer et al. 2023), `levels` values per dimension,
   straight-through rounding; capacity `dim * log(levels)` nats.
 - 'gaussian': a VAE-style posterior N(mu, sigma^2) sampled with the reparameterization trick and a
-  KL to N(0, 1) (the bottleneck loss, weighted by `kl_weight`).
+  KL to N(0, 1) (the bottleneck loss, weighted by `loss.kl_weight`).
 - 'noisy': a bounded mean `tanh(mu)` plus fixed Gaussian noise of std `noise_std`: a channel with
   bounded capacity.
 
-For 'fsq' and 'noisy' the bottleneck loss is a usage term instead (`usage_hinge`): early on the
-predictor cannot use u_t yet and, thanks to its copy-last-frame residual, is best served by a
-*constant* u_t, so without it the latent actions collapse to one code within a few dozen steps
-(and the alignment then drags g(a_t) to a constant as well).
+For 'fsq' and 'noisy' the bottleneck loss is a usage term on `LatentActions.pre` instead (the
+loss's `usage_hinge`): early on the predictor cannot use u_t yet and, thanks to its
+copy-last-frame residual, is best served by a *constant* u_t, so without it the latent actions
+collapse to one code within a few dozen steps (and the alignment then drags g(a_t) to a constant
+as well).
 
 `ActionEmbedder` g(a_t, embodiment) maps real actions into the same space (per-embodiment input
 map, only the valid action dims), aligned to the latent actions with ||g(a_t) - sg(u_t)||^2.
@@ -29,8 +30,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wam_jax.models import layers
-from wam_jax.models.predictor import EmbodimentLinear, TransitionEncoder, linear
+from wam_jax.models.linear import EmbodimentLinear, linear
+from wam_jax.models.ops import gelu
+from wam_jax.models.partitioning import mesh_optional
+from wam_jax.models.transition import TransitionEncoder
 
 BOTTLENECKS = ("fsq", "gaussian", "noisy")
 
@@ -71,20 +74,10 @@ def fsq_quantize(z: jax.Array, levels: tuple[int, ...]) -> tuple[jax.Array, jax.
     return rounded / half_width, idx, bounded / half_width
 
 
-def usage_hinge(pre: jax.Array, mask: jax.Array, target_std: float = 0.5) -> jax.Array:
-    """VICReg-style variance hinge: mean over dims of relu(target_std - std of `pre [M, du]` over
-    the valid rows `mask [M]`). Zero once every dimension is used; keeps u_t from collapsing."""
-    w = mask.astype(jnp.float32)[:, None]
-    n = jnp.maximum(jnp.sum(w), 1.0)
-    mean = jnp.sum(w * pre, axis=0) / n
-    var = jnp.sum(w * jnp.square(pre - mean), axis=0) / n
-    return jnp.mean(jax.nn.relu(target_std - jnp.sqrt(var + 1e-4)))
-
-
 class LatentActionModel(nnx.Module):
     """q(u_t | z̄_t, z̄_{t+1}) with an FSQ / Gaussian / noisy bottleneck of width `dim`."""
 
-    @layers.mesh_optional
+    @mesh_optional
     def __init__(self, *, latent_dim: int, dim: int, bottleneck: str, fsq_levels: int | tuple[int, ...],
                  noise_std: float, width: int, depth: int, heads: int, mlp_ratio: float,
                  grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True, scan_unroll: int = 1,
@@ -144,7 +137,7 @@ class ActionEmbedder(nnx.Module):
     nothing (and receive no gradient) and "dim absent" differs from "dim = 0".
     """
 
-    @layers.mesh_optional
+    @mesh_optional
     def __init__(self, *, action_dim: int, num_embodiments: int, dim: int, width: int,
                  rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
@@ -162,6 +155,6 @@ class ActionEmbedder(nnx.Module):
         """action / action_mask `[B, S, A]`, embodiment_id `[B]` -> `[B, S, du]` float32."""
         feats = jnp.concatenate(
             [jnp.where(action_mask, action, 0.0), action_mask.astype(action.dtype)], axis=-1)
-        h = layers.gelu(self.action_in(feats.astype(self.dtype), embodiment_id))
-        h = layers.gelu(self.hidden(h))
+        h = gelu(self.action_in(feats.astype(self.dtype), embodiment_id))
+        h = gelu(self.hidden(h))
         return self.out(h).astype(jnp.float32)

@@ -6,101 +6,33 @@
   rollout is the same network fed its own outputs.
 - `MaskedPredictor`: the V-JEPA encoder self-supervision predictor: context tokens plus learned
   mask tokens at the masked positions, full attention, predictions at the masked positions.
-- `TransitionEncoder`: a pair of latent frames -> one pooled vector; the trunk shared by the latent
-  action model and the action heads.
 
-Shared small helpers (`linear`, `embodiment_linear`, `spatial_grid`) live here too.
+Neither is checkpoint-bound, so both use the exact rotary RoPE layout whatever the encoder's
+`pos_emb`: no additive embedding competes with the content.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from wam_jax import sharding
-from wam_jax.models import layers
-
-_ACT_AXES = ("batch", "tokens", "embed")
-
-
-def _init(axes: Sequence[str | None], stddev: float = 0.02):
-    base = (nnx.initializers.truncated_normal(stddev=stddev) if stddev > 0
-            else nnx.initializers.zeros_init())
-    return nnx.with_partitioning(base, tuple(axes))
+from wam_jax.models import positions
+from wam_jax.models.attention import KVCache
+from wam_jax.models.blocks import BlockStack, layer_norm
+from wam_jax.models.linear import linear
+from wam_jax.models.partitioning import ACT_AXES, mesh_optional, normal_init
 
 
-def linear(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
-           rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-           use_bias: bool = True, stddev: float = 0.02) -> nnx.Linear:
-    """`nnx.Linear` whose kernel carries logical axes `axes` and bias `axes[1]`."""
-    return nnx.Linear(
-        in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=_init(axes, stddev),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-        rngs=rngs,
-    )
-
-
-class EmbodimentLinear(nnx.Module):
-    """A linear map with one weight matrix per embodiment (`[E, in, out]`), selected per example.
-
-    Embodiments disagree on what action dimension i means, so the maps into and out of action
-    space are per-embodiment; everything in between is shared.
-    """
-
-    @layers.mesh_optional
-    def __init__(self, num_embodiments: int, in_features: int, out_features: int,
-                 axes: tuple[str | None, str | None], *, rngs: nnx.Rngs,
-                 param_dtype=jnp.float32, dtype=jnp.float32, stddev: float = 0.02):
-        self.num_embodiments = num_embodiments
-        self.dtype = dtype
-        self.kernel = nnx.Param(_init((None, *axes), stddev)(
-            rngs.params(), (num_embodiments, in_features, out_features), param_dtype))
-        self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), (None, axes[1]))(
-            rngs.params(), (num_embodiments, out_features), param_dtype))
-
-    def __call__(self, x: jax.Array, embodiment_id: jax.Array) -> jax.Array:
-        """x `[B, ..., in]`, embodiment_id int `[B]` -> `[B, ..., out]` (ids clipped into range)."""
-        e = jnp.clip(embodiment_id.astype(jnp.int32), 0, self.num_embodiments - 1)
-        w = jnp.take(self.kernel[...], e, axis=0).astype(self.dtype)  # [B, in, out]
-        b = jnp.take(self.bias[...], e, axis=0).astype(self.dtype)  # [B, out]
-        lead = x.shape[1:-1]
-        y = jnp.einsum("b...i,bio->b...o", x.astype(self.dtype), w)
-        return y + b.reshape(b.shape[0], *([1] * len(lead)), b.shape[-1])
-
-
-def spatial_grid(num_tokens: int, grid_hw: tuple[int, int]) -> tuple[int, int]:
-    if grid_hw[0] * grid_hw[1] != num_tokens:
-        raise ValueError(
-            f"latents have {num_tokens} tokens per frame, expected Hp*Wp = {grid_hw[0]}*{grid_hw[1]}"
-            f" = {grid_hw[0] * grid_hw[1]} (image_size / patch_size squared)")
-    return grid_hw
-
-
-def _positions_with_extra(t: int, grid_hw: tuple[int, int], extra: int) -> jax.Array:
-    """(t, h, w) float positions `[t * (extra + Hp*Wp), 3]`: per step `extra` tokens at the frame
-    centre, then the patch grid in raster order."""
-    hp, wp = grid_hw
-    patches = layers.grid_positions(1, hp, wp).astype(jnp.float32)  # [N, 3] with t = 0
-    centre = jnp.array([[0.0, (hp - 1) / 2.0, (wp - 1) / 2.0]], jnp.float32)
-    per_step = jnp.concatenate([jnp.repeat(centre, extra, axis=0), patches], axis=0)  # [E+N, 3]
-    steps = jnp.arange(t, dtype=jnp.float32)[:, None, None] * jnp.array([1.0, 0.0, 0.0])
-    return (per_step[None] + steps).reshape(t * per_step.shape[0], 3)
-
-
-def _rope(positions: jax.Array, head_dim: int) -> layers.Rope:
-    """These modules are not checkpoint-bound, so they use exact (rotation-preserving) 3D RoPE
-    whatever the encoder's `pos_emb`: no additive embedding competes with the content."""
-    return layers.rope_3d(positions, head_dim, layout="rotary")
+def _rope(pos: jax.Array, head_dim: int) -> positions.Rope:
+    return positions.rope_3d(pos, head_dim, layout="rotary")
 
 
 class LatentPredictor(nnx.Module):
     """Frame-block-causal transformer: (z_{<=t}, c_{<=t}, proprio_{<=t}) -> z_{t+1}."""
 
-    @layers.mesh_optional
+    @mesh_optional
     def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
                  cond_dim: int, proprio_dim: int, grid_hw: tuple[int, int], rngs: nnx.Rngs,
                  scan: bool = True, scan_unroll: int = 1, remat: str = "none",
@@ -123,11 +55,10 @@ class LatentPredictor(nnx.Module):
         # Proprio enters as [value * mask, mask]: "absent" differs from "zero".
         self.proprio_in = (linear(2 * proprio_dim, width, ("act", "embed"),
                                   stddev=(2 * proprio_dim) ** -0.5, **kw) if proprio_dim else None)
-        self.token_type = nnx.Param(_init((None, "embed"))(rngs.params(), (3, width), param_dtype))
-        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan,
-                                        scan_unroll=scan_unroll, remat=remat,
-                                        attention_impl=attention_impl, **kw)
-        self.norm = layers.layer_norm(width, **kw)
+        self.token_type = nnx.Param(normal_init((None, "embed"))(rngs.params(), (3, width), param_dtype))
+        self.blocks = BlockStack(depth, width, heads, mlp_ratio, scan=scan, scan_unroll=scan_unroll,
+                                 remat=remat, attention_impl=attention_impl, **kw)
+        self.norm = layer_norm(width, **kw)
         # residual=True predicts z_{t+1} - z_t; the zero-initialised output then starts exactly at
         # the copy-last-frame baseline and training only has to learn the change.
         self.latent_out = linear(width, latent_dim, ("mlp", "embed"),
@@ -142,7 +73,7 @@ class LatentPredictor(nnx.Module):
         return self._readout(self.blocks(x, mask=mask, rope=rope), z)
 
     def prefill(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None = None,
-                proprio_mask: jax.Array | None = None) -> tuple[jax.Array, layers.KVCache]:
+                proprio_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """`__call__` that also returns the per-layer key/value cache of steps `0..S-1`."""
         x = self._tokens(z, cond, proprio, proprio_mask)
         rope, mask = self._rope_and_mask(z.shape[1], 0)
@@ -150,8 +81,8 @@ class LatentPredictor(nnx.Module):
         return self._readout(x, z), cache
 
     def extend(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
-               proprio_mask: jax.Array | None, cache: layers.KVCache, start: int
-               ) -> tuple[jax.Array, layers.KVCache]:
+               proprio_mask: jax.Array | None, cache: KVCache, start: int
+               ) -> tuple[jax.Array, KVCache]:
         """Predictions for steps `start..start+S-1` (inputs `[B, S, ...]`) given the cache of
         steps `0..start-1`: equal to running `__call__` on the whole sequence and keeping its
         last S outputs (block-causal attention), at the cost of the new steps only."""
@@ -168,7 +99,7 @@ class LatentPredictor(nnx.Module):
                 proprio_mask: jax.Array | None) -> jax.Array:
         """Per step `[c_t, proprio_t, z_t^1..N]`, flattened to `[B, S * (N + 2), W]`."""
         b, s, n, _ = z.shape
-        spatial_grid(n, self.grid_hw)
+        positions.spatial_grid(n, self.grid_hw)
         types = self.token_type[...].astype(self.dtype)
         c_emb = self.cond_in(cond.astype(self.dtype))[:, :, None]  # [B, S, 1, W]
         # The conditioning is both a token of its own and added to every latent token of its step:
@@ -185,13 +116,13 @@ class LatentPredictor(nnx.Module):
                 feats = jnp.concatenate([jnp.where(pm, proprio, 0.0), pm.astype(proprio.dtype)], -1)
             p = p + self.proprio_in(feats.astype(self.dtype))[:, :, None]
         x = jnp.concatenate([c, p.astype(lat.dtype), lat], axis=2).reshape(b, s * (n + 2), self.width)
-        return sharding.constrain(x, _ACT_AXES)
+        return sharding.constrain(x, ACT_AXES)
 
-    def _rope_and_mask(self, s: int, start: int) -> tuple[layers.Rope, jax.Array | None]:
+    def _rope_and_mask(self, s: int, start: int) -> tuple[positions.Rope, jax.Array | None]:
         """RoPE tables of steps `start..start+s-1`, and the block-causal mask of those queries over
         keys of steps `0..start+s-1` (None when one step attends to everything before it)."""
         per_step = self.grid_hw[0] * self.grid_hw[1] + 2
-        pos = _positions_with_extra(s, self.grid_hw, 2) + jnp.array([start, 0.0, 0.0])
+        pos = positions.positions_with_extra(s, self.grid_hw, 2) + jnp.array([start, 0.0, 0.0])
         rope = _rope(pos, self.head_dim)
         if s == 1:
             return rope, None
@@ -209,7 +140,7 @@ class LatentPredictor(nnx.Module):
 class MaskedPredictor(nnx.Module):
     """V-JEPA predictor: fills masked token positions from the context encoder's visible tokens."""
 
-    @layers.mesh_optional
+    @mesh_optional
     def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
                  rngs: nnx.Rngs, scan: bool = True, scan_unroll: int = 1, remat: str = "none",
                  dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla"):
@@ -218,11 +149,10 @@ class MaskedPredictor(nnx.Module):
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.latent_in = linear(latent_dim, width, ("embed", "mlp"), **kw)
-        self.mask_token = nnx.Param(_init(("embed",))(rngs.params(), (width,), param_dtype))
-        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan,
-                                        scan_unroll=scan_unroll, remat=remat,
-                                        attention_impl=attention_impl, **kw)
-        self.norm = layers.layer_norm(width, **kw)
+        self.mask_token = nnx.Param(normal_init(("embed",))(rngs.params(), (width,), param_dtype))
+        self.blocks = BlockStack(depth, width, heads, mlp_ratio, scan=scan, scan_unroll=scan_unroll,
+                                 remat=remat, attention_impl=attention_impl, **kw)
+        self.norm = layer_norm(width, **kw)
         self.latent_out = linear(width, latent_dim, ("mlp", "embed"), **kw)
 
     def __call__(self, context: jax.Array, keep_idx: jax.Array, mask_idx: jax.Array,
@@ -233,55 +163,9 @@ class MaskedPredictor(nnx.Module):
         m = mask_idx.shape[1]
         ctx = self.latent_in(context.astype(self.dtype))
         tok = jnp.broadcast_to(self.mask_token[...].astype(ctx.dtype), (b, m, self.width))
-        x = sharding.constrain(jnp.concatenate([ctx, tok], axis=1), _ACT_AXES)
-        grid = layers.grid_positions(*grid_thw).astype(jnp.float32)  # [L, 3]
-        positions = jnp.take(grid, jnp.concatenate([keep_idx, mask_idx], axis=1), axis=0)
-        rope = _rope(positions, self.head_dim)
+        x = sharding.constrain(jnp.concatenate([ctx, tok], axis=1), ACT_AXES)
+        grid = positions.grid_positions(*grid_thw).astype(jnp.float32)  # [L, 3]
+        pos = jnp.take(grid, jnp.concatenate([keep_idx, mask_idx], axis=1), axis=0)
+        rope = _rope(pos, self.head_dim)
         x = self.blocks(x, rope=rope)
         return self.latent_out(self.norm(x[:, k:])).astype(jnp.float32)
-
-
-class TransitionEncoder(nnx.Module):
-    """(z_a, z_b) `[..., N, D]` each -> pooled feature `[..., width]`.
-
-    Per token `delta_in(z_b - z_a) + context_in(z_a)`, a pooling token prepended, a few
-    transformer blocks, the pooling token's output normed. With `change_only_init` (the latent
-    action model) `context_in` and the pooling token start at zero: the output is then a function
-    of the *change* alone (exactly constant when nothing changed), so latent-action codes start
-    spread over transitions instead of being swamped by the static content both frames share;
-    context is learned on top. Supervised heads start with both streams.
-    """
-
-    @layers.mesh_optional
-    def __init__(self, *, latent_dim: int, width: int, depth: int, heads: int, mlp_ratio: float,
-                 grid_hw: tuple[int, int], rngs: nnx.Rngs, scan: bool = True,
-                 scan_unroll: int = 1, remat: str = "none",
-                 dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla",
-                 change_only_init: bool = True):
-        self.width = width
-        self.head_dim = width // heads
-        self.grid_hw = tuple(grid_hw)
-        self.dtype = dtype
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        std = latent_dim**-0.5
-        self.delta_in = linear(latent_dim, width, ("embed", "mlp"), stddev=std, **kw)
-        self.context_in = linear(latent_dim, width, ("embed", "mlp"), use_bias=False,
-                                 stddev=0.0 if change_only_init else std, **kw)
-        self.pool_token = nnx.Param(_init(("embed",), 0.0 if change_only_init else 0.02)(
-            rngs.params(), (width,), param_dtype))
-        self.blocks = layers.BlockStack(depth, width, heads, mlp_ratio, scan=scan,
-                                        scan_unroll=scan_unroll, remat=remat,
-                                        attention_impl=attention_impl, **kw)
-        self.norm = layers.layer_norm(width, **kw)
-
-    def __call__(self, z_a: jax.Array, z_b: jax.Array) -> jax.Array:
-        lead, (n, d) = z_a.shape[:-2], z_a.shape[-2:]
-        spatial_grid(n, self.grid_hw)
-        z_a = z_a.reshape(-1, n, d).astype(self.dtype)
-        z_b = z_b.reshape(-1, n, d).astype(self.dtype)
-        x = self.delta_in(z_b - z_a) + self.context_in(z_a)
-        pool = jnp.broadcast_to(self.pool_token[...].astype(x.dtype), (x.shape[0], 1, self.width))
-        x = sharding.constrain(jnp.concatenate([pool, x], axis=1), _ACT_AXES)
-        rope = _rope(_positions_with_extra(1, self.grid_hw, 1), self.head_dim)
-        x = self.blocks(x, rope=rope)
-        return self.norm(x[:, 0]).reshape(*lead, self.width)

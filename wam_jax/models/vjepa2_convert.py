@@ -64,10 +64,11 @@ _TOP_PARAMS = {
 # ---------------------------------------------------------------------------------------------
 
 
-def config_from_hf(hf_config: Any, base_config: mlc.ConfigDict | None = None) -> mlc.ConfigDict:
+def config_from_hf(hf_config: Any, base_config: mlc.ConfigDict) -> mlc.ConfigDict:
     """Model config for a `VideoEncoder` matching an HF `VJEPA2Config` (or its `config.json` dict).
 
-    Starts from `base_config` (default `configs.base.model_config()`) and sets the encoder fields:
+    Starts from a copy of `base_config` (a model config, e.g. `configs.base.model_config()`: it
+    supplies dtype, remat, scan and attention settings) and sets the encoder fields:
     `image_size = crop_size`, `patch_size`, `tubelet = tubelet_size`, `in_channels = in_chans`,
     `pos_emb = 'rope'`, `encoder.{width, depth, heads, mlp_ratio, norm_eps, qkv_bias}`.
     """
@@ -77,10 +78,6 @@ def config_from_hf(hf_config: Any, base_config: mlc.ConfigDict | None = None) ->
             return hf_config.get(key, default)
         return getattr(hf_config, key, default)
 
-    if base_config is None:
-        from configs import base
-
-        base_config = base.model_config()
     c = mlc.ConfigDict(base_config.to_dict())
     patch = get("patch_size", 16)
     if isinstance(patch, list | tuple):

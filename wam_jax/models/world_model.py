@@ -13,13 +13,14 @@ objective, and the target follows it by EMA. With `model.target='frozen'` both a
 Public entry points (`encode`, `predict`, `rollout`, `infer_latent_actions`, `embed_actions`,
 `inverse_dynamics`, `policy`) validate shapes and dtypes in Python before any array op, raising
 `ValueError` that names the argument and the expected shape; they trace fine under `nnx.jit`.
-The loss (`wam_jax.training.objectives.loss_fn`) calls the submodules directly.
+The loss (`wam_jax.training.objectives.loss_fn`) and evaluation use the unvalidated versions
+(`encode_float`, `conditioning`, `predict_raw`, `rollout_raw`) and the submodules directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,12 @@ import numpy as np
 from flax import nnx
 
 from wam_jax.models import encoder as encoder_lib
-from wam_jax.models import layers
 from wam_jax.models.action_head import InverseDynamicsHead, PolicyHead
-from wam_jax.models.latent_actions import ActionEmbedder, LatentActionModel
+from wam_jax.models.latent_actions import ActionEmbedder, LatentActionModel, LatentActions
+from wam_jax.models.ops import use_matmul_dtype
+from wam_jax.models.partitioning import eager_sharding_scope
 from wam_jax.models.predictor import LatentPredictor, MaskedPredictor
 
-TARGETS = ("ema", "frozen")
 VIDEO_CONDS = ("latent", "mask")
 
 
@@ -51,11 +52,8 @@ class ModelSpec:
     num_sources: int
     latent_action_dim: int
     bottleneck: str
-    kl_weight: float
-    label_dropout: float
     video_cond: str  # what conditions action-free steps: 'latent' (u_t) or 'mask' (a learned token)
     policy_horizon: int
-    rollout_k: int
     target: str
     ssl_enabled: bool
     ssl_mask_ratio: float
@@ -68,16 +66,11 @@ class ModelSpec:
 
 
 def spec_from_config(cfg: Any) -> ModelSpec:
-    if cfg.target not in TARGETS:
-        raise ValueError(f"model.target must be one of {TARGETS}, got {cfg.target!r}")
-    if cfg.image_size % cfg.patch_size:
-        raise ValueError(
-            f"model.image_size={cfg.image_size} is not divisible by model.patch_size={cfg.patch_size}")
     ssl_enabled = bool(cfg.ssl.enabled)
     if ssl_enabled and cfg.target == "frozen":
         raise ValueError("model.ssl.enabled trains the encoder; it needs model.target='ema', not 'frozen'")
     la = cfg.latent_action
-    video_cond = str(la.get("video_cond", "latent"))
+    video_cond = str(la.video_cond)
     if video_cond not in VIDEO_CONDS:
         raise ValueError(f"model.latent_action.video_cond must be one of {VIDEO_CONDS}, got {video_cond!r}")
     g = cfg.image_size // cfg.patch_size
@@ -85,13 +78,20 @@ def spec_from_config(cfg: Any) -> ModelSpec:
         image_size=int(cfg.image_size), patch_size=int(cfg.patch_size), tubelet=int(cfg.tubelet),
         latent_dim=int(cfg.encoder.width), grid_hw=(g, g), action_dim=int(cfg.action_dim),
         proprio_dim=int(cfg.proprio_dim), num_embodiments=int(cfg.num_embodiments),
-        num_sources=int(cfg.get("num_sources", 8)), latent_action_dim=int(la.dim),
-        bottleneck=str(la.bottleneck), kl_weight=float(la.kl_weight),
-        label_dropout=float(la.get("label_dropout", 0.0)), video_cond=video_cond, policy_horizon=int(cfg.policy_horizon),
-        rollout_k=int(cfg.rollout_k), target=str(cfg.target), ssl_enabled=ssl_enabled,
+        num_sources=int(cfg.num_sources), latent_action_dim=int(la.dim),
+        bottleneck=str(la.bottleneck), video_cond=video_cond, policy_horizon=int(cfg.policy_horizon),
+        target=str(cfg.target), ssl_enabled=ssl_enabled,
         ssl_mask_ratio=float(cfg.ssl.mask_ratio), ssl_num_blocks=int(cfg.ssl.num_blocks),
         ssl_block_scale=float(cfg.ssl.block_scale),
     )
+
+
+class Conditioning(NamedTuple):
+    """`WorldActionModel.conditioning`'s result."""
+
+    cond: jax.Array  # [B, S, du] c_t, the predictor's conditioning
+    action_emb: jax.Array  # [B, S, du] g(a_t) on every step (used or not)
+    latent: LatentActions  # q(u_t | z_t, z_{t+1}) of the observed transitions, `[B, C - 1, du]`
 
 
 def normalize_latents(z: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -105,6 +105,13 @@ def normalize_latents(z: jax.Array, eps: float = 1e-6) -> jax.Array:
 def encode_latents(encoder: nnx.Module, video_float: jax.Array) -> jax.Array:
     """Per-frame latents `[B, T, N, D]` of any `VideoEncoder`, normalized (float32)."""
     return normalize_latents(encoder.encode_frames(video_float))
+
+
+def build_model(cfg: Any, rngs: nnx.Rngs) -> WorldActionModel:
+    """`WorldActionModel` of `config.model` with `model.matmul_dtype` applied to its projections
+    (before the target encoder is cloned from it, so both run the same matmuls): the one way
+    training and inference build the model."""
+    return use_matmul_dtype(WorldActionModel(cfg, rngs=rngs), cfg.matmul_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +148,7 @@ class WorldActionModel(nnx.Module):
         self.spec = spec
         dtype = jnp.dtype(cfg.dtype)
         param_dtype = jnp.dtype(cfg.param_dtype)
-        common = dict(rngs=rngs, scan=bool(cfg.scan_layers), scan_unroll=int(cfg.get("scan_unroll", 1)),
+        common = dict(rngs=rngs, scan=bool(cfg.scan_layers), scan_unroll=int(cfg.scan_unroll),
                       remat=str(cfg.remat), dtype=dtype, param_dtype=param_dtype,
                       attention_impl=str(cfg.attention))
         pc = cfg.predictor
@@ -149,7 +156,7 @@ class WorldActionModel(nnx.Module):
         self.predictor = LatentPredictor(
             latent_dim=spec.latent_dim, width=pc.width, depth=pc.depth, heads=pc.heads,
             mlp_ratio=pc.mlp_ratio, cond_dim=spec.latent_action_dim, proprio_dim=spec.proprio_dim,
-            grid_hw=spec.grid_hw, residual=bool(pc.get("residual", True)), **common)
+            grid_hw=spec.grid_hw, residual=bool(pc.residual), **common)
         la = cfg.latent_action
         la_width = int(la.width) or int(pc.width)
         self.latent_actions = LatentActionModel(
@@ -161,16 +168,16 @@ class WorldActionModel(nnx.Module):
         # without any information about what happened.
         self.cond_mask: nnx.Param | None = nnx.data(None)
         if spec.video_cond == "mask":
-            with layers.eager_sharding_scope():
+            with eager_sharding_scope():
                 self.cond_mask = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), ("latent_action",))(
                     rngs.params(), (spec.latent_action_dim,), param_dtype))
         self.action_embedder = ActionEmbedder(
             action_dim=spec.action_dim, num_embodiments=spec.num_embodiments,
             dim=spec.latent_action_dim, width=la_width, rngs=rngs, dtype=dtype,
             param_dtype=param_dtype)
-        hc = cfg.get("action_head", None)
-        head_width = (int(hc.width) if hc is not None else 0) or int(pc.width)
-        head_depth = int(hc.depth) if hc is not None else 1
+        hc = cfg.action_head
+        head_width = int(hc.width) or int(pc.width)
+        head_depth = int(hc.depth)
         head_kw = dict(latent_dim=spec.latent_dim, action_dim=spec.action_dim,
                        num_embodiments=spec.num_embodiments, width=head_width, depth=head_depth,
                        heads=pc.heads, mlp_ratio=pc.mlp_ratio, grid_hw=spec.grid_hw, **common)
@@ -179,8 +186,8 @@ class WorldActionModel(nnx.Module):
         if spec.ssl_enabled:
             sc = cfg.ssl
             self.ssl_predictor = MaskedPredictor(
-                latent_dim=spec.latent_dim, width=int(sc.get("pred_width", 0)) or int(pc.width),
-                depth=int(sc.get("pred_depth", 0)) or int(pc.depth), heads=pc.heads,
+                latent_dim=spec.latent_dim, width=int(sc.pred_width) or int(pc.width),
+                depth=int(sc.pred_depth) or int(pc.depth), heads=pc.heads,
                 mlp_ratio=pc.mlp_ratio, **common)
         else:
             self.ssl_predictor = None
@@ -206,8 +213,52 @@ class WorldActionModel(nnx.Module):
 
     # -- internal (unvalidated) computations, shared by the loss and the public API -------------
 
-    def encode_float(self, video_float: jax.Array) -> jax.Array:
-        return encode_latents(self.encoder, video_float)
+    def encode_float(self, video_float: jax.Array, encoder: nnx.Module | None = None) -> jax.Array:
+        """Normalized per-frame latents `[B, T, N, D]` (float32) of video already through
+        `normalize_video`, by `encoder` (default: the online encoder)."""
+        return encode_latents(self.encoder if encoder is None else encoder, video_float)
+
+    def conditioning(self, latents: jax.Array, action: jax.Array, action_mask: jax.Array,
+                     embodiment_id: jax.Array, use_action: jax.Array, *,
+                     key: jax.Array | None = None) -> Conditioning:
+        """What conditions the predictor on each transition: c_t = g(a_t) where `use_action`,
+        else the latent action u_t inferred from (z_t, z_{t+1}); with `video_cond='mask'` (the
+        ablation) the learned mask token instead of u_t.
+
+        The choice is a `jnp.where`, so the branch not taken gets exactly zero gradient: a step
+        conditioned on g(a_t) sends none into the latent-action model, and vice versa.
+
+        Args:
+          latents: target-space latents `[B, C, N, D]` with C - 1 <= S; u_t is inferred for the
+            C - 1 observed transitions. Steps t >= C - 1 have no u_t (their next frame is not
+            given): there `use_action` must be True (for a rollout conditioned on C context
+            frames and the actions of the k steps after them, C - 1 + k = S).
+          action, action_mask: `[B, S, A]` (A = model.action_dim); rows where the mask is false
+            contribute nothing to g(a_t).
+          embodiment_id: int `[B]`.
+          use_action: bool `[B, S]`: True to condition step t on g(a_t).
+          key: PRNG key for the bottleneck noise (training); None gives the deterministic
+            latent actions (`u == mean`), as evaluation and planning use.
+
+        Returns:
+          `Conditioning(cond [B, S, du], action_emb [B, S, du] = g(a_t) on every step,
+          latent LatentActions with `[B, C - 1, du]` fields)`.
+        """
+        s = action.shape[1]
+        if latents.shape[1] - 1 > s or use_action.shape != action.shape[:2]:
+            raise ValueError(
+                f"WorldActionModel.conditioning: latents {tuple(latents.shape)}, action "
+                f"{tuple(action.shape)} and use_action {tuple(use_action.shape)}: expected "
+                "[B, C, N, D], [B, S, A] and [B, S] with C - 1 <= S")
+        la = self.latent_actions(latents[:, :-1], latents[:, 1:], key=key)
+        g = self.action_embedder(action, action_mask, embodiment_id)
+        if self.spec.video_cond == "mask":
+            other = self.cond_mask[...].astype(g.dtype)
+        else:
+            other = la.u
+            if other.shape[1] < s:  # steps past the last latent frame: only g(a_t) is defined
+                other = jnp.pad(other, ((0, 0), (0, s - other.shape[1]), (0, 0)))
+        return Conditioning(cond=jnp.where(use_action[..., None], g, other), action_emb=g, latent=la)
 
     def predict_raw(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
                     proprio_mask: jax.Array | None) -> jax.Array:
@@ -262,8 +313,7 @@ class WorldActionModel(nnx.Module):
             raise ValueError(
                 f"WorldActionModel.encode: 'video' has shape {tuple(video_uint8.shape)}, expected "
                 f"uint8 [B, T, {s}, {s}, 3] (model.image_size={s})")
-        video = encoder_lib.normalize_video(video_uint8)
-        return self.encode_float(video) if encoder is None else encode_latents(encoder, video)
+        return self.encode_float(encoder_lib.normalize_video(video_uint8), encoder)
 
     def _check_proprio(self, where: str, proprio, proprio_mask, b: int, s: int) -> None:
         pdim = self.spec.proprio_dim
@@ -390,16 +440,3 @@ class WorldActionModel(nnx.Module):
                         (b, s, n, d))
         emb = self._embodiment(where, embodiment_id, b)
         return self.policy_head(z_t, z_goal, emb)
-
-    def validate_batch(self, batch: Any) -> None:
-        """The batch schema (data_pipelines/schema.py) at this model's sizes; static checks only."""
-        from data_pipelines import schema
-
-        schema.validate_batch(batch, image_size=self.spec.image_size,
-                              action_dim=self.spec.action_dim, proprio_dim=self.spec.proprio_dim)
-        t = batch["video"].shape[1]
-        if t < 2:
-            raise ValueError(f"batch['video'] has {t} frames, expected [B, T, H, W, 3] with T >= 2")
-        if self.spec.ssl_enabled and t % self.spec.tubelet:
-            raise ValueError(
-                f"batch['video'] has {t} frames, expected T divisible by model.tubelet={self.spec.tubelet}")

@@ -148,10 +148,23 @@ class Checkpointer:
         return out
 
     def saved_config(self, step: int) -> dict[str, Any] | None:
+        """The config saved with `step` as written (JSON); `config_utils.restore_config` rebuilds it."""
         try:
             return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception:  # noqa: BLE001 - an unreadable config only loses the diff in error messages
             return None
+
+    def _model_config_diff(self, step: int, config: Any) -> list[str]:
+        """`model` values that differ between the checkpoint's config (in today's layout, so keys
+        added or moved since are not reported) and `config`."""
+        from wam_jax import config_utils
+
+        saved = self.saved_config(step)
+        try:
+            restored = config_utils.restore_config(saved or {})
+        except config_utils.ConfigError:
+            return []
+        return _config_diff(config_to_json(restored.model), config_to_json(config.model))
 
     def check_compatible(self, step: int, abstract_state: Mapping[str, Any], config: Any = None) -> None:
         """Raises CheckpointMismatchError naming the parameter paths that differ from the model."""
@@ -164,7 +177,7 @@ class Checkpointer:
         expected = _flat_paths({s: abstract_state[s] for s in sections})
         problem = describe_mismatch(saved, expected)
         if problem:
-            diff = _config_diff((self.saved_config(step) or {}).get("model"), config_to_json(config.model)) if config is not None else []
+            diff = self._model_config_diff(step, config) if config is not None else []
             raise CheckpointMismatchError(
                 f"{self.directory} holds a checkpoint (step {step}) of a different model: {problem}"
                 + (f". Model config differences: {'; '.join(diff[:12])}" if diff else "")

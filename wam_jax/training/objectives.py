@@ -21,11 +21,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from data_pipelines import schema
 from wam_jax.models import encoder as encoder_lib
-from wam_jax.models.latent_actions import usage_hinge
-from wam_jax.models.world_model import WorldActionModel, encode_latents, normalize_latents
+from wam_jax.models.world_model import ModelSpec, WorldActionModel, normalize_latents
 from wam_jax.training import masks
 
 sg = jax.lax.stop_gradient
@@ -60,19 +61,32 @@ def feature_std(z: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sqrt(var + 1e-12))
 
 
-def effective_rank(z: jax.Array, mask: jax.Array) -> jax.Array:
-    """RankMe effective rank exp(H(s / sum s)) of the valid rows of z `[M, D]`; singular values
-    from the D x D Gram matrix (cheap when M >> D)."""
+def masked_gram(z: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(uncentered Gram matrix `sum_m z_m z_m^T` `[D, D]`, row count) of the valid rows of
+    z `[M, D]`, mask `[M]`: what `effective_rank` reads, and what evaluation sums over batches."""
     w = mask.astype(jnp.float32)[:, None]
     zf = z.astype(jnp.float32) * w
-    gram = zf.T @ zf / jnp.maximum(jnp.sum(w), 1.0)
-    eig = jnp.linalg.eigvalsh(gram)
-    # float32 eigenvalues carry ~1e-7 * max of noise, whose square roots would pose as singular
-    # values of 3e-4 * max: drop what is below numerical rank (singular value < 1e-3 * max).
-    eig = jnp.where(eig > 1e-6 * jnp.max(eig), eig, 0.0)
-    s = jnp.sqrt(eig)
-    p = s / jnp.maximum(jnp.sum(s), 1e-12) + 1e-12
-    return jnp.exp(-jnp.sum(p * jnp.log(p)))
+    return zf.T @ zf, jnp.sum(w)
+
+
+def effective_rank(gram: jax.Array | np.ndarray, count: jax.Array | np.ndarray | float
+                   ) -> jax.Array | np.ndarray:
+    """RankMe effective rank exp(H(s / sum s)) of rows whose Gram matrix is `gram [D, D]`
+    (`masked_gram`, or a sum of them over batches) and whose number is `count`; s are the
+    singular values of the rows / sqrt(count), from the Gram matrix's eigenvalues (cheap when
+    rows >> D).
+
+    Eigenvalues below 1e-6 times the largest are set to 0: float32 eigenvalues carry ~1e-7 * max
+    of noise, whose square roots would pose as singular values of 3e-4 * max. NumPy inputs are
+    computed in NumPy at their precision (evaluation accumulates float64 Gram matrices on the
+    host) and give a NumPy scalar; JAX arrays (or tracers) give a JAX scalar, under `jit` too.
+    """
+    xp = np if isinstance(gram, np.ndarray) and not isinstance(count, jax.Array) else jnp
+    eig = xp.linalg.eigvalsh(gram / xp.maximum(count, 1.0))
+    eig = xp.where(eig > 1e-6 * xp.max(eig), eig, 0.0)
+    s = xp.sqrt(eig)
+    p = s / xp.maximum(xp.sum(s), 1e-12) + 1e-12
+    return xp.exp(-xp.sum(p * xp.log(p)))
 
 
 def code_usage(codes: jax.Array, mask: jax.Array, num_codes: int) -> tuple[jax.Array, jax.Array]:
@@ -94,6 +108,17 @@ def code_usage(codes: jax.Array, mask: jax.Array, num_codes: int) -> tuple[jax.A
     entropy = -jnp.sum(jnp.where(counts > 0, p * jnp.log(jnp.where(counts > 0, p, 1.0)), 0.0))
     usage = distinct / jnp.maximum(jnp.minimum(float(num_codes), n_valid), 1.0)
     return usage, entropy
+
+
+def usage_hinge(pre: jax.Array, mask: jax.Array, target_std: float = 0.5) -> jax.Array:
+    """VICReg-style variance hinge: mean over dims of relu(target_std - std of `pre [M, du]` over
+    the valid rows `mask [M]`). Zero once every dimension is used; keeps u_t from collapsing (the
+    bottleneck term of the 'fsq' and 'noisy' latent actions, see `models/latent_actions.py`)."""
+    w = mask.astype(jnp.float32)[:, None]
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    mean = jnp.sum(w * pre, axis=0) / n
+    var = jnp.sum(w * jnp.square(pre - mean), axis=0) / n
+    return jnp.mean(jax.nn.relu(target_std - jnp.sqrt(var + 1e-4)))
 
 
 def r_squared(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
@@ -131,6 +156,20 @@ def _weight(loss_cfg: Any, name: str, default: float = 0.0) -> float:
     return float(w)
 
 
+def validate_batch(batch: Any, spec: ModelSpec) -> None:
+    """The batch schema (data_pipelines/schema.py) at the model's sizes, plus what the loss needs:
+    T >= 2 frames, and T a multiple of the tubelet when SSL encodes whole clips. Static checks
+    on shapes and dtypes only (ValueError naming the key)."""
+    schema.validate_batch(batch, image_size=spec.image_size, action_dim=spec.action_dim,
+                          proprio_dim=spec.proprio_dim)
+    t = batch["video"].shape[1]
+    if t < 2:
+        raise ValueError(f"batch['video'] has {t} frames, expected [B, T, H, W, 3] with T >= 2")
+    if spec.ssl_enabled and t % spec.tubelet:
+        raise ValueError(
+            f"batch['video'] has {t} frames, expected T divisible by model.tubelet={spec.tubelet}")
+
+
 def _action_chunks(action: jax.Array, mask: jax.Array, h: int) -> tuple[jax.Array, jax.Array]:
     """[B, S, A] -> chunks a_{t:t+h} `[B, S, h, A]` (zero-padded, mask false past the end)."""
     s = action.shape[1]
@@ -151,7 +190,10 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         None) when `model.target='frozen'`, where the target is the untrained encoder itself.
       batch: one batch; shapes and dtypes are checked first (ValueError naming the key).
       key: PRNG key for the bottleneck noise, label dropout and SSL masks.
-      loss_cfg: `config.loss` (weights; a term with weight 0 is not computed).
+      loss_cfg: `config.loss`: the term weights (a term with weight 0, or absent, is not
+        computed), `kl_weight` (the Gaussian bottleneck's KL inside the bottleneck term),
+        `label_dropout` (fraction of labeled steps conditioned on u_t instead of g(a_t)),
+        `rollout_k` (steps of the autoregressive rollout term) and `encoder_from_heads`.
       step: the train step (unused by the math today; kept for schedules).
 
     Returns:
@@ -160,8 +202,11 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     """
     del step
     spec = model.spec
-    model.validate_batch(batch)
+    validate_batch(batch, spec)
     w = {name: _weight(loss_cfg, name) for name in LOSS_TERMS}
+    kl_weight = float(loss_cfg["kl_weight"])
+    label_dropout = float(loss_cfg["label_dropout"])
+    rollout_k = int(loss_cfg["rollout_k"])
     if w["ssl"] > 0 and not spec.ssl_enabled:
         raise ValueError("config.loss.ssl > 0 needs model.ssl.enabled=True (the SSL predictor)")
     if spec.target == "ema" and target_encoder is None:
@@ -177,26 +222,21 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
 
     # Latents.
     if spec.target == "frozen":
-        z = zbar = sg(encode_latents(model.encoder, video))
+        z = zbar = sg(model.encode_float(video))
     else:
-        zbar = sg(encode_latents(target_encoder, video))
+        zbar = sg(model.encode_float(video, encoder=target_encoder))
         z = model.encode_float(video)
     step_valid = tm[:, :-1] & tm[:, 1:]  # [B, T-1] transition t -> t+1 exists
     a_mask = batch["action_mask"] & step_valid[..., None]  # [B, T-1, A]
     labeled = jnp.any(a_mask, axis=-1)  # [B, T-1]
 
-    # Conditioning: g(a_t) on labeled steps, u_t elsewhere (jnp.where: the unused branch gets
-    # exactly zero gradient).
-    la = model.latent_actions(zbar[:, :-1], zbar[:, 1:], key=k_la)
-    g = model.action_embedder(action, batch["action_mask"], emb)
+    # Conditioning: g(a_t) on labeled steps (less the dropped ones), u_t elsewhere.
     use_g = labeled
-    if spec.label_dropout > 0:
-        use_g = labeled & (jax.random.uniform(k_drop, labeled.shape) >= spec.label_dropout)
+    if label_dropout > 0:
+        use_g = labeled & (jax.random.uniform(k_drop, labeled.shape) >= label_dropout)
+    cond, g, la = model.conditioning(zbar, action, batch["action_mask"], emb, use_g, key=k_la)
     if spec.video_cond == "mask":  # ablation: action-free steps see one learned token, not u_t
-        cond = jnp.where(use_g[..., None], g, model.cond_mask[...].astype(g.dtype))
         w["align"] = w["align_u"] = w["bottleneck"] = 0.0  # the latent actions condition nothing
-    else:
-        cond = jnp.where(use_g[..., None], g, la.u)
 
     terms: dict[str, jax.Array] = {}
     # The predictor lives in the target space: its inputs and its targets are z̄, the space
@@ -209,7 +249,7 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     terms["tf"] = masked_mean(err_tf, step_valid)
 
     # k-step autoregressive rollout from the first frame.
-    k = min(spec.rollout_k, t - 1)
+    k = min(rollout_k, t - 1)
     if w["roll"] > 0 and k >= 1:
         roll = model.rollout_raw(zbar[:, :1], cond[:, :k], proprio[:, :1], proprio_mask[:, :1], k)
         err_roll = _l1(roll, zbar[:, 1:k + 1])  # [B, k]
@@ -226,7 +266,7 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         terms["align_u"] = masked_mean(jnp.mean(jnp.square(la.u - sg(g)), axis=-1), labeled)
     if w["bottleneck"] > 0:
         if spec.bottleneck == "gaussian":
-            terms["bottleneck"] = spec.kl_weight * masked_mean(jnp.sum(la.kl, axis=-1), step_valid)
+            terms["bottleneck"] = kl_weight * masked_mean(jnp.sum(la.kl, axis=-1), step_valid)
         else:
             du = la.pre.shape[-1]
             terms["bottleneck"] = usage_hinge(la.pre.reshape(-1, du), step_valid.reshape(-1))
@@ -295,10 +335,10 @@ def _health(model: WorldActionModel, z, zbar, preds, err_tf, step_valid, tm, la,
     tok_mask = jnp.broadcast_to(tm[:, :, None], zbar.shape[:3]).reshape(-1)
     out = {
         "health/target_std": feature_std(zbar.reshape(-1, d), tok_mask),
-        "health/target_eff_rank": effective_rank(zbar.reshape(-1, d), tok_mask),
+        "health/target_eff_rank": effective_rank(*masked_gram(zbar.reshape(-1, d), tok_mask)),
     }
     if spec.target == "ema":
-        out["health/online_eff_rank"] = effective_rank(z.reshape(-1, d), tok_mask)
+        out["health/online_eff_rank"] = effective_rank(*masked_gram(z.reshape(-1, d), tok_mask))
     err_copy = _l1(zbar[:, :-1], zbar[:, 1:])
     copy = masked_mean(err_copy, step_valid)
     pred = masked_mean(sg(err_tf), step_valid)

@@ -28,7 +28,7 @@ def make_schedule(optim_cfg: Any, num_steps: int) -> optax.Schedule:
     name = optim_cfg.schedule
     lr = float(optim_cfg.lr)
     warmup = int(min(optim_cfg.warmup_steps, max(num_steps - 1, 0)))
-    end = lr * float(optim_cfg.get("end_lr_ratio", 0.0))
+    end = lr * float(optim_cfg.end_lr_ratio)
     if name == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1), end_value=end
@@ -45,7 +45,7 @@ def make_schedule(optim_cfg: Any, num_steps: int) -> optax.Schedule:
             raise ValueError(f"--config.optim.decay_fraction={frac}: must be in (0, 1] for the 'wsd' schedule")
         decay_steps = max(1, int(round(num_steps * frac)))
         stable_end = max(warmup, num_steps - decay_steps)
-        shape = optim_cfg.get("decay_shape", "linear")
+        shape = optim_cfg.decay_shape
         if shape == "linear":
             decay = optax.linear_schedule(lr, end, decay_steps)
         elif shape == "1-sqrt":
@@ -68,7 +68,7 @@ def make_optimizer(optim_cfg: Any, num_steps: int, mask: Any = None) -> optax.Gr
             schedule,
             b1=float(optim_cfg.b1),
             b2=float(optim_cfg.b2),
-            eps=float(optim_cfg.get("eps", 1e-8)),
+            eps=float(optim_cfg.eps),
             weight_decay=float(optim_cfg.weight_decay),
             mask=mask,
         )

@@ -73,13 +73,10 @@ class ModelDefs:
 
 
 def default_model_factory(model_cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
-    """`WorldActionModel`, with `model.matmul_dtype` applied to its projections (before the target
-    encoder is cloned from it, so both run the same matmuls)."""
-    from wam_jax.models import layers
-    from wam_jax.models.world_model import WorldActionModel
+    """`WorldActionModel`, built as inference builds it (`world_model.build_model`)."""
+    from wam_jax.models.world_model import build_model
 
-    model = WorldActionModel(model_cfg, rngs=rngs)
-    return layers.use_matmul_dtype(model, model_cfg.get("matmul_dtype", ""))
+    return build_model(model_cfg, rngs)
 
 
 def default_loss_fn() -> LossFn:
@@ -157,9 +154,7 @@ def abstract_train_state(
     """
     model, target = nnx.eval_shape(lambda: _build(config.model, config.seed, model_factory))
     graphdef, params, rest, target_graphdef, target_state, trainable = _split(model, target)
-    ema = config.model.target == "ema"
-    if config.model.target not in ("ema", "frozen"):
-        raise ValueError(f"--config.model.target={config.model.target!r}: expected 'ema' or 'frozen'")
+    ema = config.model.target == "ema"  # validated by config_utils.validate: 'ema' or 'frozen'
 
     param_specs = sharding.state_specs(params, mesh)
     rest_specs = sharding.state_specs(rest, mesh)
@@ -185,7 +180,7 @@ def abstract_train_state(
     specs = TrainState(
         step=repl, params=param_specs, model_state=rest_specs, target=target_specs, opt_state=opt_specs, rng=repl
     )
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+    shardings = sharding.named(mesh, specs)
 
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
@@ -270,11 +265,11 @@ def _microbatches(batch: dict[str, jax.Array], n: int, mesh: Mesh) -> dict[str, 
     Strided (not contiguous) so that every device contributes B/(n·dp) rows to every micro-batch:
     a contiguous split would put each micro-batch on a subset of the data-parallel devices.
     """
-    batch_axes = sharding.batch_sharding(mesh).spec[0]
+    micro = sharding.batch_sharding(mesh, micro_batches=True)
 
     def split(x):
         x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, batch_axes)))
+        return jax.lax.with_sharding_constraint(x, micro)
 
     return jax.tree.map(split, batch)
 
@@ -366,7 +361,7 @@ def make_train_step(
     jitted = jax.jit(
         step_fn,
         in_shardings=(shardings, batch_shardings),
-        out_shardings=(shardings, NamedSharding(mesh, P())),
+        out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
     return _WithMesh(jitted, mesh)

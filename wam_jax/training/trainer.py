@@ -7,9 +7,10 @@ parameters, EMA target, optimizer, step, RNG and the data iterator position (so 
 continues exactly as if never interrupted). SIGTERM (preemption, `scancel`, Ctrl-C) saves a
 checkpoint at the current step and returns cleanly.
 
-`train.eval_every` > 0 evaluates the held-out split of the mixture (`wam_jax.inference.evaluation`) from the
-checkpoint written at every such step and logs it as `eval/*` scalars; `train.export_at_end`
-writes `wam-export`'s artifact to WORKDIR/export once the last step is reached.
+`train.eval_every` > 0 calls `periodic_eval(step, model, target_encoder)` on the in-memory model at
+every such step and logs the `eval/*` scalars it returns; `train.export_at_end` calls
+`export(workdir, WORKDIR/export)` once the last step is saved. Both are passed in (`launch/train.py`
+passes `wam_jax.inference`'s evaluation and export: training does not import inference).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -31,6 +33,9 @@ from wam_jax.training import checkpointing, metrics
 from wam_jax.training import train_step as ts
 
 log = logging.getLogger(__name__)
+
+PeriodicEval = Callable[[int, Any, Any], Mapping[str, float]]  # (step, model, target) -> eval/* scalars
+Export = Callable[[str, str], Any]  # (workdir, export dir): writes the export of the latest checkpoint
 
 
 @dataclasses.dataclass
@@ -100,21 +105,26 @@ def train(
     *,
     model_factory: ts.ModelFactory = ts.default_model_factory,
     loss_fn: ts.LossFn | None = None,
+    periodic_eval: PeriodicEval | None = None,
+    export: Export | None = None,
 ) -> TrainResult:
-    """Trains `config` in `workdir` (resuming if it holds a checkpoint). See the module docstring."""
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint). See the module docstring.
+
+    `periodic_eval` / `export`: what `train.eval_every` / `train.export_at_end` run; without them
+    those settings are skipped with a warning."""
     config_utils.validate(config)
     workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # gs:// workdirs on pods
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     loader = _loader()
-    cache_dir = str(config.train.get("compilation_cache_dir", "") or "")
-    if cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
+    if config.train.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(config.train.compilation_cache_dir))
 
     # Mesh and batch layout first: they fail fast on bad sizes, before any data or model work.
     mesh = sharding.make_mesh(config.mesh)
     global_batch = int(config.data.global_batch_size)
     num_steps = int(config.train.num_steps)
-    sharding.check_global_batch(global_batch, mesh, int(config.optim.grad_accum), jax.process_count())
+    sharding.check_global_batch(global_batch, mesh, int(config.optim.grad_accum))
+    loader.per_process_batch_size(config, jax.process_count())
 
     # Dataset statistics and registries travel with every checkpoint (also validates the mixture).
     stats = loader.mixture_info(config)
@@ -211,15 +221,21 @@ def train(
                 ckpt.save(s, state.to_dict(), batches, config, stats)
                 last_saved = s
 
-        eval_every = int(config.train.get("eval_every", 0) or 0)
+        eval_every = int(config.train.eval_every)
+        if eval_every > 0 and periodic_eval is None:
+            log.warning("train.eval_every=%d but no periodic_eval was given: no periodic evaluation", eval_every)
+            eval_every = 0
         eval_metrics: dict[str, float] = {}
 
-        def periodic_eval(s: int) -> None:
+        def evaluate(s: int) -> None:
+            """The in-memory model (the state is not donated until the next step starts)."""
             nonlocal eval_metrics
-            save(s)
-            ckpt.wait()  # evaluation reads the checkpoint back
-            eval_metrics = evaluate_checkpoint(config, workdir, s, mesh)
+            t0 = time.perf_counter()
+            model = built.defs.model(state.params, state.model_state)
+            target = built.defs.target_encoder(state.target)
+            eval_metrics = {k: float(v) for k, v in periodic_eval(s, model, target).items()}
             logger.write(s, eval_metrics)
+            log.info("step %d: periodic evaluation in %.1fs", s, time.perf_counter() - t0)
 
         while step < num_steps:
             t = time.perf_counter()
@@ -241,7 +257,7 @@ def train(
             if eval_every > 0 and not stop and (step % eval_every == 0 or step == num_steps):
                 flush(pending)
                 pending = None
-                periodic_eval(step)
+                evaluate(step)
             if stop:
                 preempted = True
                 log.warning("stopping at step %d after a preemption signal; checkpoint saved", step)
@@ -250,9 +266,12 @@ def train(
         if step > 0:
             save(step)
         export_dir = None
-        if not preempted and step >= num_steps and bool(config.train.get("export_at_end", False)):
-            ckpt.wait()
-            export_dir = export_final(workdir)
+        if not preempted and step >= num_steps and bool(config.train.export_at_end):
+            if export is None:
+                log.warning("train.export_at_end is set but no export was given: not exporting")
+            else:
+                ckpt.wait()
+                export_dir = export_final(workdir, export)
         return TrainResult(step=step, preempted=preempted, resumed_from=resumed_from, last_metrics=last,
                            workdir=workdir, eval_metrics=eval_metrics, export_dir=export_dir)
     finally:
@@ -264,29 +283,14 @@ def train(
         _close_iterator(batches)
 
 
-def evaluate_checkpoint(config: Any, workdir: str, step: int, mesh: Any) -> dict[str, float]:
-    """Held-out metrics of the checkpoint at `step` as flat `eval/*` scalars (every process takes
-    part: the model is sharded over `mesh`). Written to WORKDIR/eval/step_<step>/metrics.json."""
-    from wam_jax.inference import evaluation
-
-    max_clips = int(config.train.get("eval_max_clips", 0) or 0) or None
-    results = evaluation.evaluate(
-        workdir, step=step, max_clips=max_clips, mesh=mesh, plots=False,
-        output_dir=os.path.join(workdir, evaluation.EVAL_DIR, f"step_{step}"),
-    )
-    return evaluation.flat_scalars(results, prefix="eval/")
-
-
-def export_final(workdir: str) -> str | None:
+def export_final(workdir: str, export: Export) -> str | None:
     """`train.export_at_end`: the export of the final checkpoint in WORKDIR/export (process 0
     writes it; local workdirs only, since exports are plain files)."""
     if jax.process_index() != 0 or "://" in workdir:
         return None
-    from wam_jax.inference import export
-
     out = os.path.join(workdir, "export")
     t0 = time.perf_counter()
-    export.export(workdir, out)
+    export(workdir, out)
     log.info("exported the encoder and predictor to %s in %.1fs", out, time.perf_counter() - t0)
     return out
 
