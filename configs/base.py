@@ -33,7 +33,11 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.action_head = mlc.ConfigDict(dict(width=0, depth=1))  # width 0: the predictor's width
     c.num_sources = 8  # static maximum of mixture sources for per-source metrics
     c.policy_horizon = 4  # h: action chunk length
-    c.target = "ema"  # 'ema' or 'frozen'
+    # 'ema': the target encoder is an EMA of the encoder (stop-gradient targets); 'frozen': the
+    # encoder is not trained; 'online': the encoder trains end to end through the prediction loss
+    # (targets from the same encoder, with gradient, no EMA: LeWM) and needs an anti-collapse term
+    # (loss.sigreg or loss.vic_var/vic_cov); the target encoder then mirrors it for inference.
+    c.target = "ema"
     c.ema = mlc.ConfigDict(dict(start=0.996, end=1.0))
     c.ssl = mlc.ConfigDict(
         dict(enabled=False, mask_ratio=0.75, num_blocks=4, block_scale=0.15, pred_width=0, pred_depth=0)
@@ -72,6 +76,14 @@ def loss_config() -> mlc.ConfigDict:
             # Scale of the action heads' gradient into the online encoder (0 = the heads train on
             # stop-gradient latents and the encoder learns from SSL only; see objectives.py).
             encoder_from_heads=1.0,
+            # Anti-collapse terms on the online encoder's latents, per time step across the batch
+            # (0 = off). sigreg: LeWM's Epps-Pulley test of random 1-D projections against N(0, 1)
+            # (~0.09 there); vic_var / vic_cov: VICReg's variance hinge and covariance (PLDM).
+            sigreg=0.0,
+            sigreg_projections=256,
+            sigreg_knots=17,
+            vic_var=0.0,
+            vic_cov=0.0,
         )
     )
 

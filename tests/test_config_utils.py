@@ -104,7 +104,8 @@ def test_unknown_and_mistyped_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, fragment", [
-    ("model.target", "online", "--config.model.target='online': expected 'ema' or 'frozen'"),
+    ("model.target", "pretrained", "--config.model.target='pretrained': expected 'ema', 'frozen' or 'online'"),
+    ("loss.sigreg", -0.1, "--config.loss.sigreg=-0.1: must be >= 0"),
     ("optim.grad_accum", 0, "--config.optim.grad_accum=0: must be >= 1"),
     ("data.global_batch_size", 0, "--config.data.global_batch_size=0: must be > 0"),
     ("data.num_frames", 1, "--config.data.num_frames=1: must be >= 2"),
@@ -125,7 +126,7 @@ def test_validate_names_the_flag(key, value, fragment):
 def test_validate_without_data_skips_only_the_mixture():
     config = base.get_config("tiny")  # data.mixture is empty in the base config
     config_utils.validate(config, needs_data=False)
-    config.model.target = "online"
+    config.model.target = "pretrained"
     with pytest.raises(ConfigError, match="model.target"):
         config_utils.validate(config, needs_data=False)
 

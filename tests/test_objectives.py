@@ -365,3 +365,65 @@ def test_tube_masks_prefer_blocks():
     with pytest.raises(ValueError, match="mask_ratio"):
         masks.sample_tube_masks(jax.random.key(0), 1, (1, 4, 4), mask_ratio=1.0, num_blocks=1,
                                 block_scale=0.2)
+
+
+def test_sigreg_is_small_for_gaussian_rows_and_large_for_collapsed_ones():
+    from wam_jax.training.objectives import sigreg
+
+    rng = np.random.default_rng(0)
+    key = jax.random.key(0)
+    mask = jnp.ones((512,), bool)
+    gauss = sigreg(jnp.asarray(rng.normal(size=(512, 32)), jnp.float32), mask, key)
+    rank2 = sigreg(jnp.asarray(rng.normal(size=(512, 2)) @ rng.normal(size=(2, 32)), jnp.float32), mask, key)
+    scaled = sigreg(jnp.asarray(3.0 * rng.normal(size=(512, 32)), jnp.float32), mask, key)
+    point = sigreg(jnp.ones((512, 32), jnp.float32), mask, key)
+    assert float(gauss) < 3.0, gauss
+    assert min(float(rank2), float(scaled), float(point)) > 10 * float(gauss)
+    # Masked rows do not count: garbage in them changes nothing.
+    x = jnp.asarray(rng.normal(size=(512, 32)), jnp.float32)
+    half = jnp.arange(512) < 256
+    garbage = x.at[256:].set(100.0)
+    np.testing.assert_allclose(float(sigreg(x, half, key)), float(sigreg(garbage, half, key)), rtol=1e-5)
+    # Differentiable, and its gradient pushes a collapsed batch apart.
+    g = jax.grad(lambda y: sigreg(y, mask, key))(jnp.asarray(0.1 * rng.normal(size=(512, 32)), jnp.float32))
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).sum()) > 0
+
+
+def test_vicreg_terms_match_their_definitions():
+    from wam_jax.training.objectives import vicreg_terms
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 8)) * np.array([0.1, 0.5, 1, 2, 1, 1, 1, 1])
+    x[:, 5] = x[:, 4] + 0.1 * rng.normal(size=256)  # a correlated pair
+    var, cov = vicreg_terms(jnp.asarray(x, jnp.float32), jnp.ones((256,), bool))
+    c = np.cov(x, rowvar=False)
+    want_var = np.mean(np.maximum(0.0, 1.0 - np.sqrt(np.diag(c) + 1e-4)))
+    want_cov = (np.sum(c ** 2) - np.sum(np.diag(c) ** 2)) / 8
+    np.testing.assert_allclose(float(var), want_var, rtol=1e-4)
+    np.testing.assert_allclose(float(cov), want_cov, rtol=1e-3)
+
+
+def test_anti_collapse_terms_enter_the_loss_only_when_weighted():
+    cfg = tiny_config()
+    model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    target = model.make_target_encoder()
+    batch = random_batch(cfg)
+    key = jax.random.key(0)
+    base_loss, m0 = objectives.loss_fn(model, target, batch, key, cfg.loss, 0)
+    assert not any(k in m0 for k in ("loss/sigreg", "loss/vic_var", "loss/vic_cov"))
+    cfg.loss.sigreg, cfg.loss.vic_var, cfg.loss.vic_cov = 0.5, 1.0, 0.1
+    loss, m = objectives.loss_fn(model, target, batch, key, cfg.loss, 0)
+    extra = 0.5 * m["loss/sigreg"] + 1.0 * m["loss/vic_var"] + 0.1 * m["loss/vic_cov"]
+    np.testing.assert_allclose(float(loss), float(base_loss + extra), rtol=1e-5)
+    assert float(m["loss/sigreg"]) > 0
+
+
+def test_online_target_sends_the_prediction_error_into_the_encoder():
+    """'online': the encoder receives gradient from the teacher-forcing term alone ('ema' and
+    'frozen' do not: their predictor targets and inputs are stop-gradient)."""
+    for target_mode, expect in (("online", True), ("ema", False)):
+        cfg = tiny_config(**{"model.target": target_mode})
+        model = trained_like(WorldActionModel(cfg.model, rngs=nnx.Rngs(0)))
+        _, _, grads = loss_and_grads(_only(cfg, "tf"))(model, model.make_target_encoder(),
+                                                        random_batch(cfg), jax.random.key(0))
+        assert (_max_abs(grads["encoder"]) > 0) == expect, target_mode

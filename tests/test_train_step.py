@@ -140,6 +140,21 @@ def test_frozen_target_trains_everything_but_the_encoder(mixture):
     assert "encoder" in abstract_ema.params
 
 
+def test_online_target_mirrors_the_trained_encoder(mixture):
+    """'online': the encoder trains end to end and the target (what inference encodes with) is
+    its exact copy after every step."""
+    cfg = rf.tiny_config(mixture, **{"model.target": "online", "loss.sigreg": 0.09,
+                                     "mesh.ici_data": 1, "mesh.ici_fsdp": 1})
+    _, state, losses, metrics, first = _run(cfg, jax.devices()[:1], _loader_batches(cfg, 2), keep_first=True)
+    assert all(np.isfinite(losses)) and float(metrics[0]["loss/sigreg"]) > 0
+    encoder, target = jax.device_get(state.params["encoder"]), jax.device_get(state.target)
+    for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(encoder), strict=True):
+        np.testing.assert_array_equal(a, b)
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), encoder,
+                                         first["params"]["encoder"]))
+    assert max(moved) > 0
+
+
 def test_gradient_accumulation_equals_full_batch(mixture):
     """Micro-batches (strided over the data-parallel devices) average to the full-batch step."""
     robot_only = mixture.split(",")[0].split(":")[0]

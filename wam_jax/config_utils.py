@@ -158,7 +158,12 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
              "is empty; set it to converted datasets 'DIR[:weight],DIR[:weight]' (see `wam-convert`)")
     need(str(config.model.dtype) in ("float32", "bfloat16", "float16"), "model.dtype",
          "expected 'float32', 'bfloat16' or 'float16'")
-    need(str(config.model.target) in ("ema", "frozen"), "model.target", "expected 'ema' or 'frozen'")
+    need(str(config.model.target) in ("ema", "frozen", "online"), "model.target",
+         "expected 'ema', 'frozen' or 'online'")
+    for name in ("sigreg", "vic_var", "vic_cov"):
+        need(float(config.loss[name]) >= 0, f"loss.{name}", "must be >= 0 (0 = off)")
+    need(int(config.loss.sigreg_projections) >= 1, "loss.sigreg_projections", "must be >= 1")
+    need(int(config.loss.sigreg_knots) >= 3, "loss.sigreg_knots", "must be >= 3 (trapezoid rule)")
 
 
 # Keys that moved since checkpoints were first written: old dotted path -> new dotted path.

@@ -197,7 +197,9 @@ class WorldActionModel(nnx.Module):
     def make_target_encoder(self) -> nnx.Module:
         """A separate `VideoEncoder` initialised as a copy of the online encoder (own buffers, so
         the train state can be donated). 'ema': the train step moves it towards the encoder;
-        'frozen': it stays equal to the (untrained) encoder, and the loss reads the encoder."""
+        'frozen': it stays equal to the (untrained) encoder, and the loss reads the encoder;
+        'online': the train step copies the encoder into it every step (what inference encodes
+        with), and the loss reads the encoder."""
         return nnx.clone(self.encoder, arrays=True)
 
     @property

@@ -11,7 +11,10 @@ dims or absent modalities never produce NaN paths.
 Latent spaces: z = normalized online-encoder latents (the action and policy heads' inputs, with
 gradient: how the encoder learns besides SSL), z̄ = normalized target-encoder latents
 (stop-gradient: the predictor's inputs and targets, the latent actions' inputs, and the space
-`WorldModel` plans in). With `model.target='frozen'` the encoder is not trained and z = z̄.
+`WorldModel` plans in). With `model.target='frozen'` the encoder is not trained and z = z̄; with
+`model.target='online'` z = z̄ *with* gradient: the encoder learns end to end from the prediction
+error, and only the anti-collapse terms (`sigreg`, `vic_var`, `vic_cov`) stop it from mapping
+every frame to one point.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from wam_jax.training import masks
 
 sg = jax.lax.stop_gradient
 
-LOSS_TERMS = ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy")
+LOSS_TERMS = ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy",
+              "sigreg", "vic_var", "vic_cov")
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -119,6 +123,56 @@ def usage_hinge(pre: jax.Array, mask: jax.Array, target_std: float = 0.5) -> jax
     mean = jnp.sum(w * pre, axis=0) / n
     var = jnp.sum(w * jnp.square(pre - mean), axis=0) / n
     return jnp.mean(jax.nn.relu(target_std - jnp.sqrt(var + 1e-4)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Anti-collapse terms on the embeddings (per time step, across the batch)
+# ---------------------------------------------------------------------------------------------
+
+
+def sigreg(x: jax.Array, mask: jax.Array, key: jax.Array, *, num_projections: int = 256,
+           num_knots: int = 17, t_max: float = 3.0) -> jax.Array:
+    """SIGReg (LeWM): how far the valid rows of `x [M, D]` are from an isotropic standard Gaussian,
+    as the Epps-Pulley statistic of `num_projections` random unit directions, averaged.
+
+    Per direction a, the empirical characteristic function of <x_m, a> is compared with
+    exp(-t^2/2) at `num_knots` points t in [0, t_max] (trapezoid rule over the symmetric integral,
+    Gaussian weight exp(-t^2/2)), scaled by the number of rows: about 1 for Gaussian rows,
+    hundreds for collapsed or badly scaled ones. By Cramer-Wold, matching every 1-D projection
+    matches the distribution, so the embedding cannot shrink onto a few directions. Directions are
+    redrawn from `key` every step.
+    """
+    d = x.shape[-1]
+    a = jax.random.normal(key, (d, num_projections), jnp.float32)
+    a = a / jnp.linalg.norm(a, axis=0, keepdims=True)
+    h = x.astype(jnp.float32) @ a  # [M, P]
+    w = mask.astype(jnp.float32)[:, None, None]
+    n = jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+    t = jnp.linspace(0.0, t_max, num_knots)
+    th = h[..., None] * t  # [M, P, K]
+    re = jnp.sum(w * jnp.cos(th), axis=0) / n
+    im = jnp.sum(w * jnp.sin(th), axis=0) / n
+    phi = jnp.exp(-0.5 * jnp.square(t))
+    dt = t_max / (num_knots - 1)
+    trap = jnp.full((num_knots,), dt).at[0].set(dt / 2).at[-1].set(dt / 2)
+    stat = 2.0 * n * jnp.sum((jnp.square(re - phi) + jnp.square(im)) * phi * trap, axis=-1)  # [P]
+    return jnp.mean(stat)
+
+
+def vicreg_terms(x: jax.Array, mask: jax.Array, target_std: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """(variance hinge, covariance) of VICReg / PLDM on the valid rows of `x [M, D]`: mean over
+    dims of relu(target_std - std), and the summed squared off-diagonal covariance / D."""
+    w = mask.astype(jnp.float32)[:, None]
+    n = jnp.maximum(jnp.sum(w), 2.0)
+    xf = x.astype(jnp.float32)
+    mean = jnp.sum(w * xf, axis=0) / jnp.maximum(jnp.sum(w), 1.0)
+    xc = (xf - mean) * w
+    cov = xc.T @ xc / (n - 1.0)
+    std = jnp.sqrt(jnp.diagonal(cov) + 1e-4)
+    var_term = jnp.mean(jax.nn.relu(target_std - std))
+    off = cov - jnp.diag(jnp.diagonal(cov))
+    cov_term = jnp.sum(jnp.square(off)) / x.shape[-1]
+    return var_term, cov_term
 
 
 def r_squared(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
@@ -223,6 +277,8 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     # Latents.
     if spec.target == "frozen":
         z = zbar = sg(model.encode_float(video))
+    elif spec.target == "online":  # end to end: the targets come from the trained encoder itself
+        z = zbar = model.encode_float(video)
     else:
         zbar = sg(model.encode_float(video, encoder=target_encoder))
         z = model.encode_float(video)
@@ -296,6 +352,10 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         chunk, chunk_mask = _action_chunks(action, a_mask, h)
         terms["policy"] = masked_mean(jnp.square(chunk_hat - chunk), chunk_mask)
 
+    # Anti-collapse terms on the online latents, one sample per token and time step.
+    if w["sigreg"] > 0 or w["vic_var"] > 0 or w["vic_cov"] > 0:
+        terms.update(_anti_collapse(z, tm, w, loss_cfg, jax.random.fold_in(key, 3)))
+
     # Encoder self-supervision: masked latent prediction on multi-block tube masks.
     if w["ssl"] > 0:
         terms["ssl"] = _ssl_loss(model, target_encoder, video, tm, k_ssl)
@@ -306,6 +366,31 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     metrics.update(_health(model, z, zbar, preds, err_tf, step_valid, tm, la, labeled, a_hat,
                            action, a_mask, batch["source_id"]))
     return loss, metrics
+
+
+def _anti_collapse(z: jax.Array, tm: jax.Array, w: dict[str, float], loss_cfg: Any, key: jax.Array
+                   ) -> dict[str, jax.Array]:
+    """SIGReg and / or VICReg terms of latents `z [B, T, N, D]`, computed per time step over the
+    batch's valid tokens (the statistics of one moment of the world, as LeWM and PLDM take them)
+    and averaged over time steps."""
+    b, t, n, d = z.shape
+    x = jnp.moveaxis(z, 1, 0).reshape(t, b * n, d)  # [T, B*N, D]
+    mask = jnp.repeat(jnp.moveaxis(tm, 1, 0), n, axis=1)  # [T, B*N]
+    valid_t = jnp.any(mask, axis=1).astype(jnp.float32)
+    per_t = lambda v: jnp.sum(v * valid_t) / jnp.maximum(jnp.sum(valid_t), 1.0)  # noqa: E731
+    out = {}
+    if w["sigreg"] > 0:
+        stat = jax.vmap(lambda xi, mi: sigreg(
+            xi, mi, key, num_projections=int(loss_cfg["sigreg_projections"]),
+            num_knots=int(loss_cfg["sigreg_knots"])))(x, mask)
+        out["sigreg"] = per_t(stat)
+    if w["vic_var"] > 0 or w["vic_cov"] > 0:
+        var, cov = jax.vmap(vicreg_terms)(x, mask)
+        if w["vic_var"] > 0:
+            out["vic_var"] = per_t(var)
+        if w["vic_cov"] > 0:
+            out["vic_cov"] = per_t(cov)
+    return out
 
 
 def _ssl_loss(model: WorldActionModel, target_encoder: nnx.Module, video: jax.Array,

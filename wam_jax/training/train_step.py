@@ -62,7 +62,7 @@ class ModelDefs:
     graphdef: Any
     target_graphdef: Any
     trainable: Any  # nnx filter selecting the trained variables
-    ema: bool  # True: target <- EMA(online encoder); False: frozen target
+    ema: bool  # True: target <- EMA(online encoder) (momentum 0 for "online"); False: frozen target
     param_axes: Any  # pure tree of logical axis tuples (or None), like `params`
 
     def model(self, params: Any, model_state: Any) -> nnx.Module:
@@ -154,7 +154,8 @@ def abstract_train_state(
     """
     model, target = nnx.eval_shape(lambda: _build(config.model, config.seed, model_factory))
     graphdef, params, rest, target_graphdef, target_state, trainable = _split(model, target)
-    ema = config.model.target == "ema"  # validated by config_utils.validate: 'ema' or 'frozen'
+    # The target tracks the encoder ('ema'; 'online' with momentum 0: a copy for inference).
+    ema = config.model.target in ("ema", "online")
 
     param_specs = sharding.state_specs(params, mesh)
     rest_specs = sharding.state_specs(rest, mesh)
@@ -338,7 +339,8 @@ def make_train_step(
         target = state.target
         out = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params)}
         if defs.ema:
-            m = optim.ema_momentum(state.step, ema_cfg, num_steps)
+            m = (optim.ema_momentum(state.step, ema_cfg, num_steps) if config.model.target == "ema"
+                 else jnp.zeros((), jnp.float32))
             model = defs.model(params, new_rest)
             online = _pure(nnx.state(online_encoder(model), nnx.Param))
             tgt = defs.target_encoder(target)
