@@ -427,3 +427,13 @@ def test_online_target_sends_the_prediction_error_into_the_encoder():
         _, _, grads = loss_and_grads(_only(cfg, "tf"))(model, model.make_target_encoder(),
                                                         random_batch(cfg), jax.random.key(0))
         assert (_max_abs(grads["encoder"]) > 0) == expect, target_mode
+
+
+def test_anti_collapse_gradient_reaches_the_encoder_whatever_the_heads_send():
+    """`loss.encoder_from_heads=0` stops the action heads' gradient into the encoder, not the
+    anti-collapse terms' (they are the encoder's own objective)."""
+    cfg = tiny_config(**{"model.target": "online", "loss.encoder_from_heads": 0.0})
+    model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    _, _, grads = loss_and_grads(_only(cfg, "vic_var"))(model, model.make_target_encoder(),
+                                                         random_batch(cfg), jax.random.key(0))
+    assert _max_abs(grads["encoder"]) > 0

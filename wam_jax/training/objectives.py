@@ -282,6 +282,11 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     else:
         zbar = sg(model.encode_float(video, encoder=target_encoder))
         z = model.encode_float(video)
+    terms: dict[str, jax.Array] = {}
+    # Anti-collapse terms on the online latents, one sample per token and time step (before
+    # `encoder_from_heads` rescales z's gradient: they are the encoder's own objective).
+    if w["sigreg"] > 0 or w["vic_var"] > 0 or w["vic_cov"] > 0:
+        terms.update(_anti_collapse(z, tm, w, loss_cfg, jax.random.fold_in(key, 3)))
     step_valid = tm[:, :-1] & tm[:, 1:]  # [B, T-1] transition t -> t+1 exists
     a_mask = batch["action_mask"] & step_valid[..., None]  # [B, T-1, A]
     labeled = jnp.any(a_mask, axis=-1)  # [B, T-1]
@@ -294,7 +299,6 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     if spec.video_cond == "mask":  # ablation: action-free steps see one learned token, not u_t
         w["align"] = w["align_u"] = w["bottleneck"] = 0.0  # the latent actions condition nothing
 
-    terms: dict[str, jax.Array] = {}
     # The predictor lives in the target space: its inputs and its targets are z̄, the space
     # `WorldModel` encodes observations and goals into at inference, so training and planning see
     # the same latents and the residual predictor starts exactly at the copy-last baseline. The
@@ -351,10 +355,6 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         chunk_hat = model.policy_head(z[:, :-1], jnp.broadcast_to(z_goal, z[:, :-1].shape), emb)
         chunk, chunk_mask = _action_chunks(action, a_mask, h)
         terms["policy"] = masked_mean(jnp.square(chunk_hat - chunk), chunk_mask)
-
-    # Anti-collapse terms on the online latents, one sample per token and time step.
-    if w["sigreg"] > 0 or w["vic_var"] > 0 or w["vic_cov"] > 0:
-        terms.update(_anti_collapse(z, tm, w, loss_cfg, jax.random.fold_in(key, 3)))
 
     # Encoder self-supervision: masked latent prediction on multi-block tube masks.
     if w["ssl"] > 0:
