@@ -245,14 +245,20 @@ class WorldModel:
             return model.rollout(z, cond, proprio, a.shape[1], proprio_mask=pmask)
         return f
 
-    def latent_actions(self, latents: ArrayLike) -> jax.Array:
-        """Latent actions of consecutive frames: `[T, N, D]` / `[B, T, N, D]` -> `[..., T-1, du]`."""
-        self._need_model("latent_actions")
+    def _frame_pairs(self, latents: ArrayLike) -> tuple[jax.Array, bool]:
+        """Latents `[T, N, D]` / `[B, T, N, D]` with T >= 2 as `[B, T, N, D]`, and whether a batch
+        axis was added."""
         z = self._latents(latents, "latents", 3, 4)
         squeeze = z.ndim == 3
         z = z[None] if squeeze else z
         if z.shape[1] < 2:
             raise ValueError(f"latents has shape {tuple(z.shape)}; expected T >= 2 frames")
+        return z, squeeze
+
+    def latent_actions(self, latents: ArrayLike) -> jax.Array:
+        """Latent actions of consecutive frames: `[T, N, D]` / `[B, T, N, D]` -> `[..., T-1, du]`."""
+        self._need_model("latent_actions")
+        z, squeeze = self._frame_pairs(latents)
         from flax import nnx
 
         graph = self._model_graph
@@ -266,11 +272,7 @@ class WorldModel:
         """Inverse dynamics: latents `[T, N, D]` / `[B, T, N, D]` -> actions `[..., T-1, A]` (robot units)."""
         self._need_model("infer_actions")
         space = self.action_space(embodiment)
-        z = self._latents(latents, "latents", 3, 4)
-        squeeze = z.ndim == 3
-        z = z[None] if squeeze else z
-        if z.shape[1] < 2:
-            raise ValueError(f"latents has shape {tuple(z.shape)}; expected T >= 2 frames")
+        z, squeeze = self._frame_pairs(latents)
         from flax import nnx
 
         graph = self._model_graph

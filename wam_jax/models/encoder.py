@@ -111,8 +111,8 @@ class VideoEncoder(nnx.Module):
 
     Uses `image_size, patch_size, tubelet (1|2), in_channels, pos_emb ('rope'|'sincos'),
     encoder.{width, depth, heads, mlp_ratio}, dtype, param_dtype, remat, scan_layers, scan_unroll,
-    attention`; optional `encoder.norm_eps` (1e-6) and `encoder.qkv_bias` (True), which only
-    converted V-JEPA 2 configs set.
+    attention`, `encoder.norm_eps` and `encoder.qkv_bias` (converted V-JEPA 2 configs set their
+    checkpoint's values).
     Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `blocks.BlockStack`), `norm.{scale,bias}`.
     """
 
@@ -144,7 +144,7 @@ class VideoEncoder(nnx.Module):
         self.depth = int(enc.depth)
         self.dtype = _dtype(config.dtype, "dtype")
         param_dtype = _dtype(config.param_dtype, "param_dtype")
-        norm_eps = float(enc.get("norm_eps", 1e-6))
+        norm_eps = float(enc.norm_eps)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype)
 
         self.patch_embed = PatchEmbed(
@@ -159,7 +159,7 @@ class VideoEncoder(nnx.Module):
             scan=bool(config.scan_layers),
             scan_unroll=int(config.scan_unroll),
             remat=str(config.remat),
-            qkv_bias=bool(enc.get("qkv_bias", True)),
+            qkv_bias=bool(enc.qkv_bias),
             attention_impl=str(config.attention),
             norm_eps=norm_eps,
             **kw,
