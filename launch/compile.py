@@ -186,16 +186,9 @@ def format_report(target: Target, report: dict[str, Any]) -> tuple[str, bool]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The fit check's flags; `--config.a.b=value` overrides are split off before it parses."""
-    from wam_jax.config_utils import ConfigError
+    from wam_jax.config_utils import FlagParser
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # bad input: one line, exit status 2 (run())
-            raise ConfigError(message)
-
-    p = Parser(prog="wam-compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-               allow_abbrev=False,
-               epilog="Config values can be overridden as for wam-train: --config.a.b=VALUE.")
-    p.add_argument("--config", metavar="configs/NAME.py[:ARG]", help="experiment config file (required)")
+    p = FlagParser("wam-compile", __doc__, "Config values can be overridden as for wam-train: --config.a.b=VALUE.")
     p.add_argument("--topology", metavar="NAME", help="compile target: cpu:N, v5p-64, v6e-8, v5p-256x2, ... (required)")
     return p
 

@@ -29,17 +29,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """wam-train's own flags; `--config.a.b=value` overrides are split off before it parses."""
-    from wam_jax.config_utils import ConfigError
+    from wam_jax.config_utils import FlagParser
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # bad input: one ConfigError line, exit status 2 (run())
-            raise ConfigError(message)
-
-    p = Parser(prog="wam-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-               allow_abbrev=False,
-               epilog="Any config value can be overridden: --config.a.b=VALUE (e.g. --config.train.num_steps=500); "
-                      "an unknown key names the closest ones.")
-    p.add_argument("--config", metavar="configs/NAME.py[:ARG]", help="experiment config file (required)")
+    p = FlagParser("wam-train", __doc__, "Any config value can be overridden: --config.a.b=VALUE "
+                   "(e.g. --config.train.num_steps=500); an unknown key names the closest ones.")
     p.add_argument("--workdir", metavar="DIR",
                    help="run directory: checkpoints, metrics.jsonl, TensorBoard; resumes if it holds a checkpoint "
                         "(required)")

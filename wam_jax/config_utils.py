@@ -12,6 +12,7 @@ today's layout.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.util
 import os
@@ -26,6 +27,19 @@ _OVERRIDE = re.compile(r"^--?(no)?config\.")
 
 class ConfigError(ValueError):
     """A config file or `--config.*` override is unusable; the message says which and why."""
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse for the entry points that take a config: a bad flag raises ConfigError (one line,
+    exit status 2 in the entry points' `run`) instead of printing usage and exiting."""
+
+    def __init__(self, prog: str, description: str | None, epilog: str) -> None:
+        super().__init__(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.add_argument("--config", metavar="configs/NAME.py[:ARG]", help="experiment config file (required)")
+
+    def error(self, message: str):
+        raise ConfigError(message)
 
 
 def split_config_arg(spec: str) -> tuple[str, str | None]:
