@@ -43,7 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines.mixture import indexed_names
 from wam_jax.inference import eval_report
+from wam_jax.inference.action_space import action_spaces_from_info
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +166,6 @@ def _mesh_of(tree: Any) -> Any:
         if isinstance(sharding, jax.sharding.NamedSharding):
             return sharding.mesh
     raise ValueError("the model's arrays carry no NamedSharding: pass mesh=")
-
-
-def _dim_names(info: Mapping[str, Any], embodiment: str, dim: int) -> list[str]:
-    """The trained action space's dimension names of `embodiment` (first labeled source)."""
-    from data_pipelines.mixture import dimension_names
-
-    for src in info.get("sources", []):
-        if src.get("embodiment") == embodiment and int(src.get("action_dim") or 0) == dim:
-            return list(dimension_names(src.get("action_names"), src.get("action_keys"), "action", dim))
-    return list(dimension_names(None, None, "action", dim))
 
 
 class Evaluator:
@@ -338,13 +330,16 @@ class Evaluator:
             pred["num_steps"] = n.astype(int).tolist()
             out["prediction"] = pred
         actions = {}
+        spaces = action_spaces_from_info(self.info, int(self.config.model.action_dim), "evaluation")
         for emb in dict.fromkeys(self.sources[i].source.embodiment for i in rows):
             same = [i for i in rows if self.sources[i].source.embodiment == emb]
             s = {k: np.asarray(sums[f"act/{k}"])[same].sum(0) for k in ACT_KEYS}
             if s["n"].sum() == 0:
                 continue
             dim = max(len(e.norm.action_mean) for e in (self.sources[i] for i in same) if e.norm.has_actions)
-            actions[emb] = _action_metrics({k: v[:dim] for k, v in s.items()}, _dim_names(self.info, emb, dim))
+            space = spaces.get(emb)
+            names = list(space.action_names[:dim]) if space else list(indexed_names("action", dim))
+            actions[emb] = _action_metrics({k: v[:dim] for k, v in s.items()}, names)
         if actions:
             out["action"] = actions
         rank_n = float(total("rank_n"))
