@@ -14,14 +14,16 @@ Exit codes: 0 fits, 1 does not fit, 2 bad input (config, topology, mesh).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wam_jax import config_utils
 
 GIB = 1024**3
 
@@ -184,7 +186,7 @@ def format_report(target: Target, report: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines), fits
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> config_utils.FlagParser:
     """The fit check's flags; `--config.a.b=value` overrides are split off before it parses."""
     from wam_jax.config_utils import FlagParser
 
@@ -197,12 +199,9 @@ def main(argv: Sequence[str]) -> int:
     """argv: the program name, then the flags. 0: fits, 1: does not fit, 2: bad input."""
     from wam_jax import config_utils
 
-    overrides, rest = config_utils.split_overrides(list(argv)[1:])
-    args = build_parser().parse_args(rest)
+    overrides, args = build_parser().parse(argv)
     if args.topology is None:
         raise config_utils.ConfigError("--topology=NAME is required (cpu:N, v5p-64, v6e-8, ...)")
-    if args.config is None:
-        raise config_utils.ConfigError("--config=configs/NAME.py[:ARG] is required")
     target = parse_target(args.topology)
     if target.platform == "cpu":
         # Must happen before JAX creates its CPU client.

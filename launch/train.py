@@ -15,7 +15,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wam_jax import config_utils
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -27,7 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> config_utils.FlagParser:
     """wam-train's own flags; `--config.a.b=value` overrides are split off before it parses."""
     from wam_jax.config_utils import FlagParser
 
@@ -54,10 +57,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """
     from wam_jax import config_utils
 
-    overrides, rest = config_utils.split_overrides(list(argv)[1:])
-    args = build_parser().parse_args(rest)
-    if args.config is None:
-        raise config_utils.ConfigError("--config=configs/NAME.py[:ARG] is required")
+    overrides, args = build_parser().parse(argv)
     if args.workdir is None:
         raise config_utils.ConfigError("--workdir=DIR is required (checkpoints, metrics.jsonl, TensorBoard)")
     return config_utils.load_config(args.config, overrides), args

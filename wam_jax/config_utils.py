@@ -41,6 +41,15 @@ class FlagParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ConfigError(message)
 
+    def parse(self, argv: Sequence[str]) -> tuple[list[str], argparse.Namespace]:
+        """(`--config.a.b=...` overrides, the other flags) of argv (program name first); --config
+        is required."""
+        overrides, rest = split_overrides(list(argv)[1:])
+        args = self.parse_args(rest)
+        if args.config is None:
+            raise ConfigError("--config=configs/NAME.py[:ARG] is required")
+        return overrides, args
+
 
 def split_config_arg(spec: str) -> tuple[str, str | None]:
     """'configs/pretrain.py:variant=L' -> ('configs/pretrain.py', 'variant=L')."""
