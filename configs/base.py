@@ -21,8 +21,15 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.encoder = presets.encoder_preset(preset)
     c.encoder.norm_eps = 1e-6  # V-JEPA 2 conversions set their checkpoint's values
     c.encoder.qkv_bias = True
+    # Latents per frame: 'none' keeps the patch grid (N = (image_size / patch_size)^2 tokens of
+    # encoder width); 'mean' pools them and projects to one vector of `dim` (LeWM): planning and
+    # the predictor get ~N times cheaper. hidden 0: 4x the encoder width.
+    c.pool = mlc.ConfigDict(dict(kind="none", dim=128, hidden=0))
     c.predictor = presets.predictor_preset(preset)
     c.predictor.residual = True  # predict z_{t+1} - z_t (output starts at the copy baseline)
+    # How the conditioning enters the predictor: 'token' | 'channels' (DINO-WM) | 'token_channels'
+    # | 'adaln' (AdaLN-zero in every block, LeWM); models/predictor.py.
+    c.predictor.action_cond = "token_channels"
     c.action_dim = 7  # A: padded maximum over embodiments
     c.proprio_dim = 8  # P
     c.num_embodiments = 4

@@ -75,8 +75,18 @@ def layer_norm(
     )
 
 
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    return x * (1.0 + scale) + shift
+
+
 class Block(nnx.Module):
-    """Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`."""
+    """Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+
+    `adaln=True` (DiT's AdaLN-zero, LeWM's action conditioning): a per-token conditioning vector
+    `cond` `[B, L, dim]` sets a shift, scale and gate for each branch,
+    `x + gate1 * attn(norm1(x) * (1 + scale1) + shift1)` (likewise the MLP); the modulation map
+    starts at zero, so the block starts as the identity and the condition enters every layer.
+    """
 
     @mesh_optional
     def __init__(
@@ -91,6 +101,7 @@ class Block(nnx.Module):
         param_dtype=jnp.float32,
         attention_impl: str = "xla",
         norm_eps: float = 1e-6,
+        adaln: bool = False,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.norm1 = layer_norm(dim, rngs=rngs, eps=norm_eps, **kw)
@@ -99,6 +110,19 @@ class Block(nnx.Module):
         )
         self.norm2 = layer_norm(dim, rngs=rngs, eps=norm_eps, **kw)
         self.mlp = Mlp(dim, mlp_ratio, rngs=rngs, **kw)
+        self.ada: nnx.Linear | None = nnx.data(nnx.Linear(
+            dim, 6 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            kernel_init=zeros_init(("embed", "mlp")), bias_init=zeros_init(("mlp",)),
+        ) if adaln else None)
+
+    def _modulation(self, cond: jax.Array | None) -> tuple[jax.Array, ...] | None:
+        if self.ada is None:
+            if cond is not None:
+                raise ValueError("Block: 'cond' given to a block built without adaln")
+            return None
+        if cond is None:
+            raise ValueError("Block: an adaln block needs 'cond' [B, L, dim]")
+        return tuple(jnp.split(self.ada(jax.nn.silu(cond)), 6, axis=-1))
 
     def __call__(
         self,
@@ -106,20 +130,29 @@ class Block(nnx.Module):
         *,
         mask: jax.Array | None = None,
         rope: Rope | None = None,
+        cond: jax.Array | None = None,
     ) -> jax.Array:
-        x = sharding.constrain(x, ACT_AXES)
-        x = x + self.attn(self.norm1(x), mask=mask, rope=rope)
-        x = x + self.mlp(self.norm2(x))
-        return sharding.constrain(x, ACT_AXES)
+        return self.with_cache(x, rope=rope, mask=mask, cond=cond, use_cache=False)[0]
 
     def with_cache(self, x: jax.Array, *, rope: Rope | None = None,
-                   cache: KVCache | None = None, mask: jax.Array | None = None
-                   ) -> tuple[jax.Array, KVCache]:
-        """`__call__` for new tokens attending over a key/value cache (see `Attention.with_cache`)."""
+                   cache: KVCache | None = None, mask: jax.Array | None = None,
+                   cond: jax.Array | None = None, use_cache: bool = True
+                   ) -> tuple[jax.Array, KVCache | None]:
+        """`__call__` for new tokens attending over a key/value cache (see `Attention.with_cache`);
+        `use_cache=False` is the plain block (no cache returned)."""
         x = sharding.constrain(x, ACT_AXES)
-        a, cache = self.attn.with_cache(self.norm1(x), rope=rope, cache=cache, mask=mask)
-        x = x + a
-        x = x + self.mlp(self.norm2(x))
+        mod = self._modulation(cond)
+        h = self.norm1(x)
+        if mod is not None:
+            h = modulate(h, mod[0], mod[1])
+        if use_cache:
+            a, cache = self.attn.with_cache(h, rope=rope, cache=cache, mask=mask)
+        else:
+            a = self.attn(h, mask=mask, rope=rope)
+        x = x + (a if mod is None else mod[2] * a)
+        h = self.norm2(x)
+        m = self.mlp(h if mod is None else modulate(h, mod[3], mod[4]))
+        x = x + (m if mod is None else mod[5] * m)
         return sharding.constrain(x, ACT_AXES), cache
 
 
@@ -165,6 +198,7 @@ class BlockStack(nnx.Module):
         qkv_bias: bool = True,
         attention_impl: str = "xla",
         norm_eps: float = 1e-6,
+        adaln: bool = False,
     ):
         if depth < 1:
             raise ValueError(f"BlockStack depth must be >= 1, got {depth}")
@@ -189,6 +223,7 @@ class BlockStack(nnx.Module):
                 param_dtype=param_dtype,
                 attention_impl=attention_impl,
                 norm_eps=norm_eps,
+                adaln=adaln,
             )
 
         if scan:
@@ -208,9 +243,12 @@ class BlockStack(nnx.Module):
         *,
         mask: jax.Array | None = None,
         rope: Rope | None = None,
+        cond: jax.Array | None = None,
     ) -> jax.Array:
+        """`cond`: the per-token conditioning of AdaLN blocks (`adaln=True`), else None."""
+
         def apply(block: Block, h: jax.Array) -> jax.Array:
-            return block(h, mask=mask, rope=rope)
+            return block(h, mask=mask, rope=rope, cond=cond)
 
         if self.remat != "none":
             apply = nnx.remat(apply, policy=remat_policy(self.remat), prevent_cse=not self.scan)
@@ -232,8 +270,8 @@ class BlockStack(nnx.Module):
         return run(x, self.blocks)
 
     def with_cache(self, x: jax.Array, *, rope: Rope | None = None,
-                   cache: KVCache | None = None, mask: jax.Array | None = None
-                   ) -> tuple[jax.Array, KVCache]:
+                   cache: KVCache | None = None, mask: jax.Array | None = None,
+                   cond: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """Inference over new tokens with per-layer key/value caches.
 
         `cache`: None (the first call: x is the whole prefix) or the previous call's cache,
@@ -243,7 +281,7 @@ class BlockStack(nnx.Module):
             new_k, new_v = [], []
             for i, block in enumerate(self.blocks):
                 layer = None if cache is None else (cache[0][i], cache[1][i])
-                x, (k, v) = block.with_cache(x, rope=rope, cache=layer, mask=mask)
+                x, (k, v) = block.with_cache(x, rope=rope, cache=layer, mask=mask, cond=cond)
                 new_k.append(k)
                 new_v.append(v)
             return x, (jnp.stack(new_k), jnp.stack(new_v))
@@ -252,14 +290,14 @@ class BlockStack(nnx.Module):
             @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0),
                       transform_metadata={nnx.PARTITION_NAME: "layers"}, unroll=self.scan_unroll)
             def prefill(h: jax.Array, block: Block) -> tuple[jax.Array, KVCache]:
-                return block.with_cache(h, rope=rope, mask=mask)
+                return block.with_cache(h, rope=rope, mask=mask, cond=cond)
 
             return prefill(x, self.blocks)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0),
                   transform_metadata={nnx.PARTITION_NAME: "layers"}, unroll=self.scan_unroll)
         def extend(h: jax.Array, block: Block, layer: KVCache) -> tuple[jax.Array, KVCache]:
-            return block.with_cache(h, rope=rope, cache=layer, mask=mask)
+            return block.with_cache(h, rope=rope, cache=layer, mask=mask, cond=cond)
 
         return extend(x, self.blocks, cache)
 

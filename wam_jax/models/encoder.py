@@ -9,7 +9,8 @@ LayerNorm (eps 1e-6). Two ways to run it:
   keep their true positions.
 - `encode_frames`: per-step latents for the world model: every frame is encoded alone (frames
   folded into the batch; with tubelet 2 each frame fills both tubelet slots, as V-JEPA 2-AC does),
-  so step t's latents depend on frame t only.
+  so step t's latents depend on frame t only. With `model.pool.kind='mean'` a frame's tokens are
+  mean-pooled and projected (LeWM's pooled latents) to one vector: `N = 1`, `D = model.pool.dim`.
 
 Preprocessing spec (also what `jax.export` artifacts document): RGB uint8 `[B, T, H, W, 3]` ->
 `normalize_video` (scale to [0, 1], then ImageNet mean/std) -> float32.
@@ -25,12 +26,33 @@ from flax import nnx
 
 from wam_jax import sharding
 from wam_jax.models.blocks import BlockStack, layer_norm
+from wam_jax.models.linear import linear
+from wam_jax.models.ops import gelu
 from wam_jax.models.partitioning import ACT_AXES, mesh_optional
 from wam_jax.models.positions import grid_positions, rope_3d, sincos_3d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POS_EMBS = ("rope", "sincos")
+POOLS = ("none", "mean")
+
+
+class Projector(nnx.Module):
+    """`Linear -> LayerNorm -> GELU -> Linear`: the pooled frame vector's head (LeWM's projector
+    with LayerNorm in place of BatchNorm: no batch statistics, so a latent never depends on what
+    else is in the batch, and training, planning and export compute the same function)."""
+
+    @mesh_optional
+    def __init__(self, width: int, hidden: int, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.dim = dim
+        self.fc1 = linear(width, hidden, ("embed", "mlp"), stddev=width**-0.5, **kw)
+        self.norm = layer_norm(hidden, **kw)
+        self.fc2 = linear(hidden, dim, ("mlp", "embed"), stddev=hidden**-0.5, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(gelu(self.norm(self.fc1(x))))
 
 
 def normalize_video(video_uint8: jax.Array | np.ndarray) -> jax.Array:
@@ -113,7 +135,8 @@ class VideoEncoder(nnx.Module):
     encoder.{width, depth, heads, mlp_ratio}, dtype, param_dtype, remat, scan_layers, scan_unroll,
     attention`, `encoder.norm_eps` and `encoder.qkv_bias` (converted V-JEPA 2 configs set their
     checkpoint's values).
-    Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `blocks.BlockStack`), `norm.{scale,bias}`.
+    Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `blocks.BlockStack`), `norm.{scale,bias}`,
+    and with `pool.kind='mean'` the `projector` (`pool.hidden`, `pool.dim`).
     """
 
     @mesh_optional
@@ -165,6 +188,20 @@ class VideoEncoder(nnx.Module):
             **kw,
         )
         self.norm = layer_norm(self.width, rngs=rngs, eps=norm_eps, **kw)
+        self.pool = str(config.pool.kind)
+        if self.pool not in POOLS:
+            raise ValueError(f"model config pool.kind must be one of {POOLS}, got {self.pool!r}")
+        self.projector: Projector | None = nnx.data(None)
+        if self.pool != "none":
+            hidden = int(config.pool.hidden) or 4 * self.width
+            self.projector = Projector(self.width, hidden, int(config.pool.dim), rngs=rngs, **kw)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """`(N, D)` of one frame's latents in `encode_frames`."""
+        if self.projector is not None:
+            return 1, self.projector.dim
+        return self.num_patches, self.width
 
     # ----------------------------------------------------------------------------- geometry
 
@@ -262,7 +299,7 @@ class VideoEncoder(nnx.Module):
     def encode_frames(self, video: jax.Array) -> jax.Array:
         """Per-step latents: `video` float `[B, T, H, W, 3]` -> `[B, T, N, D]`, every frame encoded
         on its own (folded into the batch; with tubelet 2 the frame fills both tubelet slots, as in
-        V-JEPA 2-AC), so step t's latents depend on frame t only."""
+        V-JEPA 2-AC), so step t's latents depend on frame t only. Pooled: `[B, T, 1, pool.dim]`."""
         self._check_video(video, "video", clip=False)
         b, t, h, w, c = video.shape
         gh, gw = self.grid
@@ -270,4 +307,6 @@ class VideoEncoder(nnx.Module):
         x = x.reshape(b * t, gh * gw, self.width)
         positions = grid_positions(1, gh, gw)
         z = self._transform(self._add_sincos(x, positions), positions)
-        return z.reshape(b, t, gh * gw, self.width)
+        if self.projector is not None:
+            z = self.projector(jnp.mean(z, axis=1, keepdims=True))
+        return z.reshape(b, t, *self.latent_shape)

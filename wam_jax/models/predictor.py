@@ -3,7 +3,10 @@
 - `LatentPredictor`: the action-conditioned world model. Per step t the sequence holds
   `[c_t, proprio_t, z_t^1 .. z_t^N]`; attention is frame-block-causal (tokens of step t see steps
   <= t), so one teacher-forced pass predicts z_{t+1} for every t at once, and an autoregressive
-  rollout is the same network fed its own outputs.
+  rollout is the same network fed its own outputs. How the conditioning c_t enters
+  (`action_cond`, one of `ACTION_CONDS`): 'token' (its own token, V-JEPA 2-AC), 'channels' (added
+  to every latent token's input, i.e. concatenated on the channels and projected, DINO-WM),
+  'token_channels' (both), 'adaln' (AdaLN-zero in every block, LeWM).
 - `MaskedPredictor`: the V-JEPA encoder self-supervision predictor: context tokens plus learned
   mask tokens at the masked positions, full attention, predictions at the masked positions.
 
@@ -25,6 +28,9 @@ from wam_jax.models.linear import linear
 from wam_jax.models.partitioning import ACT_AXES, mesh_optional, normal_init
 
 
+ACTION_CONDS = ("token", "channels", "token_channels", "adaln")
+
+
 def _rope(pos: jax.Array, head_dim: int) -> positions.Rope:
     return positions.rope_3d(pos, head_dim, layout="rotary")
 
@@ -37,7 +43,11 @@ class LatentPredictor(nnx.Module):
                  cond_dim: int, proprio_dim: int, grid_hw: tuple[int, int], rngs: nnx.Rngs,
                  scan: bool = True, scan_unroll: int = 1, remat: str = "none",
                  dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla",
-                 residual: bool = True):
+                 residual: bool = True, action_cond: str = "token_channels"):
+        if action_cond not in ACTION_CONDS:
+            raise ValueError(f"model.predictor.action_cond must be one of {ACTION_CONDS}, "
+                             f"got {action_cond!r}")
+        self.action_cond = action_cond
         self.latent_dim = latent_dim
         self.residual = residual
         self.width = width
@@ -57,7 +67,8 @@ class LatentPredictor(nnx.Module):
                                   stddev=(2 * proprio_dim) ** -0.5, **kw) if proprio_dim else None)
         self.token_type = nnx.Param(normal_init((None, "embed"))(rngs.params(), (3, width), param_dtype))
         self.blocks = BlockStack(depth, width, heads, mlp_ratio, scan=scan, scan_unroll=scan_unroll,
-                                 remat=remat, attention_impl=attention_impl, **kw)
+                                 remat=remat, attention_impl=attention_impl,
+                                 adaln=action_cond == "adaln", **kw)
         self.norm = layer_norm(width, **kw)
         # residual=True predicts z_{t+1} - z_t; the zero-initialised output then starts exactly at
         # the copy-last-frame baseline and training only has to learn the change.
@@ -68,16 +79,16 @@ class LatentPredictor(nnx.Module):
                  proprio_mask: jax.Array | None = None) -> jax.Array:
         """z `[B, S, N, D]`, cond `[B, S, du]`, proprio/proprio_mask `[B, S, P]` (None = absent)
         -> predicted next latents `[B, S, N, D]` (output s predicts step s + 1), float32."""
-        x = self._tokens(z, cond, proprio, proprio_mask)
+        x, block_cond = self._tokens(z, cond, proprio, proprio_mask)
         rope, mask = self._rope_and_mask(z.shape[1], 0)
-        return self._readout(self.blocks(x, mask=mask, rope=rope), z)
+        return self._readout(self.blocks(x, mask=mask, rope=rope, cond=block_cond), z)
 
     def prefill(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None = None,
                 proprio_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """`__call__` that also returns the per-layer key/value cache of steps `0..S-1`."""
-        x = self._tokens(z, cond, proprio, proprio_mask)
+        x, block_cond = self._tokens(z, cond, proprio, proprio_mask)
         rope, mask = self._rope_and_mask(z.shape[1], 0)
-        x, cache = self.blocks.with_cache(x, rope=rope, mask=mask)
+        x, cache = self.blocks.with_cache(x, rope=rope, mask=mask, cond=block_cond)
         return self._readout(x, z), cache
 
     def extend(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
@@ -90,23 +101,27 @@ class LatentPredictor(nnx.Module):
         if cache[0].shape[2] != expected:
             raise ValueError(f"LatentPredictor.extend: the cache holds {cache[0].shape[2]} tokens, "
                              f"expected {expected} for start={start}")
-        x = self._tokens(z, cond, proprio, proprio_mask)
+        x, block_cond = self._tokens(z, cond, proprio, proprio_mask)
         rope, mask = self._rope_and_mask(z.shape[1], start)
-        x, cache = self.blocks.with_cache(x, rope=rope, cache=cache, mask=mask)
+        x, cache = self.blocks.with_cache(x, rope=rope, cache=cache, mask=mask, cond=block_cond)
         return self._readout(x, z), cache
 
     def _tokens(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
-                proprio_mask: jax.Array | None) -> jax.Array:
-        """Per step `[c_t, proprio_t, z_t^1..N]`, flattened to `[B, S * (N + 2), W]`."""
+                proprio_mask: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """Per step `[c_t, proprio_t, z_t^1..N]`, flattened to `[B, S * (N + 2), W]`, and the
+        per-token AdaLN conditioning (same shape; None unless `action_cond='adaln'`)."""
         b, s, n, _ = z.shape
         positions.spatial_grid(n, self.grid_hw)
         types = self.token_type[...].astype(self.dtype)
         c_emb = self.cond_in(cond.astype(self.dtype))[:, :, None]  # [B, S, 1, W]
-        # The conditioning is both a token of its own and added to every latent token of its step:
-        # a direct path (as in DINO-WM's per-patch action concat) that does not have to be found
-        # by attention first, which makes action conditioning learn much faster.
-        lat = self.latent_in(z.astype(self.dtype)) + c_emb + types[2]
-        c = c_emb + types[0]
+        mode = self.action_cond
+        # 'channels': added to every latent token of its step, a direct path (DINO-WM's per-patch
+        # concat) that does not have to be found by attention first: action conditioning learns
+        # much faster than through the token alone. Without 'token' the slot keeps only its type.
+        lat = self.latent_in(z.astype(self.dtype)) + types[2]
+        if mode in ("channels", "token_channels"):
+            lat = lat + c_emb
+        c = (c_emb if mode in ("token", "token_channels") else jnp.zeros_like(c_emb)) + types[0]
         p = jnp.broadcast_to(types[1], (b, s, 1, self.width))
         if self.proprio_in is not None:
             if proprio is None:  # absent: the same input as a batch whose proprio mask is false
@@ -116,7 +131,11 @@ class LatentPredictor(nnx.Module):
                 feats = jnp.concatenate([jnp.where(pm, proprio, 0.0), pm.astype(proprio.dtype)], -1)
             p = p + self.proprio_in(feats.astype(self.dtype))[:, :, None]
         x = jnp.concatenate([c, p.astype(lat.dtype), lat], axis=2).reshape(b, s * (n + 2), self.width)
-        return sharding.constrain(x, ACT_AXES)
+        block_cond = None
+        if mode == "adaln":
+            block_cond = jnp.broadcast_to(c_emb, (b, s, n + 2, self.width)).reshape(x.shape)
+            block_cond = sharding.constrain(block_cond, ACT_AXES)
+        return sharding.constrain(x, ACT_AXES), block_cond
 
     def _rope_and_mask(self, s: int, start: int) -> tuple[positions.Rope, jax.Array | None]:
         """RoPE tables of steps `start..start+s-1`, and the block-causal mask of those queries over

@@ -74,9 +74,13 @@ def spec_from_config(cfg: Any) -> ModelSpec:
     if video_cond not in VIDEO_CONDS:
         raise ValueError(f"model.latent_action.video_cond must be one of {VIDEO_CONDS}, got {video_cond!r}")
     g = cfg.image_size // cfg.patch_size
+    pooled = str(cfg.pool.kind) != "none"
+    if pooled and ssl_enabled:
+        raise ValueError("model.ssl.enabled predicts masked patch tokens; it needs model.pool.kind='none'")
     return ModelSpec(
         image_size=int(cfg.image_size), patch_size=int(cfg.patch_size), tubelet=int(cfg.tubelet),
-        latent_dim=int(cfg.encoder.width), grid_hw=(g, g), action_dim=int(cfg.action_dim),
+        latent_dim=int(cfg.pool.dim) if pooled else int(cfg.encoder.width),
+        grid_hw=(1, 1) if pooled else (g, g), action_dim=int(cfg.action_dim),
         proprio_dim=int(cfg.proprio_dim), num_embodiments=int(cfg.num_embodiments),
         num_sources=int(cfg.num_sources), latent_action_dim=int(la.dim),
         bottleneck=str(la.bottleneck), video_cond=video_cond, policy_horizon=int(cfg.policy_horizon),
@@ -156,7 +160,8 @@ class WorldActionModel(nnx.Module):
         self.predictor = LatentPredictor(
             latent_dim=spec.latent_dim, width=pc.width, depth=pc.depth, heads=pc.heads,
             mlp_ratio=pc.mlp_ratio, cond_dim=spec.latent_action_dim, proprio_dim=spec.proprio_dim,
-            grid_hw=spec.grid_hw, residual=bool(pc.residual), **common)
+            grid_hw=spec.grid_hw, residual=bool(pc.residual),
+            action_cond=str(pc.action_cond), **common)
         la = cfg.latent_action
         la_width = int(la.width) or int(pc.width)
         self.latent_actions = LatentActionModel(
