@@ -93,6 +93,9 @@ def loss_config() -> mlc.ConfigDict:
             sigreg_knots=17,
             vic_var=0.0,
             vic_cov=0.0,
+            # The samples of those terms: 'step' = the batch at each time step; 'all' = every
+            # frame of the batch at once (more samples for pooled latents on small batches).
+            collapse_samples="step",
         )
     )
 

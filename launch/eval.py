@@ -32,6 +32,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--num_frames", type=int, default=None, help="clip length T: horizons 1..T-1 (default: training T)")
     p.add_argument("--num_perturbations", type=int, default=16, help="perturbed actions per transition (ranking)")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--probe", default=None, choices=["pusht"],
+                   help="also fit linear probes to the simulator's ground truth on fresh episodes (launch/probe.py)")
+    p.add_argument("--probe_episodes", type=int, default=45, help="fresh episodes for --probe")
     p.add_argument("--log_level", default="WARNING")
     return p.parse_args(list(argv))
 
@@ -49,8 +52,16 @@ def main(argv: Sequence[str]) -> int:
                                   plots=False)
     print(eval_report.format_table(results))
     print(f"\nmetrics: {results['metrics_path']}", flush=True)
+    out_dir = os.path.dirname(results["metrics_path"])
+    if args.probe:
+        from launch import probe
+        from wam_jax.inference import evaluation, load
+
+        res = probe.probe_pusht(load.restore(args.workdir, args.step), episodes=args.probe_episodes)
+        print("\n" + probe.format_probe(res))
+        print(f"probe:   {evaluation.write_metrics(res, out_dir, name='probe_pusht.json')}", flush=True)
     if not args.no_plots:
-        for path in eval_report.write_plots(results, os.path.dirname(results["metrics_path"])):
+        for path in eval_report.write_plots(results, out_dir):
             print(f"plot:    {path}")
     return 0
 

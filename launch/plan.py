@@ -52,17 +52,10 @@ class PushTTask:
 
 
 def observe(env: Any, image_size: int) -> np.ndarray:
-    """The frame as the training data saw it: rendered at the generator's size, then resized to
-    the model size with the converter's resampling (bicubic, `reducing_gap=3`)."""
-    from PIL import Image
-
+    """The frame as the training data saw it (`sim.pusht.to_model_size` of the render)."""
     from sim import pusht
 
-    frame = pusht.render(env)
-    if frame.shape[:2] == (image_size, image_size):
-        return frame
-    img = Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
+    return pusht.to_model_size(pusht.render(env), image_size)
 
 
 def make_tasks(num: int, *, image_size: int, goal_offset: int = 25, seed: int = 0, env: Any = None

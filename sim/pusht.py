@@ -101,3 +101,14 @@ def reset_to_state(env: Any, state: Sequence[float], seed: int | None = None) ->
     u.space.step(u.dt)  # let pymunk register the new poses (as gym_pusht does)
     u._last_action = None
     return u.get_obs()
+
+
+def to_model_size(frame: np.ndarray, image_size: int) -> np.ndarray:
+    """A rendered frame as the converted data holds it: resized to the model size with the
+    converter's resampling (bicubic, `reducing_gap=3`); unchanged when already that size."""
+    from PIL import Image
+
+    if frame.shape[:2] == (image_size, image_size):
+        return frame
+    img = Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)

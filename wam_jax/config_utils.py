@@ -187,6 +187,8 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
         need(float(config.loss[name]) >= 0, f"loss.{name}", "must be >= 0 (0 = off)")
     need(int(config.loss.sigreg_projections) >= 1, "loss.sigreg_projections", "must be >= 1")
     need(int(config.loss.sigreg_knots) >= 3, "loss.sigreg_knots", "must be >= 3 (trapezoid rule)")
+    need(str(config.loss.collapse_samples) in ("step", "all"), "loss.collapse_samples",
+         "expected 'step' (per time step) or 'all' (every frame of the batch)")
 
 
 # Keys that moved since checkpoints were first written: old dotted path -> new dotted path.

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def flat_scalars(results: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
     """The headline numbers of `evaluate`'s results as flat scalars (for metric writers):
-    per horizon h `pred_l1/h`, `copy_l1/h`, `l1_vs_copy/h`; per embodiment `act/<emb>/mae|r2`;
+    per horizon h `pred_l1/h`, `copy_l1/h`, `l1_vs_copy/h`, `shuffled_vs_true/h`; per embodiment `act/<emb>/mae|r2`;
     `rank/top1`, `rank/normalized`; `health/*`; the same under `<kind>/` per source kind."""
 
     def group(r: Mapping[str, Any], pre: str) -> dict[str, float]:
@@ -27,6 +27,8 @@ def flat_scalars(results: Mapping[str, Any], prefix: str = "eval/") -> dict[str,
         if pred:
             for h, (l1, c, ratio) in enumerate(zip(pred["l1"], pred["copy_l1"], pred["l1_vs_copy"], strict=True), 1):
                 out[f"{pre}pred_l1/{h}"], out[f"{pre}copy_l1/{h}"], out[f"{pre}l1_vs_copy/{h}"] = l1, c, ratio
+            for h, ratio in enumerate(pred.get("shuffled_vs_true", []), 1):
+                out[f"{pre}shuffled_vs_true/{h}"] = ratio
         for emb, a in r.get("action", {}).items():
             out[f"{pre}act/{emb}/mae"], out[f"{pre}act/{emb}/r2"] = a["mae_mean"], a["r2_mean"]
             out[f"{pre}act/{emb}/policy_mae"] = a["policy_mae_mean"]
@@ -61,7 +63,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines += ["", "Latent prediction (rollout from frame 0)   " + "".join(f"   h={h:<3d}" for h in hs)]
         for label, key in (("  model L1", "l1"), ("  copy-last-frame L1", "copy_l1"), ("  model / copy L1", "l1_vs_copy"),
                            ("  model cosine", "cos"), ("  copy-last-frame cosine", "copy_cos"),
-                           ("  model / copy L1, latent-action cond.", "latent_l1_vs_copy")):
+                           ("  model / copy L1, latent-action cond.", "latent_l1_vs_copy"),
+                           ("  shuffled actions / true actions L1", "shuffled_vs_true")):
             lines.append(f"{label:<43s}" + "".join(f"{_fmt(v):>8s}" for v in pred[key]))
     for emb, act in (results.get("action") or {}).items():
         lines += ["", f"Action heads, embodiment {emb!r} ({act['num_transitions']} labeled transitions, robot units)",

@@ -12,7 +12,9 @@ warning). Metrics (overall, per source, per kind robot / video):
 
 - latent prediction: L1 and cosine between the k-step autoregressive rollout from frame 0 and the
   target latents, per horizon 1..k, next to the copy-last-frame baseline (predicting z_0 for every
-  future step); a world model is useful only where it beats the copy;
+  future step); a world model is useful only where it beats the copy. Action sensitivity: the
+  same rollout with the labeled steps conditioned on another clip's actions (`shuffled_l1`;
+  `shuffled_vs_true` = shuffled_l1 / l1 > 1 when the model uses the actions);
 - action heads (labeled clips, in the robot's own units): per-dimension MAE and R^2 of the inverse
   dynamics head (z_t, z_{t+1}) -> a_t, and MAE of the policy head's first action (goal = last frame);
 - action ranking: for each labeled transition, the rank of the true action's energy
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
 METRICS_JSON = "metrics.json"
-PRED_KEYS = ("l1", "cos", "copy_l1", "copy_cos", "latent_l1")
+PRED_KEYS = ("l1", "cos", "copy_l1", "copy_cos", "latent_l1", "shuffled_l1")
 ACT_KEYS = ("n", "abs", "sq", "y", "y2", "pol_abs")
 
 
@@ -90,12 +92,18 @@ def _batch_sums(model: Any, target: Any, batch: Mapping[str, jax.Array], offset:
     # dynamics are known when the conditioning is right; a gap to l1 means the action pathway limits.
     roll = model.rollout_raw(zbar[:, :1], cond[:, :k], proprio[:, :1], p_mask[:, :1], k)
     roll_u = model.rollout_raw(zbar[:, :1], la.mean[:, :k], proprio[:, :1], p_mask[:, :1], k)
+    # Another clip's actions (the batch rolled by one) on the labeled steps: the rollout error
+    # must rise if the predictor uses the actions at all.
+    g_other = model.action_embedder(jnp.roll(action, 1, axis=0), jnp.roll(a_mask, 1, axis=0), emb)
+    cond_other = jnp.where(labeled[..., None], g_other, cond)
+    roll_s = model.rollout_raw(zbar[:, :1], cond_other[:, :k], proprio[:, :1], p_mask[:, :1], k)
     tgt = zbar[:, 1:k + 1]
     copy0 = jnp.broadcast_to(zbar[:, :1], tgt.shape)
     rv = jnp.cumprod(step_valid[:, :k].astype(jnp.int32), axis=1).astype(bool)
     pred = {"l1": jnp.mean(jnp.abs(roll - tgt), axis=(-2, -1)), "cos": _cosine(roll, tgt),
             "copy_l1": jnp.mean(jnp.abs(copy0 - tgt), axis=(-2, -1)), "copy_cos": _cosine(copy0, tgt),
-            "latent_l1": jnp.mean(jnp.abs(roll_u - tgt), axis=(-2, -1))}
+            "latent_l1": jnp.mean(jnp.abs(roll_u - tgt), axis=(-2, -1)),
+            "shuffled_l1": jnp.mean(jnp.abs(roll_s - tgt), axis=(-2, -1))}
     out = {f"pred/{name}": per_source(v, rv) for name, v in pred.items()}  # [S, k]
     out["pred_n"] = per_source(jnp.ones(rv.shape), rv)
     out["clips"] = jnp.einsum("b,bs->s", jnp.any(tm, axis=1).astype(jnp.float32), onehot)
@@ -325,8 +333,9 @@ class Evaluator:
         n = total("pred_n")
         if n.sum() > 0:
             pred = {k: (total(f"pred/{k}") / np.maximum(n, 1)).tolist() for k in PRED_KEYS}
-            for name, num in (("l1_vs_copy", "l1"), ("latent_l1_vs_copy", "latent_l1")):
-                pred[name] = [a / b if b > 0 else float("nan") for a, b in zip(pred[num], pred["copy_l1"], strict=True)]
+            for name, num, den in (("l1_vs_copy", "l1", "copy_l1"), ("latent_l1_vs_copy", "latent_l1", "copy_l1"),
+                                   ("shuffled_vs_true", "shuffled_l1", "l1")):
+                pred[name] = [a / b if b > 0 else float("nan") for a, b in zip(pred[num], pred[den], strict=True)]
             pred["num_steps"] = n.astype(int).tolist()
             out["prediction"] = pred
         actions = {}
@@ -397,13 +406,13 @@ def _health(total: Callable[[str], np.ndarray], count: float, codes: np.ndarray 
 # Entry points
 
 
-def write_metrics(results: Mapping[str, Any], out_dir: str) -> str:
-    """`out_dir/metrics.json`, atomically (written before any plot: results first)."""
+def write_metrics(results: Mapping[str, Any], out_dir: str, name: str = METRICS_JSON) -> str:
+    """`out_dir/metrics.json` (or `name`), atomically (written before any plot: results first)."""
     from etils import epath
 
-    path = epath.Path(out_dir) / METRICS_JSON
+    path = epath.Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (METRICS_JSON + ".tmp")
+    tmp = path.parent / (name + ".tmp")
     tmp.write_text(json.dumps(_json_safe(results), indent=2))
     tmp.replace(path)
     return str(path)

@@ -174,7 +174,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
 
     from wam_jax.inference import load
     from wam_jax.models import encoder as encoder_lib
-    from wam_jax.models.world_model import normalize_latents
+    from wam_jax.models.world_model import latent_space
 
     t0 = time.time()
     output = os.path.abspath(output)
@@ -254,7 +254,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
             predictor = nnx.merge(pred_graph, tree["predictor"])
             embedder = nnx.merge(emb_graph, tree["action_embedder"])
             cond = embedder(action, action_mask, embodiment_id)
-            return normalize_latents(predictor(latents, cond))
+            return latent_space(predictor(latents, cond), model.spec.pooled)
 
         bs, ss = jax.export.symbolic_shape("b, s")
         specs = (_spec(p_flat), jax.ShapeDtypeStruct((bs, ss, n, d), jnp.float32),

@@ -28,7 +28,7 @@ from wam_jax import sharding
 from wam_jax.models.blocks import BlockStack, layer_norm
 from wam_jax.models.linear import linear
 from wam_jax.models.ops import gelu
-from wam_jax.models.partitioning import ACT_AXES, mesh_optional
+from wam_jax.models.partitioning import ACT_AXES, mesh_optional, ones_init, zeros_init
 from wam_jax.models.positions import grid_positions, rope_3d, sincos_3d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,9 +38,15 @@ POOLS = ("none", "mean")
 
 
 class Projector(nnx.Module):
-    """`Linear -> LayerNorm -> GELU -> Linear`: the pooled frame vector's head (LeWM's projector
-    with LayerNorm in place of BatchNorm: no batch statistics, so a latent never depends on what
-    else is in the batch, and training, planning and export compute the same function)."""
+    """`Linear -> BatchNorm -> GELU -> Linear`: the pooled frame vector's head (LeWM's projector).
+
+    The BatchNorm is what lets an end-to-end encoder start spread out: mean-pooled tokens of
+    frames that differ in a few patches are nearly equal, and normalizing each hidden feature over
+    the batch removes the shared part at once (a per-sample LayerNorm cannot; on PushT it stayed
+    collapsed at effective rank 1.0, BENCHMARKS.md §11). `train=True` (the training encoder)
+    normalizes with the batch and updates the running statistics; otherwise (targets, inference,
+    export) the running statistics are used, so a latent never depends on the rest of its batch.
+    """
 
     @mesh_optional
     def __init__(self, width: int, hidden: int, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
@@ -48,11 +54,15 @@ class Projector(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.dim = dim
         self.fc1 = linear(width, hidden, ("embed", "mlp"), stddev=width**-0.5, **kw)
-        self.norm = layer_norm(hidden, **kw)
+        self.norm = nnx.BatchNorm(hidden, momentum=0.99, epsilon=1e-5, scale_init=ones_init(("norm",)),
+                                  bias_init=zeros_init(("norm",)), **kw)
         self.fc2 = linear(hidden, dim, ("mlp", "embed"), stddev=hidden**-0.5, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(gelu(self.norm(self.fc1(x))))
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        h = self.fc1(x)
+        lead = h.shape[:-1]
+        h = self.norm(h.reshape(-1, h.shape[-1]), use_running_average=not train).reshape(*lead, -1)
+        return self.fc2(gelu(h))
 
 
 def normalize_video(video_uint8: jax.Array | np.ndarray) -> jax.Array:
@@ -296,10 +306,11 @@ class VideoEncoder(nnx.Module):
             positions = positions[keep_idx]  # [B, K, 3]
         return self._transform(x, positions)
 
-    def encode_frames(self, video: jax.Array) -> jax.Array:
+    def encode_frames(self, video: jax.Array, *, train: bool = False) -> jax.Array:
         """Per-step latents: `video` float `[B, T, H, W, 3]` -> `[B, T, N, D]`, every frame encoded
         on its own (folded into the batch; with tubelet 2 the frame fills both tubelet slots, as in
-        V-JEPA 2-AC), so step t's latents depend on frame t only. Pooled: `[B, T, 1, pool.dim]`."""
+        V-JEPA 2-AC), so step t's latents depend on frame t only. Pooled: `[B, T, 1, pool.dim]`;
+        `train=True` normalizes the projector with batch statistics (see `Projector`)."""
         self._check_video(video, "video", clip=False)
         b, t, h, w, c = video.shape
         gh, gw = self.grid
@@ -308,5 +319,5 @@ class VideoEncoder(nnx.Module):
         positions = grid_positions(1, gh, gw)
         z = self._transform(self._add_sincos(x, positions), positions)
         if self.projector is not None:
-            z = self.projector(jnp.mean(z, axis=1, keepdims=True))
+            z = self.projector(jnp.mean(z, axis=1, keepdims=True), train=train)
         return z.reshape(b, t, *self.latent_shape)

@@ -27,7 +27,6 @@ from wam_jax.models.blocks import BlockStack, layer_norm
 from wam_jax.models.linear import linear
 from wam_jax.models.partitioning import ACT_AXES, mesh_optional, normal_init
 
-
 ACTION_CONDS = ("token", "channels", "token_channels", "adaln")
 
 

@@ -3,7 +3,8 @@
 The trained model holds the online encoder and everything downstream of it; the target encoder
 (EMA or frozen copy) is a separate `VideoEncoder` made by `make_target_encoder()`, so its
 parameters never enter the trained `nnx.Param` tree. Latents are per-frame encoder tokens
-layer-normed without affine (`normalize_latents`).
+layer-normed without affine (`normalize_latents`); pooled latents (`model.pool`) are the
+projector's output as is (its scale is SIGReg's business), and so are their predictions.
 
 Which encoder feeds what: the predictor and the latent-action model live in the *target* space
 (inputs and targets from the target encoder, no gradient), the space a planner encodes
@@ -64,6 +65,10 @@ class ModelSpec:
     def tokens_per_frame(self) -> int:
         return self.grid_hw[0] * self.grid_hw[1]
 
+    @property
+    def pooled(self) -> bool:
+        return self.grid_hw == (1, 1)
+
 
 def spec_from_config(cfg: Any) -> ModelSpec:
     ssl_enabled = bool(cfg.ssl.enabled)
@@ -106,9 +111,16 @@ def normalize_latents(z: jax.Array, eps: float = 1e-6) -> jax.Array:
     return (z - mean) * jax.lax.rsqrt(var + eps)
 
 
-def encode_latents(encoder: nnx.Module, video_float: jax.Array) -> jax.Array:
-    """Per-frame latents `[B, T, N, D]` of any `VideoEncoder`, normalized (float32)."""
-    return normalize_latents(encoder.encode_frames(video_float))
+def latent_space(z: jax.Array, pooled: bool) -> jax.Array:
+    """Encoder outputs or predictions -> the latent space (float32): layer-normed patch tokens, or
+    pooled vectors as they are."""
+    return z.astype(jnp.float32) if pooled else normalize_latents(z)
+
+
+def encode_latents(encoder: nnx.Module, video_float: jax.Array, *, train: bool = False) -> jax.Array:
+    """Per-frame latents `[B, T, N, D]` of any `VideoEncoder` (float32); `train`: see
+    `VideoEncoder.encode_frames`."""
+    return latent_space(encoder.encode_frames(video_float, train=train), encoder.projector is not None)
 
 
 def build_model(cfg: Any, rngs: nnx.Rngs) -> WorldActionModel:
@@ -220,10 +232,12 @@ class WorldActionModel(nnx.Module):
 
     # -- internal (unvalidated) computations, shared by the loss and the public API -------------
 
-    def encode_float(self, video_float: jax.Array, encoder: nnx.Module | None = None) -> jax.Array:
-        """Normalized per-frame latents `[B, T, N, D]` (float32) of video already through
-        `normalize_video`, by `encoder` (default: the online encoder)."""
-        return encode_latents(self.encoder if encoder is None else encoder, video_float)
+    def encode_float(self, video_float: jax.Array, encoder: nnx.Module | None = None, *,
+                     train: bool = False) -> jax.Array:
+        """Per-frame latents `[B, T, N, D]` (float32) of video already through `normalize_video`,
+        by `encoder` (default: the online encoder); `train=True` for the encoder being trained
+        (batch statistics in a pooled projector)."""
+        return encode_latents(self.encoder if encoder is None else encoder, video_float, train=train)
 
     def conditioning(self, latents: jax.Array, action: jax.Array, action_mask: jax.Array,
                      embodiment_id: jax.Array, use_action: jax.Array, *,
@@ -270,7 +284,7 @@ class WorldActionModel(nnx.Module):
     def predict_raw(self, z: jax.Array, cond: jax.Array, proprio: jax.Array | None,
                     proprio_mask: jax.Array | None) -> jax.Array:
         """Teacher-forced next latents, normalized like the targets (so rollouts stay in-space)."""
-        return normalize_latents(self.predictor(z, cond, proprio, proprio_mask))
+        return latent_space(self.predictor(z, cond, proprio, proprio_mask), self.spec.pooled)
 
     def rollout_raw(self, z_context: jax.Array, conds: jax.Array, proprio: jax.Array | None,
                     proprio_mask: jax.Array | None, k: int) -> jax.Array:
@@ -283,14 +297,14 @@ class WorldActionModel(nnx.Module):
         pred, cache = self.predictor.prefill(
             z_context.astype(jnp.float32), conds[:, :c], None if proprio is None else proprio[:, :c],
             None if proprio_mask is None else proprio_mask[:, :c])
-        nxt = normalize_latents(pred[:, -1])
+        nxt = latent_space(pred[:, -1], self.spec.pooled)
         outs = [nxt]
         for i in range(1, k):
             s = c + i - 1  # the step `nxt` is the latent of
             # Imagined steps: proprio absent (None is the same input as a false proprio mask).
             pred, cache = self.predictor.extend(nxt[:, None], conds[:, s:s + 1], None, None, cache,
                                                 start=s)
-            nxt = normalize_latents(pred[:, -1])
+            nxt = latent_space(pred[:, -1], self.spec.pooled)
             outs.append(nxt)
         return jnp.stack(outs, axis=1)
 

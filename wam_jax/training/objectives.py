@@ -278,10 +278,10 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     if spec.target == "frozen":
         z = zbar = sg(model.encode_float(video))
     elif spec.target == "online":  # end to end: the targets come from the trained encoder itself
-        z = zbar = model.encode_float(video)
+        z = zbar = model.encode_float(video, train=True)
     else:
         zbar = sg(model.encode_float(video, encoder=target_encoder))
-        z = model.encode_float(video)
+        z = model.encode_float(video, train=True)
     terms: dict[str, jax.Array] = {}
     # Anti-collapse terms on the online latents, one sample per token and time step (before
     # `encoder_from_heads` rescales z's gradient: they are the encoder's own objective).
@@ -372,10 +372,13 @@ def _anti_collapse(z: jax.Array, tm: jax.Array, w: dict[str, float], loss_cfg: A
                    ) -> dict[str, jax.Array]:
     """SIGReg and / or VICReg terms of latents `z [B, T, N, D]`, computed per time step over the
     batch's valid tokens (the statistics of one moment of the world, as LeWM and PLDM take them)
-    and averaged over time steps."""
+    and averaged over time steps; with `loss.collapse_samples='all'` over every valid token of
+    the batch at once (pooled latents on a small CPU batch: T times the samples per test)."""
     b, t, n, d = z.shape
     x = jnp.moveaxis(z, 1, 0).reshape(t, b * n, d)  # [T, B*N, D]
     mask = jnp.repeat(jnp.moveaxis(tm, 1, 0), n, axis=1)  # [T, B*N]
+    if str(loss_cfg["collapse_samples"]) == "all":
+        x, mask = x.reshape(1, t * b * n, d), mask.reshape(1, t * b * n)
     valid_t = jnp.any(mask, axis=1).astype(jnp.float32)
     per_t = lambda v: jnp.sum(v * valid_t) / jnp.maximum(jnp.sum(valid_t), 1.0)  # noqa: E731
     out = {}

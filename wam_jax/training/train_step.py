@@ -346,6 +346,8 @@ def make_train_step(
             tgt = defs.target_encoder(target)
             tgt_params = _pure(nnx.state(tgt, nnx.Param))
             nnx.update(tgt, optim.ema_update(tgt_params, online, m))
+            # Running statistics (a pooled projector's BatchNorm) are copied, not averaged.
+            nnx.update(tgt, nnx.state(online_encoder(model), nnx.BatchStat))
             target = _pure(nnx.state(tgt))
             out["ema_momentum"] = m
         out["lr"] = optim.make_schedule(config.optim, num_steps)(state.step)

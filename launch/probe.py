@@ -1,0 +1,95 @@
+"""Linear probes of a trained encoder against the PushT simulator's ground truth (`wam-eval --probe=pusht`).
+
+Fresh scripted episodes (seeds disjoint from every training, test and planning seed) are rendered
+exactly as the converted data holds frames; every `stride`-th frame is encoded. Ridge probes
+(`wam_jax.inference.probes`) then predict agent x, y and block x, y, cos(angle), sin(angle) on
+held-out episodes from: the trained encoder's latents (the target encoder, the space planning
+uses), the same architecture at its random initialization, and the raw pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+PROBE_SEED_BASE = 950_000  # disjoint from the demo (0+, 300_000+, 600_000+) and planning (900_000+) seeds
+TARGETS = ("agent_x", "agent_y", "block_x", "block_y", "block_cos", "block_sin")
+
+
+def pusht_frames(episodes: int, *, image_size: int, stride: int, steps: int = 100, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frames uint8 `[n, S, S, 3]`, targets `[n, 6]`, episode ids `[n]`) of scripted episodes with
+    extra exploration (noise 1.5, as the action-free demo videos), every `stride`-th frame."""
+    from sim import pusht
+    from sim.rollouts import rollout
+
+    env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
+    frames, targets, groups = [], [], []
+    try:
+        for e in range(episodes):
+            r = rollout(PROBE_SEED_BASE + seed * 10_000 + e, steps, noise_scale=1.5, env=env)
+            for t in range(0, len(r.images), stride):
+                frames.append(pusht.to_model_size(r.images[t], image_size))
+                x, y, a = r.block_pose[t]
+                targets.append([*r.agent_pos[t], x, y, np.cos(a), np.sin(a)])
+                groups.append(e)
+    finally:
+        env.close()
+    return np.stack(frames), np.asarray(targets, np.float64), np.asarray(groups)
+
+
+def _encode_all(model: Any, encoder: Any, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    import jax
+    from flax import nnx
+
+    fn = nnx.jit(lambda m, e, v: m.encode(v, encoder=e))
+    out = []
+    for i in range(0, len(frames), batch):
+        chunk = frames[i:i + batch]
+        pad = batch - len(chunk)
+        v = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])[:, None]
+        out.append(np.asarray(jax.device_get(fn(model, encoder, v)))[: len(chunk), 0])
+    return np.concatenate(out).reshape(len(frames), -1)
+
+
+def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0) -> dict[str, Any]:
+    """Probe R^2 per target for the trained encoder, a randomly initialised one and pixels."""
+    from flax import nnx
+
+    from wam_jax.inference import probes
+    from wam_jax.models.world_model import build_model
+
+    t0 = time.perf_counter()
+    cfg = restored.config
+    fps = float(cfg.data.target_fps)
+    stride = max(1, round(10.0 / fps)) if fps > 0 else 1  # PushT records at 10 Hz
+    frames, y, groups = pusht_frames(episodes, image_size=int(cfg.model.image_size), stride=stride, seed=seed)
+    fresh = build_model(cfg.model, nnx.Rngs(int(cfg.seed) + 1))
+    features = {
+        "trained encoder": _encode_all(restored.model, restored.target, frames),
+        "random-init encoder": _encode_all(fresh, fresh.encoder, frames),
+        "pixels": frames.reshape(len(frames), -1).astype(np.float32) / 255.0,
+    }
+    out: dict[str, Any] = {"episodes": episodes, "frames": int(len(frames)), "stride": stride,
+                           "targets": list(TARGETS), "probes": {}}
+    for name, x in features.items():
+        res = probes.linear_probe(x, y, groups, names=TARGETS, seed=seed)
+        r2 = res["r2"]
+        res["block_pos_r2"] = (r2["block_x"] + r2["block_y"]) / 2
+        res["agent_pos_r2"] = (r2["agent_x"] + r2["agent_y"]) / 2
+        res["block_angle_r2"] = (r2["block_cos"] + r2["block_sin"]) / 2
+        out["probes"][name] = res
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def format_probe(result: dict[str, Any]) -> str:
+    lines = [f"Linear probes to the simulator state ({result['frames']} frames of {result['episodes']} unseen "
+             f"episodes; R^2 on held-out episodes)",
+             f"  {'features':<22s}{'dim':>7s}{'block pos':>11s}{'block angle':>13s}{'agent pos':>11s}"]
+    for name, r in result["probes"].items():
+        lines.append(f"  {name:<22s}{r['feature_dim']:>7d}{r['block_pos_r2']:>11.3f}{r['block_angle_r2']:>13.3f}"
+                     f"{r['agent_pos_r2']:>11.3f}")
+    return "\n".join(lines)
