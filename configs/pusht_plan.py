@@ -37,7 +37,7 @@ import ml_collections as mlc
 
 from configs import pusht_small
 
-DATA_ROOT = "data/pusht_600/converted"
+DATA_ROOT = "data/pusht_mix/converted"
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:

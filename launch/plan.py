@@ -1,4 +1,4 @@
-"""`wam-plan pusht --workdir=DIR [--episodes=N] [--budget=STEPS] [--preset=vjepa2_ac|dino_wm]`
+"""`wam-plan pusht --workdir=DIR [--episodes=N] [--budget=STEPS] [--preset=dino_wm|vjepa2_ac]`
 
 Closed-loop goal reaching in the PushT simulator with a trained world model. Each task is a start
 state and a goal state taken `--goal_offset` steps apart on a scripted demonstration (seeds disjoint
@@ -11,6 +11,11 @@ Methods, on the same tasks (same seeds, same initial states):
             `--execute` steps, warm-started with the previous plan)
   policy    the jointly trained goal-conditioned policy head alone
   random    uniform random actions inside the dataset's q01..q99 action box
+  hold      the agent commanded to its own position (the block stays where it starts)
+
+The default is the stable-worldmodel PushT protocol: goal 25 steps ahead, 50-step budget, CEM with
+300 samples, top 30, 30 iterations, horizon 5 model steps (`--preset=dino_wm`), receding horizon.
+Success rates come with a 95 % Wilson interval: report at least 50 episodes.
 
 Prints success rate, mean final position / angle errors and time per planning step, and writes
 the per-episode record to WORKDIR/plan/pusht_<preset>.json (or --output).
@@ -101,9 +106,22 @@ class Controller(Protocol):
 
     def reset(self, task: PushTTask) -> None: ...
 
-    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
-        """Current frame (uint8 [S, S, 3]) -> actions to execute next, [n, 2] in env units."""
+    def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
+        """Current frame (uint8 [S, S, 3]) and agent position (only baselines read it) -> actions
+        to execute next, [n, 2] in env units."""
         ...
+
+
+class HoldStillController:
+    """Commands the agent's own position: the block stays where it is (the do-nothing bar)."""
+
+    name = "hold still"
+
+    def reset(self, task: PushTTask) -> None:
+        pass
+
+    def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
+        return np.asarray(agent, np.float64)[None]
 
 
 class RandomController:
@@ -117,7 +135,7 @@ class RandomController:
     def reset(self, task: PushTTask) -> None:
         self.rng = np.random.default_rng([self.seed, task.seed])
 
-    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
+    def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
         return self.rng.uniform(self.low, self.high)[None]
 
 
@@ -133,7 +151,7 @@ class PolicyHeadController:
     def reset(self, task: PushTTask) -> None:
         self.goal = self.wm.encode(task.goal_image)
 
-    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
+    def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
         chunk = self.wm.policy(self.wm.encode(frame), self.goal)
         return chunk[: self.execute]
 
@@ -155,7 +173,7 @@ class PlannerController:
         self.prev = None
         self.key = jax.random.key(self.seed * 1_000_003 + task.seed)
 
-    def act(self, frame: np.ndarray, step: int) -> np.ndarray:
+    def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
         import jax
 
         from wam_jax.inference import planning
@@ -188,7 +206,8 @@ def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: in
     steps = 0
     ever = False
     while steps < budget:
-        actions = np.asarray(controller.act(observe(env, image_size), steps), np.float64).reshape(-1, 2)
+        actions = np.asarray(controller.act(observe(env, image_size), steps, pusht.get_state(env)[:2]),
+                             np.float64).reshape(-1, 2)
         for a in actions:
             for _ in range(repeat):
                 if steps >= budget:
@@ -202,12 +221,24 @@ def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: in
             "start_angle_error": start_err[1], "reached_at_some_step": bool(ever)}
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate (sound at 0 / n and n / n, unlike +-2 SE)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def summarize(episodes: list[dict[str, Any]], times: Sequence[float] = ()) -> dict[str, Any]:
     t = np.asarray(times, np.float64)
     steady = t[1:] if t.size > 1 else t  # the first plan includes compilation
+    wins = sum(bool(e["success"]) for e in episodes)
     return {
         "episodes": len(episodes),
         "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else float("nan"),
+        "success_ci95": wilson_interval(wins, len(episodes)),
         "mean_pos_error": float(np.mean([e["pos_error"] for e in episodes])) if episodes else float("nan"),
         "mean_angle_error": float(np.mean([e["angle_error"] for e in episodes])) if episodes else float("nan"),
         "reached_at_some_step": float(np.mean([e["reached_at_some_step"] for e in episodes])) if episodes else float("nan"),
@@ -243,12 +274,14 @@ def evaluate_controllers(controllers: Sequence[Controller], tasks: Sequence[Push
 
 
 def format_results(results: dict[str, Any], header: str) -> str:
-    lines = [header, f"  {'method':<14s}{'success':>9s}{'pos err (px)':>14s}{'angle err (deg)':>17s}"
-                     f"{'s / plan':>10s}{'ever reached':>14s}"]
+    lines = [header, f"  {'method':<20s}{'success':>9s}{'95% interval':>15s}{'pos err (px)':>14s}"
+                     f"{'angle err (deg)':>17s}{'s / plan':>10s}{'ever reached':>14s}"]
     for name, r in results.items():
         t = r.get("plan_s_mean")
-        lines.append(f"  {name:<14s}{r['success_rate']:>9.2f}{r['mean_pos_error']:>14.1f}{r['mean_angle_error']:>17.1f}"
-                     f"{(f'{t:.3f}' if t is not None else '-'):>10s}{r['reached_at_some_step']:>14.2f}")
+        lo, hi = r["success_ci95"]
+        lines.append(f"  {name:<20s}{r['success_rate']:>9.2f}{f'[{lo:.2f}, {hi:.2f}]':>15s}{r['mean_pos_error']:>14.1f}"
+                     f"{r['mean_angle_error']:>17.1f}{(f'{t:.3f}' if t is not None else '-'):>10s}"
+                     f"{r['reached_at_some_step']:>14.2f}")
     return "\n".join(lines)
 
 
@@ -264,16 +297,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--budget", type=int, default=50, help="env steps per episode (no early stop)")
     p.add_argument("--goal_offset", type=int, default=25, help="steps between start and goal on the demonstration")
-    p.add_argument("--preset", default="vjepa2_ac", choices=["vjepa2_ac", "dino_wm"],
-                   help="planner settings: vjepa2_ac (CEM 400x10, horizon 2) or dino_wm (CEM 300x30, "
-                        "horizon 5, ~20x the compute: use an accelerator)")
+    p.add_argument("--preset", default="dino_wm", choices=["vjepa2_ac", "dino_wm"],
+                   help="planner settings: dino_wm (CEM 300 samples, top 30, 30 iterations, horizon 5: the "
+                        "stable-worldmodel PushT protocol, the default) or vjepa2_ac (CEM 400x10, horizon 2)")
     p.add_argument("--method", default=None, choices=["cem", "mppi"], help="override the preset's optimizer")
     p.add_argument("--samples", type=int, default=None, help="override the preset's number of samples")
     p.add_argument("--elites", type=int, default=None)
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--execute", type=int, default=1, help="actions executed per plan (receding horizon)")
-    p.add_argument("--baselines", default="random,policy", help="comma list of baselines to run (random, policy, none)")
+    p.add_argument("--baselines", default="hold,random,policy",
+                   help="comma list of baselines to run (hold, random, policy, none)")
     p.add_argument("--devices", type=int, default=None,
                    help="use the first N devices (default: all; parameters and samples are sharded over them)")
     p.add_argument("--seed", type=int, default=0)
@@ -314,12 +348,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     for b in baselines:
         if b == "policy":
             controllers.append(PolicyHeadController(wm, execute=args.execute))
+        elif b == "hold":
+            controllers.append(HoldStillController())
         elif b == "random":
             lo = space.q01 if space.q01 is not None else space.mean - 2 * space.std
             hi = space.q99 if space.q99 is not None else space.mean + 2 * space.std
             controllers.append(RandomController(lo, hi, seed=args.seed))
         else:
-            raise ValueError(f"--baselines: unknown baseline {b!r}; expected random, policy or none")
+            raise ValueError(f"--baselines: unknown baseline {b!r}; expected hold, random, policy or none")
     results = evaluate_controllers(controllers, tasks, budget=args.budget, image_size=wm.image_size, repeat=repeat)
     header = (f"PushT goal reaching: {args.episodes} episodes, budget {args.budget} steps (no early stop), "
               f"goal {args.goal_offset} demo steps ahead; success = block < 20 px and < 20 deg from the goal\n"

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from sim.pusht import MAX_STEPS, RENDER_SIZE, block_pose, get_state, goal_pose, make_env, render
+from sim.random_policy import RandomPushPolicy
 from sim.scripted_policy import PolicyParams, ScriptedPushPolicy
 from sim.success import is_success
 
@@ -29,17 +30,31 @@ class Rollout:
     coverage: float  # gym_pusht goal coverage at the end
     terminated: bool  # gym_pusht's own success (coverage > 95 %) ended the episode
     seed: int
+    behaviour: str = "scripted"  # 'scripted' (the expert) or 'random' (RandomPushPolicy)
+
+
+BEHAVIOURS = ("scripted", "random")
+
+
+def behaviour_of(seed: int, random_fraction: float) -> str:
+    """The behaviour of the episode of `seed` in a mix with `random_fraction` random-push episodes
+    (a function of the seed alone, so any worker split gives the same data)."""
+    return "random" if np.random.default_rng([seed, 1]).random() < random_fraction else "scripted"
 
 
 def rollout(seed: int, steps: int, *, noise_scale: float = 1.0, image_size: int = RENDER_SIZE,
-            env: Any | None = None) -> Rollout:
-    """One scripted episode from the env's random initial state for `seed`."""
+            env: Any | None = None, behaviour: str = "scripted") -> Rollout:
+    """One episode from the env's random initial state for `seed`, by the scripted expert
+    (`noise_scale` scales its noise) or, `behaviour='random'`, by `RandomPushPolicy`."""
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps={steps} must be in [1, {MAX_STEPS}] (gym_pusht's episode limit)")
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour={behaviour!r}; expected one of {BEHAVIOURS}")
     env = env or make_env(image_size, obs_type="state")
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
-    policy = ScriptedPushPolicy(rng, PolicyParams.sample(rng, noise_scale=noise_scale))
+    policy = (RandomPushPolicy(rng) if behaviour == "random"
+              else ScriptedPushPolicy(rng, PolicyParams.sample(rng, noise_scale=noise_scale)))
     goal = goal_pose(env)
     images, agent, blocks, actions = [render(env)], [get_state(env)[:2]], [block_pose(env)], []
     terminated, coverage = False, 0.0
@@ -63,4 +78,5 @@ def rollout(seed: int, steps: int, *, noise_scale: float = 1.0, image_size: int 
         coverage=coverage,
         terminated=bool(terminated),
         seed=seed,
+        behaviour=behaviour,
     )

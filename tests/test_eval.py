@@ -44,6 +44,10 @@ def test_heldout_eval_writes_metrics_plots_and_groups(heldout) -> None:
     assert vid["latent_l1"] == pytest.approx(vid["l1"], rel=1e-5)
     assert rob["latent_l1"] != pytest.approx(rob["l1"], rel=1e-5)
     assert len(r["prediction"]["latent_l1_vs_copy"]) == 3
+    # Shuffled actions: identical on action-free clips (nothing to shuffle), different on labeled ones.
+    assert vid["shuffled_l1"] == pytest.approx(vid["l1"], rel=1e-5)
+    assert rob["shuffled_l1"] != pytest.approx(rob["l1"], rel=1e-5)
+    assert rob["shuffled_vs_true"] == pytest.approx([s / t for s, t in zip(rob["shuffled_l1"], rob["l1"], strict=True)])
     assert r["per_kind"]["robot"]["num_clips"] + r["per_kind"]["video"]["num_clips"] == r["num_clips"]
     act = r["action"]["square"]
     assert act["dims"] == ["vx", "vy"] and len(act["mae"]) == len(act["r2"]) == 2

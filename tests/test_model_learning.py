@@ -174,3 +174,19 @@ def test_online_encoder_collapses_without_an_anti_collapse_term_and_sigreg_preve
     assert plain["eff_rank"] < 2.0 and plain["std"] < 0.05, plain
     guarded = _collapse_run(sigreg=0.09)
     assert guarded["eff_rank"] > 4.0 and guarded["std"] > 0.3, guarded
+
+
+def test_end_to_end_pooled_adaln_recipe_learns_the_dynamics_and_uses_the_actions():
+    """The planning recipe (configs/pusht_plan.py) in miniature: pooled latents, the encoder trained
+    end to end with SIGReg, AdaLN-zero action conditioning. Held out, the predictor beats the
+    copy baseline by far and shuffling the actions across clips multiplies its error (measured
+    at 300 steps: 0.30x copy, shuffled / true 3.5; 'token_channels': 0.62x, 1.28; BENCHMARKS.md §11)."""
+    cfg = learning_config("online")
+    cfg.model.pool.kind, cfg.model.pool.dim = "mean", 32
+    cfg.model.predictor.action_cond = "adaln"
+    cfg.loss.sigreg, cfg.loss.collapse_samples, cfg.loss.encoder_from_heads = 0.09, "all", 0.0
+    evaluate_batch, _ = train(cfg, 200)
+    r = evaluate(evaluate_batch)
+    assert r["target_std"] > 0.1, r
+    assert r["pred_to_copy"] < 0.6, r
+    assert r["pred_l1_shuffled_actions"] > 1.5 * r["pred_l1"], r

@@ -222,14 +222,19 @@ def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
         def reset(self, task):
             self.actions = rollout(task.seed, 25, image_size=pusht.RENDER_SIZE).actions
 
-        def act(self, frame, step):
-            assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+        def act(self, frame, step, agent):
+            assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8 and agent.shape == (2,)
             return self.actions[step:step + 2]  # two at a time: the budget still counts env steps
 
-    res = plan.evaluate_controllers([Replay(), plan.RandomController(np.array([20, 20]), np.array([490, 490]))],
-                                    tasks, budget=25, image_size=32, progress=False)
+    controllers = [Replay(), plan.RandomController(np.array([20, 20]), np.array([490, 490])),
+                   plan.HoldStillController()]
+    res = plan.evaluate_controllers(controllers, tasks, budget=25, image_size=32, progress=False)
     assert res["replay"]["success_rate"] == 1.0 and res["replay"]["mean_pos_error"] < 1e-3
     assert res["random"]["success_rate"] == 0.0
+    # Holding still leaves the block where it started: the final error is the start error.
+    for e in res["hold still"]["episode_records"]:
+        assert not e["success"] and abs(e["pos_error"] - e["start_pos_error"]) < 1.0
+    assert res["replay"]["success_ci95"][1] == 1.0 and 0.0 < res["replay"]["success_ci95"][0] < 1.0
     assert "planner" not in plan.format_results(res, "x") and "replay" in plan.format_results(res, "x")
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from data_pipelines import records
 from sim.pusht import CONTROL_FPS, GOAL_POSE, MAX_STEPS, RENDER_SIZE, make_env
-from sim.rollouts import Rollout, rollout
+from sim.rollouts import Rollout, behaviour_of, rollout
 from sim.success import pose_error
 
 LANGUAGE = "push the T to the target"
@@ -53,7 +53,7 @@ LANGUAGE = "push the T to the target"
 
 
 def _rollout_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_size: int,
-                   video_paths: Sequence[str] | None = None) -> list[Rollout]:
+                   video_paths: Sequence[str] | None = None, random_fraction: float = 0.0) -> list[Rollout]:
     """Rollouts for `seeds` in one process. With `video_paths`, each rollout is encoded to its mp4
     right here and returned without images (so frames never cross process boundaries)."""
     from data_pipelines.convert import ego4d_writer
@@ -62,7 +62,8 @@ def _rollout_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_s
     out = []
     try:
         for i, seed in enumerate(seeds):
-            r = rollout(seed, steps, noise_scale=noise_scale, image_size=image_size, env=env)
+            r = rollout(seed, steps, noise_scale=noise_scale, image_size=image_size, env=env,
+                        behaviour=behaviour_of(seed, random_fraction))
             if video_paths is not None:
                 # VP9: its encoder output is byte-for-byte reproducible (x264's is not quite).
                 ego4d_writer.encode_video(video_paths[i], r.images, CONTROL_FPS, codec="vp9")
@@ -75,7 +76,7 @@ def _rollout_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_s
 
 def generate_rollouts(seeds: Sequence[int], steps: int, *, noise_scale: float = 1.0,
                       image_size: int = RENDER_SIZE, workers: int = 1,
-                      video_paths: Sequence[str] | None = None) -> list[Rollout]:
+                      video_paths: Sequence[str] | None = None, random_fraction: float = 0.0) -> list[Rollout]:
     """Rollouts for `seeds`, in seed order, deterministic for any `workers` (each rollout depends
     only on its seed). `video_paths` (one per seed): encode mp4s in the workers instead of
     returning images."""
@@ -84,7 +85,7 @@ def generate_rollouts(seeds: Sequence[int], steps: int, *, noise_scale: float = 
         raise ValueError(f"{len(video_paths)} video paths for {len(seeds)} seeds")
     workers = max(1, min(workers, len(seeds)))
     if workers == 1 or len(seeds) < 4:
-        return _rollout_batch(seeds, steps, noise_scale, image_size, video_paths)
+        return _rollout_batch(seeds, steps, noise_scale, image_size, video_paths, random_fraction)
     import multiprocessing as mp
 
     # Interleaved blocks balance the work (episodes that succeed early are shorter).
@@ -92,7 +93,7 @@ def generate_rollouts(seeds: Sequence[int], steps: int, *, noise_scale: float = 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [
             pool.submit(_rollout_batch, [seeds[i] for i in b], steps, noise_scale, image_size,
-                        None if video_paths is None else [video_paths[i] for i in b])
+                        None if video_paths is None else [video_paths[i] for i in b], random_fraction)
             for b in blocks
         ]
         parts = [f.result() for f in futures]
@@ -169,6 +170,9 @@ class DemoSizes:
     test_episodes: int = 10
     steps: int = 100  # control steps per episode at most (10 Hz); an episode ends early on success
     seed: int = 0
+    # Share of episodes (in every set) pushed by `sim.random_policy` instead of the expert: actions
+    # that the frames do not predict, so the world model has to read them (BENCHMARKS.md §11).
+    random_fraction: float = 0.0
 
     def seeds(self) -> dict[str, list[int]]:
         """Disjoint seed ranges per set, so the test episodes never share an initial state."""
@@ -191,6 +195,7 @@ def _summary(rollouts: Sequence[Rollout]) -> dict[str, Any]:
     end_err = [pose_error(r.block_pose[-1], goal)[0] for r in rollouts]
     return {
         "episodes": len(rollouts),
+        "random_episodes": sum(r.behaviour == "random" for r in rollouts),
         "steps": int(sum(len(r.actions) for r in rollouts)),
         "success_rate": float(np.mean([r.success for r in rollouts])) if rollouts else 0.0,
         "terminated_rate": float(np.mean([r.terminated for r in rollouts])) if rollouts else 0.0,
@@ -251,7 +256,8 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
         if not seeds[part]:
             continue
         t0 = time.perf_counter()
-        rollouts = generate_rollouts(seeds[part], sizes.steps, workers=workers)
+        rollouts = generate_rollouts(seeds[part], sizes.steps, workers=workers,
+                                     random_fraction=sizes.random_fraction)
         timings[f"simulate_{part}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         write_rlds(rlds_dirs[part], rollouts, split_tag="train" if part == "labeled" else "test")
@@ -270,7 +276,7 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
         uids = [f"pusht-{i:05d}" for i in range(len(seeds["video"]))]
         paths = [layout.video_path(u) for u in uids]
         rollouts = generate_rollouts(seeds["video"], sizes.steps, noise_scale=VIDEO_NOISE_SCALE,
-                                     workers=workers, video_paths=paths)
+                                     workers=workers, video_paths=paths, random_fraction=sizes.random_fraction)
         for uid in uids:
             layout.register_video(uid, split="train", scenarios=("pusht",),
                                   narrations=[(0.0, f"#C C starts to {LANGUAGE}")])
@@ -324,6 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out labeled episodes (own RLDS builder dir)")
     parser.add_argument("--steps", type=int, default=d.steps, help="max control steps per episode (10 Hz)")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--random_fraction", type=float, default=d.random_fraction,
+                        help="share of episodes pushed at random instead of by the scripted expert")
     parser.add_argument("--image_size", type=int, default=64, help="converted frame size")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--no_convert", action="store_true", help="only generate the sources")
@@ -339,6 +347,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--steps must be in [2, {MAX_STEPS}], got {args.steps}")
     if args.labeled_episodes + args.video_episodes + args.test_episodes == 0:
         raise SystemExit("nothing to generate: all episode counts are 0")
-    sizes = DemoSizes(args.labeled_episodes, args.video_episodes, args.test_episodes, args.steps, args.seed)
+    if not 0.0 <= args.random_fraction <= 1.0:
+        raise ValueError(f"--random_fraction={args.random_fraction}: expected a share in [0, 1]")
+    sizes = DemoSizes(args.labeled_episodes, args.video_episodes, args.test_episodes, args.steps, args.seed,
+                      args.random_fraction)
     return generate(args.output, sizes, workers=args.workers, image_size=args.image_size,
                     convert=not args.no_convert, progress=not args.no_progress, overwrite=args.overwrite)
