@@ -1,6 +1,6 @@
 """Behaviour cloning on frozen exported world-model features vs. the same policy from pixels.
 
-    python examples/downstream_policy.py --export=workdirs/pusht_small/export \\
+    python examples/downstream_policy.py --export=workdirs/pusht_plan/export \\
         --data=data/pusht/converted/pusht_labeled [--test_data=data/pusht/converted/pusht_test]
 
 Takes the encoder exported by `wam-export` (loaded with `wam_jax.load_encoder`: plain JAX, no Flax,

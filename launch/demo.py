@@ -1,14 +1,18 @@
-"""The README's main job: PushT demo data -> real converters -> train -> held-out eval -> export.
+"""The README's main job: PushT demo data -> real converters -> train -> eval -> plan -> export.
 
     ./wam demo                      # or: python -m launch.demo [--workdir=...] [--config=...]
 
-1. Generates PushT episodes with the simulator: labeled demonstrations as a genuine RLDS builder
-   directory, action-free rollouts as mp4 files in the Ego4D layout, a held-out labeled test set.
+1. Generates PushT episodes with the simulator (half pushed by the scripted expert, half by random
+   pushes): labeled episodes as a genuine RLDS builder directory, action-free rollouts as mp4
+   files in the Ego4D layout, a held-out labeled test set.
 2. Converts them with `wam-convert oxe` / `wam-convert ego4d` (the same code users run on
    Open X-Embodiment and Ego4D).
-3. Trains `configs/pusht_small.py` (re-running resumes from the last checkpoint).
-4. Evaluates on the held-out test episodes and prints the metrics table.
-5. Exports the encoder for downstream policies and prints its path.
+3. Trains `configs/pusht_plan.py` (the encoder end to end with SIGReg, pooled latents, AdaLN
+   action conditioning; re-running resumes from the last checkpoint).
+4. Evaluates on the held-out test episodes (prediction vs copy-last, shuffled actions, action
+   heads, ranking) and probes the encoder against the simulator's state next to pixels.
+5. Plans a few held-out PushT goals (`wam-plan pusht`) next to hold-still and random actions.
+6. Exports the encoder for downstream policies and prints its path.
 """
 
 from __future__ import annotations
@@ -19,12 +23,20 @@ import sys
 import time
 from collections.abc import Sequence
 
+# What fits the demo's 10 minutes on 2 cores (BENCHMARKS.md §6.1); the recipe config's docstring
+# gives the larger set.
+DEMO_SIZES = dict(labeled_episodes=300, video_episodes=100, test_episodes=20, random_fraction=0.5)
+DEMO_PLAN_EPISODES = 5
+DEMO_STEPS = 700  # of the recipe's 2000
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="wam demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data/pusht", help="where the PushT demo data is generated")
-    p.add_argument("--workdir", default="workdirs/pusht_small", help="training workdir")
-    p.add_argument("--config", default="configs/pusht_small.py", help="config file (ml-collections)")
+    p.add_argument("--workdir", default="workdirs/pusht_plan", help="training workdir")
+    p.add_argument("--config", default="configs/pusht_plan.py", help="config file (ml-collections)")
+    p.add_argument("--plan_episodes", type=int, default=DEMO_PLAN_EPISODES,
+                   help="held-out PushT goals to plan (0 = skip planning)")
     p.add_argument("--export", default=None, help="export directory (default: WORKDIR/export)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. --config.train.num_steps=100")
@@ -42,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from data_pipelines.convert import pusht
 
     t0 = time.perf_counter()
-    report = pusht.generate(args.data, workers=args.workers)
+    report = pusht.generate(args.data, pusht.DemoSizes(**DEMO_SIZES), workers=args.workers)
     timings["data (generate + convert)"] = time.perf_counter() - t0
     converted = os.path.join(args.data, "converted")
 
@@ -50,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     train_argv = ["wam-train", f"--config={args.config}", f"--workdir={args.workdir}",
-                  f"--config.data.mixture={converted}/pusht_labeled:0.5,{converted}/pusht_video:0.5",
+                  f"--config.data.mixture={converted}/pusht_labeled",
+                  f"--config.train.num_steps={DEMO_STEPS}",
                   "--config.train.export_at_end=False",  # exported below, to --export
                   *args.overrides]
     code = train_launch.main(train_argv)
@@ -58,11 +71,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     timings["train"] = time.perf_counter() - t0
 
-    from wam_jax.inference import eval_report, evaluation, export
+    from launch import plan, probe
+    from wam_jax.inference import eval_report, evaluation, export, load
 
     t0 = time.perf_counter()
     results = evaluation.evaluate(args.workdir, data=os.path.join(converted, "pusht_test"))
-    timings["eval"] = time.perf_counter() - t0
+    probed = probe.probe_pusht(load.restore(args.workdir), episodes=30)
+    evaluation.write_metrics(probed, os.path.dirname(results["metrics_path"]), name="probe_pusht.json")
+    timings["eval + probe"] = time.perf_counter() - t0
+    planned = None
+    if args.plan_episodes > 0:
+        t0 = time.perf_counter()
+        planned = plan.main(["pusht", f"--workdir={args.workdir}", f"--episodes={args.plan_episodes}",
+                             "--baselines=hold,random"])
+        timings["plan"] = time.perf_counter() - t0
     export_dir = args.export or os.path.join(args.workdir, "export")
     t0 = time.perf_counter()
     export.export(args.workdir, export_dir)
@@ -71,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(eval_report.format_table(results))
+    print()
+    print(probe.format_probe(probed))
+    if planned is not None:
+        print()
+        print(plan.format_results(planned["results"], f"PushT planning, {args.plan_episodes} held-out goals "
+                                                      f"(budget {planned['budget']} steps, goal {planned['goal_offset']} "
+                                                      "steps ahead)"))
     print()
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(f"PushT data: {args.data} ({report.get('timings_s', {}).get('total', 0):.0f} s when generated)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-PROBE_SEED_BASE = 950_000  # disjoint from the demo (0+, 300_000+, 600_000+) and planning (900_000+) seeds
+PROBE_SEED_BASE = 970_000  # disjoint from the demo data (0+, 300_000+, 600_000+), wam-plan (900_000+) and the example (950_000+)
 TARGETS = ("agent_x", "agent_y", "block_x", "block_y", "block_cos", "block_sin")
 
 

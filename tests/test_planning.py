@@ -247,8 +247,8 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
     record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=3", "--samples=16",
                         "--iterations=2", "--horizon=2", "--devices=1", f"--output={out}"])
     res = record["results"]
-    assert set(res) == {"planner (vjepa2_ac)", "policy", "random"}
-    planner = res["planner (vjepa2_ac)"]
+    assert set(res) == {"planner (dino_wm)", "hold still", "policy", "random"}
+    planner = res["planner (dino_wm)"]
     assert planner["num_plans"] == 3 and planner["episodes"] == 1 and planner["plan_s_first"] > 0
     assert record["planner"]["num_samples"] == 16 and record["planner"]["horizon"] == 2
     assert "success" in capsys.readouterr().out

@@ -187,7 +187,8 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
         raise ValueError(f"{path} is already an export; export from a training workdir")
     cfg = restored.config
     s = int(cfg.model.image_size)
-    n, d = restored.target.num_patches, restored.target.width
+    n, d = restored.target.latent_shape
+    pooled = restored.target.projector is not None
     os.makedirs(output)
 
     # -- encoder artifact: f(params_flat, video) with params as an argument, not constants. It
@@ -227,9 +228,13 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
         "normalization": {"applied_inside_artifact": True, "formula": "(x / 255 - mean) / std",
                           "scale": 1.0 / 255.0, "mean": list(encoder_lib.IMAGENET_MEAN),
                           "std": list(encoder_lib.IMAGENET_STD)},
-        "output": {"shape": ["b", "t", n, d], "dtype": "float32", "grid": [gh, gw],
-                   "token_order": "row-major over the (H/p, W/p) patch grid",
-                   "normalization": "per-token layer norm without affine (the predictor's latent space)"},
+        "output": ({"shape": ["b", "t", n, d], "dtype": "float32", "grid": [1, 1],
+                    "token_order": "one vector per frame: the patch tokens mean-pooled and projected",
+                    "normalization": "none (the projector's output, the predictor's latent space)"}
+                   if pooled else
+                   {"shape": ["b", "t", n, d], "dtype": "float32", "grid": [gh, gw],
+                    "token_order": "row-major over the (H/p, W/p) patch grid",
+                    "normalization": "per-token layer norm without affine (the predictor's latent space)"}),
         "patch_size": int(cfg.model.patch_size), "tubelet": int(cfg.model.tubelet),
         "per_frame": True, "encoder": "target", "target_type": str(cfg.model.target),
     }

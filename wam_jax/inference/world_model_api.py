@@ -70,7 +70,7 @@ class WorldModel:
         self.action_spaces = action_spaces_from_info(info, int(config.model.action_dim), path)
         self._default_embodiment = embodiment
         self._target_graph, self._target_state = nnx.split(target)
-        self.latent_shape = (target.num_patches, target.width)
+        self.latent_shape = target.latent_shape
         if model is not None:
             self._model_graph, self._model_state = nnx.split(model)
             self.spec = model.spec
