@@ -27,12 +27,12 @@ from collections.abc import Sequence
 # gives the larger set.
 DEMO_SIZES = dict(labeled_episodes=300, video_episodes=100, test_episodes=20, random_fraction=0.5)
 DEMO_PLAN_EPISODES = 5
-DEMO_STEPS = 700  # of the recipe's 2000
+DEMO_STEPS = 600  # of the recipe's 2000
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="wam demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="data/pusht", help="where the PushT demo data is generated")
+    p.add_argument("--data", default="data/pusht_demo", help="where the PushT demo data is generated")
     p.add_argument("--workdir", default="workdirs/pusht_plan", help="training workdir")
     p.add_argument("--config", default="configs/pusht_plan.py", help="config file (ml-collections)")
     p.add_argument("--plan_episodes", type=int, default=DEMO_PLAN_EPISODES,

@@ -254,3 +254,9 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
     assert "success" in capsys.readouterr().out
     with open(out) as f:
         assert json.load(f)["budget"] == 3
+    # Warm start from the policy head: same harness, the planner starts each plan from its chunk.
+    record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=2", "--samples=8",
+                        "--iterations=1", "--horizon=6", "--devices=1", "--baselines=none",
+                        "--warm_start=policy", f"--output={out}"])
+    assert record["warm_start"] == "policy"
+    assert record["results"]["planner (dino_wm, policy warm start)"]["num_plans"] == 2

@@ -89,6 +89,29 @@ def test_scripted_policy_pushes_the_block_and_is_deterministic():
     assert not np.array_equal(runs[1].actions[:10], runs[2].actions[:10])
 
 
+def test_behaviour_mix_is_a_function_of_the_seed_and_random_pushes_move_the_block():
+    from sim.rollouts import behaviour_of
+
+    kinds = [behaviour_of(s, 0.5) for s in range(400)]
+    assert kinds == [behaviour_of(s, 0.5) for s in range(400)]
+    assert 0.4 < kinds.count("random") / 400 < 0.6
+    assert {behaviour_of(s, 0.0) for s in range(50)} == {"scripted"}
+    assert {behaviour_of(s, 1.0) for s in range(50)} == {"random"}
+    env = pusht.make_env(obs_type="state")
+    try:
+        runs = [rollout(seed, 60, env=env, behaviour="random") for seed in (1, 2, 3, 4)]
+        again = rollout(1, 60, env=env, behaviour="random")
+    finally:
+        env.close()
+    np.testing.assert_array_equal(again.actions, runs[0].actions)
+    assert all(r.behaviour == "random" for r in runs)
+    assert all(np.all((r.actions >= pusht.WORKSPACE[0]) & (r.actions <= pusht.WORKSPACE[1])) for r in runs)
+    moved = [np.linalg.norm(r.block_pose[-1, :2] - r.block_pose[0, :2]) for r in runs]
+    assert max(moved) > 20, moved
+    with pytest.raises(ValueError, match="behaviour"):
+        rollout(1, 5, behaviour="expert")
+
+
 def test_sim_imports_neither_data_pipelines_nor_wam_jax():
     """`sim` sits below both the data generator and the planning evaluation that use it."""
     import subprocess
@@ -214,4 +237,7 @@ def test_cli_validation(tmp_path):
         pusht_demo.main(args)
     args = parser.parse_args([f"--output={tmp_path / 'x'}", "--steps=1"])
     with pytest.raises(SystemExit, match="--steps"):
+        pusht_demo.main(args)
+    args = parser.parse_args([f"--output={tmp_path / 'x'}", "--random_fraction=1.5"])
+    with pytest.raises(SystemExit, match="--random_fraction"):
         pusht_demo.main(args)

@@ -269,3 +269,18 @@ def test_step_flops_counts_every_scanned_layer(mixture):
     flops = ts.step_flops(config, mesh)
     assert flops == pytest.approx(float(unrolled["flops"]), rel=0.02)
     assert flops > 1.3 * float(scanned["flops"])
+
+
+def test_pooled_online_target_copies_the_projectors_running_statistics(mixture):
+    """Pooled latents: the projector's BatchNorm statistics are state, not parameters; the train
+    step carries them and copies them into the target encoder (what inference and exports use)."""
+    cfg = rf.tiny_config(mixture, **{"model.target": "online", "loss.sigreg": 0.09, "model.pool.kind": "mean",
+                                     "model.pool.dim": 16, "mesh.ici_data": 1, "mesh.ici_fsdp": 1})
+    _, state, losses, _, first = _run(cfg, jax.devices()[:1], _loader_batches(cfg, 2), keep_first=True)
+    assert all(np.isfinite(losses))
+    online = jax.device_get(state.model_state["encoder"]["projector"]["norm"])
+    target = jax.device_get(state.target["projector"]["norm"])
+    start = first["model_state"]["encoder"]["projector"]["norm"]
+    for name in ("mean", "var"):
+        np.testing.assert_array_equal(target[name], online[name])
+        assert np.abs(online[name] - start[name]).max() > 1e-4  # updated from batch statistics

@@ -303,3 +303,12 @@ def test_compile_cli_reports_memory_and_fit(session_config_file):
     for field in ("arguments", "outputs", "temporaries", "total/device", "fits             yes"):
         assert field in out.stdout, out.stdout
     assert "{'data': 2, 'fsdp': 4, 'tensor': 1}" in out.stdout
+
+
+def test_progress_line_shows_step_loss_speed_eta_and_data_wait():
+    from wam_jax.training.metrics import progress_line
+
+    line = progress_line(200, 2000, {"loss": 1.23456, "perf/step_time_s": 0.5, "perf/data_wait_s": 0.05})
+    assert line == "step 200/2000 (10%) | loss 1.235 | 2.00 steps/s | ETA 15m00s | data wait 10%"
+    assert "ETA 13h53m20s" in progress_line(0, 100_000, {"loss": 1.0, "perf/step_time_s": 0.5})
+    assert progress_line(5, 10, {"loss": 2.0}) == "step 5/10 (50%) | loss 2"

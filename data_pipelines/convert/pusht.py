@@ -348,7 +348,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.labeled_episodes + args.video_episodes + args.test_episodes == 0:
         raise SystemExit("nothing to generate: all episode counts are 0")
     if not 0.0 <= args.random_fraction <= 1.0:
-        raise ValueError(f"--random_fraction={args.random_fraction}: expected a share in [0, 1]")
+        raise SystemExit(f"--random_fraction must be a share in [0, 1], got {args.random_fraction}")
     sizes = DemoSizes(args.labeled_episodes, args.video_episodes, args.test_episodes, args.steps, args.seed,
                       args.random_fraction)
     return generate(args.output, sizes, workers=args.workers, image_size=args.image_size,

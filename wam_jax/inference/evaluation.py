@@ -12,9 +12,8 @@ warning). Metrics (overall, per source, per kind robot / video):
 
 - latent prediction: L1 and cosine between the k-step autoregressive rollout from frame 0 and the
   target latents, per horizon 1..k, next to the copy-last-frame baseline (predicting z_0 for every
-  future step); a world model is useful only where it beats the copy. Action sensitivity: the
-  same rollout with the labeled steps conditioned on another clip's actions (`shuffled_l1`;
-  `shuffled_vs_true` = shuffled_l1 / l1 > 1 when the model uses the actions);
+  future step); a world model is useful only where it beats the copy. `shuffled_l1`: the same
+  rollout under another clip's actions (`shuffled_vs_true` > 1 when the actions are used);
 - action heads (labeled clips, in the robot's own units): per-dimension MAE and R^2 of the inverse
   dynamics head (z_t, z_{t+1}) -> a_t, and MAE of the policy head's first action (goal = last frame);
 - action ranking: for each labeled transition, the rank of the true action's energy
@@ -68,10 +67,12 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _batch_sums(model: Any, target: Any, batch: Mapping[str, jax.Array], offset: jax.Array, scale: jax.Array,
-                noise: jax.Array, num_sources: int) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+                noise: jax.Array, other_action: jax.Array, other_mask: jax.Array, num_sources: int
+                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """One batch -> (per-source sums `[S, ...]`, the latent-action codes of its transitions).
 
-    offset / scale `[S, A]`: robot units = normalized * scale + offset, per source."""
+    offset / scale `[S, A]`: robot units = normalized * scale + offset, per source; other_action /
+    other_mask: another clip's actions for each clip (the shuffled-action rollout)."""
     tm, action, a_mask = batch["timestep_mask"], batch["action"], batch["action_mask"]
     proprio, p_mask, emb = batch["proprio"], batch["proprio_mask"], batch["embodiment_id"]
     zbar = model.encode(batch["video"], encoder=target)  # [B, T, N, D]
@@ -92,9 +93,9 @@ def _batch_sums(model: Any, target: Any, batch: Mapping[str, jax.Array], offset:
     # dynamics are known when the conditioning is right; a gap to l1 means the action pathway limits.
     roll = model.rollout_raw(zbar[:, :1], cond[:, :k], proprio[:, :1], p_mask[:, :1], k)
     roll_u = model.rollout_raw(zbar[:, :1], la.mean[:, :k], proprio[:, :1], p_mask[:, :1], k)
-    # Another clip's actions (the batch rolled by one) on the labeled steps: the rollout error
-    # must rise if the predictor uses the actions at all.
-    g_other = model.action_embedder(jnp.roll(action, 1, axis=0), jnp.roll(a_mask, 1, axis=0), emb)
+    # Another clip's actions on the labeled steps (rolled by the host: a roll over the sharded batch
+    # is a collective): the error must rise if the predictor uses the actions at all.
+    g_other = model.action_embedder(other_action, other_mask, emb)
     cond_other = jnp.where(labeled[..., None], g_other, cond)
     roll_s = model.rollout_raw(zbar[:, :1], cond_other[:, :k], proprio[:, :1], p_mask[:, :1], k)
     tgt = zbar[:, 1:k + 1]
@@ -152,11 +153,12 @@ def _batch_sums(model: Any, target: Any, batch: Mapping[str, jax.Array], offset:
 
 
 def _step(mgraph: Any, tgraph: Any, mstate: Any, tstate: Any, batch: Mapping[str, jax.Array], offset: jax.Array,
-          scale: jax.Array, noise: jax.Array, *, num_sources: int, codes: bool):
+          scale: jax.Array, noise: jax.Array, other_action: jax.Array, other_mask: jax.Array, *,
+          num_sources: int, codes: bool):
     from flax import nnx
 
     sums, code_out = _batch_sums(nnx.merge(mgraph, mstate), nnx.merge(tgraph, tstate), batch, offset, scale,
-                                 noise, num_sources)
+                                 noise, other_action, other_mask, num_sources)
     return sums, (code_out if codes else {})
 
 
@@ -281,7 +283,8 @@ class Evaluator:
                                    + a_mask.shape[2:])
                 noise = (noise * a_mask[:, :, None]).astype(np.float32)
                 placed = {k: self._place(batch[k], mesh) for k in BATCH_KEYS}
-                out = fn(mgraph, tgraph, mstate, tstate, placed, offset, scale, self._place(noise, mesh))
+                others = [self._place(np.roll(np.asarray(batch[k]), 1, axis=0), mesh) for k in ("action", "action_mask")]
+                out = fn(mgraph, tgraph, mstate, tstate, placed, offset, scale, self._place(noise, mesh), *others)
                 if pending is not None:
                     collect(pending)
                 pending, n_batches = out, n_batches + 1

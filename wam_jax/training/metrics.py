@@ -213,6 +213,21 @@ def _to_float(v: Any) -> float:
     return float(np.asarray(v))
 
 
+def progress_line(step: int, num_steps: int, scalars: Mapping[str, float]) -> str:
+    """`step 200/2000 (10%) | loss 1.234 | 2.17 steps/s | ETA 13m49s | data wait 3%`: what a
+    person watching a run wants at each log step (the full scalars go to TensorBoard / jsonl)."""
+    parts = [f"step {step}/{num_steps} ({100 * step / max(num_steps, 1):.0f}%)", f"loss {scalars['loss']:.4g}"]
+    step_time = scalars.get("perf/step_time_s")
+    if step_time:
+        eta = int(round(max(num_steps - step, 0) * step_time))
+        parts += [f"{1 / step_time:.2f} steps/s", f"ETA {eta // 3600}h{eta // 60 % 60:02d}m{eta % 60:02d}s"
+                  if eta >= 3600 else f"ETA {eta // 60}m{eta % 60:02d}s"]
+        wait = scalars.get("perf/data_wait_s")
+        if wait is not None:
+            parts.append(f"data wait {100 * wait / step_time:.0f}%")
+    return " | ".join(parts)
+
+
 class MetricsLogger:
     """TensorBoard (clu) + metrics.jsonl on process 0, plain logging elsewhere."""
 
@@ -221,6 +236,7 @@ class MetricsLogger:
         from clu import metric_writers, periodic_actions
 
         self.primary = jax.process_index() == 0
+        self.num_steps = int(num_steps)
         self.writer = metric_writers.create_default_writer(
             workdir if self.primary else None, just_logging=not self.primary, asynchronous=True
         )
@@ -246,6 +262,8 @@ class MetricsLogger:
         self.writer.write_scalars(step, scalars)
         if self.jsonl is not None:
             self.jsonl.write(step, scalars)
+        if self.primary and "loss" in scalars:
+            log.info("%s", progress_line(step, self.num_steps, scalars))
 
     def write_hparams(self, params: Mapping[str, Any]) -> None:
         if self.primary:
