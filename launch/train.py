@@ -113,10 +113,12 @@ def _auto_cluster() -> bool:
 
 def main(argv: Sequence[str]) -> int:
     config, fv = parse_flags(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(fv.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s] %(message)s",
-    )
+    level = getattr(logging, str(fv.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+    # basicConfig does nothing when an import (TensorFlow, absl) configured the root logger first,
+    # as in `./wam demo`; our loggers then inherit its WARNING and the progress lines vanish.
+    for ours in ("wam_jax", "wam-train", "data_pipelines"):
+        logging.getLogger(ours).setLevel(level)
     for noisy in ("absl", "jax._src", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     multi = maybe_initialize_distributed(fv.coordinator, fv.num_processes, fv.process_id, fv.init_timeout,
