@@ -8,7 +8,9 @@
 2. Converts them with `wam-convert oxe` / `wam-convert ego4d` (the same code users run on
    Open X-Embodiment and Ego4D).
 3. Trains `configs/pusht_plan.py` (the encoder end to end with SIGReg, pooled latents, AdaLN
-   action conditioning; re-running resumes from the last checkpoint).
+   action conditioning; re-running resumes from the last checkpoint) on the labeled episodes.
+   The action-free videos go through the Ego4D converter but not into training: whether they help
+   this recipe is not measured yet (the comparison in BENCHMARKS.md §7 is the previous recipe's).
 4. Evaluates on the held-out test episodes (prediction vs copy-last, shuffled actions, action
    heads, ranking) and probes the encoder against the simulator's state next to pixels.
 5. Plans a few held-out PushT goals (`wam-plan pusht`) next to hold-still and random actions.

@@ -63,8 +63,10 @@ def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0) -> dict[str
 
     t0 = time.perf_counter()
     cfg = restored.config
+    from sim.pusht import CONTROL_FPS
+
     fps = float(cfg.data.target_fps)
-    stride = max(1, round(10.0 / fps)) if fps > 0 else 1  # PushT records at 10 Hz
+    stride = max(1, round(CONTROL_FPS / fps)) if fps > 0 else 1  # the training frame stride
     frames, y, groups = pusht_frames(episodes, image_size=int(cfg.model.image_size), stride=stride, seed=seed)
     fresh = build_model(cfg.model, nnx.Rngs(int(cfg.seed) + 1))
     features = {

@@ -260,3 +260,24 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
                         "--warm_start=policy", f"--output={out}"])
     assert record["warm_start"] == "policy"
     assert record["results"]["planner (dino_wm, policy warm start)"]["num_plans"] == 2
+
+
+def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
+    """`wam-eval --probe=pusht`'s work: fresh simulator episodes at the model's frame size, ridge
+    probes for the trained encoder, a random-init one and pixels, each on held-out episodes."""
+    from launch import probe
+    from tests.test_world_model_api import shared_workdir
+    from wam_jax.inference import load
+
+    workdir, _ = shared_workdir(tmp_path_factory)
+    restored = load.restore(workdir)
+    res = probe.probe_pusht(restored, episodes=4)
+    assert set(res["probes"]) == {"trained encoder", "random-init encoder", "pixels"}
+    s = int(restored.config.model.image_size)
+    assert res["probes"]["pixels"]["feature_dim"] == s * s * 3
+    n, d = restored.target.latent_shape
+    assert res["probes"]["trained encoder"]["feature_dim"] == n * d
+    for r in res["probes"].values():
+        assert set(r["r2"]) == set(probe.TARGETS) and r["test_groups"] == 1
+        assert all(np.isfinite(v) for v in r["r2"].values())
+    assert "block pos" in probe.format_probe(res)
