@@ -151,5 +151,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.train.eval_max_clips = 0  # clips per periodic eval (0 = the whole held-out split)
     c.train.profile_steps = 0  # capture a profile of this many steps after warm-up (0 = off)
     c.train.export_at_end = True
+    # Stop after this many consecutive non-finite steps (each is skipped; checked at log steps).
+    c.train.max_nonfinite_steps = 20
     c.train.compilation_cache_dir = ""  # persistent XLA cache: a resumed run skips compiling ("" = off)
     return c

@@ -152,6 +152,17 @@ def write_dataset(
     return directory
 
 
+def loader_batches(config, n: int) -> list[dict[str, np.ndarray]]:
+    """The first `n` host batches of `config`'s training stream (process 0 of 1)."""
+    from data_pipelines import loader
+
+    it = loader.make_iterator(config, split="train", process_index=0, process_count=1, seed=int(config.seed))
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        it.close()
+
+
 def write_mixture(root: str, image_size: int = 32) -> str:
     """A labeled robot dataset plus a video-only one; returns the `config.data.mixture` string."""
     robot = write_dataset(os.path.join(root, "robot"), kind="robot", image_size=image_size, seed=1)

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipelines import loader
 from tests import runtime_fixtures as rf
 from wam_jax import sharding
 from wam_jax.training import optim
@@ -21,14 +20,6 @@ NUM_STEPS = 5
 @pytest.fixture(scope="module")
 def mixture(tmp_path_factory):
     return rf.write_mixture(str(tmp_path_factory.mktemp("data")))
-
-
-def _loader_batches(config, n: int) -> list[dict[str, np.ndarray]]:
-    it = loader.make_iterator(config, split="train", process_index=0, process_count=1, seed=int(config.seed))
-    try:
-        return [next(it) for _ in range(n)]
-    finally:
-        it.close()
 
 
 def _run(config, devices, batches, *, model_factory=ts.default_model_factory, loss_fn=None, keep_first=False):
@@ -50,7 +41,7 @@ def _run(config, devices, batches, *, model_factory=ts.default_model_factory, lo
 def runs(mixture):
     one = rf.tiny_config(mixture, **{"mesh.ici_data": 1, "mesh.ici_fsdp": 1})
     eight = rf.tiny_config(mixture)  # data 2 x fsdp 4
-    batches = _loader_batches(eight, NUM_STEPS)
+    batches = rf.loader_batches(eight, NUM_STEPS)
     r1 = _run(one, jax.devices()[:1], batches, keep_first=True)
     r8 = _run(eight, jax.devices()[:8], batches)
     return {"one": r1, "eight": r8, "config": eight}
@@ -145,7 +136,7 @@ def test_online_target_mirrors_the_trained_encoder(mixture):
     its exact copy after every step."""
     cfg = rf.tiny_config(mixture, **{"model.target": "online", "loss.sigreg": 0.09,
                                      "mesh.ici_data": 1, "mesh.ici_fsdp": 1})
-    _, state, losses, metrics, first = _run(cfg, jax.devices()[:1], _loader_batches(cfg, 2), keep_first=True)
+    _, state, losses, metrics, first = _run(cfg, jax.devices()[:1], rf.loader_batches(cfg, 2), keep_first=True)
     assert all(np.isfinite(losses)) and float(metrics[0]["loss/sigreg"]) > 0
     encoder, target = jax.device_get(state.params["encoder"]), jax.device_get(state.target)
     for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(encoder), strict=True):
@@ -159,7 +150,7 @@ def test_gradient_accumulation_equals_full_batch(mixture):
     """Micro-batches (strided over the data-parallel devices) average to the full-batch step."""
     robot_only = mixture.split(",")[0].split(":")[0]
     base = rf.tiny_config(robot_only)
-    batches = _loader_batches(base, 2)
+    batches = rf.loader_batches(base, 2)
     out = {}
     for accum in (1, 2):
         cfg = rf.tiny_config(robot_only, **{"optim.grad_accum": accum})
@@ -276,7 +267,7 @@ def test_pooled_online_target_copies_the_projectors_running_statistics(mixture):
     step carries them and copies them into the target encoder (what inference and exports use)."""
     cfg = rf.tiny_config(mixture, **{"model.target": "online", "loss.sigreg": 0.09, "model.pool.kind": "mean",
                                      "model.pool.dim": 16, "mesh.ici_data": 1, "mesh.ici_fsdp": 1})
-    _, state, losses, _, first = _run(cfg, jax.devices()[:1], _loader_batches(cfg, 2), keep_first=True)
+    _, state, losses, _, first = _run(cfg, jax.devices()[:1], rf.loader_batches(cfg, 2), keep_first=True)
     assert all(np.isfinite(losses))
     online = jax.device_get(state.model_state["encoder"]["projector"]["norm"])
     target = jax.device_get(state.target["projector"]["norm"])

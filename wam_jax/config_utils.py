@@ -173,6 +173,7 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
     need(int(config.train.log_every) > 0, "train.log_every", "must be > 0")
     need(int(config.train.checkpoint_every) >= 0, "train.checkpoint_every", "must be >= 0 (0 = only at the end)")
     need(int(config.train.max_to_keep) >= 1, "train.max_to_keep", "must be >= 1")
+    need(int(config.train.max_nonfinite_steps) >= 1, "train.max_nonfinite_steps", "must be >= 1")
     need(int(config.data.global_batch_size) > 0, "data.global_batch_size", "must be > 0")
     need(int(config.optim.grad_accum) >= 1, "optim.grad_accum", "must be >= 1")
     need(int(config.data.num_frames) >= 2, "data.num_frames", "must be >= 2 (a clip has T-1 transitions)")

@@ -335,9 +335,14 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        param_norm = optax.tree.norm(params)
+        # A non-finite loss, gradient or update is skipped on device (no host sync): the step
+        # counter and the data advance, nothing else changes (`keep_if_finite` below).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
 
         target = state.target
-        out = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params)}
+        out = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
+               "nonfinite": 1.0 - finite.astype(jnp.float32)}
         if defs.ema:
             m = (optim.ema_momentum(state.step, ema_cfg, num_steps) if config.model.target == "ema"
                  else jnp.zeros((), jnp.float32))
@@ -354,10 +359,10 @@ def make_train_step(
         out.update({k: v for k, v in metrics.items() if k not in out})
         new = TrainState(
             step=state.step + 1,
-            params=params,
-            model_state=new_rest,
-            target=target,
-            opt_state=opt_state,
+            params=keep_if_finite(finite, params, state.params),
+            model_state=keep_if_finite(finite, new_rest, state.model_state),
+            target=keep_if_finite(finite, target, state.target),
+            opt_state=keep_if_finite(finite, opt_state, state.opt_state),
             rng=state.rng,
         )
         return new, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
@@ -369,6 +374,11 @@ def make_train_step(
         donate_argnums=(0,),
     )
     return _WithMesh(jitted, mesh)
+
+
+def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where the step was finite, else `old`, leaf by leaf (shapes and shardings kept)."""
+    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
 class _WithMesh:

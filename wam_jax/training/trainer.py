@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
@@ -36,6 +37,17 @@ log = logging.getLogger(__name__)
 
 PeriodicEval = Callable[[int, Any, Any], Mapping[str, float]]  # (step, model, target) -> eval/* scalars
 Export = Callable[[str, str], Any]  # (workdir, export dir): writes the export of the latest checkpoint
+
+
+class NonFiniteError(RuntimeError):
+    """`train.max_nonfinite_steps` consecutive steps had a non-finite loss or gradient."""
+
+
+@jax.jit
+def _count_nonfinite(counts: jax.Array, flag: jax.Array) -> jax.Array:
+    """int32 [2] (consecutive, total) skipped steps, updated on device: no host sync per step."""
+    bad = (flag > 0).astype(jnp.int32)
+    return jnp.stack([(counts[0] + 1) * bad, counts[1] + bad])
 
 
 @dataclasses.dataclass
@@ -197,17 +209,23 @@ def train(
         log_every = max(int(config.train.log_every), 1)
         ckpt_every = int(config.train.checkpoint_every)
         timer = metrics.StepTimer()
-        pending: tuple[int, Any] | None = None
+        max_nonfinite = int(config.train.max_nonfinite_steps)
+        skipped = jnp.zeros(2, jnp.int32)  # (consecutive, total) non-finite steps skipped
+        pending: tuple[int, Any, Any] | None = None
         last: dict[str, float] = {}
         last_saved = step if resumed_from is not None else None
         preempted = False
 
-        def flush(item: tuple[int, Any] | None) -> None:
+        def flush(item: tuple[int, Any, Any] | None) -> None:
             nonlocal last
             if item is None:
                 return
-            s, m = item
+            s, m, counts = item
             values = {k: float(v) for k, v in jax.device_get(m).items()}
+            consecutive, total = (int(x) for x in jax.device_get(counts))
+            values["train/skipped_steps"] = float(total)
+            if consecutive >= max_nonfinite:
+                raise NonFiniteError(nonfinite_message(s, consecutive, values, ckpt, workdir))
             values.update(timer.summary(global_batch=global_batch, flops_per_device=flops, peak=peak))
             values.update(metrics.device_memory(mem))
             values["perf/compile_s"] = compile_s
@@ -246,11 +264,13 @@ def train(
                 break
             timer.add_data_wait(time.perf_counter() - t)
             state, step_metrics = compiled(state, batch)
+            skipped = _count_nonfinite(skipped, step_metrics["nonfinite"])
             step += 1
             timer.tick()
             logger.step_hooks(step)
             flush(pending)  # the previous log step's metrics: that step has finished by now
-            pending = (step, step_metrics) if (step % log_every == 0 or step == num_steps) else None
+            pending = ((step, step_metrics, skipped) if (step % log_every == 0 or step == num_steps)
+                       else None)
             stop = preemption.flag.is_set() or (jax.process_count() > 1 and ckpt.manager.reached_preemption(step))
             if stop or step == num_steps or (ckpt_every > 0 and step % ckpt_every == 0):
                 save(step)
@@ -281,6 +301,18 @@ def train(
         if logger is not None:
             logger.close()
         _close_iterator(batches)
+
+
+def nonfinite_message(step: int, consecutive: int, values: Mapping[str, float], ckpt: Any, workdir: str) -> str:
+    """Names the step, the non-finite loss terms and the last good checkpoint (every saved state is
+    finite: a non-finite step never changes the state)."""
+    bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+    steps = ckpt.all_steps()
+    good = (f"the last good checkpoint is step {steps[-1]} in {ckpt.directory}" if steps
+            else f"no checkpoint was saved in {workdir}")
+    return (f"stopped at step {step}: {consecutive} consecutive steps had a non-finite loss or gradient "
+            f"(non-finite at step {step}: {', '.join(bad) or 'the update'}); those steps were skipped, so "
+            f"{good}. Lower optim.lr, check the data, or raise train.max_nonfinite_steps.")
 
 
 def export_final(workdir: str, export: Export) -> str | None:
