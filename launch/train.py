@@ -26,8 +26,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wam_jax.config_utils import ConfigError
     from wam_jax.sharding import MeshConfigError
     from wam_jax.training.checkpointing import CheckpointMismatchError
+    from wam_jax.training.trainer import NonFiniteError
+    from wam_jax.training.workdir_lock import WorkdirLockError
 
-    return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError)
+    return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError, NonFiniteError,
+            WorkdirLockError)
 
 
 def build_parser() -> config_utils.FlagParser:

@@ -16,6 +16,7 @@ from wam_jax.training import train_step as ts
 
 rf.enable_compile_cache()
 session_mixture = rf.session_mixture
+session_config_file = rf.session_config_file
 
 
 def nan_loss(bad_steps):
@@ -72,3 +73,99 @@ def test_consecutive_non_finite_steps_stop_with_the_step_terms_and_last_good_che
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved["params"]))
     records = {r["step"]: r for r in metrics.read_jsonl(os.path.join(workdir, metrics.METRICS_JSONL))}
     assert records[4]["train/skipped_steps"] == 0 and records[5]["train/skipped_steps"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A second trainer on the same workdir
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _write_lock(workdir, **fields) -> None:
+    import json
+    import socket
+    import time
+
+    from wam_jax.training import workdir_lock
+
+    now = time.time()
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": now - 60, "heartbeat": now,
+            "run_id": "other", **fields}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, workdir_lock.LOCK_NAME), "w") as f:
+        json.dump(info, f)
+
+
+def test_a_live_holder_is_named_and_a_released_lock_is_free(tmp_path):
+    from wam_jax.training import workdir_lock
+
+    lock = workdir_lock.acquire(str(tmp_path))
+    with pytest.raises(workdir_lock.WorkdirLockError) as e:
+        workdir_lock.acquire(str(tmp_path))
+    assert f"pid {os.getpid()}" in str(e.value) and "in use by another trainer" in str(e.value)
+    lock.release()
+    assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+    workdir_lock.acquire(str(tmp_path)).release()
+
+
+def test_the_heartbeat_moves_and_release_leaves_someone_elses_lock(tmp_path):
+    import json
+
+    from wam_jax.training import workdir_lock
+
+    lock = workdir_lock.acquire(str(tmp_path), heartbeat_s=0.05)
+    path = tmp_path / workdir_lock.LOCK_NAME
+    first = json.loads(path.read_text())["heartbeat"]
+    assert rf.wait_for(lambda: json.loads(path.read_text())["heartbeat"] > first, timeout=10, interval=0.05)
+    lock._stop.set()
+    lock._thread.join()
+    _write_lock(str(tmp_path), run_id="someone else")
+    lock.release()
+    assert json.loads(path.read_text())["run_id"] == "someone else"
+
+
+@pytest.mark.parametrize("fields, stale", [
+    ({"pid": None}, True),  # this host, dead process (pid filled in below)
+    ({"host": "elsewhere", "heartbeat": 0.0}, True),  # another host, heartbeat long ago
+    ({"host": "elsewhere"}, False),  # another host, fresh heartbeat: may be running
+])
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog, fields, stale):
+    from wam_jax.training import workdir_lock
+
+    if "pid" in fields:
+        fields = {"pid": _dead_pid()}
+    _write_lock(str(tmp_path), **fields)
+    if not stale:
+        with pytest.raises(workdir_lock.WorkdirLockError, match="host 'elsewhere'"):
+            workdir_lock.acquire(str(tmp_path))
+        return
+    with caplog.at_level("WARNING"):
+        lock = workdir_lock.acquire(str(tmp_path))
+    assert "taking over the workdir lock" in caplog.text
+    lock.release()
+
+
+def test_wam_train_refuses_a_workdir_another_trainer_holds(tmp_path, session_config_file):
+    import subprocess
+    import sys
+
+    from wam_jax.training import workdir_lock
+
+    workdir = str(tmp_path / "run")
+    lock = workdir_lock.acquire(workdir)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "launch.train", f"--config={session_config_file}", f"--workdir={workdir}"],
+            cwd=rf.REPO, env=rf.cli_env(8), capture_output=True, text=True, timeout=300)
+    finally:
+        lock.release()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "in use by another trainer" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))

@@ -30,7 +30,7 @@ import numpy as np
 from etils import epath
 
 from wam_jax import config_utils, sharding
-from wam_jax.training import checkpointing, metrics
+from wam_jax.training import checkpointing, metrics, workdir_lock
 from wam_jax.training import train_step as ts
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,36 @@ def train(
     config_utils.validate(config)
     workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # gs:// workdirs on pods
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = _lock_workdir(workdir)
+    try:
+        return _train(config, workdir, model_factory=model_factory, loss_fn=loss_fn,
+                      periodic_eval=periodic_eval, export=export)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_workdir(workdir: str) -> workdir_lock.WorkdirLock | None:
+    """Process 0 takes the run's one lock; every process fails if it could not."""
+    lock, error = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = workdir_lock.acquire(workdir)
+        except workdir_lock.WorkdirLockError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        held = int(multihost_utils.broadcast_one_to_all(np.int32(lock is not None)))
+        if not held and jax.process_index() != 0:
+            error = f"process 0 could not take the lock of {workdir} (its log names the holder)"
+    if error:
+        raise workdir_lock.WorkdirLockError(error)
+    return lock
+
+
+def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn: ts.LossFn | None,
+           periodic_eval: PeriodicEval | None, export: Export | None) -> TrainResult:
     loader = _loader()
     if config.train.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(config.train.compilation_cache_dir))
