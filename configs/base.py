@@ -116,6 +116,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.prefetch = 2  # device prefetch depth
     c.data.crop_scale = (0.8, 1.0)
     c.data.color_jitter = 0.1
+    # Unreadable records (corrupt chunk, bad JPEG) skipped and logged before the run stops (0 = the first stops it).
+    c.data.max_bad_records = 100
     c.data.heldout_fraction = 0.1  # episodes held out for evaluation (by episode hash)
 
     c.optim = mlc.ConfigDict()

@@ -105,6 +105,7 @@ def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict,
         crop_scale=tuple(config.data.crop_scale),
         color_jitter=float(config.data.color_jitter),
         norm=norm,
+        max_bad_records=int(config.data.max_bad_records),
     )
 
 

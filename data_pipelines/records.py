@@ -174,6 +174,23 @@ def shard_paths(directory: str, info: dict[str, Any] | None = None) -> list[str]
     return [os.path.join(directory, s) for s in info["shards"]]
 
 
+def open_shards(paths: Sequence[str]) -> Any:
+    """One `ArrayRecordDataSource` over `paths`; a shard that cannot be opened (truncated, its
+    footer corrupt) is a DatasetFormatError naming it."""
+    import grain
+
+    try:
+        return grain.sources.ArrayRecordDataSource(list(paths))
+    except RuntimeError as e:
+        for p in paths:
+            try:
+                grain.sources.ArrayRecordDataSource([p])
+            except RuntimeError as shard_error:
+                raise DatasetFormatError(f"{p}: this shard cannot be opened ({shard_error}); "
+                                         f"re-convert the dataset") from e
+        raise
+
+
 def iter_episodes(paths: Sequence[str]) -> Iterator[Episode]:
     """Sequential read of all episodes in the given shards (for stats, tests and eval)."""
     from array_record.python import array_record_data_source

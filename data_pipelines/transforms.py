@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ from PIL import Image
 from data_pipelines import records
 from data_pipelines.mixture import Source
 from data_pipelines.window_index import WindowIndex
+
+log = logging.getLogger(__name__)
 
 NORM_CLIP = 5.0  # normalized actions / proprio are clipped to this many standard deviations
 STD_FLOOR = 1e-6  # constant dims (std 0) normalize to 0 instead of inf
@@ -190,15 +193,30 @@ def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size
     return np.asarray(out, dtype=np.uint8)
 
 
+class BadRecordsError(RuntimeError):
+    """More unreadable records than `config.data.max_bad_records`; lists every one."""
+
+
+class _BadRecord(Exception):
+    pass
+
+
 class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
     """Flat window index of one source -> one example (schema.batch_spec without the batch dim).
 
     Picklable: the ArrayRecord data source reopens its files lazily in each worker process.
+
+    A record that cannot be read (a corrupt ArrayRecord chunk, an undecodable JPEG) is logged with
+    its shard file and index and skipped: training gets None, which Grain drops without changing
+    the iterator's position arithmetic (a resumed iterator yields the same batches); evaluation
+    gets an all-masked example, so batch counts stay fixed. Past `max_bad_records` skips (counted
+    per process, or per worker process with `data.num_workers > 0`) `BadRecordsError` stops the
+    run with the list.
     """
 
     def __init__(self, source: Source, index: WindowIndex, *, image_size: int, action_dim: int,
                  proprio_dim: int, crop_scale: Sequence[float] = (0.8, 1.0), color_jitter: float = 0.0,
-                 norm: Normalization | None = None):
+                 norm: Normalization | None = None, max_bad_records: int = 100):
         if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
             raise ValueError(f"config.data.crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}")
         if not 0.0 <= color_jitter < 1.0:
@@ -214,23 +232,60 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         self.frame_hw = (int(h), int(w))
         self.is_delta = np.asarray(source.action_is_delta, dtype=bool)
         self.norm = norm if norm is not None else Normalization.of_source(source, index.stride)
-        self.data = grain.sources.ArrayRecordDataSource(records.shard_paths(source.path, source.info))
+        self.max_bad_records = int(max_bad_records)
+        self.bad: list[str] = []
+        self.shards = records.shard_paths(source.path, source.info)
+        self.data = records.open_shards(self.shards)
 
-    def random_map(self, element: int, rng: np.random.Generator) -> dict[str, Any]:
+    def random_map(self, element: int, rng: np.random.Generator) -> dict[str, Any] | None:
         box = random_crop_box(rng, *self.frame_hw, self.crop_scale)
         jitter = None
         if self.jitter > 0:
             lo, hi = 1.0 - self.jitter, 1.0 + self.jitter
             jitter = (rng.uniform(lo, hi), rng.uniform(lo, hi), rng.uniform(lo, hi))
-        return self.load(int(element), box, jitter)
+        try:
+            return self.load(int(element), box, jitter)
+        except _BadRecord as e:
+            self._skip(str(e))
+            return None
 
     def map(self, element: int) -> dict[str, Any]:
-        return self.load(int(element), center_crop_box(*self.frame_hw), None)
+        try:
+            return self.load(int(element), center_crop_box(*self.frame_hw), None)
+        except _BadRecord as e:
+            self._skip(str(e))
+            t, s = self.index.num_frames, self.image_size
+            return PaddingClip(num_frames=t, image_size=s, action_dim=self.action_dim,
+                               proprio_dim=self.proprio_dim, dt=self.index.dt).map(element)
+
+    def _where(self, record: int) -> str:
+        """'SHARD record i' for a flat record index (shard lengths are read only on this error path)."""
+        for path in self.shards:
+            n = len(grain.sources.ArrayRecordDataSource([path]))
+            if record < n:
+                return f"{path} record {record}"
+            record -= n
+        return f"{self.source.path} record {record}"
+
+    def _skip(self, what: str) -> None:
+        self.bad.append(what)
+        log.warning("skipping an unreadable record (%d so far, data.max_bad_records=%d): %s",
+                    len(self.bad), self.max_bad_records, what)
+        if len(self.bad) > self.max_bad_records:
+            raise BadRecordsError(
+                f"{len(self.bad)} unreadable records in {self.source.path} (more than "
+                f"data.max_bad_records={self.max_bad_records}): " + "; ".join(self.bad))
+
+    def _episode(self, record: int) -> records.Episode:
+        try:
+            return records.deserialize_episode(self.data[record])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise _BadRecord(f"{self._where(record)}: {type(e).__name__}: {e}") from e
 
     def load(self, window: int, box: tuple[float, float, float, float],
              jitter: tuple[float, float, float] | None) -> dict[str, Any]:
         record, start = self.index.lookup(window)
-        ep = records.deserialize_episode(self.data[record])
+        ep = self._episode(record)
         frames = self.index.frame_indices(start)
         if frames[-1] >= len(ep.frames):
             raise records.DatasetFormatError(
@@ -245,7 +300,11 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
                     f"{self.source.path}: record {record} ({ep.episode_id!r}) has {name} of shape "
                     f"{list(arr.shape)}, but dataset.json says {name}_dim={dim}"
                 )
-        video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size, jitter) for f in frames])
+        try:
+            video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size, jitter) for f in frames])
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for corrupt or truncated JPEGs
+            raise _BadRecord(f"{self._where(record)} ({ep.episode_id!r}), a frame of {list(frames)}: "
+                             f"{type(e).__name__}: {e}") from e
 
         t = self.index.num_frames
         norm = self.norm

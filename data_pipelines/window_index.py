@@ -100,12 +100,11 @@ def read_episode_table(directory: str, info: dict[str, Any] | None = None) -> Ep
     Fast path: `dataset.json` lists `episode_lengths` and `episode_ids` (record order). Otherwise
     every record is read once, parsing only its id and the length of its frame list.
     """
-    from array_record.python import array_record_data_source
 
     info = info or records.read_dataset_info(directory)
     where = os.path.join(directory, records.DATASET_JSON)
     paths = records.shard_paths(directory, info)
-    source = array_record_data_source.ArrayRecordDataSource(paths) if paths else None
+    source = records.open_shards(paths) if paths else None
     num_records = len(source) if source is not None else 0
     if num_records != info["num_episodes"]:
         raise records.DatasetFormatError(

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipelines.records import DatasetFormatError
+    from data_pipelines.transforms import BadRecordsError
     from wam_jax.config_utils import ConfigError
     from wam_jax.sharding import MeshConfigError
     from wam_jax.training.checkpointing import CheckpointMismatchError
@@ -30,7 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wam_jax.training.workdir_lock import WorkdirLockError
 
     return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError, NonFiniteError,
-            WorkdirLockError)
+            WorkdirLockError, BadRecordsError)
 
 
 def build_parser() -> config_utils.FlagParser:

@@ -169,3 +169,80 @@ def test_wam_train_refuses_a_workdir_another_trainer_holds(tmp_path, session_con
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "in use by another trainer" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad records in the middle of training
+
+
+def _dataset_with_bad_frame(root: str, bad_episode: int = 2) -> str:
+    """A robot dataset (one shard) whose episode `bad_episode` has one undecodable JPEG frame."""
+    from data_pipelines import records
+
+    path = rf.write_dataset(os.path.join(root, "robot"), num_episodes=6, num_shards=1)
+    (shard,) = records.shard_paths(path)
+    episodes = list(records.iter_episodes([shard]))
+    episodes[bad_episode].frames[5] = b"\xff\xd8 not a jpeg"
+    w = records.ShardWriter(shard)
+    for ep in episodes:
+        w.write(ep)
+    w.close()
+    return path
+
+
+def _batches(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def test_a_corrupt_jpeg_is_skipped_logged_and_the_iterator_still_resumes_exactly(tmp_path, caplog):
+    from data_pipelines import loader
+
+    cfg = rf.tiny_config(_dataset_with_bad_frame(str(tmp_path)), **{"data.heldout_fraction": 0.0})
+    with caplog.at_level("WARNING"):
+        it = loader.make_iterator(cfg, split="train", seed=0)
+        _batches(it, 3)
+        state = it.get_state()
+        after = _batches(it, 6)
+        it.close()
+    assert "skipping an unreadable record" in caplog.text
+    assert "episodes-00000-of-00001.array_record record 2" in caplog.text and "robot-0002" in caplog.text
+    it = loader.make_iterator(cfg, split="train", seed=0)
+    it.set_state(state)
+    again = _batches(it, 6)
+    it.close()
+    for a, b in zip(after, again, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_past_max_bad_records_the_run_stops_with_the_list(tmp_path):
+    from data_pipelines import loader, transforms
+
+    cfg = rf.tiny_config(_dataset_with_bad_frame(str(tmp_path)), **{"data.max_bad_records": 0, "data.heldout_fraction": 0.0})
+    it = loader.make_iterator(cfg, split="train", seed=0)
+    with pytest.raises(transforms.BadRecordsError, match=r"max_bad_records=0\): .*record 2 \('robot-0002'\)"):
+        _batches(it, 20)
+    it.close()
+
+
+def test_a_corrupt_chunk_is_skipped_and_a_truncated_shard_is_named(tmp_path):
+    from data_pipelines import loader, records
+
+    path = rf.write_dataset(str(tmp_path / "robot"), num_episodes=6, num_shards=1)
+    (shard,) = records.shard_paths(path)
+    size = os.path.getsize(shard)
+    with open(shard, "r+b") as f:  # zero a stretch inside the first 64 KiB block, past its header:
+        f.seek(min(20000, size // 2))  # the record chunk there fails its hash, the file still opens
+        f.write(b"\0" * 256)
+    cfg = rf.tiny_config(path, **{"data.heldout_fraction": 0.0})
+    it = loader.make_iterator(cfg, split="train", seed=0)
+    batches = _batches(it, 4)  # served from the other records
+    it.close()
+    assert all(b["video"].shape[0] == 8 for b in batches)
+    sources = loader.make_dataset(cfg, split="eval", data=path)  # eval: masked stand-ins, same count
+    assert sum(int(b["timestep_mask"].any(-1).sum()) for b in sources) < sum(
+        len(b["timestep_mask"]) for b in loader.make_dataset(cfg, split="eval", data=path))
+    with open(shard, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(records.DatasetFormatError, match="episodes-00000-of-00001.array_record: this shard cannot be opened"):
+        loader.make_iterator(cfg, split="train", seed=0)

@@ -176,6 +176,7 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
     need(int(config.train.max_nonfinite_steps) >= 1, "train.max_nonfinite_steps", "must be >= 1")
     need(int(config.data.global_batch_size) > 0, "data.global_batch_size", "must be > 0")
     need(int(config.optim.grad_accum) >= 1, "optim.grad_accum", "must be >= 1")
+    need(int(config.data.max_bad_records) >= 0, "data.max_bad_records", "must be >= 0 (0 = stop at the first)")
     need(int(config.data.num_frames) >= 2, "data.num_frames", "must be >= 2 (a clip has T-1 transitions)")
     if needs_data:
         need(bool(str(config.data.mixture).strip()), "data.mixture",
