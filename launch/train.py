@@ -26,12 +26,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipelines.transforms import BadRecordsError
     from wam_jax.config_utils import ConfigError
     from wam_jax.sharding import MeshConfigError
-    from wam_jax.training.checkpointing import CheckpointMismatchError
+    from wam_jax.training.checkpointing import CheckpointMismatchError, CheckpointWriteError
+    from wam_jax.training.metrics import MetricsWriteError
     from wam_jax.training.trainer import NonFiniteError
     from wam_jax.training.workdir_lock import WorkdirLockError
 
     return (ConfigError, MeshConfigError, DatasetFormatError, CheckpointMismatchError, NonFiniteError,
-            WorkdirLockError, BadRecordsError)
+            WorkdirLockError, BadRecordsError, CheckpointWriteError, MetricsWriteError)
 
 
 def build_parser() -> config_utils.FlagParser:

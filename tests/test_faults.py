@@ -56,20 +56,42 @@ def test_a_non_finite_step_changes_nothing_but_the_step(session_mixture):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(after["params"]))
 
 
-def test_consecutive_non_finite_steps_stop_with_the_step_terms_and_last_good_checkpoint(tmp_path, session_mixture):
+_NAN_AFTER_STEP_4 = """
+import sys
+import jax.numpy as jnp
+from wam_jax import config_utils
+from wam_jax.training import objectives, trainer
+def loss_fn(model, target, batch, key, loss_cfg, step):
+    loss, metrics = objectives.loss_fn(model, target, batch, key, loss_cfg, step)
+    poison = jnp.where(step >= 4, jnp.nan, 1.0)
+    return loss * poison, {**metrics, "loss/injected": poison}
+cfg = config_utils.load_config(sys.argv[1], sys.argv[3:])
+try:
+    trainer.train(cfg, sys.argv[2], loss_fn=loss_fn)
+except trainer.NonFiniteError as e:
+    print("NonFiniteError:", e)
+"""
+
+
+def test_consecutive_non_finite_steps_stop_with_the_step_terms_and_last_good_checkpoint(tmp_path, session_config_file):
+    """In a process of its own, on one device (XLA:CPU executables with 8-device collectives, loaded
+    back from the persistent compilation cache, have deadlocked in this test)."""
+    import subprocess
+    import sys
+
     import orbax.checkpoint as ocp
 
-    from wam_jax.training import metrics, trainer
+    from wam_jax.training import metrics
 
-    cfg = rf.tiny_config(session_mixture, **{"train.max_nonfinite_steps": 2})
     workdir = str(tmp_path / "run")
-    with pytest.raises(trainer.NonFiniteError) as e:
-        trainer.train(cfg, workdir, loss_fn=nan_loss(lambda s: s >= 4))
-    msg = str(e.value)
+    out = subprocess.run(
+        [sys.executable, "-c", _NAN_AFTER_STEP_4, session_config_file, workdir, "--config.mesh.ici_data=1",
+         "--config.mesh.ici_fsdp=1", "--config.train.max_nonfinite_steps=2"],
+        cwd=rf.REPO, env=rf.cli_env(1), capture_output=True, text=True, timeout=600)
+    msg = next((ln for ln in out.stdout.splitlines() if ln.startswith("NonFiniteError:")), out.stderr[-3000:])
     assert "stopped at step 6" in msg and "2 consecutive" in msg, msg
     assert "loss/injected" in msg and "last good checkpoint is step 6" in msg, msg
-    ckpt = os.path.join(workdir, "checkpoints", "6", "state")
-    saved = ocp.StandardCheckpointer().restore(os.path.abspath(ckpt))
+    saved = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", "6", "state"))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved["params"]))
     records = {r["step"]: r for r in metrics.read_jsonl(os.path.join(workdir, metrics.METRICS_JSONL))}
     assert records[4]["train/skipped_steps"] == 0 and records[5]["train/skipped_steps"] == 1
@@ -246,3 +268,96 @@ def test_a_corrupt_chunk_is_skipped_and_a_truncated_shard_is_named(tmp_path):
         f.truncate(size // 2)
     with pytest.raises(records.DatasetFormatError, match="episodes-00000-of-00001.array_record: this shard cannot be opened"):
         loader.make_iterator(cfg, split="train", seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Write failures
+
+
+def _mount_tmpfs(path: str, size_mb: int, remount: bool = False) -> bool:
+    import subprocess
+
+    os.makedirs(path, exist_ok=True)
+    opts = f"{'remount,' if remount else ''}size={size_mb}m"
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", path], capture_output=True).returncode == 0
+
+
+# Orbax's save fails inside TensorStore: where no small filesystem can be mounted, the same error
+# is raised from `CheckpointManager.save` at the second save, in the training process itself.
+_INJECT_ENOSPC = """
+import sys
+import orbax.checkpoint as ocp
+real, calls = ocp.CheckpointManager.save, []
+def save(self, step, *a, **k):
+    calls.append(step)
+    if len(calls) >= 2:
+        raise ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device [os_error_code='28']")
+    return real(self, step, *a, **k)
+ocp.CheckpointManager.save = save
+from launch.train import run
+run(sys.argv)
+"""
+
+
+def test_disk_full_while_saving_keeps_the_last_checkpoint_and_the_rerun_resumes(tmp_path, session_config_file):
+    """A 9 MiB filesystem: the first tiny checkpoint (~6 MiB) fits, the second does not. wam-train
+    exits with status 2 naming the directory, the OS error and the kept checkpoint; with space
+    again, the same command resumes from it. One device (a save failing mid-step must not leave
+    simulated-device collectives waiting on each other)."""
+    import subprocess
+    import sys
+
+    root = str(tmp_path / "disk")
+    mounted = _mount_tmpfs(root, 9)
+    workdir = os.path.join(root, "run")
+    args = [f"--config={session_config_file}", f"--workdir={workdir}", "--config.mesh.ici_data=1",
+            "--config.mesh.ici_fsdp=1", "--config.train.checkpoint_every=2", "--config.train.max_to_keep=1"]
+    first = ["-m", "launch.train"] if mounted else ["-c", _INJECT_ENOSPC]
+    try:
+        out = subprocess.run([sys.executable, *first, *args], cwd=rf.REPO, env=rf.cli_env(1),
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 2, out.stderr[-3000:]
+        err = next((ln for ln in out.stderr.splitlines() if ln.startswith("wam-train: error:")), out.stderr[-3000:])
+        assert err.startswith("wam-train: error: could not write a checkpoint"), err
+        assert os.path.join(workdir, "checkpoints") in err and "No space left on device" in err, err
+        assert "the last complete checkpoint, step 2, is kept" in err, err
+        assert sorted(n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()) == ["2"]
+        if mounted:
+            assert _mount_tmpfs(root, 64, remount=True)
+        again = subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=rf.REPO, env=rf.cli_env(1),
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "resumed from step 2" in again.stderr and "done at step 8" in again.stderr
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", root], capture_output=True)
+
+
+_INJECT_METRICS_ENOSPC = """
+import errno, sys
+from wam_jax.training import metrics
+real = metrics.JsonlWriter.write
+def write(self, step, scalars):
+    if step == 5:
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
+    return real(self, step, scalars)
+metrics.JsonlWriter.write = write
+from launch.train import run
+run(sys.argv)
+"""
+
+
+def test_a_metrics_write_failure_stops_the_run_and_names_the_last_checkpoint(tmp_path, session_config_file):
+    import subprocess
+    import sys
+
+    workdir = str(tmp_path / "run")
+    out = subprocess.run(
+        [sys.executable, "-c", _INJECT_METRICS_ENOSPC, f"--config={session_config_file}",
+         f"--workdir={workdir}", "--config.mesh.ici_data=1", "--config.mesh.ici_fsdp=1"],
+        cwd=rf.REPO, env=rf.cli_env(1), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    err = next((ln for ln in out.stderr.splitlines() if ln.startswith("wam-train: error:")), out.stderr[-3000:])
+    assert "could not write the metrics of step 5" in err and "No space left on device" in err, err
+    assert "the last complete checkpoint is step 3" in err, err
+    assert sorted(n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()) == ["3"]

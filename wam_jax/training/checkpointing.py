@@ -17,6 +17,7 @@ restores onto 4, 1 or a different mesh shape.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -93,6 +94,10 @@ def _config_diff(saved: Mapping[str, Any] | None, current: Mapping[str, Any], pr
 def config_to_json(config: Any) -> dict[str, Any]:
     """ConfigDict -> plain JSON-able dict (tuples become lists)."""
     return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the directory and what was kept."""
 
 
 class Checkpointer:
@@ -208,7 +213,36 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items["data"] = gc.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        with self._write_errors(f"step {step}"):
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    @contextlib.contextmanager
+    def _write_errors(self, what: str):
+        """A failed write (disk full, permission denied; an async save fails at the next save or
+        wait) becomes `CheckpointWriteError` naming the directory, the error and the last complete
+        checkpoint, which is kept: Orbax finalizes a step only once it is fully written and
+        deletes older ones only after that."""
+        try:
+            yield
+        except CheckpointWriteError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Orbax and TensorStore report OS errors as ValueError etc.
+            try:  # an earlier save still in flight may yet complete: report what is really kept
+                self.manager.wait_until_finished()
+            except Exception:  # noqa: BLE001 - the error being reported is the one that matters
+                pass
+            steps = self.finalized_steps()
+            kept = (f"the last complete checkpoint, step {steps[-1]}, is kept" if steps
+                    else "no checkpoint was completed")
+            raise CheckpointWriteError(
+                f"could not write a checkpoint ({what}) in {self.directory}: {os_error_text(e)}; {kept}. "
+                f"Free space or fix permissions, then re-run the same command to resume.") from e
+
+    def finalized_steps(self) -> list[int]:
+        """Complete steps as the directory shows them (the manager's own list can be stale after a
+        failed async save)."""
+        root = epath.Path(self.directory)
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
     def has_data_state(self, step: int) -> bool:
         """Whether this process's iterator state exists (it does not after a process-count change)."""
@@ -283,11 +317,26 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._write_errors("finishing the last save"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def os_error_text(e: BaseException) -> str:
+    """The OS error inside a (long) Orbax / TensorStore message, e.g. 'No space left on device
+    (errno 28)' from "...: No space left on device [os_error_code='28']"; else its first line."""
+    text = str(e)
+    m = re.search(r"([^:\]\[]+?)\s*\[os_error_code='?(\d+)'?\]", text)
+    if m:
+        return f"{m.group(1).strip()} (errno {m.group(2)})"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} (errno {e.errno}){f': {e.filename}' if e.filename else ''}"
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _abspath(path: str) -> str:

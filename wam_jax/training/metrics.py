@@ -228,6 +228,10 @@ def progress_line(step: int, num_steps: int, scalars: Mapping[str, float]) -> st
     return " | ".join(parts)
 
 
+class MetricsWriteError(OSError):
+    """Metrics could not be written (disk full, permissions); names the workdir and last checkpoint."""
+
+
 class MetricsLogger:
     """TensorBoard (clu) + metrics.jsonl on process 0, plain logging elsewhere."""
 

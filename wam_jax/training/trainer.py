@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
@@ -43,11 +42,27 @@ class NonFiniteError(RuntimeError):
     """`train.max_nonfinite_steps` consecutive steps had a non-finite loss or gradient."""
 
 
-@jax.jit
-def _count_nonfinite(counts: jax.Array, flag: jax.Array) -> jax.Array:
-    """int32 [2] (consecutive, total) skipped steps, updated on device: no host sync per step."""
-    bad = (flag > 0).astype(jnp.int32)
-    return jnp.stack([(counts[0] + 1) * bad, counts[1] + bad])
+class NonFiniteCounter:
+    """Consecutive and total skipped (non-finite) steps, from the per-step flags the step returns.
+
+    The flags stay on device until a log step reads those up to its own step (a few scalars, read
+    where the loop already waits for that step's metrics): no host sync per step."""
+
+    def __init__(self) -> None:
+        self.consecutive = 0
+        self.total = 0
+        self._flags: list[tuple[int, jax.Array]] = []
+
+    def add(self, step: int, flag: jax.Array) -> None:
+        self._flags.append((step, flag))
+
+    def update(self, up_to: int) -> tuple[int, int]:
+        done = [f for s, f in self._flags if s <= up_to]
+        self._flags = [(s, f) for s, f in self._flags if s > up_to]
+        for bad in jax.device_get(done):
+            self.consecutive = self.consecutive + 1 if bad > 0 else 0
+            self.total += int(bad > 0)
+        return self.consecutive, self.total
 
 
 @dataclasses.dataclass
@@ -185,6 +200,8 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
     )
     logger = None
     preemption = None
+    state = None
+    finished = False  # the body returned normally (errors while closing are then raised)
     try:
         restored = ckpt.restore_latest(built.abstract.to_dict(), batches, config)
         resumed_from = None
@@ -203,6 +220,7 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
             metrics.truncate_jsonl(workdir, step)
         if step >= num_steps:
             log.info("step %d >= --config.train.num_steps=%d: nothing to train", step, num_steps)
+            finished = True
             return TrainResult(step=step, preempted=False, resumed_from=resumed_from, last_metrics={},
                                workdir=workdir)
 
@@ -240,19 +258,19 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
         ckpt_every = int(config.train.checkpoint_every)
         timer = metrics.StepTimer()
         max_nonfinite = int(config.train.max_nonfinite_steps)
-        skipped = jnp.zeros(2, jnp.int32)  # (consecutive, total) non-finite steps skipped
-        pending: tuple[int, Any, Any] | None = None
+        skipped = NonFiniteCounter()
+        pending: tuple[int, Any] | None = None
         last: dict[str, float] = {}
         last_saved = step if resumed_from is not None else None
         preempted = False
 
-        def flush(item: tuple[int, Any, Any] | None) -> None:
+        def flush(item: tuple[int, Any] | None) -> None:
             nonlocal last
             if item is None:
                 return
-            s, m, counts = item
+            s, m = item
             values = {k: float(v) for k, v in jax.device_get(m).items()}
-            consecutive, total = (int(x) for x in jax.device_get(counts))
+            consecutive, total = skipped.update(s)
             values["train/skipped_steps"] = float(total)
             if consecutive >= max_nonfinite:
                 raise NonFiniteError(nonfinite_message(s, consecutive, values, ckpt, workdir))
@@ -260,7 +278,14 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
             values.update(metrics.device_memory(mem))
             values["perf/compile_s"] = compile_s
             timer.reset()
-            logger.write(s, values)
+            try:
+                logger.write(s, values)
+            except OSError as e:
+                steps = ckpt.all_steps()
+                kept = f"the last complete checkpoint is step {steps[-1]}" if steps else "no checkpoint yet"
+                raise metrics.MetricsWriteError(
+                    f"could not write the metrics of step {s} in {workdir}: {e}; {kept} in {ckpt.directory}. "
+                    f"Free space or fix permissions, then re-run the same command to resume.") from e
             last = values
 
         def save(s: int) -> None:
@@ -294,13 +319,12 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
                 break
             timer.add_data_wait(time.perf_counter() - t)
             state, step_metrics = compiled(state, batch)
-            skipped = _count_nonfinite(skipped, step_metrics["nonfinite"])
             step += 1
+            skipped.add(step, step_metrics["nonfinite"])
             timer.tick()
             logger.step_hooks(step)
             flush(pending)  # the previous log step's metrics: that step has finished by now
-            pending = ((step, step_metrics, skipped) if (step % log_every == 0 or step == num_steps)
-                       else None)
+            pending = (step, step_metrics) if (step % log_every == 0 or step == num_steps) else None
             stop = preemption.flag.is_set() or (jax.process_count() > 1 and ckpt.manager.reached_preemption(step))
             if stop or step == num_steps or (ckpt_every > 0 and step % ckpt_every == 0):
                 save(step)
@@ -322,15 +346,29 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
             else:
                 ckpt.wait()
                 export_dir = export_final(workdir, export)
+        finished = True
         return TrainResult(step=step, preempted=preempted, resumed_from=resumed_from, last_metrics=last,
                            workdir=workdir, eval_metrics=eval_metrics, export_dir=export_dir)
     finally:
+        if not finished and state is not None:
+            # Stopping on an error: let the step in flight finish before its inputs (the data
+            # iterator, pending saves) are torn down under it.
+            try:
+                jax.block_until_ready(state)
+            except Exception:  # noqa: BLE001 - the error being raised is the one that matters
+                pass
         if preemption is not None:
             preemption.restore()
-        ckpt.close()
-        if logger is not None:
-            logger.close()
-        _close_iterator(batches)
+        try:
+            ckpt.close()
+        except checkpointing.CheckpointWriteError:
+            if finished:
+                raise
+            log.exception("while stopping on an earlier error, a pending checkpoint save also failed")
+        finally:
+            if logger is not None:
+                _close_quietly(logger, finished)
+            _close_iterator(batches)
 
 
 def nonfinite_message(step: int, consecutive: int, values: Mapping[str, float], ckpt: Any, workdir: str) -> str:
@@ -379,6 +417,16 @@ def _restart_data(config: Any, step: int, batches: Any) -> None:
         "differs from an uninterrupted run",
         step, jax.process_index(), jax.process_count(), where,
     )
+
+
+def _close_quietly(logger: Any, finished: bool) -> None:
+    """Closes the metrics writers; a failure there is raised only if nothing else failed first."""
+    try:
+        logger.close()
+    except OSError:
+        if finished:
+            raise
+        log.exception("closing the metrics writers also failed")
 
 
 def _close_iterator(iterator: Any) -> None:
