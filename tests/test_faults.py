@@ -74,8 +74,8 @@ except trainer.NonFiniteError as e:
 
 
 def test_consecutive_non_finite_steps_stop_with_the_step_terms_and_last_good_checkpoint(tmp_path, session_config_file):
-    """In a process of its own, on one device (XLA:CPU executables with 8-device collectives, loaded
-    back from the persistent compilation cache, have deadlocked in this test)."""
+    """Through the trainer, in a process of its own on one device (the NaN loss is a new program:
+    one device compiles it in seconds)."""
     import subprocess
     import sys
 

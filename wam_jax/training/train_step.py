@@ -357,14 +357,10 @@ def make_train_step(
             out["ema_momentum"] = m
         out["lr"] = optim.make_schedule(config.optim, num_steps)(state.step)
         out.update({k: v for k, v in metrics.items() if k not in out})
-        new = TrainState(
-            step=state.step + 1,
-            params=keep_if_finite(finite, params, state.params),
-            model_state=keep_if_finite(finite, new_rest, state.model_state),
-            target=keep_if_finite(finite, target, state.target),
-            opt_state=keep_if_finite(finite, opt_state, state.opt_state),
-            rng=state.rng,
-        )
+        kept = keep_if_finite(finite, (params, new_rest, target, opt_state),
+                              (state.params, state.model_state, state.target, state.opt_state))
+        new = TrainState(step=state.step + 1, params=kept[0], model_state=kept[1], target=kept[2],
+                         opt_state=kept[3], rng=state.rng)
         return new, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
 
     jitted = jax.jit(
@@ -377,8 +373,8 @@ def make_train_step(
 
 
 def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
-    """`new` where the step was finite, else `old`, leaf by leaf (shapes and shardings kept)."""
-    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    """`new` if the step was finite, else `old` (one conditional over the whole tree)."""
+    return jax.lax.cond(finite, lambda: new, lambda: old)
 
 
 class _WithMesh:
