@@ -82,3 +82,48 @@ def test_a_peer_that_never_joins_ends_the_process(tmp_path, session_config_file)
         proc.communicate()
         pytest.fail("process 0 kept waiting for a peer that never joined")
     assert proc.returncode != 0, out[-3000:]
+
+
+@pytest.mark.slow  # two processes compile a 2000-step schedule and are stopped mid-run: minutes
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step_and_both_resume(tmp_path, session_config_file):
+    """A preemption notice to one host (SIGTERM to process 1 only) reaches the other through JAX's
+    preemption sync point: both save the same step and exit 0; re-running both resumes there."""
+    import json
+    import signal
+
+    workdir = str(tmp_path / "w")
+    long_run = ("--config.train.num_steps=2000", "--config.train.checkpoint_every=0")
+    port = rf.free_port()
+    procs = [_launch(session_config_file, workdir, port, i, extra=long_run) for i in range(2)]
+    jsonl = os.path.join(workdir, "metrics.jsonl")
+
+    def trained() -> int:
+        if not os.path.exists(jsonl):
+            return 0
+        with open(jsonl) as f:
+            return sum(1 for line in f if '"loss"' in line)
+
+    ok = rf.wait_for(lambda: trained() >= 3 or any(p.poll() is not None for p in procs), timeout=TIMEOUT)
+    assert ok and all(p.poll() is None for p in procs), "the run ended or never started training"
+    procs[1].send_signal(signal.SIGTERM)
+    outs = _wait_all(procs, TIMEOUT)
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    stopped = [int(out.split("stopping at step ")[1].split()[0]) for out in outs if "stopping at step " in out]
+    assert len(stopped) == 2 and stopped[0] == stopped[1], [o[-2000:] for o in outs]
+    step = stopped[0]
+    assert 3 <= step < 2000
+    data = os.path.join(workdir, "checkpoints", str(step), "data")
+    assert sorted(n for n in os.listdir(data) if n.endswith(".json")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+    before = {json.loads(line)["step"] for line in open(jsonl) if '"loss"' in line}
+
+    resume = (f"--config.train.num_steps={step + 2}", "--config.train.checkpoint_every=0")
+    port = rf.free_port()
+    procs = [_launch(session_config_file, workdir, port, i, extra=resume) for i in range(2)]
+    outs = _wait_all(procs, TIMEOUT)
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+        assert f"resumed from step {step}" in out, out[-3000:]
+    after = {json.loads(line)["step"] for line in open(jsonl) if '"loss"' in line}
+    assert after == before | {step + 1, step + 2}
