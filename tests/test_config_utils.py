@@ -217,3 +217,10 @@ def test_restore_a_config_of_a_preset_no_longer_defined():
     saved["model"]["preset"] = "retired"
     config = config_utils.restore_config(saved)
     assert config.model.preset == "retired" and config.model.encoder.width == 64
+
+
+def test_shipped_configs_load_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_utils.load_config("configs/pusht_small.py").model.action_dim == 2
+    with pytest.raises(config_utils.ConfigError, match="does not exist"):
+        config_utils.load_config("configs/no_such_config.py")

@@ -86,6 +86,10 @@ def load_config_file(spec: str) -> mlc.ConfigDict:
     path, arg = split_config_arg(spec)
     if not path.endswith(".py"):
         raise ConfigError(f"--config={spec}: expected a Python config file (configs/NAME.py[:ARG])")
+    if not os.path.isfile(path) and not os.path.isabs(path):
+        # `configs/NAME.py` also from outside the repository root: the shipped configs directory.
+        shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+        path = shipped if os.path.isfile(shipped) else path
     if not os.path.isfile(path):
         raise ConfigError(f"--config={spec}: config file {path!r} does not exist (cwd {os.getcwd()})")
     module_name = "_wam_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
