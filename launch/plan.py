@@ -107,7 +107,7 @@ class Controller(Protocol):
     def reset(self, task: PushTTask) -> None: ...
 
     def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
-        """Current frame (uint8 [S, S, 3]) and agent position (only baselines read it) -> actions
+        """Current frame (uint8 [S, S, 3]) and agent position (PushT's proprio) -> actions
         to execute next, [n, 2] in env units."""
         ...
 
@@ -167,11 +167,12 @@ class PlannerController:
     the horizon)."""
 
     def __init__(self, wm: Any, config: Any, *, execute: int = 1, seed: int = 0, name: str = "planner",
-                 warm_start: str = "previous"):
+                 warm_start: str = "previous", context_proprio: bool = False):
         if warm_start not in WARM_STARTS:
             raise ValueError(f"--warm_start={warm_start!r}; expected one of {WARM_STARTS}")
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
+        self.context_proprio = bool(context_proprio)
         self.goal = None
         self.prev = None
         self.times: list[float] = []
@@ -196,7 +197,8 @@ class PlannerController:
         if self.warm_start == "policy":
             chunk = np.asarray(self.wm.policy(z, self.goal), np.float32)[: self.config.horizon]
             init = np.concatenate([chunk, np.repeat(chunk[-1:], self.config.horizon - len(chunk), axis=0)])
-        res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init)
+        res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,
+                                   context_proprio=agent if self.context_proprio else None)
         actions = np.asarray(res.actions)
         self.times.append(time.perf_counter() - t0)
         n = min(self.execute, actions.shape[0])
@@ -327,6 +329,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--execute", type=int, default=1, help="actions executed per plan (receding horizon)")
     p.add_argument("--warm_start", default="previous", choices=list(WARM_STARTS),
                    help="CEM's initial mean: the previous plan shifted, or the policy head's chunk")
+    p.add_argument("--context_proprio", default="on", choices=["on", "off"],
+                   help="give the planner's rollouts the agent position at the current frame (the "
+                        "predictor trains with proprio beside every observed frame); off: latents only")
     p.add_argument("--baselines", default="hold,random,policy",
                    help="comma list of baselines to run (hold, random, policy, none)")
     p.add_argument("--devices", type=int, default=None,
@@ -363,9 +368,12 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     tasks = make_tasks(args.episodes, image_size=wm.image_size, goal_offset=args.goal_offset, seed=args.seed)
     log.info("made %d tasks in %.1fs", len(tasks), time.perf_counter() - t0)
 
-    name = f"planner ({args.preset}{', policy warm start' if args.warm_start == 'policy' else ''})"
+    # The agent position is PushT's proprio; a model trained without proprio plans on latents alone.
+    use_proprio = args.context_proprio == "on" and space.proprio_dim > 0 and space.proprio_mean is not None
+    name = (f"planner ({args.preset}{', policy warm start' if args.warm_start == 'policy' else ''}"
+            f"{', latents only' if not use_proprio else ''})")
     controllers: list[Any] = [PlannerController(wm, cfg, execute=args.execute, seed=args.seed, name=name,
-                                                warm_start=args.warm_start)]
+                                                warm_start=args.warm_start, context_proprio=use_proprio)]
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in baselines:
         if b == "policy":
@@ -386,6 +394,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     record = {"workdir": os.path.abspath(args.workdir), "step": wm.step, "preset": args.preset,
               "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
               "goal_offset": args.goal_offset, "execute": args.execute, "warm_start": args.warm_start,
+              "context_proprio": use_proprio,
               "results": results}
     out = args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

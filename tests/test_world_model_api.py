@@ -288,6 +288,23 @@ def test_plan_energy_matches_public_predict(wm) -> None:
         wm.plan(f[0], f[1], preset=cfg, init_mean=np.zeros((3, 2)))
 
 
+def test_plan_with_context_proprio_scores_the_rollout_the_public_predict_gives(wm) -> None:
+    """The planner's rollouts get the robot's proprio beside the context frame, as in training."""
+    from wam_jax.inference import planning
+
+    f = _frames(2, seed=5)
+    cfg = planning.PlannerConfig(num_samples=32, num_elites=4, num_iterations=3, horizon=2)
+    z0, zg = np.asarray(wm.encode(f[0])), np.asarray(wm.encode(f[1]))
+    proprio = np.asarray(wm.action_space().proprio_mean) + 3.0
+    res = wm.plan_latents(z0, zg, preset=cfg, key=0, context_proprio=proprio)
+    with_p = np.asarray(wm.predict(z0, res.best_actions, proprio=proprio[None]))[-1]
+    without = np.asarray(wm.predict(z0, res.best_actions))[-1]
+    np.testing.assert_allclose(float(res.best_energy), np.abs(with_p - zg).mean(), rtol=1e-4)
+    assert not np.allclose(with_p, without)  # the proprio reaches the prediction
+    with pytest.raises(ValueError, match=r"context_proprio has shape \(2, 2\); expected \[P\] or \[C, P\] with C=1"):
+        wm.plan_latents(z0, zg, preset=cfg, context_proprio=np.zeros((2, 2)))
+
+
 def test_goal_image_of_wrong_size_is_rejected(wm) -> None:
     from wam_jax.inference import planning
 

@@ -337,15 +337,30 @@ class WorldModel:
     def plan_latents(self, context_latents: ArrayLike, goal_latents: ArrayLike, *,
                      preset: str | planning.PlannerConfig = "vjepa2_ac", key: jax.Array | int = 0,
                      init_mean: ArrayLike | None = None, embodiment: str | int | None = None,
-                     steps: str = "last") -> planning.PlanResult:
-        """`plan` on latents: context `[N, D]` / `[C, N, D]`, goal `[N, D]`; robot-unit results."""
+                     steps: str = "last", context_proprio: ArrayLike | None = None) -> planning.PlanResult:
+        """`plan` on latents: context `[N, D]` / `[C, N, D]`, goal `[N, D]`; robot-unit results.
+
+        `context_proprio`: the robot's proprio at the context frames (`[P]` / `[C, P]`, robot
+        units). The predictor is trained with proprio beside every observed frame; planning
+        without it feeds the rollout an input it saw only on imagined steps."""
         self._need_model("plan")
         space = self.action_space(embodiment)
         cfg = self.planner_config(preset)
         z = self._latents(context_latents, "context_latents", 2, 3)
         z = z[None] if z.ndim == 2 else z
         goal = self._latents(goal_latents, "goal_latents", 2, 2)
-        planner = self._fn(("plan", cfg, z.shape[0], steps, space.embodiment), lambda: self._build_planner(cfg, space, steps))
+        proprio = None
+        if context_proprio is not None:
+            p = np.asarray(context_proprio, np.float32)
+            p = p[None] if p.ndim == 1 else p
+            if p.ndim != 2 or p.shape[0] != z.shape[0]:
+                raise ValueError(f"context_proprio has shape {np.shape(context_proprio)}; expected [P] or "
+                                 f"[C, P] with C={z.shape[0]} (one row per context frame)")
+            pp, pm = space.normalize_proprio(p)
+            pad = ((0, 0), (0, self.spec.proprio_dim - pp.shape[-1]))
+            proprio = (jnp.asarray(np.pad(pp, pad)), jnp.asarray(np.pad(pm, pad)))
+        planner = self._fn(("plan", cfg, z.shape[0], steps, space.embodiment, proprio is not None),
+                           lambda: self._build_planner(cfg, space, steps))
         bounds = space.bounds()
         mean0 = None
         if init_mean is not None:
@@ -355,7 +370,7 @@ class WorldModel:
             mean0 = jnp.asarray(space.normalize(m)[0][..., : space.dim])
         if isinstance(key, int):
             key = jax.random.key(key)
-        ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id))
+        ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id), proprio)
         res = planner(ctx, key, bounds.lower, bounds.upper, mean0)
         scale = np.maximum(space.std, 1e-6) * np.where(space.is_delta, space.stride, 1)
         return planning.PlanResult(
@@ -373,7 +388,7 @@ class WorldModel:
         pad = space.model_dim - space.dim
 
         def energy(actions, ctx):
-            state, z_ctx, goal, emb_id = ctx
+            state, z_ctx, goal, emb_id, proprio = ctx
             model = nnx.merge(graph, state)
             s = actions.shape[0]
             a = jnp.pad(actions, ((0, 0), (0, 0), (0, pad)))
@@ -381,7 +396,9 @@ class WorldModel:
             emb = jnp.full((s,), emb_id, jnp.int32)
             z = jnp.broadcast_to(z_ctx[None], (s,) + z_ctx.shape)
             cond = _context_and_action_conds(model, z, a, mask, emb)
-            preds = model.rollout_raw(z, cond, None, None, actions.shape[1])
+            p, pm = (None, None) if proprio is None else (
+                jnp.broadcast_to(x[None], (s,) + x.shape) for x in proprio)
+            preds = model.rollout_raw(z, cond, p, pm, actions.shape[1])
             return planning.latent_goal_energy(preds, goal, steps=steps)
 
         return planning.make_planner(energy, cfg, action_dim=space.dim, mesh=self.mesh)
