@@ -9,14 +9,15 @@ Run (from the repository root):
     wam-eval --workdir=runs/pusht_plan --data=data/pusht_mix/converted/pusht_test --probe=pusht
     wam-plan pusht --workdir=runs/pusht_plan --episodes=50
 
-Hardware: 2 CPU cores (no accelerator): 2000 steps in 16 min (0.45 s per step, batch 32 clips of
-4 frames at 64x64); the same file runs unchanged on a GPU or TPU host. `./wam demo` trains it for
-fewer steps on a smaller set.
+Hardware: 2 CPU cores (no accelerator): 2000 steps in about 20 min (0.55-0.65 s per step, batch 32
+clips of 4 frames at 64x64); the same file runs unchanged on a GPU or TPU host. `./wam demo` trains
+it for 600 steps on a smaller set.
 
-Expected (BENCHMARKS.md §11, held-out episodes, one seed): latent L1 0.61 / 0.53 / 0.59x copy-last
-at horizons 1-3, rollout error 1.06-1.11x higher under shuffled actions, inverse dynamics R^2 0.89,
-linear probes of agent / block position R^2 0.96 / 0.72 (pixels 0.57 / 0.61); PushT planning
-under the default `wam-plan` protocol does not yet beat holding still.
+Expected (BENCHMARKS.md §11.8, held-out episodes, one seed): latent L1 0.45 / 0.38 / 0.41x
+copy-last at horizons 1-3, rollout error 1.09-1.19x higher under shuffled actions, normalized
+action rank 0.20, inverse dynamics R^2 0.98, linear probes of agent / block position R^2 0.996 /
+0.66 (pixels 0.57 / 0.62); PushT planning (`wam-plan` defaults, 50 tasks) 3/50, as random
+actions, with the jointly trained policy head at 8/50.
 
 Recipe, and why:
 - `model.target='online'`: the encoder trains through the prediction loss, targets from the same
@@ -28,8 +29,11 @@ Recipe, and why:
 - `loss.collapse_samples='all'`: SIGReg tests every frame of the batch at once (32 clips x 4
   frames), not 32 samples per time step.
 - `model.predictor.action_cond='adaln'`: the action modulates every predictor block.
-- `loss.encoder_from_heads=0`: the action heads read stop-gradient latents; regressing two
-  action dims from the encoder collapses it to them.
+- `loss.encoder_from_heads=1`: the action heads' gradient (inverse dynamics above all) reaches
+  the encoder and keeps the agent's motion in the latents; the prediction loss alone lets the
+  encoder drop what the predictor does not yet explain (BENCHMARKS.md §11.7-11.8). It collapsed
+  the patch-grid encoder (§10.2), not this pooled one: SIGReg and the BatchNorm projector hold
+  its rank.
 - Half of the episodes pushed at random (`--random_fraction=0.5`): an expert's action is nearly a
   function of the frames, and on expert-only data the predictor learns to ignore it.
 - Frames 5 control steps apart (`data.target_fps=2`), no crops or colour jitter (fixed camera,
@@ -55,7 +59,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model.predictor.action_cond = "adaln"
     c.loss.sigreg = 0.09
     c.loss.collapse_samples = "all"
-    c.loss.encoder_from_heads = 0.0
 
     c.data.mixture = f"{DATA_ROOT}/pusht_labeled"
     c.data.global_batch_size = 32

@@ -85,6 +85,8 @@ def run(argv: Sequence[str] | None = None) -> None:
         main(argv)
     except _user_errors() as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        # one line, even for a message that quotes a multi-line library error (e.g. protobuf's)
+        msg = " ".join(line.strip() for line in str(msg).splitlines())
         print(f"wam-convert: error: {msg}", file=sys.stderr)
         sys.exit(2)
 

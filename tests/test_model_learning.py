@@ -185,7 +185,7 @@ def test_end_to_end_pooled_adaln_recipe_learns_the_dynamics_and_uses_the_actions
     cfg = learning_config("online")
     cfg.model.pool.kind, cfg.model.pool.dim = "mean", 32
     cfg.model.predictor.action_cond = "adaln"
-    cfg.loss.sigreg, cfg.loss.collapse_samples, cfg.loss.encoder_from_heads = 0.09, "all", 0.0
+    cfg.loss.sigreg, cfg.loss.collapse_samples, cfg.loss.encoder_from_heads = 0.09, "all", 1.0
     evaluate_batch, _ = train(cfg, 300)
     r = evaluate(evaluate_batch)
     assert r["target_std"] > 0.1, r

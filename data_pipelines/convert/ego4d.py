@@ -284,7 +284,10 @@ def produce(plan: convert_common.ShardPlan, log: convert_common.ShardLog, *, out
     """
     import av.logging
 
-    av.logging.set_level(av.logging.FATAL)  # reasons go to the manifest, not the progress bar
+    # No Python log callback (PyAV's default): with one installed, a frame-decoding thread that logs
+    # waits for the GIL while the main thread, holding it, frees the codec context and waits for
+    # that thread; a bit-flipped mp4 deadlocked this way. Skip reasons go to the manifest anyway.
+    av.logging.set_level(None)
     opts = Ego4DOptions(**options)
     table = []
     for item in plan.items:

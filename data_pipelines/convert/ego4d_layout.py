@@ -130,6 +130,10 @@ class Ego4DLayout:
                 raise Ego4DLayoutError(
                     f"{metadata_path}: clips[{i}] needs string fields 'clip_uid' and 'video_uid'"
                 )
+            if c.get("clip_metadata") is not None and not isinstance(c["clip_metadata"], dict):
+                raise Ego4DLayoutError(
+                    f"{metadata_path}: clips[{i}] ({c['clip_uid']}): field 'clip_metadata' must be an object"
+                )
         return cls(root=root, metadata_path=metadata_path, version_dir=version_dir, metadata=metadata)
 
     # -- videos ---------------------------------------------------------------------------------
@@ -171,7 +175,7 @@ class Ego4DLayout:
                     fps=_optional_float(cm, "fps"), num_frames=_int_or_none(cm.get("num_frames")),
                     width=_int_or_none(cm.get("display_resolution_width")),
                     height=_int_or_none(cm.get("display_resolution_height")),
-                    scenarios=tuple(parent.get("scenarios") or ()),
+                    scenarios=_str_tuple(parent.get("scenarios")),
                 ))
             return out
         self.video_dir_path(video_dir)  # validates the name
@@ -183,7 +187,7 @@ class Ego4DLayout:
                 fps=_optional_float(vm, "fps"), num_frames=_int_or_none(vm.get("num_frames")),
                 width=_int_or_none(vm.get("display_resolution_width", vm.get("width"))),
                 height=_int_or_none(vm.get("display_resolution_height", vm.get("height"))),
-                scenarios=tuple(v.get("scenarios") or ()),
+                scenarios=_str_tuple(v.get("scenarios")),
             ))
         return out
 
@@ -246,6 +250,7 @@ class Ego4DLayout:
                     raise Ego4DLayoutError(f"{path}: [{uid!r}][{pass_name!r}] has no list 'narrations'")
                 parsed = []
                 for j, n in enumerate(items):
+                    n = n if isinstance(n, dict) else {}  # not an object: reported as missing fields
                     t, text = n.get("timestamp_sec"), n.get("narration_text")
                     if not isinstance(t, int | float) or not isinstance(text, str):
                         raise Ego4DLayoutError(
@@ -294,6 +299,11 @@ def parse_uids(uids: str | Sequence[str] | None, uid_file: str | None) -> list[s
         uids = uids.split(",")
     out = [u.strip() for u in uids if u.strip()]
     return out or None
+
+
+def _str_tuple(x: Any) -> tuple[str, ...]:
+    """An informational list of names (e.g. `scenarios`); anything but a list of strings is ignored."""
+    return tuple(s for s in x if isinstance(s, str)) if isinstance(x, list | tuple) else ()
 
 
 def _int_or_none(x: Any) -> int | None:

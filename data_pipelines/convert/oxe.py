@@ -235,7 +235,10 @@ def convert(
     ]
     if not items:
         raise convert_common.NoValidEpisodesError(
-            f"{input_dir}: split {split!r} has no episodes; nothing was written"
+            f"{input_dir}: split {split!r} has no episodes ("
+            + (f"--max_episodes={max_episodes}" if len(ds) else
+               f"its shardLengths in dataset_info.json: {ds.shard_lengths}")
+            + "); nothing was written"
         )
     if episodes_per_shard is None:
         by_shard: dict[int, list[tuple[int, int]]] = {}

@@ -144,7 +144,7 @@ class RLDSDataset:
         try:
             with open(os.path.join(self.builder_dir, DATASET_INFO_JSON)) as f:
                 self._info_json = json.load(f)
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a cut multi-byte char
             raise RLDSFormatError(
                 f"{os.path.join(self.builder_dir, DATASET_INFO_JSON)}: not valid JSON ({e})"
             ) from e
@@ -155,7 +155,9 @@ class RLDSDataset:
             self.builder = tfds.builder_from_directory(self.builder_dir)
         except Exception as e:  # tfds raises assorted errors for a broken features.json
             raise RLDSFormatError(
-                f"{self.builder_dir}: TFDS cannot open this directory: {e}"
+                f"{self.builder_dir}: TFDS cannot open this directory: its "
+                f"{_unusable_json(self.builder_dir)} is not a valid TFDS description "
+                f"({type(e).__name__}: {e})"
             ) from e
         info = self.builder.info
         self.name: str = info.name
@@ -169,12 +171,24 @@ class RLDSDataset:
         splits = info.splits
         if split not in splits:
             raise RLDSFormatError(
-                f"{self.builder_dir}: no split {split!r}; available splits: {sorted(splits.keys())}"
+                f"{self.builder_dir}: no split {split!r} in {DATASET_INFO_JSON}; available splits: "
+                f"{sorted(splits.keys())}"
             )
         self.split = split
         split_info = splits[split]
-        self.shard_paths: list[str] = [os.fspath(p) for p in split_info.filepaths]
+        try:  # shard names come from the dataset name and split fields of dataset_info.json
+            self.shard_paths: list[str] = [os.fspath(p) for p in split_info.filepaths]
+        except Exception as e:  # noqa: BLE001 - tfds: ValueError / KeyError from the file template
+            raise RLDSFormatError(
+                f"{os.path.join(self.builder_dir, DATASET_INFO_JSON)}: cannot name the shard "
+                f"files of split {split!r} (fields 'name', 'splits'): {type(e).__name__}: {e}"
+            ) from e
         self.shard_lengths: list[int] = [int(n) for n in split_info.shard_lengths]
+        if any(n < 0 for n in self.shard_lengths):
+            raise RLDSFormatError(
+                f"{os.path.join(self.builder_dir, DATASET_INFO_JSON)}: split {split!r} has "
+                f"negative shardLengths {self.shard_lengths}"
+            )
         self.file_format: str = info.file_format.value if info.file_format else "tfrecord"
         missing = [p for p in self.shard_paths if not os.path.exists(p)]
         if missing:
@@ -274,7 +288,8 @@ class RLDSDataset:
                     ),
                 )
                 return
-            except ValueError as e:  # grain: bad length / truncated record
+            # grain: a truncated record (ValueError), or a corrupt length field it tries to allocate
+            except (ValueError, MemoryError, OverflowError) as e:
                 yield (
                     max(i, start),
                     RLDSFormatError(f"{path}: record {i} is unreadable ({str(e)[:200]})"),
@@ -367,8 +382,8 @@ class RLDSDataset:
                         ep = self._decode(rec, decode_images)
                     except Exception as e:  # protobuf / feature decoding of a damaged record
                         ep = RLDSFormatError(
-                            f"{self.shard_paths[s]}: record {i} does not decode as this "
-                            f"dataset's features ({type(e).__name__}: {str(e)[:200]})"
+                            f"{self.shard_paths[s]}: record {i} does not decode as the features in "
+                            f"{FEATURES_JSON} ({type(e).__name__}: {str(e)[:200]})"
                         )
                         ep.__cause__ = e
                 if isinstance(ep, RLDSFormatError) and errors == "raise":
@@ -394,6 +409,18 @@ class RLDSDataset:
         """(shard, index-in-shard) of a global episode index."""
         s = int(np.searchsorted(self._offsets, index, side="right") - 1)
         return s, int(index - self._offsets[s])
+
+
+def _unusable_json(builder_dir: str) -> str:
+    """The file TFDS failed on: features.json if it does not load alone, else dataset_info.json."""
+    import tensorflow_datasets as tfds
+
+    try:
+        with open(os.path.join(builder_dir, FEATURES_JSON)) as f:
+            tfds.features.FeatureConnector.from_json(json.load(f))
+    except Exception:  # noqa: BLE001 - any failure means this file is the broken one
+        return FEATURES_JSON
+    return DATASET_INFO_JSON
 
 
 def _feature_keys(feature: Any, path: str) -> tuple[str, ...]:

@@ -108,10 +108,13 @@ def check_frames(frames: ArrayLike, image_size: int, *, name: str = "frames", re
 
     Returns (`[B, T, S, S, 3]` frames, the leading dims to restore on outputs).
     """
-    x = np.asarray(frames)
     expected = f"uint8 [T, {image_size}, {image_size}, 3] (or [{image_size}, {image_size}, 3], or batched [B, T, ...])"
-    if x.ndim not in (3, 4, 5) or x.shape[-1] != 3:
-        raise ValueError(f"{name} has shape {x.shape}; expected {expected}")
+    try:
+        x = np.asarray(frames)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{name} is not a rectangular array ({e}); expected {expected}") from None
+    if x.ndim not in (3, 4, 5) or x.shape[-1] != 3 or x.size == 0:
+        raise ValueError(f"{name} has shape {x.shape}; expected {expected}, at least one frame")
     if x.dtype != np.uint8:
         raise ValueError(f"{name} has dtype {x.dtype}; expected {expected}, RGB values 0..255")
     if x.shape[-3:-1] != (image_size, image_size):

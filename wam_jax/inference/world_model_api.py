@@ -42,6 +42,26 @@ log = logging.getLogger(__name__)
 
 ArrayLike = Any
 
+
+def _real_array(x: ArrayLike, name: str, expected: str) -> np.ndarray | jax.Array:
+    """`x` as float32 (a jax.Array stays on its devices), or a ValueError naming `name` and the
+    `expected` shape: strings, bools, complex numbers, ragged lists and NaN / inf would otherwise
+    end in a numpy / XLA error that names neither, or in silently NaN outputs."""
+    if isinstance(x, jax.Array):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"{name} is not a rectangular array ({e}); expected {expected}") from None
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):  # bf16 too
+        raise ValueError(f"{name} has dtype {arr.dtype}; expected real numbers {expected}")
+    arr = arr.astype(jnp.float32 if isinstance(arr, jax.Array) else np.float32)
+    if arr.size and not bool((jnp if isinstance(arr, jax.Array) else np).isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or inf (shape {arr.shape}); expected finite {expected}")
+    return arr
+
+
 # Errors and the default mesh of `WorldModel.load`, for callers that handle them.
 __all__ = ["ActionSpace", "IncompleteExportError", "MissingStatisticsError", "WorldModel", "inference_mesh"]
 
@@ -129,17 +149,17 @@ class WorldModel:
             for space in self.action_spaces.values():
                 if space.embodiment_id == embodiment:
                     return space
-        elif embodiment in self.action_spaces:
+        elif isinstance(embodiment, str) and embodiment in self.action_spaces:
             return self.action_spaces[embodiment]
         raise ValueError(f"unknown embodiment {embodiment!r}; this model knows {sorted(self.action_spaces)}")
 
     def _latents(self, latents: ArrayLike, name: str, min_ndim: int, max_ndim: int) -> jax.Array:
         n, d = self.latent_shape
-        z = jnp.asarray(latents, jnp.float32)
-        if not (min_ndim <= z.ndim <= max_ndim) or z.shape[-2:] != (n, d):
-            raise ValueError(f"{name} has shape {tuple(z.shape)}; expected [..., N, D] = [..., {n}, {d}] "
-                             f"with {min_ndim}..{max_ndim} dims (from WorldModel.encode)")
-        return z
+        expected = f"[..., N, D] = [..., {n}, {d}] with {min_ndim}..{max_ndim} dims (from WorldModel.encode)"
+        z = _real_array(latents, name, expected)
+        if not (min_ndim <= z.ndim <= max_ndim) or z.shape[-2:] != (n, d) or z.size == 0:
+            raise ValueError(f"{name} has shape {tuple(z.shape)}; expected {expected}")
+        return jnp.asarray(z)
 
     def _fn(self, key: Any, build):
         fn = self._fns.get(key)
@@ -195,9 +215,10 @@ class WorldModel:
         self._need_model("predict")
         space = self.action_space(embodiment)
         z = self._latents(latents, "latents", 2, 4)
-        a = np.asarray(actions, np.float32)
-        if a.ndim not in (1, 2, 3):
-            raise ValueError(f"actions has shape {a.shape}; expected [A], [k, A] or [B, k, A] with A={space.dim}")
+        expected = f"[A], [k, A] or [B, k, A] with A={space.dim}, k >= 1"
+        a = _real_array(actions, "actions", expected)
+        if a.ndim not in (1, 2, 3) or a.size == 0:
+            raise ValueError(f"actions has shape {a.shape}; expected {expected}")
         single_step = a.ndim == 1
         a = a[None] if single_step else a
         batched = a.ndim == 3 or z.ndim == 4
@@ -213,12 +234,13 @@ class WorldModel:
             elif a.shape[0] == 1:
                 a = np.broadcast_to(a, (z.shape[0],) + a.shape[1:])
             else:
-                raise ValueError(f"latents batch {z.shape[0]} and actions batch {a.shape[0]} differ")
+                raise ValueError(f"latents batch {z.shape[0]} and actions batch {a.shape[0]} differ; expected "
+                                 f"[B, C, N, D] latents with [B, k, A] actions (or one of them unbatched)")
         a_norm, a_mask = space.normalize(a)
         b, c = z.shape[:2]
         pp = pm = None
         if proprio is not None:
-            p = np.asarray(proprio, np.float32)
+            p = _real_array(proprio, "proprio", f"[C, P] or [B, C, P] with C={c}")
             p = p[None] if p.ndim == 2 else p
             if p.shape[:2] != (b, c):
                 raise ValueError(f"proprio has shape {np.shape(proprio)}; expected [C, P] or [B, C, P] with C={c}")
@@ -293,6 +315,9 @@ class WorldModel:
         squeeze = z.ndim == 2
         z = z[None] if z.ndim == 2 else z
         g = g[None] if g.ndim == 2 else g
+        if g.shape[0] not in (1, z.shape[0]):
+            raise ValueError(f"goal_latents has shape {np.shape(goal_latents)}; expected [N, D] or [B, N, D] "
+                             f"with B={z.shape[0]} (the batch of latents)")
         g = jnp.broadcast_to(g, z.shape)
         from flax import nnx
 
@@ -321,6 +346,9 @@ class WorldModel:
         goal: `[H, W, 3]` goal image (same size rules as `encode`).
         Returns a PlanResult whose `actions`/`best_actions` are numpy `[H, A]` in robot units.
         """
+        # dtype, size and ragged / empty arrays first, so that np.asarray below cannot fail
+        check_frames(observation, self.image_size, name="observation", resize=resize)
+        check_frames(goal, self.image_size, name="goal image", resize=resize)
         obs = np.asarray(observation)
         if obs.ndim not in (3, 4):
             raise ValueError(f"observation has shape {obs.shape}; expected [H, W, 3] or [C, H, W, 3] uint8")
@@ -328,7 +356,6 @@ class WorldModel:
         if g.ndim != 3:
             raise ValueError(f"goal has shape {g.shape}; expected one uint8 image "
                              f"[{self.image_size}, {self.image_size}, 3]")
-        check_frames(g, self.image_size, name="goal image", resize=resize)
         z_obs = self.encode(obs if obs.ndim == 4 else obs[None], resize=resize)
         z_goal = self.encode(g, resize=resize)
         return self.plan_latents(z_obs, z_goal, preset=preset, key=key, init_mean=init_mean,
@@ -351,7 +378,7 @@ class WorldModel:
         goal = self._latents(goal_latents, "goal_latents", 2, 2)
         proprio = None
         if context_proprio is not None:
-            p = np.asarray(context_proprio, np.float32)
+            p = _real_array(context_proprio, "context_proprio", "[P] or [C, P] (one row per context frame)")
             p = p[None] if p.ndim == 1 else p
             if p.ndim != 2 or p.shape[0] != z.shape[0]:
                 raise ValueError(f"context_proprio has shape {np.shape(context_proprio)}; expected [P] or "
@@ -364,7 +391,7 @@ class WorldModel:
         bounds = space.bounds()
         mean0 = None
         if init_mean is not None:
-            m = np.asarray(init_mean, np.float32)
+            m = _real_array(init_mean, "init_mean", f"[H, A] = [{cfg.horizon}, {space.dim}]")
             if m.shape != (cfg.horizon, space.dim):
                 raise ValueError(f"init_mean has shape {m.shape}; expected [H, A] = [{cfg.horizon}, {space.dim}]")
             mean0 = jnp.asarray(space.normalize(m)[0][..., : space.dim])
