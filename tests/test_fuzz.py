@@ -150,6 +150,15 @@ def run_cases(cases: list[tuple[str, Callable[[], str]]]) -> collections.Counter
     return outcomes
 
 
+def run_converter_cases(label: str, cases: list[tuple[str, Callable[[], str]]], descs: dict[int, str]) -> None:
+    """`run_cases`, then the mutation of every seed (also on failure) and the outcome counts."""
+    try:
+        outcomes = run_cases(cases)
+    finally:
+        print("\n".join(f"  {label} seed {s}: {d}" for s, d in sorted(descs.items())))
+    print(f"{label} converter fuzz: {len(cases)} cases: {dict(outcomes)}")
+
+
 # ------------------------------------------------------------------------------------------------
 # 1. Converter inputs
 
@@ -218,12 +227,7 @@ def test_oxe_converter_on_mutated_builder_dirs(rlds_base, tmp_path):
         return f"seed {seed}", run
 
     descs: dict[int, str] = {}
-    cases = [case(seed) for seed in range(20)]
-    try:
-        outcomes = run_cases(cases)
-    finally:
-        print("\n".join(f"  oxe seed {s}: {d}" for s, d in sorted(descs.items())))
-    print(f"oxe converter fuzz: {len(cases)} cases: {dict(outcomes)}")
+    run_converter_cases("oxe", [case(seed) for seed in range(20)], descs)
 
 
 EGO4D_KINDS = ("json:delete", "json:retype", "json:truncate", "mp4:random", "mp4:empty", "mp4:truncate",
@@ -288,12 +292,7 @@ def test_ego4d_converter_on_mutated_layouts(ego4d_base, tmp_path):
         return f"seed {seed}", run
 
     descs: dict[int, str] = {}
-    cases = [case(seed) for seed in range(20)]
-    try:
-        outcomes = run_cases(cases)
-    finally:
-        print("\n".join(f"  ego4d seed {s}: {d}" for s, d in sorted(descs.items())))
-    print(f"ego4d converter fuzz: {len(cases)} cases: {dict(outcomes)}")
+    run_converter_cases("ego4d", [case(seed) for seed in range(20)], descs)
 
 
 # ------------------------------------------------------------------------------------------------
