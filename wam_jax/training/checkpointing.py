@@ -231,18 +231,19 @@ class Checkpointer:
                 self.manager.wait_until_finished()
             except Exception:  # noqa: BLE001 - the error being reported is the one that matters
                 pass
-            steps = self.finalized_steps()
-            kept = (f"the last complete checkpoint, step {steps[-1]}, is kept" if steps
+            last = self.last_complete()
+            kept = (f"the last complete checkpoint, step {last}, is kept" if last is not None
                     else "no checkpoint was completed")
             raise CheckpointWriteError(
                 f"could not write a checkpoint ({what}) in {self.directory}: {os_error_text(e)}; {kept}. "
                 f"Free space or fix permissions, then re-run the same command to resume.") from e
 
-    def finalized_steps(self) -> list[int]:
-        """Complete steps as the directory shows them (the manager's own list can be stale after a
-        failed async save)."""
+    def last_complete(self) -> int | None:
+        """The newest complete step as the directory shows it (the manager's own list can be stale
+        after a failed async save); what every error message names as kept."""
         root = epath.Path(self.directory)
-        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+        steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
+        return max(steps, default=None)
 
     def has_data_state(self, step: int) -> bool:
         """Whether this process's iterator state exists (it does not after a process-count change)."""

@@ -200,7 +200,6 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
     )
     logger = None
     preemption = None
-    state = None
     finished = False  # the body returned normally (errors while closing are then raised)
     try:
         restored = ckpt.restore_latest(built.abstract.to_dict(), batches, config)
@@ -350,13 +349,6 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
         return TrainResult(step=step, preempted=preempted, resumed_from=resumed_from, last_metrics=last,
                            workdir=workdir, eval_metrics=eval_metrics, export_dir=export_dir)
     finally:
-        if not finished and state is not None:
-            # Stopping on an error: let the step in flight finish before its inputs (the data
-            # iterator, pending saves) are torn down under it.
-            try:
-                jax.block_until_ready(state)
-            except Exception:  # noqa: BLE001 - the error being raised is the one that matters
-                pass
         if preemption is not None:
             preemption.restore()
         try:
