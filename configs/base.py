@@ -23,8 +23,10 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.encoder.qkv_bias = True
     # Latents per frame: 'none' keeps the patch grid (N = (image_size / patch_size)^2 tokens of
     # encoder width); 'mean' pools them and projects to one vector of `dim` (LeWM): planning and
-    # the predictor get ~N times cheaper. hidden 0: 4x the encoder width.
-    c.pool = mlc.ConfigDict(dict(kind="none", dim=128, hidden=0))
+    # the predictor get ~N times cheaper; 'grid' average-pools `grid x grid` regions of the patch
+    # grid and projects each (a few vectors per frame that keep where things are). hidden 0: 4x
+    # the encoder width.
+    c.pool = mlc.ConfigDict(dict(kind="none", dim=128, hidden=0, grid=2))
     c.predictor = presets.predictor_preset(preset)
     c.predictor.residual = True  # predict z_{t+1} - z_t (output starts at the copy baseline)
     # How the conditioning enters the predictor: 'token' | 'channels' (DINO-WM) | 'token_channels'

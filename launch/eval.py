@@ -33,8 +33,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--num_perturbations", type=int, default=16, help="perturbed actions per transition (ranking)")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--probe", default=None, choices=["pusht"],
-                   help="also fit linear probes to the simulator's ground truth on fresh episodes (launch/probe.py)")
+                   help="also fit linear probes to the simulator's ground truth on fresh episodes (launch/probe.py) "
+                        "and check the planning energy against the simulator (launch/energy_agreement.py)")
     p.add_argument("--probe_episodes", type=int, default=45, help="fresh episodes for --probe")
+    p.add_argument("--probe_tasks", type=int, default=10,
+                   help="wam-plan tasks on which --probe also ranks candidate action sequences by the "
+                        "planning energy against the simulator (launch/energy_agreement.py; 0: skip)")
     p.add_argument("--log_level", default="WARNING")
     return p.parse_args(list(argv))
 
@@ -60,6 +64,14 @@ def main(argv: Sequence[str]) -> int:
         res = probe.probe_pusht(load.restore(args.workdir, args.step), episodes=args.probe_episodes)
         print("\n" + probe.format_probe(res))
         print(f"probe:   {evaluation.write_metrics(res, out_dir, name='probe_pusht.json')}", flush=True)
+        if args.probe_tasks > 0:
+            from launch import energy_agreement
+            from wam_jax import WorldModel
+
+            res = energy_agreement.energy_agreement(WorldModel.load(args.workdir, args.step), tasks=args.probe_tasks)
+            print("\n" + energy_agreement.format_agreement(res))
+            print(f"energy:  {evaluation.write_metrics(res, out_dir, name='energy_agreement_pusht.json')}",
+                  flush=True)
     if not args.no_plots:
         for path in eval_report.write_plots(results, out_dir):
             print(f"plot:    {path}")

@@ -14,7 +14,7 @@ from tests.test_model import random_batch, tiny_config, trained_like
 from wam_jax.models.predictor import ACTION_CONDS
 from wam_jax.models.world_model import WorldActionModel
 
-MODES = [(pool, cond) for pool in ("none", "mean") for cond in ACTION_CONDS]
+MODES = [(pool, cond) for pool in ("none", "mean") for cond in ACTION_CONDS] + [("grid", "adaln")]
 
 
 def make(pool: str, action_cond: str, seed: int = 0) -> WorldActionModel:
@@ -36,14 +36,14 @@ def _inputs(m: WorldActionModel, b: int = 2, s: int = 4, seed: int = 0):
     return z, cond, proprio, jnp.ones(proprio.shape, bool)
 
 
-@pytest.mark.parametrize("pool", ["none", "mean"])
+@pytest.mark.parametrize("pool", ["none", "mean", "grid"])
 def test_latent_shape_and_per_frame_encoding(pool):
     m = make(pool, "token_channels")
     cfg = tiny_config()
     batch = random_batch(cfg, batch_size=2)
     z = np.asarray(m.encode(batch["video"]))
-    n = 1 if pool == "mean" else (cfg.model.image_size // cfg.model.patch_size) ** 2
-    d = 24 if pool == "mean" else cfg.model.encoder.width
+    n = {"mean": 1, "grid": cfg.model.pool.grid ** 2}.get(pool, (cfg.model.image_size // cfg.model.patch_size) ** 2)
+    d = cfg.model.encoder.width if pool == "none" else 24
     assert z.shape == (2, cfg.data.num_frames, n, d) == (2, cfg.data.num_frames,
                                                           m.spec.tokens_per_frame, m.spec.latent_dim)
     video = batch["video"].copy()
@@ -95,4 +95,28 @@ def test_adaln_starts_as_the_identity_of_the_blocks():
 def test_pooling_refuses_patch_ssl():
     cfg = tiny_config(**{"model.pool.kind": "mean", "model.ssl.enabled": True})
     with pytest.raises(ValueError, match="pool.kind"):
+        WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+
+
+def test_grid_pooling_averages_regions_and_one_region_is_the_mean_pool():
+    """`pool.kind='grid'` with grid 1 is the mean pool exactly (same parameters); with grid 2 each
+    latent is the projector of its quadrant's mean token, so the four quadrants' latents differ
+    and their tokens' overall mean projects to the mean-pooled latent."""
+    mean_m = make("mean", "adaln")
+    cfg1 = tiny_config(**{"model.pool.kind": "grid", "model.pool.grid": 1, "model.pool.dim": 24,
+                          "model.predictor.action_cond": "adaln"})
+    grid1 = trained_like(WorldActionModel(cfg1.model, rngs=nnx.Rngs(0)))
+    nnx.update(grid1.encoder, nnx.state(mean_m.encoder))
+    video = random_batch(cfg1, batch_size=2)["video"]
+    np.testing.assert_array_equal(np.asarray(grid1.encode(video)), np.asarray(mean_m.encode(video)))
+    grid2 = make("grid", "adaln")
+    z = np.asarray(grid2.encode(video))
+    assert z.shape[2] == 4 and np.abs(z[:, :, 0] - z[:, :, 3]).max() > 1e-3
+    g = grid2.spec.grid_hw
+    assert g == (2, 2) and grid2.spec.pooled
+
+
+def test_grid_pooling_refuses_a_grid_that_does_not_divide_the_patches():
+    cfg = tiny_config(**{"model.pool.kind": "grid", "model.pool.grid": 3})
+    with pytest.raises(ValueError, match="pool.grid=3"):
         WorldActionModel(cfg.model, rngs=nnx.Rngs(0))

@@ -281,3 +281,39 @@ def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
         assert set(r["r2"]) == set(probe.TARGETS) and r["test_groups"] == 1
         assert all(np.isfinite(v) for v in r["r2"].values())
     assert "block pos" in probe.format_probe(res)
+
+
+def test_energy_agreement_scores_rank_order_and_the_chosen_outcome() -> None:
+    """An energy that orders candidates as the outcome does scores Spearman 1 and picks the best;
+    a reversed one scores -1 and picks the worst; a constant one is undefined (nan), not 0."""
+    from launch import energy_agreement
+
+    cost = np.array([30.0, 10.0, 50.0, 20.0])
+    res = energy_agreement.score_task(cost, {"model energy": cost * 2 + 1, "latent energy": -cost,
+                                             "pixels": np.ones(4)})
+    assert res["rho/model energy"] == 1.0 and res["chosen/model energy"] == 10.0 == res["best"]
+    assert res["rho/latent energy"] == -1.0 and res["chosen/latent energy"] == 50.0
+    assert np.isnan(res["rho/pixels"]) and res["rho/model vs latent energy"] == -1.0
+    assert res["median"] == 25.0
+    acts = energy_agreement.candidates(np.random.default_rng(0), np.array([100.0, 400.0]), np.array([50.0, 60.0]),
+                                       np.array([450.0, 470.0]), 6, 5)
+    assert acts.shape == (6, 5, 2) and (acts >= [50, 60]).all() and (acts <= [450, 470]).all()
+    # Odd rows start near the agent (a 25-px random walk), even rows anywhere in the box.
+    assert np.linalg.norm(acts[1::2, 0] - [100.0, 400.0], axis=-1).max() < 120
+
+
+def test_energy_agreement_on_a_tiny_workdir(tmp_path_factory) -> None:
+    from launch import energy_agreement
+    from tests.test_world_model_api import shared_workdir
+    from wam_jax import WorldModel
+
+    workdir, _ = shared_workdir(tmp_path_factory)
+    res = energy_agreement.energy_agreement(WorldModel.load(workdir), tasks=2, num_candidates=6, horizon=2)
+    assert res["tasks"] == 2 and len(res["per_task"]) == 2
+    # Spearman is nan where an energy or the outcome is constant (the tiny model at stride 1 moves
+    # the block little in 2 steps); otherwise in [-1, 1].
+    for name in energy_agreement.ENERGIES:
+        rho = res["summary"][f"rho/{name}"]["mean"]
+        assert np.isnan(rho) or -1.0 <= rho <= 1.0
+        assert res["summary"]["best"]["mean"] <= res["summary"][f"chosen/{name}"]["mean"]
+    assert "latent energy" in energy_agreement.format_agreement(res)

@@ -189,6 +189,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     s = int(cfg.model.image_size)
     n, d = restored.target.latent_shape
     pooled = restored.target.projector is not None
+    pg = restored.target.pool_grid
     os.makedirs(output)
 
     # -- encoder artifact: f(params_flat, video) with params as an argument, not constants. It
@@ -228,8 +229,10 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
         "normalization": {"applied_inside_artifact": True, "formula": "(x / 255 - mean) / std",
                           "scale": 1.0 / 255.0, "mean": list(encoder_lib.IMAGENET_MEAN),
                           "std": list(encoder_lib.IMAGENET_STD)},
-        "output": ({"shape": ["b", "t", n, d], "dtype": "float32", "grid": [1, 1],
-                    "token_order": "one vector per frame: the patch tokens mean-pooled and projected",
+        "output": ({"shape": ["b", "t", n, d], "dtype": "float32", "grid": [pg, pg],
+                    "token_order": ("one vector per frame: the patch tokens mean-pooled and projected"
+                                    if pg == 1 else "row-major over the (grid, grid) regions of the patch "
+                                    "grid, each region's tokens mean-pooled and projected"),
                     "normalization": "none (the projector's output, the predictor's latent space)"}
                    if pooled else
                    {"shape": ["b", "t", n, d], "dtype": "float32", "grid": [gh, gw],

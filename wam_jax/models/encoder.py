@@ -10,7 +10,9 @@ LayerNorm (eps 1e-6). Two ways to run it:
 - `encode_frames`: per-step latents for the world model: every frame is encoded alone (frames
   folded into the batch; with tubelet 2 each frame fills both tubelet slots, as V-JEPA 2-AC does),
   so step t's latents depend on frame t only. With `model.pool.kind='mean'` a frame's tokens are
-  mean-pooled and projected (LeWM's pooled latents) to one vector: `N = 1`, `D = model.pool.dim`.
+  mean-pooled and projected (LeWM's pooled latents) to one vector: `N = 1`, `D = model.pool.dim`;
+  with `'grid'` they are average-pooled over `pool.grid x pool.grid` regions of the patch grid and
+  each region projected: `N = pool.grid^2` vectors that keep where things are.
 
 Preprocessing spec (also what `jax.export` artifacts document): RGB uint8 `[B, T, H, W, 3]` ->
 `normalize_video` (scale to [0, 1], then ImageNet mean/std) -> float32.
@@ -34,7 +36,7 @@ from wam_jax.models.positions import grid_positions, rope_3d, sincos_3d
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POS_EMBS = ("rope", "sincos")
-POOLS = ("none", "mean")
+POOLS = ("none", "mean", "grid")
 
 
 class Projector(nnx.Module):
@@ -146,7 +148,7 @@ class VideoEncoder(nnx.Module):
     attention`, `encoder.norm_eps` and `encoder.qkv_bias` (converted V-JEPA 2 configs set their
     checkpoint's values).
     Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `blocks.BlockStack`), `norm.{scale,bias}`,
-    and with `pool.kind='mean'` the `projector` (`pool.hidden`, `pool.dim`).
+    and with `pool.kind='mean'` or `'grid'` the `projector` (`pool.hidden`, `pool.dim`, `pool.grid`).
     """
 
     @mesh_optional
@@ -201,6 +203,11 @@ class VideoEncoder(nnx.Module):
         self.pool = str(config.pool.kind)
         if self.pool not in POOLS:
             raise ValueError(f"model config pool.kind must be one of {POOLS}, got {self.pool!r}")
+        self.pool_grid = int(config.pool.get("grid", 1)) if self.pool == "grid" else 1
+        g = self.image_size // self.patch_size
+        if self.pool_grid < 1 or g % self.pool_grid:
+            raise ValueError(f"model config pool.grid={self.pool_grid} must be >= 1 and divide the "
+                             f"{g}x{g} patch grid (image_size / patch_size)")
         self.projector: Projector | None = nnx.data(None)
         if self.pool != "none":
             hidden = int(config.pool.hidden) or 4 * self.width
@@ -210,7 +217,7 @@ class VideoEncoder(nnx.Module):
     def latent_shape(self) -> tuple[int, int]:
         """`(N, D)` of one frame's latents in `encode_frames`."""
         if self.projector is not None:
-            return 1, self.projector.dim
+            return self.pool_grid ** 2, self.projector.dim
         return self.num_patches, self.width
 
     # ----------------------------------------------------------------------------- geometry
@@ -309,7 +316,8 @@ class VideoEncoder(nnx.Module):
     def encode_frames(self, video: jax.Array, *, train: bool = False) -> jax.Array:
         """Per-step latents: `video` float `[B, T, H, W, 3]` -> `[B, T, N, D]`, every frame encoded
         on its own (folded into the batch; with tubelet 2 the frame fills both tubelet slots, as in
-        V-JEPA 2-AC), so step t's latents depend on frame t only. Pooled: `[B, T, 1, pool.dim]`;
+        V-JEPA 2-AC), so step t's latents depend on frame t only. Pooled: `[B, T, pool.grid^2,
+        pool.dim]` (row-major regions; one vector for 'mean');
         `train=True` normalizes the projector with batch statistics (see `Projector`)."""
         self._check_video(video, "video", clip=False)
         b, t, h, w, c = video.shape
@@ -319,5 +327,7 @@ class VideoEncoder(nnx.Module):
         positions = grid_positions(1, gh, gw)
         z = self._transform(self._add_sincos(x, positions), positions)
         if self.projector is not None:
-            z = self.projector(jnp.mean(z, axis=1, keepdims=True), train=train)
+            g = self.pool_grid  # average over (gh / g) x (gw / g) patches per region, row-major
+            z = jnp.mean(z.reshape(b * t, g, gh // g, g, gw // g, self.width), axis=(2, 4))
+            z = self.projector(z.reshape(b * t, g * g, self.width), train=train)
         return z.reshape(b, t, *self.latent_shape)

@@ -60,14 +60,12 @@ class ModelSpec:
     ssl_mask_ratio: float
     ssl_num_blocks: int
     ssl_block_scale: float
+    pooled: bool = False  # latents are the projector's outputs (`model.pool`), not patch tokens
 
     @property
     def tokens_per_frame(self) -> int:
         return self.grid_hw[0] * self.grid_hw[1]
 
-    @property
-    def pooled(self) -> bool:
-        return self.grid_hw == (1, 1)
 
 
 def spec_from_config(cfg: Any) -> ModelSpec:
@@ -80,12 +78,13 @@ def spec_from_config(cfg: Any) -> ModelSpec:
         raise ValueError(f"model.latent_action.video_cond must be one of {VIDEO_CONDS}, got {video_cond!r}")
     g = cfg.image_size // cfg.patch_size
     pooled = str(cfg.pool.kind) != "none"
+    pool_grid = int(cfg.pool.get("grid", 1)) if str(cfg.pool.kind) == "grid" else 1
     if pooled and ssl_enabled:
         raise ValueError("model.ssl.enabled predicts masked patch tokens; it needs model.pool.kind='none'")
     return ModelSpec(
         image_size=int(cfg.image_size), patch_size=int(cfg.patch_size), tubelet=int(cfg.tubelet),
         latent_dim=int(cfg.pool.dim) if pooled else int(cfg.encoder.width),
-        grid_hw=(1, 1) if pooled else (g, g), action_dim=int(cfg.action_dim),
+        grid_hw=(pool_grid, pool_grid) if pooled else (g, g), pooled=pooled, action_dim=int(cfg.action_dim),
         proprio_dim=int(cfg.proprio_dim), num_embodiments=int(cfg.num_embodiments),
         num_sources=int(cfg.num_sources), latent_action_dim=int(la.dim),
         bottleneck=str(la.bottleneck), video_cond=video_cond, policy_horizon=int(cfg.policy_horizon),

@@ -1,0 +1,126 @@
+"""Does the planning energy rank action sequences as the simulator does? (`wam-eval --probe=pusht`)
+
+A planner can only be as good as the order its energy puts candidate action sequences in. For
+each of a few PushT planning tasks (`wam-plan pusht`'s, same seeds) this draws `candidates`
+action sequences of `horizon` model steps, half uniform in the dataset's q01..q99 box (what CEM
+samples first) and half random walks of targets from the agent (sequences that stay near it and
+often push the block), executes each in the simulator from the task's start state (each action
+held for the frame stride, as `wam-plan` does), and scores the outcome by the success rule's
+quantities: block position error (px) + block angle error (degrees), both 20 at the tolerance.
+
+Then, per task, the Spearman rank correlation between that outcome cost and
+  model energy    the planner's energy: L1 from the predicted last latent to the goal's
+  latent energy   the same L1 on the *encoded real outcome* (the energy with a perfect predictor)
+  pixels          L1 between the real outcome frame and the goal image
+and between the model and latent energies (does the predictor track its own cost?), and the
+outcome cost of each energy's best candidate next to the best and the median candidate. A low
+latent-energy correlation means the representation's distance does not measure what success
+needs, whatever the predictor; a low model-vs-latent one means the predictor is the problem.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+ENERGIES = ("model energy", "latent energy", "pixels")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties; nan when either side is constant)."""
+    from scipy import stats
+
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y)[0])
+
+
+def score_task(cost: np.ndarray, energies: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """One task's numbers: `cost [K]` (outcome, lower is better) against each energy `[K]`."""
+    out = {"best": float(cost.min()), "median": float(np.median(cost))}
+    for name, e in energies.items():
+        out[f"rho/{name}"] = spearman(e, cost)
+        out[f"chosen/{name}"] = float(cost[int(np.argmin(e))])
+    if {"model energy", "latent energy"} <= set(energies):
+        out["rho/model vs latent energy"] = spearman(energies["model energy"], energies["latent energy"])
+    return out
+
+
+def candidates(rng: np.random.Generator, agent: np.ndarray, low: np.ndarray, high: np.ndarray, num: int,
+               horizon: int, step_px: float = 25.0) -> np.ndarray:
+    """`[num, horizon, 2]` absolute targets: even rows uniform in the box, odd rows random walks
+    from the agent (`step_px` per model step), clipped to the box."""
+    out = rng.uniform(low, high, size=(num, horizon, 2))
+    walks = agent + np.cumsum(rng.normal(0.0, step_px, size=(num, horizon, 2)), axis=1)
+    out[1::2] = np.clip(walks[1::2], low, high)
+    return out.astype(np.float32)
+
+
+def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 64, horizon: int = 5,
+                     seed: int = 0) -> dict[str, Any]:
+    """The table's numbers for a loaded `WorldModel` (mean and sd over tasks) plus per-task rows."""
+    from launch.plan import make_tasks, observe
+    from sim import pusht
+    from sim.success import pose_error
+
+    t0 = time.perf_counter()
+    size, space = wm.image_size, wm.action_space()
+    low = space.q01 if space.q01 is not None else space.mean - 2 * space.std
+    high = space.q99 if space.q99 is not None else space.mean + 2 * space.std
+    use_proprio = space.proprio_dim > 0 and space.proprio_mean is not None
+    env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
+    rows = []
+    try:
+        for task in make_tasks(tasks, image_size=size, seed=seed, env=env):
+            rng = np.random.default_rng([seed, task.seed])
+            goal_z = np.asarray(wm.encode(task.goal_image))
+            goal_px = task.goal_image.astype(np.float32)
+            pusht.reset_to_state(env, task.start_state, seed=task.seed)
+            z0 = np.asarray(wm.encode(observe(env, size)))
+            agent = task.start_state[:2].astype(np.float32)
+            acts = candidates(rng, agent, low, high, num_candidates, horizon)
+            k = len(acts)
+            proprio = np.broadcast_to(agent, (k, 1, agent.shape[0])) if use_proprio else None
+            pred = np.asarray(wm.predict(np.broadcast_to(z0, (k, 1) + z0.shape), acts, proprio=proprio))
+            model_e = np.abs(pred[:, -1] - goal_z).mean(axis=(-2, -1))
+            latent_e, pixel_e, cost = np.zeros(k), np.zeros(k), np.zeros(k)
+            for i, seq in enumerate(acts):
+                pusht.reset_to_state(env, task.start_state, seed=task.seed)
+                for a in seq:
+                    for _ in range(int(space.stride)):
+                        env.step(a)
+                frame = observe(env, size)
+                latent_e[i] = np.abs(np.asarray(wm.encode(frame)) - goal_z).mean()
+                pixel_e[i] = np.abs(frame.astype(np.float32) - goal_px).mean()
+                pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)
+                cost[i] = pos + ang
+            rows.append({"seed": task.seed, **score_task(cost, {"model energy": model_e,
+                                                                "latent energy": latent_e, "pixels": pixel_e})})
+    finally:
+        env.close()
+    summary = {}
+    for key in rows[0]:
+        if key != "seed":
+            v = np.asarray([r[key] for r in rows], np.float64)
+            summary[key] = {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v))}
+    return {"tasks": len(rows), "candidates": num_candidates, "horizon": horizon, "stride": int(space.stride),
+            "cost": "block position error (px) + block angle error (deg) after executing the sequence",
+            "summary": summary, "per_task": rows, "seconds": time.perf_counter() - t0}
+
+
+def format_agreement(res: dict[str, Any]) -> str:
+    s = res["summary"]
+    lines = [f"Planning energy vs the simulator ({res['tasks']} wam-plan tasks x {res['candidates']} "
+             f"sequences of {res['horizon']} model steps; outcome cost = block px + deg error)",
+             f"  {'energy':<16s}{'Spearman with cost':>20s}{'cost of its best':>18s}"]
+    for name in ENERGIES:
+        r, c = s[f"rho/{name}"], s[f"chosen/{name}"]
+        lines.append(f"  {name:<16s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
+    lines.append(f"  {'(best / median candidate)':<36s}{s['best']['mean']:>14.1f} / {s['median']['mean']:.1f}")
+    if "rho/model vs latent energy" in s:
+        r = s["rho/model vs latent energy"]
+        lines.append(f"  model energy vs latent energy: Spearman {r['mean']:.2f} ± {r['sd']:.2f}")
+    return "\n".join(lines)
