@@ -27,6 +27,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     # grid and projects each (a few vectors per frame that keep where things are). hidden 0: 4x
     # the encoder width.
     c.pool = mlc.ConfigDict(dict(kind="none", dim=128, hidden=0, grid=2))
+    # Pretrained encoder weights for a new run: a Hugging Face V-JEPA 2 directory, a V-JEPA 2
+    # PyTorch checkpoint or a wam_jax export (wam_jax/training/init_from.py); '' = random init.
+    c.init_from = ""
     c.predictor = presets.predictor_preset(preset)
     c.predictor.residual = True  # predict z_{t+1} - z_t (output starts at the copy baseline)
     # How the conditioning enters the predictor: 'token' | 'channels' (DINO-WM) | 'token_channels'

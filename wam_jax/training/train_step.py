@@ -234,8 +234,18 @@ def init_train_state(
     unpinned `jit(tx.init)` on an Auto mesh replicates them.
     """
 
-    def init() -> TrainState:
+    pretrained = None
+    if str(config.model.get("init_from", "") or ""):
+        from wam_jax.training import init_from
+
+        abstract_model = nnx.eval_shape(lambda: model_factory(config.model, nnx.Rngs(config.seed)))
+        pretrained = init_from.load_encoder_state(config.model, online_encoder(abstract_model))
+
+    def init(pretrained) -> TrainState:
         model, target = _build(config.model, config.seed, model_factory)
+        if pretrained is not None:  # the target starts as the same copy of the pretrained encoder
+            nnx.update(online_encoder(model), pretrained)
+            nnx.update(target, pretrained)
         _, params, rest, _, target_state, _ = _split(model, target)
         params = _pure(params)
         return TrainState(
@@ -248,7 +258,7 @@ def init_train_state(
         )
 
     with jax.set_mesh(_mesh_of(shardings)):
-        return jax.jit(init, out_shardings=shardings)()
+        return jax.jit(init, out_shardings=shardings)(pretrained)
 
 
 def _rng_data(seed: int) -> jax.Array:
