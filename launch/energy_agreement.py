@@ -2,9 +2,10 @@
 
 A planner can only be as good as the order its energy puts candidate action sequences in. For
 each of a few PushT planning tasks (`wam-plan pusht`'s, same seeds) this draws `candidates`
-action sequences of `horizon` model steps, half uniform in the dataset's q01..q99 box (what CEM
-samples first) and half random walks of targets from the agent (sequences that stay near it and
-often push the block), executes each in the simulator from the task's start state (each action
+action sequences of `horizon` model steps (`candidates`: uniform in the dataset's q01..q99 box,
+as CEM samples first; random walks of targets from the agent, which often push the block; and the
+task's demonstration, which reaches the goal, with noise: the neighbourhood CEM's last iterations
+search, scored also on its own), executes each in the simulator from the task's start state (each action
 held for the frame stride, as `wam-plan` does), and scores the outcome by the success rule's
 quantities: block position error (px) + block angle error (degrees), both 20 at the tolerance.
 
@@ -49,14 +50,27 @@ def score_task(cost: np.ndarray, energies: Mapping[str, np.ndarray]) -> dict[str
     return out
 
 
+FAMILIES = ("uniform", "walk", "near demo")
+MAX_DEMO_NOISE_PX = 60.0
+
+
 def candidates(rng: np.random.Generator, agent: np.ndarray, low: np.ndarray, high: np.ndarray, num: int,
-               horizon: int, step_px: float = 25.0) -> np.ndarray:
-    """`[num, horizon, 2]` absolute targets: even rows uniform in the box, odd rows random walks
-    from the agent (`step_px` per model step), clipped to the box."""
+               horizon: int, demo: np.ndarray | None = None, step_px: float = 25.0) -> np.ndarray:
+    """`[num, horizon, 2]` absolute targets, by row index mod 3: uniform in the box; random walks
+    from the agent (`step_px` per model step); and, given `demo` (`[horizon, 2]`, the
+    demonstration's targets that reach the goal), the demonstration plus Gaussian noise of a std
+    spread evenly over 0..`MAX_DEMO_NOISE_PX` (the neighbourhood CEM's last iterations search;
+    without `demo`, more walks). Clipped to the box."""
     out = rng.uniform(low, high, size=(num, horizon, 2))
     walks = agent + np.cumsum(rng.normal(0.0, step_px, size=(num, horizon, 2)), axis=1)
-    out[1::2] = np.clip(walks[1::2], low, high)
-    return out.astype(np.float32)
+    out[1::3] = walks[1::3]
+    near = np.arange(2, num, 3)
+    if demo is None:
+        out[near] = walks[near]
+    else:
+        scale = np.linspace(0.0, MAX_DEMO_NOISE_PX, len(near))[:, None, None]
+        out[near] = demo + scale * rng.normal(size=(len(near), horizon, 2))
+    return np.clip(out, low, high).astype(np.float32)
 
 
 def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 64, horizon: int = 5,
@@ -81,7 +95,11 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 64, hori
             pusht.reset_to_state(env, task.start_state, seed=task.seed)
             z0 = np.asarray(wm.encode(observe(env, size)))
             agent = task.start_state[:2].astype(np.float32)
-            acts = candidates(rng, agent, low, high, num_candidates, horizon)
+            demo = None
+            stride = int(space.stride)
+            if task.demo_actions is not None and len(task.demo_actions) >= horizon * stride:
+                demo = task.demo_actions[stride - 1: horizon * stride: stride]  # the last of each stride
+            acts = candidates(rng, agent, low, high, num_candidates, horizon, demo)
             k = len(acts)
             proprio = np.broadcast_to(agent, (k, 1, agent.shape[0])) if use_proprio else None
             pred = np.asarray(wm.predict(np.broadcast_to(z0, (k, 1) + z0.shape), acts, proprio=proprio))
@@ -97,8 +115,13 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 64, hori
                 pixel_e[i] = np.abs(frame.astype(np.float32) - goal_px).mean()
                 pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)
                 cost[i] = pos + ang
-            rows.append({"seed": task.seed, **score_task(cost, {"model energy": model_e,
-                                                                "latent energy": latent_e, "pixels": pixel_e})})
+            energies = {"model energy": model_e, "latent energy": latent_e, "pixels": pixel_e}
+            row = {"seed": task.seed, **score_task(cost, energies)}
+            if demo is not None:  # the same numbers inside the demonstration's neighbourhood
+                near = np.arange(2, k, 3)
+                row.update({f"near demo/{key}": v for key, v in
+                            score_task(cost[near], {n: e[near] for n, e in energies.items()}).items()})
+            rows.append(row)
     finally:
         env.close()
     summary = {}
@@ -120,6 +143,13 @@ def format_agreement(res: dict[str, Any]) -> str:
         r, c = s[f"rho/{name}"], s[f"chosen/{name}"]
         lines.append(f"  {name:<16s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
     lines.append(f"  {'(best / median candidate)':<36s}{s['best']['mean']:>14.1f} / {s['median']['mean']:.1f}")
+    if "near demo/best" in s:
+        lines.append("  near the demonstration (its actions + noise of std 0..60 px):")
+        for name in ENERGIES:
+            r, c = s[f"near demo/rho/{name}"], s[f"near demo/chosen/{name}"]
+            lines.append(f"  {name:<16s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
+        lines.append(f"  {'(best / median candidate)':<36s}{s['near demo/best']['mean']:>14.1f} / "
+                     f"{s['near demo/median']['mean']:.1f}")
     if "rho/model vs latent energy" in s:
         r = s["rho/model vs latent energy"]
         lines.append(f"  model energy vs latent energy: Spearman {r['mean']:.2f} ± {r['sd']:.2f}")

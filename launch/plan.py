@@ -50,6 +50,7 @@ class PushTTask:
     start_state: np.ndarray  # [agent_x, agent_y, block_x, block_y, angle]
     goal_state: np.ndarray
     goal_image: np.ndarray  # uint8 [S, S, 3] at the model's image size
+    demo_actions: np.ndarray | None = None  # [goal_offset, 2]: the demonstration's own actions
 
     @property
     def goal_pose(self) -> np.ndarray:
@@ -86,7 +87,7 @@ def make_tasks(num: int, *, image_size: int, goal_offset: int = 25, seed: int = 
             if not is_success(start[2:], goal[2:]):
                 pusht.reset_to_state(env, goal, seed=s)
                 tasks.append(PushTTask(seed=s, start_state=start, goal_state=goal,
-                                       goal_image=observe(env, image_size)))
+                                       goal_image=observe(env, image_size), demo_actions=r.actions))
             s += 1
             if s - TASK_SEED_BASE - seed * 10_000 > 100 * num + 100:
                 raise RuntimeError(f"found only {len(tasks)} of {num} PushT tasks where the block moves "

@@ -295,11 +295,15 @@ def test_energy_agreement_scores_rank_order_and_the_chosen_outcome() -> None:
     assert res["rho/latent energy"] == -1.0 and res["chosen/latent energy"] == 50.0
     assert np.isnan(res["rho/pixels"]) and res["rho/model vs latent energy"] == -1.0
     assert res["median"] == 25.0
+    demo = np.tile([[300.0, 200.0]], (5, 1))
     acts = energy_agreement.candidates(np.random.default_rng(0), np.array([100.0, 400.0]), np.array([50.0, 60.0]),
-                                       np.array([450.0, 470.0]), 6, 5)
-    assert acts.shape == (6, 5, 2) and (acts >= [50, 60]).all() and (acts <= [450, 470]).all()
-    # Odd rows start near the agent (a 25-px random walk), even rows anywhere in the box.
-    assert np.linalg.norm(acts[1::2, 0] - [100.0, 400.0], axis=-1).max() < 120
+                                       np.array([450.0, 470.0]), 9, 5, demo)
+    assert acts.shape == (9, 5, 2) and (acts >= [50, 60]).all() and (acts <= [450, 470]).all()
+    # Rows 1, 4, 7 start near the agent (a 25-px random walk); rows 2, 5, 8 are the demonstration
+    # with noise growing from 0 (row 2 is the demonstration itself).
+    assert np.linalg.norm(acts[1::3, 0] - [100.0, 400.0], axis=-1).max() < 120
+    np.testing.assert_allclose(acts[2], demo)
+    assert 0 < np.abs(acts[5] - demo).mean() < np.abs(acts[8] - demo).mean()
 
 
 def test_energy_agreement_on_a_tiny_workdir(tmp_path_factory) -> None:
