@@ -53,7 +53,7 @@ def main(argv: Sequence[str]) -> int:
     results = evaluation.evaluate(args.workdir, data=args.data, step=args.step, max_clips=args.max_clips,
                                   batch_size=args.batch_size, num_frames=args.num_frames,
                                   num_perturbations=args.num_perturbations, output_dir=args.output,
-                                  plots=False)
+                                  plots=False, progress=True)
     print(eval_report.format_table(results))
     print(f"\nmetrics: {results['metrics_path']}", flush=True)
     out_dir = os.path.dirname(results["metrics_path"])

@@ -105,6 +105,7 @@ def test_cli_and_bad_workdir(setup, tmp_path, capsys) -> None:
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "copy-last-frame L1" in out and os.path.exists(tmp_path / "metrics.json")
+    assert "[eval] batch 1/" in out and "ETA" in out  # progress while evaluating
     with pytest.raises(SystemExit) as e:
         cli.run([f"--workdir={tmp_path / 'nope'}"])
     assert e.value.code == 2

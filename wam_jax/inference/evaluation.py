@@ -221,6 +221,14 @@ class Evaluator:
     def num_clips(self) -> int:
         return sum(e.num_clips for e in self.sources)
 
+    def _report(self, done: int, t0: float) -> None:
+        """`wam-eval`'s progress line, about every tenth of the batches (the first one compiles)."""
+        total = -(-self.num_clips // int(self.config.data.global_batch_size))
+        if jax.process_index() == 0 and (done == 1 or done == total or done % max(1, total // 10) == 0):
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / done * max(total - done, 0)
+            print(f"[eval] batch {done}/{total} ({elapsed:.0f}s, ETA {eta:.0f}s)", flush=True)
+
     def _fn(self, mesh: Any, codes: bool) -> Any:
         """The jitted step, one per (mesh, codes); model structures are static arguments."""
         import functools
@@ -249,7 +257,7 @@ class Evaluator:
                              f"{sharding.data_parallel_size(mesh)}")
         return jax.make_array_from_process_local_data(target, x, (global_batch, *x.shape[1:]))
 
-    def __call__(self, model: Any, target: Any) -> dict[str, Any]:
+    def __call__(self, model: Any, target: Any, *, progress: bool = False) -> dict[str, Any]:
         """Metrics of `model` (a `WorldActionModel`) with `target` (its target encoder) on the clips."""
         from flax import nnx
 
@@ -288,6 +296,8 @@ class Evaluator:
                 if pending is not None:
                     collect(pending)
                 pending, n_batches = out, n_batches + 1
+                if progress:
+                    self._report(n_batches, t0)
             if pending is not None:
                 collect(pending)
         t = int(self.config.data.num_frames)
@@ -424,7 +434,7 @@ def write_metrics(results: Mapping[str, Any], out_dir: str, name: str = METRICS_
 def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, max_clips: int | None = None,
              batch_size: int | None = None, num_frames: int | None = None, num_perturbations: int = 16,
              perturb_std: float = 1.0, output_dir: str | None = None, plots: bool = True, seed: int = 0,
-             mesh: Any = None) -> dict[str, Any]:
+             mesh: Any = None, progress: bool = False) -> dict[str, Any]:
     """Evaluates the checkpoint of `workdir` (latest or `step`); returns (and writes) the metrics.
 
     Args:
@@ -441,6 +451,7 @@ def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, 
       plots: write PNG plots after metrics.json (a plot that fails is a logged warning).
       seed: seed of the perturbations.
       mesh: device mesh for the model (default: all devices, see `WorldModel.load`).
+      progress: print a progress line about every tenth of the batches (`wam-eval`).
     """
     from wam_jax.inference import load
 
@@ -452,7 +463,7 @@ def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, 
                           num_frames=num_frames, num_perturbations=num_perturbations, perturb_std=perturb_std,
                           seed=seed, mesh=restored.mesh)
     results = {"workdir": os.path.abspath(workdir), "step": restored.step,
-               **evaluator(restored.model, restored.target)}
+               **evaluator(restored.model, restored.target, progress=progress)}
     results["seconds"] = time.perf_counter() - t0
     out_dir = os.path.abspath(output_dir or os.path.join(workdir, EVAL_DIR))
     if jax.process_index() == 0:
