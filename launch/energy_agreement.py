@@ -73,7 +73,7 @@ def candidates(rng: np.random.Generator, agent: np.ndarray, low: np.ndarray, hig
     return np.clip(out, low, high).astype(np.float32)
 
 
-def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 64, horizon: int = 5,
+def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, horizon: int = 5,
                      seed: int = 0) -> dict[str, Any]:
     """The table's numbers for a loaded `WorldModel` (mean and sd over tasks) plus per-task rows."""
     from launch.plan import make_tasks, observe
