@@ -117,6 +117,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.mixture = ""  # "DIR[:weight],DIR[:weight]" of converted datasets
     c.data.num_frames = 4  # T: frames per clip
     c.data.target_fps = 10.0  # per-source frame stride = round(source_fps / target_fps)
+    # The action of a transition that spans `stride` recorded steps: 'reduce' = one action (delta
+    # dims summed, absolute dims the last); 'chunk' = the `stride` recorded actions concatenated
+    # (stride x A dims, model.action_dim must hold them; DINO-WM / LeWM feed PushT so).
+    c.data.stride_actions = "reduce"
     c.data.global_batch_size = 8
     c.data.num_workers = 0  # grain multiprocess workers (0 = in-process)
     c.data.read_threads = 16  # grain threads per process reading and decoding clips

@@ -94,6 +94,11 @@ def _source_seed(seed: int, source_id: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, source_id]).generate_state(1)[0])
 
 
+def _chunked(config: mlc.ConfigDict) -> bool:
+    """`data.stride_actions='chunk'`: a transition's action is its stride's recorded actions."""
+    return str(config.data.get("stride_actions", "reduce")) == "chunk"
+
+
 def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict,
                     norm: Normalization | None = None) -> LoadClip:
     return LoadClip(
@@ -104,7 +109,7 @@ def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict,
         proprio_dim=int(config.model.proprio_dim),
         crop_scale=tuple(config.data.crop_scale),
         color_jitter=float(config.data.color_jitter),
-        norm=norm,
+        norm=norm if norm is not None else Normalization.of_source(source, index.stride, chunk=_chunked(config)),
         max_bad_records=int(config.data.max_bad_records),
     )
 
@@ -175,9 +180,11 @@ def trained_normalization(source: Source, trained: Mapping[str, Any]) -> Normali
         return Normalization(known.index(source.embodiment) if source.embodiment in known else 0)
     entry, stats = match
     delta = entry.get("action_is_delta")
+    chunk = int(entry.get("action_chunk") or 1)
     return Normalization(
         embodiment_id=int(entry["embodiment_id"]),
-        stride=int(entry.get("stride") or 1),
+        stride=1 if chunk > 1 else int(entry.get("stride") or 1),
+        chunk=chunk,
         action_mean=_vector(stats, "action", "mean"),
         action_std=_vector(stats, "action", "std"),
         action_is_delta=None if delta is None else np.asarray(delta, bool),
@@ -204,7 +211,7 @@ def eval_sources(config: mlc.ConfigDict, *, data: str | None = None, trained: Ma
         n = len(index) if max_clips is None else min(len(index), max(0, int(max_clips) - total))
         total += n
         norm = (trained_normalization(source, trained) if trained is not None
-                else Normalization.of_source(source, index.stride))
+                else Normalization.of_source(source, index.stride, chunk=_chunked(config)))
         out.append(EvalSource(source, index, n, norm))
     if total == 0:
         summary = [e.index.summary() for e in out]
@@ -301,6 +308,7 @@ def mixture_info(config: mlc.ConfigDict) -> dict[str, Any]:
             "weight": s.weight,
             "fps": s.fps,
             "stride": train.stride,
+            "action_chunk": train.stride if _chunked(config) else 1,  # recorded actions per transition
             "dt": train.dt,
             "action_dim": s.action_dim,
             "proprio_dim": s.proprio_dim,

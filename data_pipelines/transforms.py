@@ -49,13 +49,16 @@ ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)  # random resized crop aspect ratio (w / h
 _GRAY = np.asarray([0.299, 0.587, 0.114])  # ITU-R 601 luma, as in PIL and torchvision
 
 
-def transition_actions(actions: np.ndarray, frames: np.ndarray, stride: int, is_delta: np.ndarray
-                       ) -> np.ndarray:
+def transition_actions(actions: np.ndarray, frames: np.ndarray, stride: int, is_delta: np.ndarray,
+                       *, chunk: bool = False) -> np.ndarray:
     """float32 [T-1, A]: per clip transition, the sum (delta dims) or last (absolute dims) of the
-    `stride` recorded actions between consecutive clip frames."""
+    `stride` recorded actions between consecutive clip frames; `chunk`: all of them, concatenated
+    in time order ([T-1, stride * A])."""
     steps = frames[:-1, None] + np.arange(stride)[None, :]  # [T-1, s]
-    chunk = actions[steps]  # [T-1, s, A]
-    return np.where(is_delta, chunk.sum(axis=1), chunk[:, -1]).astype(np.float32)
+    raw = actions[steps]  # [T-1, s, A]
+    if chunk:
+        return raw.reshape(len(steps), -1).astype(np.float32)
+    return np.where(is_delta, raw.sum(axis=1), raw[:, -1]).astype(np.float32)
 
 
 def _action_norm(mean: np.ndarray, std: np.ndarray, is_delta: np.ndarray, stride: int
@@ -91,11 +94,14 @@ class Normalization:
     """The statistics (and embodiment id) a source's clips are fed to the model with.
 
     `stride` is the frame stride the action statistics are applied at (a delta dim's offset and
-    scale grow with it); None statistics: that modality is left out (zeros, mask false).
+    scale grow with it); `chunk` > 1: a transition's action is that many recorded actions
+    concatenated (`data.stride_actions='chunk'`), each normalized as one step (then `stride` is 1).
+    None statistics: that modality is left out (zeros, mask false).
     """
 
     embodiment_id: int
     stride: int = 1
+    chunk: int = 1
     action_mean: np.ndarray | None = None  # float32 [A_s], per recorded step
     action_std: np.ndarray | None = None
     action_is_delta: np.ndarray | None = None  # bool [A_s]
@@ -103,10 +109,11 @@ class Normalization:
     proprio_std: np.ndarray | None = None
 
     @classmethod
-    def of_source(cls, source: Source, stride: int) -> Normalization:
-        """The source's own statistics (training)."""
+    def of_source(cls, source: Source, stride: int, *, chunk: bool = False) -> Normalization:
+        """The source's own statistics (training); `chunk`: `data.stride_actions='chunk'`."""
         a, p = source.action_dim, source.proprio_dim
-        return cls(embodiment_id=source.embodiment_id, stride=int(stride),
+        return cls(embodiment_id=source.embodiment_id, stride=1 if chunk else int(stride),
+                   chunk=int(stride) if chunk else 1,
                    action_mean=source.stat("action", "mean") if a else None,
                    action_std=source.stat("action", "std") if a else None,
                    action_is_delta=np.asarray(source.action_is_delta, bool),
@@ -118,10 +125,11 @@ class Normalization:
         return self.action_mean is not None and self.action_std is not None
 
     def action_affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """(offset, scale) [A_s]: robot units = normalized * scale + offset (`denormalize_actions`)."""
+        """(offset, scale) [chunk * A_s]: robot units = normalized * scale + offset."""
         if not self.has_actions:
             return np.zeros((0,), np.float32), np.ones((0,), np.float32)
-        return _action_norm(self.action_mean, self.action_std, self.delta_mask(), self.stride)
+        offset, scale = _action_norm(self.action_mean, self.action_std, self.delta_mask(), self.stride)
+        return np.tile(offset, self.chunk), np.tile(scale, self.chunk)
 
     def delta_mask(self) -> np.ndarray:
         d = len(self.action_mean) if self.action_mean is not None else 0
@@ -232,6 +240,15 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         self.frame_hw = (int(h), int(w))
         self.is_delta = np.asarray(source.action_is_delta, dtype=bool)
         self.norm = norm if norm is not None else Normalization.of_source(source, index.stride)
+        if self.norm.chunk > 1 and self.norm.chunk != index.stride:
+            raise ValueError(f"{source.path}: the model takes chunks of {self.norm.chunk} recorded actions per "
+                             f"transition, but this dataset's frame stride is {index.stride} at "
+                             f"config.data.target_fps={index.fps / index.stride:g}; use a target_fps that gives "
+                             f"stride {self.norm.chunk}")
+        if self.norm.chunk * source.action_dim > self.action_dim:
+            raise ValueError(f"{source.path}: data.stride_actions='chunk' feeds {self.norm.chunk} x "
+                             f"{source.action_dim} action dims per transition but config.model.action_dim is "
+                             f"{self.action_dim}; raise it to at least {self.norm.chunk * source.action_dim}")
         self.max_bad_records = int(max_bad_records)
         self.bad: list[str] = []
         self.shards = records.shard_paths(source.path, source.info)
@@ -312,10 +329,12 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         action_mask = np.zeros((t - 1, self.action_dim), bool)
         if norm.has_actions and ep.action is not None and self.source.action_dim:
             a = min(self.source.action_dim, len(norm.action_mean))
-            raw = transition_actions(ep.action, frames, self.index.stride, self.is_delta)[:, :a]
-            action[:, :a] = normalize_actions(raw, norm.action_mean[:a], norm.action_std[:a],
-                                              norm.delta_mask()[:a], norm.stride)
-            action_mask[:, :a] = True
+            n = norm.chunk  # recorded actions per transition fed to the model (1: reduced)
+            raw = transition_actions(ep.action, frames, self.index.stride, self.is_delta, chunk=n > 1)
+            raw = raw.reshape(t - 1, n, -1)[..., :a]
+            x = normalize_actions(raw, norm.action_mean[:a], norm.action_std[:a], norm.delta_mask()[:a], norm.stride)
+            action[:, :n * a] = x.reshape(t - 1, n * a)
+            action_mask[:, :n * a] = True
         proprio = np.zeros((t, self.proprio_dim), np.float32)
         proprio_mask = np.zeros((t, self.proprio_dim), bool)
         if norm.proprio_mean is not None and norm.proprio_std is not None and ep.proprio is not None:

@@ -55,21 +55,25 @@ MAX_DEMO_NOISE_PX = 60.0
 
 
 def candidates(rng: np.random.Generator, agent: np.ndarray, low: np.ndarray, high: np.ndarray, num: int,
-               horizon: int, demo: np.ndarray | None = None, step_px: float = 25.0) -> np.ndarray:
-    """`[num, horizon, 2]` absolute targets, by row index mod 3: uniform in the box; random walks
-    from the agent (`step_px` per model step); and, given `demo` (`[horizon, 2]`, the
-    demonstration's targets that reach the goal), the demonstration plus Gaussian noise of a std
-    spread evenly over 0..`MAX_DEMO_NOISE_PX` (the neighbourhood CEM's last iterations search;
-    without `demo`, more walks). Clipped to the box."""
-    out = rng.uniform(low, high, size=(num, horizon, 2))
-    walks = agent + np.cumsum(rng.normal(0.0, step_px, size=(num, horizon, 2)), axis=1)
+               steps: int, demo: np.ndarray | None = None, *, stride: int = 1, step_px: float = 25.0
+               ) -> np.ndarray:
+    """`[num, steps, 2]` absolute targets, one per env step, changing every `stride` steps, by row
+    index mod 3: uniform in the box; random walks from the agent (`step_px` per change); and,
+    given `demo` (`[steps, 2]`, the demonstration's own actions, which reach the goal), the
+    demonstration plus Gaussian offsets (one per stride) of a std spread evenly over
+    0..`MAX_DEMO_NOISE_PX`: the neighbourhood CEM's last iterations search (without `demo`, more
+    walks). Clipped to the box."""
+    held = -(-steps // stride)
+    out = rng.uniform(low, high, size=(num, held, 2))
+    walks = agent + np.cumsum(rng.normal(0.0, step_px, size=(num, held, 2)), axis=1)
     out[1::3] = walks[1::3]
     near = np.arange(2, num, 3)
-    if demo is None:
-        out[near] = walks[near]
-    else:
+    out[near] = walks[near]
+    out = np.repeat(out, stride, axis=1)[:, :steps]
+    if demo is not None:
         scale = np.linspace(0.0, MAX_DEMO_NOISE_PX, len(near))[:, None, None]
-        out[near] = demo + scale * rng.normal(size=(len(near), horizon, 2))
+        noise = np.repeat(rng.normal(size=(len(near), held, 2)), stride, axis=1)[:, :steps]
+        out[near] = demo + scale * noise
     return np.clip(out, low, high).astype(np.float32)
 
 
@@ -82,8 +86,9 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
 
     t0 = time.perf_counter()
     size, space = wm.image_size, wm.action_space()
-    low = space.q01 if space.q01 is not None else space.mean - 2 * space.std
-    high = space.q99 if space.q99 is not None else space.mean + 2 * space.std
+    raw, stride = space.dim // space.chunk, space.frame_stride  # one recorded action; steps per model step
+    low = (space.q01 if space.q01 is not None else space.mean - 2 * space.std)[:raw]
+    high = (space.q99 if space.q99 is not None else space.mean + 2 * space.std)[:raw]
     use_proprio = space.proprio_dim > 0 and space.proprio_mean is not None
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
     rows = []
@@ -96,20 +101,21 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
             z0 = np.asarray(wm.encode(observe(env, size)))
             agent = task.start_state[:2].astype(np.float32)
             demo = None
-            stride = int(space.stride)
             if task.demo_actions is not None and len(task.demo_actions) >= horizon * stride:
-                demo = task.demo_actions[stride - 1: horizon * stride: stride]  # the last of each stride
-            acts = candidates(rng, agent, low, high, num_candidates, horizon, demo)
-            k = len(acts)
+                demo = task.demo_actions[: horizon * stride]
+            steps = candidates(rng, agent, low, high, num_candidates, horizon * stride, demo, stride=stride)
+            k = len(steps)
+            # What the model is given: the chunk of recorded actions, or (reduced) the last of each stride.
+            acts = (steps.reshape(k, horizon, stride * raw) if space.chunk > 1
+                    else steps[:, stride - 1::stride])
             proprio = np.broadcast_to(agent, (k, 1, agent.shape[0])) if use_proprio else None
             pred = np.asarray(wm.predict(np.broadcast_to(z0, (k, 1) + z0.shape), acts, proprio=proprio))
             model_e = np.abs(pred[:, -1] - goal_z).mean(axis=(-2, -1))
             latent_e, pixel_e, cost = np.zeros(k), np.zeros(k), np.zeros(k)
-            for i, seq in enumerate(acts):
+            for i, seq in enumerate(steps):
                 pusht.reset_to_state(env, task.start_state, seed=task.seed)
                 for a in seq:
-                    for _ in range(int(space.stride)):
-                        env.step(a)
+                    env.step(a)
                 frame = observe(env, size)
                 latent_e[i] = np.abs(np.asarray(wm.encode(frame)) - goal_z).mean()
                 pixel_e[i] = np.abs(frame.astype(np.float32) - goal_px).mean()

@@ -144,9 +144,11 @@ class PolicyHeadController:
     """The goal-conditioned policy head: executes the first `execute` actions of each chunk."""
 
     name = "policy"
+    repeat = 1  # returns one action per env step (`ActionSpace.to_env_steps`)
 
     def __init__(self, wm: Any, execute: int = 1):
         self.wm, self.execute = wm, int(execute)
+        self.space = wm.action_space()
         self.goal = None
 
     def reset(self, task: PushTTask) -> None:
@@ -154,7 +156,7 @@ class PolicyHeadController:
 
     def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
         chunk = self.wm.policy(self.wm.encode(frame), self.goal)
-        return chunk[: self.execute]
+        return self.space.to_env_steps(chunk[: self.execute])
 
 
 WARM_STARTS = ("previous", "policy")
@@ -165,7 +167,9 @@ class PlannerController:
 
     `warm_start`: 'previous' (the last plan shifted by the executed actions) or 'policy' (every
     plan starts from the goal-conditioned policy head's chunk, padded with its last action to
-    the horizon)."""
+    the horizon). Returns one action per env step (`ActionSpace.to_env_steps`)."""
+
+    repeat = 1
 
     def __init__(self, wm: Any, config: Any, *, execute: int = 1, seed: int = 0, name: str = "planner",
                  warm_start: str = "previous", context_proprio: bool = False):
@@ -174,6 +178,7 @@ class PlannerController:
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
         self.context_proprio = bool(context_proprio)
+        self.space = wm.action_space()
         self.goal = None
         self.prev = None
         self.times: list[float] = []
@@ -204,7 +209,7 @@ class PlannerController:
         self.times.append(time.perf_counter() - t0)
         n = min(self.execute, actions.shape[0])
         self.prev = planning.shift_plan(actions, n)
-        return actions[:n]
+        return self.space.to_env_steps(actions[:n])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,13 +219,15 @@ class PlannerController:
 def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: int, image_size: int,
                 repeat: int = 1) -> dict[str, Any]:
     """Runs exactly `budget` env steps (no early stop); each action is held `repeat` env steps
-    (the training frame stride). Returns final errors and success by the DINO-WM rule."""
+    (the training frame stride), or the controller's own `repeat` where it has one (controllers
+    that return one action per env step). Returns final errors and success by the DINO-WM rule."""
     from sim import pusht
     from sim.success import is_success, pose_error
 
     pusht.reset_to_state(env, task.start_state, seed=task.seed)
     controller.reset(task)
     start_err = pose_error(pusht.block_pose(env), task.goal_pose)
+    repeat = int(getattr(controller, "repeat", repeat))
     steps = 0
     ever = False
     while steps < budget:
@@ -364,7 +371,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     if "num_samples" in overrides and "num_elites" not in overrides:
         overrides["num_elites"] = max(1, min(planning.preset(args.preset).num_elites, overrides["num_samples"]))
     cfg = planning.preset(args.preset, **overrides)
-    repeat = int(space.stride)  # an absolute target held for the training frame stride
+    repeat = space.frame_stride  # the baselines' targets are held for the training frame stride
     t0 = time.perf_counter()
     tasks = make_tasks(args.episodes, image_size=wm.image_size, goal_offset=args.goal_offset, seed=args.seed)
     log.info("made %d tasks in %.1fs", len(tasks), time.perf_counter() - t0)
@@ -382,9 +389,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         elif b == "hold":
             controllers.append(HoldStillController())
         elif b == "random":
+            raw = space.dim // space.chunk  # one recorded action's dims (a chunk's first step)
             lo = space.q01 if space.q01 is not None else space.mean - 2 * space.std
             hi = space.q99 if space.q99 is not None else space.mean + 2 * space.std
-            controllers.append(RandomController(lo, hi, seed=args.seed))
+            controllers.append(RandomController(lo[:raw], hi[:raw], seed=args.seed))
         else:
             raise ValueError(f"--baselines: unknown baseline {b!r}; expected hold, random, policy or none")
     results = evaluate_controllers(controllers, tasks, budget=args.budget, image_size=wm.image_size, repeat=repeat)

@@ -215,6 +215,43 @@ def test_action_normalization_padding_and_masks(tmp_path):
     assert set(batch["source_id"].tolist()) == {0, 1}
 
 
+def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
+    """`data.stride_actions='chunk'`: a transition's action is its stride's recorded actions in time
+    order, each normalized as one step (no summing), and the inference action space inverts it,
+    unrolling a chunk into one action per recorded step."""
+    from wam_jax.inference.action_space import action_spaces_from_info
+
+    mean, std = [1.0, -2.0, 0.5], [2.0, 4.0, 0.25]
+    pmean, pstd = [0.5, 0.0, 1.0], [10.0, 1.0, 2.0]
+    robot = write_converted_dataset(
+        str(tmp_path / "r"), name="r", fps=20.0, episode_lengths=[30, 30], action_dim=3, proprio_dim=3,
+        action_is_delta=[True, True, False],
+        stats={"action": {"mean": mean, "std": std}, "proprio": {"mean": pmean, "std": pstd}})
+    c = _config(robot, batch=4, frames=4)
+    c.data.stride_actions = "chunk"
+    batch = next(loader.make_iterator(c))
+    assert batch["action_mask"][:, :, :6].all() and not batch["action_mask"][:, :, 6:].any()
+    for i in range(4):
+        frames = np.rint(batch["proprio"][i, :, 0] * pstd[0] + pmean[0]).astype(int)
+        for k in range(3):
+            raw = np.array([[(d + 1) * (f + 1) for d in range(3)] for f in (frames[k], frames[k] + 1)])
+            want = np.clip((raw - mean) / std, -NORM_CLIP, NORM_CLIP).reshape(-1)
+            np.testing.assert_allclose(batch["action"][i, k, :6], want, rtol=1e-6)
+    info = loader.mixture_info(c)
+    assert info["sources"][0]["action_chunk"] == 2
+    space = action_spaces_from_info(info, c.model.action_dim, "test")["r"]
+    assert space.dim == 6 and space.chunk == 2 and space.frame_stride == 2
+    assert space.action_names[:4] == ("a0@0", "a1@0", "a2@0", "a0@1")  # the fixture names its dims a0..a2
+    robot_units = np.array([[3.0, 4.0, 0.6, 6.0, 7.0, 0.9]])  # inside the ±5 std clip
+    norm, _ = space.normalize(robot_units)
+    np.testing.assert_allclose(norm[0, :6], ((robot_units.reshape(2, 3) - mean) / std).reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(space.denormalize(norm), robot_units, rtol=1e-6)
+    np.testing.assert_array_equal(space.to_env_steps(robot_units), [[3.0, 4.0, 0.6], [6.0, 7.0, 0.9]])
+    c.model.action_dim = 5  # 2 x 3 dims do not fit
+    with pytest.raises(ValueError, match="raise it to at least 6"):
+        next(loader.make_iterator(c))
+
+
 def test_eval_view_is_deterministic_center_crop(tmp_path):
     d = write_converted_dataset(str(tmp_path / "d"), image_size=(24, 40), episode_lengths=[12] * 6)
     c = _config(d, batch=2, heldout=0.5)

@@ -182,6 +182,8 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
     need(int(config.optim.grad_accum) >= 1, "optim.grad_accum", "must be >= 1")
     need(int(config.data.max_bad_records) >= 0, "data.max_bad_records", "must be >= 0 (0 = stop at the first)")
     need(int(config.data.num_frames) >= 2, "data.num_frames", "must be >= 2 (a clip has T-1 transitions)")
+    need(str(config.data.stride_actions) in ("reduce", "chunk"), "data.stride_actions",
+         "expected 'reduce' (one action per transition) or 'chunk' (the stride's recorded actions concatenated)")
     if needs_data:
         need(bool(str(config.data.mixture).strip()), "data.mixture",
              "is empty; set it to converted datasets 'DIR[:weight],DIR[:weight]' (see `wam-convert`)")

@@ -8,6 +8,7 @@ units. `ActionSpace` holds one embodiment's statistics (saved with every checkpo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,10 @@ class ActionSpace:
     proprio_std: np.ndarray | None = None
     action_names: tuple[str, ...] = ()
     proprio_names: tuple[str, ...] = ()
+    # Recorded actions per model action (`data.stride_actions='chunk'`): the `dim` dims are
+    # `chunk` recorded actions of `dim / chunk` dims each, in time order, each executed for one
+    # recorded step; 1: one action per transition, held for the frame `stride` when executed.
+    chunk: int = 1
 
     def __post_init__(self) -> None:
         # Direct constructions (tests, benchmarks) may leave the names out: index them.
@@ -53,6 +58,19 @@ class ActionSpace:
             object.__setattr__(self, "action_names", indexed_names("action", self.dim))
         if not self.proprio_names:
             object.__setattr__(self, "proprio_names", indexed_names("proprio", self.proprio_dim))
+
+    @property
+    def frame_stride(self) -> int:
+        """Recorded (environment) steps one model action spans."""
+        return self.chunk if self.chunk > 1 else self.stride
+
+    def to_env_steps(self, actions: ArrayLike) -> np.ndarray:
+        """Model actions `[n, dim]` (robot units) -> one action per recorded step `[n * frame_stride,
+        dim / chunk]`: a chunk unrolled in time, a reduced action held for the stride."""
+        a = np.asarray(actions)
+        if self.chunk > 1:
+            return a.reshape(-1, self.dim // self.chunk)
+        return np.repeat(a.reshape(-1, self.dim), self.stride, axis=0)
 
     def normalize(self, actions: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Robot-unit actions `[..., dim]` -> (normalized `[..., model_dim]`, mask `[..., model_dim]`)."""
@@ -95,6 +113,10 @@ class ActionSpace:
         return planning.ActionBounds.from_quantiles(lo, hi, mean=self.mean, std=np.maximum(self.std, 1e-6))
 
 
+def _tiled(v: np.ndarray | None, times: int) -> np.ndarray | None:
+    return None if v is None else np.tile(v, times)
+
+
 def _vec(stats: Mapping[str, Any] | None, key: str) -> np.ndarray | None:
     if not stats or stats.get(key) is None:
         return None
@@ -122,14 +144,18 @@ def action_spaces_from_info(info: Mapping[str, Any], model_action_dim: int, wher
                 f"no action mean/std in its statistics (expected stats.action.mean/std of length {dim})")
         p = (stats or {}).get("proprio")
         proprio_dim = int(src.get("proprio_dim") or 0)
+        chunk = int(src.get("action_chunk") or 1)
+        q01, q99 = _vec(a, "q01"), _vec(a, "q99")
+        names = dimension_names(src.get("action_names"), src.get("action_keys"), "action", dim)
+        tile = functools.partial(_tiled, times=chunk)
         spaces[src["embodiment"]] = ActionSpace(
             embodiment=src["embodiment"], embodiment_id=int(src["embodiment_id"]),
-            source=str(src.get("name")), dim=dim, model_dim=int(model_action_dim), mean=mean, std=std,
-            q01=_vec(a, "q01"), q99=_vec(a, "q99"),
-            is_delta=np.asarray(src.get("action_is_delta") or [False] * dim, bool),
-            stride=int(src.get("stride") or 1), proprio_dim=proprio_dim,
+            source=str(src.get("name")), dim=dim * chunk, model_dim=int(model_action_dim), mean=tile(mean),
+            std=tile(std), q01=tile(q01), q99=tile(q99),
+            is_delta=tile(np.asarray(src.get("action_is_delta") or [False] * dim, bool)),
+            stride=1 if chunk > 1 else int(src.get("stride") or 1), proprio_dim=proprio_dim,
             proprio_mean=_vec(p, "mean"), proprio_std=_vec(p, "std"),
-            action_names=dimension_names(src.get("action_names"), src.get("action_keys"), "action", dim),
+            action_names=names if chunk == 1 else tuple(f"{n}@{i}" for i in range(chunk) for n in names),
             proprio_names=dimension_names(src.get("proprio_names"), src.get("proprio_keys"), "proprio",
-                                          proprio_dim))
+                                          proprio_dim), chunk=chunk)
     return spaces

@@ -358,7 +358,8 @@ class Evaluator:
             s = {k: np.asarray(sums[f"act/{k}"])[same].sum(0) for k in ACT_KEYS}
             if s["n"].sum() == 0:
                 continue
-            dim = max(len(e.norm.action_mean) for e in (self.sources[i] for i in same) if e.norm.has_actions)
+            dim = max(len(e.norm.action_mean) * e.norm.chunk for e in (self.sources[i] for i in same)
+                      if e.norm.has_actions)
             space = spaces.get(emb)
             names = list(space.action_names[:dim]) if space else list(indexed_names("action", dim))
             actions[emb] = _action_metrics({k: v[:dim] for k, v in s.items()}, names)
