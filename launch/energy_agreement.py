@@ -14,7 +14,9 @@ Then, per task, the Spearman rank correlation between that outcome cost and
   latent energy   the same L1 on the *encoded real outcome* (the energy with a perfect predictor)
   pixels          L1 between the real outcome frame and the goal image
 and between the model and latent energies (does the predictor track its own cost?), and the
-outcome cost of each energy's best candidate next to the best and the median candidate. A low
+outcome cost of each energy's best candidate next to the best and the median candidate; and the
+predictor's error on the final latent next to how far the goal's latent moves when its block
+moves 20 px (the success tolerance: what the energy must resolve). A low
 latent-energy correlation means the representation's distance does not measure what success
 needs, whatever the predictor; a low model-vs-latent one means the predictor is the problem.
 """
@@ -77,6 +79,20 @@ def candidates(rng: np.random.Generator, agent: np.ndarray, low: np.ndarray, hig
     return np.clip(out, low, high).astype(np.float32)
 
 
+def _block_sensitivity(wm: Any, env: Any, task: Any, goal_z: np.ndarray, size: int, px: float = 20.0) -> float:
+    """Latent L1 between the goal and the goal with the block moved `px` (the success tolerance),
+    averaged over four directions: the smallest change the planner's energy must resolve."""
+    from launch.plan import observe
+    from sim import pusht
+
+    out = []
+    for dx, dy in ((px, 0.0), (-px, 0.0), (0.0, px), (0.0, -px)):
+        state = task.goal_state + np.array([0.0, 0.0, dx, dy, 0.0])
+        pusht.reset_to_state(env, state, seed=task.seed)
+        out.append(np.abs(np.asarray(wm.encode(observe(env, size))) - goal_z).mean())
+    return float(np.mean(out))
+
+
 def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, horizon: int = 5,
                      seed: int = 0) -> dict[str, Any]:
     """The table's numbers for a loaded `WorldModel` (mean and sd over tasks) plus per-task rows."""
@@ -111,18 +127,21 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
             proprio = np.broadcast_to(agent, (k, 1, agent.shape[0])) if use_proprio else None
             pred = np.asarray(wm.predict(np.broadcast_to(z0, (k, 1) + z0.shape), acts, proprio=proprio))
             model_e = np.abs(pred[:, -1] - goal_z).mean(axis=(-2, -1))
-            latent_e, pixel_e, cost = np.zeros(k), np.zeros(k), np.zeros(k)
+            latent_e, pixel_e, cost, pred_err = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
             for i, seq in enumerate(steps):
                 pusht.reset_to_state(env, task.start_state, seed=task.seed)
                 for a in seq:
                     env.step(a)
                 frame = observe(env, size)
-                latent_e[i] = np.abs(np.asarray(wm.encode(frame)) - goal_z).mean()
+                real_z = np.asarray(wm.encode(frame))
+                latent_e[i] = np.abs(real_z - goal_z).mean()
+                pred_err[i] = np.abs(pred[i, -1] - real_z).mean()
                 pixel_e[i] = np.abs(frame.astype(np.float32) - goal_px).mean()
                 pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)
                 cost[i] = pos + ang
             energies = {"model energy": model_e, "latent energy": latent_e, "pixels": pixel_e}
-            row = {"seed": task.seed, **score_task(cost, energies)}
+            row = {"seed": task.seed, **score_task(cost, energies), "prediction error": float(pred_err.mean()),
+                   "block 20 px": _block_sensitivity(wm, env, task, goal_z, size)}
             if demo is not None:  # the same numbers inside the demonstration's neighbourhood
                 near = np.arange(2, k, 3)
                 row.update({f"near demo/{key}": v for key, v in
@@ -159,4 +178,7 @@ def format_agreement(res: dict[str, Any]) -> str:
     if "rho/model vs latent energy" in s:
         r = s["rho/model vs latent energy"]
         lines.append(f"  model energy vs latent energy: Spearman {r['mean']:.2f} ± {r['sd']:.2f}")
+    if "prediction error" in s:
+        lines.append(f"  predicted vs real final latent, L1: {s['prediction error']['mean']:.3f}; the goal's latent "
+                     f"moves {s['block 20 px']['mean']:.3f} when its block moves 20 px")
     return "\n".join(lines)

@@ -320,4 +320,5 @@ def test_energy_agreement_on_a_tiny_workdir(tmp_path_factory) -> None:
         rho = res["summary"][f"rho/{name}"]["mean"]
         assert np.isnan(rho) or -1.0 <= rho <= 1.0
         assert res["summary"]["best"]["mean"] <= res["summary"][f"chosen/{name}"]["mean"]
+    assert res["summary"]["prediction error"]["mean"] > 0 and res["summary"]["block 20 px"]["mean"] > 0
     assert "latent energy" in energy_agreement.format_agreement(res)
