@@ -178,14 +178,23 @@ def test_stride_and_dt_follow_each_source_rate(tmp_path):
     assert set(batch["source_id"].tolist()) == {0, 1, 2}
 
 
-def test_action_normalization_padding_and_masks(tmp_path):
-    # 20 fps at a 10 fps target: stride 2, so each transition spans two recorded actions.
-    mean, std = [1.0, -2.0, 0.5], [2.0, 4.0, 0.25]
-    pmean, pstd = [0.5, 0.0, 1.0], [10.0, 1.0, 2.0]
-    robot = write_converted_dataset(
+# The stats of `_stride2_robot`'s dataset; its recorded action at frame f is (d + 1) * (f + 1) in
+# dim d and its proprio dim 0 the frame index.
+MEAN, STD = [1.0, -2.0, 0.5], [2.0, 4.0, 0.25]
+PMEAN, PSTD = [0.5, 0.0, 1.0], [10.0, 1.0, 2.0]
+
+
+def _stride2_robot(tmp_path) -> str:
+    """A 20 fps robot dataset: at a 10 fps target each transition spans two recorded actions."""
+    return write_converted_dataset(
         str(tmp_path / "r"), name="r", fps=20.0, episode_lengths=[30, 30], action_dim=3, proprio_dim=3,
         action_is_delta=[True, True, False],
-        stats={"action": {"mean": mean, "std": std}, "proprio": {"mean": pmean, "std": pstd}})
+        stats={"action": {"mean": MEAN, "std": STD}, "proprio": {"mean": PMEAN, "std": PSTD}})
+
+
+def test_action_normalization_padding_and_masks(tmp_path):
+    mean, std, pmean, pstd = MEAN, STD, PMEAN, PSTD
+    robot = _stride2_robot(tmp_path)
     video = write_converted_dataset(str(tmp_path / "v"), name="v", kind="video", episode_lengths=[30])
     c = _config(f"{robot},{video}", batch=8, frames=4)
     batch = next(loader.make_iterator(c))
@@ -221,12 +230,8 @@ def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
     unrolling a chunk into one action per recorded step."""
     from wam_jax.inference.action_space import action_spaces_from_info
 
-    mean, std = [1.0, -2.0, 0.5], [2.0, 4.0, 0.25]
-    pmean, pstd = [0.5, 0.0, 1.0], [10.0, 1.0, 2.0]
-    robot = write_converted_dataset(
-        str(tmp_path / "r"), name="r", fps=20.0, episode_lengths=[30, 30], action_dim=3, proprio_dim=3,
-        action_is_delta=[True, True, False],
-        stats={"action": {"mean": mean, "std": std}, "proprio": {"mean": pmean, "std": pstd}})
+    mean, std, pmean, pstd = MEAN, STD, PMEAN, PSTD
+    robot = _stride2_robot(tmp_path)
     c = _config(robot, batch=4, frames=4)
     c.data.stride_actions = "chunk"
     batch = next(loader.make_iterator(c))
