@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,3 +290,37 @@ def test_video_only_ablation_smoke(tmp_path):
         assert len(r["l1_vs_copy"]) == 3 and all(v > 0 for v in r["l1_vs_copy"])
         assert 0.0 <= r["plan/planner/success"] <= 1.0
     assert os.path.exists(os.path.splitext(out)[0] + ".png")
+
+
+def test_learning_quality_aggregate_gives_intervals_over_seeds_and_pooled_success():
+    import learning_quality as lq
+
+    recs = [{"seed": s, "l1_vs_copy_h1": 0.5 + 0.1 * s, "rank": 0.2, "plan_planner": s / 4,
+             "plan_planner_wins": s, "plan_planner_episodes": 4} for s in range(3)]
+    rows = {r["key"]: r for r in lq.aggregate(recs)}
+    r = rows["l1_vs_copy_h1"]
+    assert r["mean"] == pytest.approx(0.6)
+    # t(0.975, 2) = 4.303; std 0.1; half-width 4.303 * 0.1 / sqrt(3)
+    assert r["ci95"][1] - r["mean"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+    assert np.isnan(lq.interval([0.2])[1]) and rows["rank"]["ci95"] == pytest.approx([0.2, 0.2])
+    assert rows["plan_planner"]["pooled"]["wins"] == 3 and rows["plan_planner"]["pooled"]["episodes"] == 12
+    assert "idm_r2" not in rows  # metrics no seed recorded are left out
+    lines = lq.table(list(rows.values()), [0, 1, 2]).splitlines()
+    assert len({line.count("|") for line in lines}) == 1 and "3/12" in lines[-1]
+
+
+@pytest.mark.slow
+def test_learning_quality_smoke(tmp_path):
+    out = tmp_path / "lq.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", SDL_VIDEODRIVER="dummy")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/learning_quality.py", "--smoke", f"--data={tmp_path / 'pusht'}",
+         f"--runs={tmp_path / 'runs'}", f"--json={out}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "|---" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "learning_quality" and len(result["seeds"]) == 2
+    keys = {r["key"] for r in result["rows"]}
+    assert {"l1_vs_copy_h1", "rank", "probe_block", "energy_model_near", "plan_planner", "plan_hold"} <= keys
