@@ -134,10 +134,10 @@ def main(argv: Sequence[str]) -> int:
     if not absl_flags.FLAGS.is_parsed():  # grain's multiprocess prefetch reads absl flags
         absl_flags.FLAGS.mark_as_parsed()
 
-    from wam_jax.inference import evaluation, export
+    from wam_jax.inference import export, periodic_eval
     from wam_jax.training import trainer
 
-    result = trainer.train(config, fv.workdir, periodic_eval=evaluation.PeriodicEval(config, fv.workdir),
+    result = trainer.train(config, fv.workdir, periodic_eval=periodic_eval.PeriodicEval(config, fv.workdir),
                            export=export.export)
     log = logging.getLogger("wam-train")
     if result.preempted:

@@ -45,13 +45,13 @@ def datasets(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(datasets, tmp_path_factory) -> str:
     """A tiny model trained on both conversions, with the periodic (in-memory) eval at the end."""
-    from wam_jax.inference import evaluation
+    from wam_jax.inference import periodic_eval
     from wam_jax.training import trainer
 
     mixture = f"{datasets['myrobot']},{datasets['pusht']}"
     cfg = rf.tiny_config(mixture, **{"train.eval_every": 8, "train.eval_max_clips": 8, "data.heldout_fraction": 0.3})
     workdir = str(tmp_path_factory.mktemp("run"))
-    trainer.train(cfg, workdir, periodic_eval=evaluation.PeriodicEval(cfg, workdir))
+    trainer.train(cfg, workdir, periodic_eval=periodic_eval.PeriodicEval(cfg, workdir))
     return workdir
 
 

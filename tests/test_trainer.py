@@ -100,13 +100,13 @@ def test_periodic_eval_and_export_at_end(tmp_path, session_mixture):
     """train.eval_every logs held-out `eval/*` scalars of the in-memory model (and writes
     eval/step_N/metrics.json) at those steps, compiling the eval step once; train.export_at_end
     leaves a loadable export in WORKDIR/export. Both are the callables passed in."""
-    from wam_jax.inference import evaluation, export
+    from wam_jax.inference import export, periodic_eval
     from wam_jax.training import trainer
 
     cfg = rf.tiny_config(session_mixture, **{"train.eval_every": 4, "train.eval_max_clips": 8,
                                              "train.export_at_end": True, "data.heldout_fraction": 0.3})
     workdir = str(tmp_path / "run")
-    hook = evaluation.PeriodicEval(cfg, workdir)
+    hook = periodic_eval.PeriodicEval(cfg, workdir)
     result = trainer.train(cfg, workdir, periodic_eval=hook, export=export.export)
     assert result.step == STEPS and result.export_dir == os.path.join(workdir, "export")
     (step_fn,) = hook.evaluator._fns.values()
