@@ -61,8 +61,8 @@ def transition_actions(actions: np.ndarray, frames: np.ndarray, stride: int, is_
     return np.where(is_delta, raw.sum(axis=1), raw[:, -1]).astype(np.float32)
 
 
-def _action_norm(mean: np.ndarray, std: np.ndarray, is_delta: np.ndarray, stride: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def action_norm(mean: np.ndarray, std: np.ndarray, is_delta: np.ndarray, stride: int
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(offset, scale) such that normalized = (a - offset) / scale for actions at this stride."""
     s = np.where(is_delta, float(stride), 1.0).astype(np.float32)
     return mean * s, np.maximum(std, STD_FLOOR) * s
@@ -70,7 +70,7 @@ def _action_norm(mean: np.ndarray, std: np.ndarray, is_delta: np.ndarray, stride
 
 def normalize_actions(actions: np.ndarray, mean: np.ndarray, std: np.ndarray, is_delta: np.ndarray,
                       stride: int) -> np.ndarray:
-    offset, scale = _action_norm(mean, std, is_delta, stride)
+    offset, scale = action_norm(mean, std, is_delta, stride)
     return np.clip((actions - offset) / scale, -NORM_CLIP, NORM_CLIP).astype(np.float32)
 
 
@@ -80,7 +80,7 @@ def denormalize_actions(x: np.ndarray, mean: Sequence[float], std: Sequence[floa
     actions in the dataset's units, delta dims summed over `stride` recorded steps."""
     mean_a = np.asarray(mean, np.float32)
     std_a = np.asarray(std, np.float32)
-    offset, scale = _action_norm(mean_a, std_a, np.asarray(is_delta, bool), stride)
+    offset, scale = action_norm(mean_a, std_a, np.asarray(is_delta, bool), stride)
     d = mean_a.shape[0]
     return np.asarray(x, np.float32)[..., :d] * scale + offset
 
@@ -128,7 +128,7 @@ class Normalization:
         """(offset, scale) [chunk * A_s]: robot units = normalized * scale + offset."""
         if not self.has_actions:
             return np.zeros((0,), np.float32), np.ones((0,), np.float32)
-        offset, scale = _action_norm(self.action_mean, self.action_std, self.delta_mask(), self.stride)
+        offset, scale = action_norm(self.action_mean, self.action_std, self.delta_mask(), self.stride)
         return np.tile(offset, self.chunk), np.tile(scale, self.chunk)
 
     def delta_mask(self) -> np.ndarray:

@@ -172,9 +172,12 @@ class PlannerController:
     repeat = 1
 
     def __init__(self, wm: Any, config: Any, *, execute: int = 1, seed: int = 0, name: str = "planner",
-                 warm_start: str = "previous", context_proprio: bool = False):
+                 warm_start: str = "previous", context_proprio: bool = False, decoder: Any = None):
         if warm_start not in WARM_STARTS:
             raise ValueError(f"--warm_start={warm_start!r}; expected one of {WARM_STARTS}")
+        if decoder is not None and warm_start == "policy":
+            raise ValueError("--warm_start=policy needs --actions=box (the policy head speaks actions, not walk steps)")
+        self.decoder = decoder
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
         self.context_proprio = bool(context_proprio)
@@ -204,12 +207,41 @@ class PlannerController:
             chunk = np.asarray(self.wm.policy(z, self.goal), np.float32)[: self.config.horizon]
             init = np.concatenate([chunk, np.repeat(chunk[-1:], self.config.horizon - len(chunk), axis=0)])
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,
-                                   context_proprio=agent if self.context_proprio else None)
+                                   context_proprio=agent if self.context_proprio else None,
+                                   decoder=self.decoder, anchor=np.asarray(agent, np.float32))
         actions = np.asarray(res.actions)
         self.times.append(time.perf_counter() - t0)
         n = min(self.execute, actions.shape[0])
-        self.prev = planning.shift_plan(actions, n)
+        self.prev = planning.shift_plan(actions if self.decoder is None else res.variables, n)
         return self.space.to_env_steps(actions[:n])
+
+
+ACTION_SEARCHES = ("box", "walk")
+
+
+def walk_decoder(space: Any, step_px: float) -> Any:
+    """The planner searches how far the agent's target moves per model step (at most `step_px`
+    in x and y), starting from the agent: targets stay a bounded walk from the agent, as in every
+    training episode, instead of anywhere in the workspace. A chunk model gets the recorded steps
+    of each stride linearly interpolated from the previous target."""
+    import jax.numpy as jnp
+
+    from wam_jax.inference import planning
+
+    chunk, raw = space.chunk, space.dim // space.chunk
+    low = np.asarray(space.q01 if space.q01 is not None else space.mean - 2 * space.std, np.float32)[:raw]
+    high = np.asarray(space.q99 if space.q99 is not None else space.mean + 2 * space.std, np.float32)[:raw]
+
+    def fn(u: Any, anchor: Any) -> Any:  # u [S, H, raw] in [-1, 1], anchor [raw] -> [S, H, chunk * raw]
+        targets = jnp.clip(anchor + jnp.cumsum(u * step_px, axis=1), low, high)
+        if chunk == 1:
+            return targets
+        prev = jnp.concatenate([jnp.broadcast_to(anchor, targets[:, :1].shape), targets[:, :-1]], axis=1)
+        frac = jnp.arange(1, chunk + 1, dtype=targets.dtype)[None, None, :, None] / chunk
+        steps = prev[:, :, None] + frac * (targets - prev)[:, :, None]  # [S, H, chunk, raw]
+        return steps.reshape(*targets.shape[:2], chunk * raw)
+
+    return planning.ActionDecoder(name=f"pusht_walk_{step_px:g}_{chunk}", dim=raw, lower=-1.0, upper=1.0, fn=fn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +367,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--execute", type=int, default=1, help="actions executed per plan (receding horizon)")
+    p.add_argument("--actions", default="box", choices=list(ACTION_SEARCHES),
+                   help="what CEM samples: 'box' the model's actions in the data's q01..q99 box; 'walk' "
+                        "per-step moves of the agent's target from the agent (launch/plan.py walk_decoder)")
+    p.add_argument("--walk_step_px", type=float, default=50.0, help="--actions=walk: largest move per model step")
     p.add_argument("--warm_start", default="previous", choices=list(WARM_STARTS),
                    help="CEM's initial mean: the previous plan shifted, or the policy head's chunk")
     p.add_argument("--context_proprio", default="on", choices=["on", "off"],
@@ -380,8 +416,12 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     use_proprio = args.context_proprio == "on" and space.proprio_dim > 0 and space.proprio_mean is not None
     name = (f"planner ({args.preset}{', policy warm start' if args.warm_start == 'policy' else ''}"
             f"{', latents only' if not use_proprio else ''})")
+    decoder = walk_decoder(space, args.walk_step_px) if args.actions == "walk" else None
+    if decoder is not None:
+        name = name[:-1] + f", walk {args.walk_step_px:g} px)"
     controllers: list[Any] = [PlannerController(wm, cfg, execute=args.execute, seed=args.seed, name=name,
-                                                warm_start=args.warm_start, context_proprio=use_proprio)]
+                                                warm_start=args.warm_start, context_proprio=use_proprio,
+                                                decoder=decoder)]
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in baselines:
         if b == "policy":
@@ -403,7 +443,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     record = {"workdir": os.path.abspath(args.workdir), "step": wm.step, "preset": args.preset,
               "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
               "goal_offset": args.goal_offset, "execute": args.execute, "warm_start": args.warm_start,
-              "context_proprio": use_proprio,
+              "context_proprio": use_proprio, "actions": args.actions, "walk_step_px": args.walk_step_px,
               "results": results}
     out = args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

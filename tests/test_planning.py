@@ -260,6 +260,11 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
                         "--warm_start=policy", f"--output={out}"])
     assert record["warm_start"] == "policy"
     assert record["results"]["planner (dino_wm, policy warm start)"]["num_plans"] == 2
+    # Searching target walks from the agent instead of the action box.
+    record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=2", "--samples=8",
+                        "--iterations=1", "--horizon=3", "--devices=1", "--baselines=none", "--actions=walk",
+                        f"--output={out}"])
+    assert record["actions"] == "walk" and record["results"]["planner (dino_wm, walk 50 px)"]["num_plans"] == 2
 
 
 def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
@@ -322,3 +327,27 @@ def test_energy_agreement_on_a_tiny_workdir(tmp_path_factory) -> None:
         assert res["summary"]["best"]["mean"] <= res["summary"][f"chosen/{name}"]["mean"]
     assert res["summary"]["prediction error"]["mean"] > 0 and res["summary"]["block 20 px"]["mean"] > 0
     assert "latent energy" in energy_agreement.format_agreement(res)
+
+
+def test_walk_decoder_moves_the_target_from_the_agent_in_bounded_steps() -> None:
+    """`--actions=walk`: variables in [-1, 1] are per-step moves of the target (step_px at most),
+    from the agent; a chunk model's recorded steps are interpolated from the previous target."""
+    import types
+
+    from launch import plan
+
+    space = types.SimpleNamespace(chunk=2, dim=4, q01=np.array([20.0, 20.0] * 2), q99=np.array([490.0, 490.0] * 2),
+                                  mean=np.zeros(4), std=np.ones(4))
+    dec = plan.walk_decoder(space, 50.0)
+    assert (dec.dim, dec.lower, dec.upper) == (2, -1.0, 1.0)
+    u = jnp.asarray([[[1.0, 0.0], [1.0, -1.0], [0.0, 0.0]]])  # [S=1, H=3, 2]
+    out = np.asarray(dec.fn(u, jnp.asarray([100.0, 30.0])))
+    assert out.shape == (1, 3, 4)
+    # step 1: target 150,30 (half-way 125,30 first); step 2: 200,20 clipped at the box's 20 (175,25 first)
+    np.testing.assert_allclose(out[0, 0], [125.0, 30.0, 150.0, 30.0])
+    np.testing.assert_allclose(out[0, 1], [175.0, 25.0, 200.0, 20.0])
+    np.testing.assert_allclose(out[0, 2], [200.0, 20.0, 200.0, 20.0])
+    space1 = types.SimpleNamespace(chunk=1, dim=2, q01=np.array([20.0, 20.0]), q99=np.array([490.0, 490.0]),
+                                   mean=np.zeros(2), std=np.ones(2))
+    np.testing.assert_allclose(np.asarray(plan.walk_decoder(space1, 50.0).fn(u, jnp.asarray([100.0, 30.0])))[0],
+                               [[150.0, 30.0], [200.0, 20.0], [200.0, 20.0]])

@@ -107,6 +107,24 @@ class PlanResult(NamedTuple):
     best_actions: Array  # [H, A]
     best_energy: Array  # []
     energy_trace: Array  # [num_iterations]
+    variables: Array | None = None  # [H, k]: the searched variables' mean, with an `ActionDecoder`
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionDecoder:
+    """Search variables `u [H, dim]` in `[lower, upper]` in place of the model's actions.
+
+    `fn(u [S, H, dim], anchor) -> actions [S, H, A]` in robot units, jittable; `anchor` is given
+    with each planning call (e.g. the robot's current position). It keeps the search where the
+    training data was: uniform samples of an absolute action box can ask for motions no episode
+    made, and a model's energy is least trustworthy exactly there. `name` identifies the compiled
+    planner (decoders with the same name must compute the same function)."""
+
+    name: str
+    dim: int
+    lower: float
+    upper: float
+    fn: Callable[[Array, Array], Array] = dataclasses.field(compare=False)
 
 
 # ----------------------------------------------------------------------------------------------

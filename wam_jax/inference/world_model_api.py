@@ -364,12 +364,16 @@ class WorldModel:
     def plan_latents(self, context_latents: ArrayLike, goal_latents: ArrayLike, *,
                      preset: str | planning.PlannerConfig = "vjepa2_ac", key: jax.Array | int = 0,
                      init_mean: ArrayLike | None = None, embodiment: str | int | None = None,
-                     steps: str = "last", context_proprio: ArrayLike | None = None) -> planning.PlanResult:
+                     steps: str = "last", context_proprio: ArrayLike | None = None,
+                     decoder: planning.ActionDecoder | None = None, anchor: ArrayLike | None = None
+                     ) -> planning.PlanResult:
         """`plan` on latents: context `[N, D]` / `[C, N, D]`, goal `[N, D]`; robot-unit results.
 
         `context_proprio`: the robot's proprio at the context frames (`[P]` / `[C, P]`, robot
         units). The predictor is trained with proprio beside every observed frame; planning
-        without it feeds the rollout an input it saw only on imagined steps."""
+        without it feeds the rollout an input it saw only on imagined steps.
+        `decoder` (with its `anchor`): search its variables instead of the actions (`init_mean`
+        is then in variables, and the result's `variables` holds their mean)."""
         self._need_model("plan")
         space = self.action_space(embodiment)
         cfg = self.planner_config(preset)
@@ -386,19 +390,33 @@ class WorldModel:
             pp, pm = space.normalize_proprio(p)
             pad = ((0, 0), (0, self.spec.proprio_dim - pp.shape[-1]))
             proprio = (jnp.asarray(np.pad(pp, pad)), jnp.asarray(np.pad(pm, pad)))
-        planner = self._fn(("plan", cfg, z.shape[0], steps, space.embodiment, proprio is not None),
-                           lambda: self._build_planner(cfg, space, steps))
-        bounds = space.bounds()
+        planner = self._fn(("plan", cfg, z.shape[0], steps, space.embodiment, proprio is not None, decoder),
+                           lambda: self._build_planner(cfg, space, steps, decoder))
+        dim = decoder.dim if decoder else space.dim
+        if decoder:
+            if anchor is None:
+                raise ValueError(f"decoder {decoder.name!r} needs its anchor (e.g. the robot's current position)")
+            bounds = planning.ActionBounds(jnp.full((dim,), decoder.lower, jnp.float32),
+                                           jnp.full((dim,), decoder.upper, jnp.float32))
+        else:
+            bounds = space.bounds()
         mean0 = None
         if init_mean is not None:
-            m = _real_array(init_mean, "init_mean", f"[H, A] = [{cfg.horizon}, {space.dim}]")
-            if m.shape != (cfg.horizon, space.dim):
-                raise ValueError(f"init_mean has shape {m.shape}; expected [H, A] = [{cfg.horizon}, {space.dim}]")
-            mean0 = jnp.asarray(space.normalize(m)[0][..., : space.dim])
+            m = _real_array(init_mean, "init_mean", f"[H, A] = [{cfg.horizon}, {dim}]")
+            if m.shape != (cfg.horizon, dim):
+                raise ValueError(f"init_mean has shape {m.shape}; expected [H, A] = [{cfg.horizon}, {dim}]")
+            mean0 = jnp.asarray(m) if decoder else jnp.asarray(space.normalize(m)[0][..., : space.dim])
         if isinstance(key, int):
             key = jax.random.key(key)
-        ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id), proprio)
+        anchor_arr = None if decoder is None else jnp.asarray(_real_array(anchor, "anchor", "an array"))
+        ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id), proprio, anchor_arr)
         res = planner(ctx, key, bounds.lower, bounds.upper, mean0)
+        if decoder:
+            decode = lambda u: np.asarray(decoder.fn(jnp.asarray(u)[None], anchor_arr)[0])  # noqa: E731
+            return planning.PlanResult(
+                actions=decode(res.actions), std=np.asarray(res.std), best_actions=decode(res.best_actions),
+                best_energy=np.asarray(res.best_energy), energy_trace=np.asarray(res.energy_trace),
+                variables=np.asarray(res.actions))
         scale = np.maximum(space.std, 1e-6) * np.where(space.is_delta, space.stride, 1)
         return planning.PlanResult(
             actions=space.denormalize(np.asarray(res.actions)),
@@ -408,14 +426,20 @@ class WorldModel:
             energy_trace=np.asarray(res.energy_trace),
         )
 
-    def _build_planner(self, cfg: planning.PlannerConfig, space: ActionSpace, steps: str):
+    def _build_planner(self, cfg: planning.PlannerConfig, space: ActionSpace, steps: str,
+                       decoder: planning.ActionDecoder | None = None):
         from flax import nnx
+
+        from data_pipelines.transforms import NORM_CLIP, action_norm
 
         graph = self._model_graph
         pad = space.model_dim - space.dim
+        offset, scale = (jnp.asarray(x) for x in action_norm(space.mean, space.std, space.is_delta, space.stride))
 
         def energy(actions, ctx):
-            state, z_ctx, goal, emb_id, proprio = ctx
+            state, z_ctx, goal, emb_id, proprio, anchor = ctx
+            if decoder is not None:  # variables -> robot units -> the model's normalized actions
+                actions = jnp.clip((decoder.fn(actions, anchor) - offset) / scale, -NORM_CLIP, NORM_CLIP)
             model = nnx.merge(graph, state)
             s = actions.shape[0]
             a = jnp.pad(actions, ((0, 0), (0, 0), (0, pad)))
@@ -428,7 +452,7 @@ class WorldModel:
             preds = model.rollout_raw(z, cond, p, pm, actions.shape[1])
             return planning.latent_goal_energy(preds, goal, steps=steps)
 
-        return planning.make_planner(energy, cfg, action_dim=space.dim, mesh=self.mesh)
+        return planning.make_planner(energy, cfg, action_dim=decoder.dim if decoder else space.dim, mesh=self.mesh)
 
 
 def _context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.Array, emb: jax.Array
