@@ -19,6 +19,17 @@ action rank 0.20, inverse dynamics R^2 0.98, linear probes of agent / block posi
 0.66 (pixels 0.57 / 0.62); PushT planning (`wam-plan` defaults, 50 tasks) 3/50, as random
 actions, with the jointly trained policy head at 8/50.
 
+Better dynamics, same file (BENCHMARKS.md §11.11, 43 min): train what the planner uses, 5-step
+rollouts from one frame on 6-frame clips, with the stride's 5 recorded targets as the action:
+
+    wam-train --config=configs/pusht_plan.py --workdir=runs/pusht_plan_e \
+        --config.data.stride_actions=chunk --config.model.action_dim=10 \
+        --config.data.num_frames=6 --config.loss.rollout_k=5 --config.train.num_steps=3000
+    wam-plan pusht --workdir=runs/pusht_plan_e --episodes=50 --actions=walk
+
+0.28 / 0.25x copy-last at horizons 1 / 5, planning 5/50 [0.04, 0.21] with `--actions=walk`
+(1/50 over the action box), as many as the policy head.
+
 Recipe, and why:
 - `model.target='online'`: the encoder trains through the prediction loss, targets from the same
   encoder with gradient (no EMA, no stop-gradient), kept from collapsing by SIGReg
