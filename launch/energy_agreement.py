@@ -103,8 +103,7 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
     t0 = time.perf_counter()
     size, space = wm.image_size, wm.action_space()
     raw, stride = space.dim // space.chunk, space.frame_stride  # one recorded action; steps per model step
-    low = (space.q01 if space.q01 is not None else space.mean - 2 * space.std)[:raw]
-    high = (space.q99 if space.q99 is not None else space.mean + 2 * space.std)[:raw]
+    low, high = space.step_box()
     use_proprio = space.proprio_dim > 0 and space.proprio_mean is not None
     env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
     rows = []
@@ -153,7 +152,9 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
     for key in rows[0]:
         if key != "seed":
             v = np.asarray([r[key] for r in rows], np.float64)
-            summary[key] = {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v))}
+            finite = v[np.isfinite(v)]  # Spearman is nan where a task's energies or outcomes are constant
+            summary[key] = ({"mean": float(finite.mean()), "sd": float(finite.std())} if finite.size
+                            else {"mean": float("nan"), "sd": float("nan")})
     return {"tasks": len(rows), "candidates": num_candidates, "horizon": horizon, "stride": int(space.stride),
             "cost": "block position error (px) + block angle error (deg) after executing the sequence",
             "summary": summary, "per_task": rows, "seconds": time.perf_counter() - t0}

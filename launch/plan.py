@@ -229,8 +229,7 @@ def walk_decoder(space: Any, step_px: float) -> Any:
     from wam_jax.inference import planning
 
     chunk, raw = space.chunk, space.dim // space.chunk
-    low = np.asarray(space.q01 if space.q01 is not None else space.mean - 2 * space.std, np.float32)[:raw]
-    high = np.asarray(space.q99 if space.q99 is not None else space.mean + 2 * space.std, np.float32)[:raw]
+    low, high = space.step_box()
 
     def fn(u: Any, anchor: Any) -> Any:  # u [S, H, raw] in [-1, 1], anchor [raw] -> [S, H, chunk * raw]
         targets = jnp.clip(anchor + jnp.cumsum(u * step_px, axis=1), low, high)
@@ -429,10 +428,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         elif b == "hold":
             controllers.append(HoldStillController())
         elif b == "random":
-            raw = space.dim // space.chunk  # one recorded action's dims (a chunk's first step)
-            lo = space.q01 if space.q01 is not None else space.mean - 2 * space.std
-            hi = space.q99 if space.q99 is not None else space.mean + 2 * space.std
-            controllers.append(RandomController(lo[:raw], hi[:raw], seed=args.seed))
+            controllers.append(RandomController(*space.step_box(), seed=args.seed))
         else:
             raise ValueError(f"--baselines: unknown baseline {b!r}; expected hold, random, policy or none")
     results = evaluate_controllers(controllers, tasks, budget=args.budget, image_size=wm.image_size, repeat=repeat)

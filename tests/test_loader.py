@@ -252,6 +252,9 @@ def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
     np.testing.assert_allclose(norm[0, :6], ((robot_units.reshape(2, 3) - mean) / std).reshape(-1), rtol=1e-6)
     np.testing.assert_allclose(space.denormalize(norm), robot_units, rtol=1e-6)
     np.testing.assert_array_equal(space.to_env_steps(robot_units), [[3.0, 4.0, 0.6], [6.0, 7.0, 0.9]])
+    low, high = space.step_box()  # one recorded action's box (the fixture has no quantiles: mean ± 2 std)
+    np.testing.assert_allclose(low, np.subtract(mean, 2 * np.asarray(std)))
+    np.testing.assert_allclose(high, np.add(mean, 2 * np.asarray(std)))
     c.model.action_dim = 5  # 2 x 3 dims do not fit
     with pytest.raises(ValueError, match="raise it to at least 6"):
         next(loader.make_iterator(c))

@@ -332,12 +332,16 @@ def test_energy_agreement_on_a_tiny_workdir(tmp_path_factory) -> None:
 def test_walk_decoder_moves_the_target_from_the_agent_in_bounded_steps() -> None:
     """`--actions=walk`: variables in [-1, 1] are per-step moves of the target (step_px at most),
     from the agent; a chunk model's recorded steps are interpolated from the previous target."""
-    import types
-
     from launch import plan
+    from wam_jax.inference.action_space import ActionSpace
 
-    space = types.SimpleNamespace(chunk=2, dim=4, q01=np.array([20.0, 20.0] * 2), q99=np.array([490.0, 490.0] * 2),
-                                  mean=np.zeros(4), std=np.ones(4))
+    def space_of(chunk: int) -> ActionSpace:
+        d = 2 * chunk
+        return ActionSpace(embodiment="pusht", embodiment_id=0, source="s", dim=d, model_dim=d, mean=np.zeros(d),
+                           std=np.ones(d), q01=np.full(d, 20.0), q99=np.full(d, 490.0), is_delta=np.zeros(d, bool),
+                           stride=1 if chunk > 1 else 5, chunk=chunk)
+
+    space = space_of(2)
     dec = plan.walk_decoder(space, 50.0)
     assert (dec.dim, dec.lower, dec.upper) == (2, -1.0, 1.0)
     u = jnp.asarray([[[1.0, 0.0], [1.0, -1.0], [0.0, 0.0]]])  # [S=1, H=3, 2]
@@ -347,7 +351,5 @@ def test_walk_decoder_moves_the_target_from_the_agent_in_bounded_steps() -> None
     np.testing.assert_allclose(out[0, 0], [125.0, 30.0, 150.0, 30.0])
     np.testing.assert_allclose(out[0, 1], [175.0, 25.0, 200.0, 20.0])
     np.testing.assert_allclose(out[0, 2], [200.0, 20.0, 200.0, 20.0])
-    space1 = types.SimpleNamespace(chunk=1, dim=2, q01=np.array([20.0, 20.0]), q99=np.array([490.0, 490.0]),
-                                   mean=np.zeros(2), std=np.ones(2))
-    np.testing.assert_allclose(np.asarray(plan.walk_decoder(space1, 50.0).fn(u, jnp.asarray([100.0, 30.0])))[0],
+    np.testing.assert_allclose(np.asarray(plan.walk_decoder(space_of(1), 50.0).fn(u, jnp.asarray([100.0, 30.0])))[0],
                                [[150.0, 30.0], [200.0, 20.0], [200.0, 20.0]])

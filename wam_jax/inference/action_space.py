@@ -64,6 +64,14 @@ class ActionSpace:
         """Recorded (environment) steps one model action spans."""
         return self.chunk if self.chunk > 1 else self.stride
 
+    def step_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of one recorded action in robot units: the data's q01 / q99 (mean ± 2 std
+        without quantiles), the first step of a chunk."""
+        low = self.q01 if self.q01 is not None else self.mean - 2 * self.std
+        high = self.q99 if self.q99 is not None else self.mean + 2 * self.std
+        raw = self.dim // self.chunk
+        return np.asarray(low[:raw], np.float32), np.asarray(high[:raw], np.float32)
+
     def to_env_steps(self, actions: ArrayLike) -> np.ndarray:
         """Model actions `[n, dim]` (robot units) -> one action per recorded step `[n * frame_stride,
         dim / chunk]`: a chunk unrolled in time, a reduced action held for the stride."""
