@@ -417,7 +417,9 @@ class WorldModel:
                 actions=decode(res.actions), std=np.asarray(res.std), best_actions=decode(res.best_actions),
                 best_energy=np.asarray(res.best_energy), energy_trace=np.asarray(res.energy_trace),
                 variables=np.asarray(res.actions))
-        scale = np.maximum(space.std, 1e-6) * np.where(space.is_delta, space.stride, 1)
+        from data_pipelines.transforms import action_norm
+
+        scale = action_norm(space.mean, space.std, space.is_delta, space.stride)[1]
         return planning.PlanResult(
             actions=space.denormalize(np.asarray(res.actions)),
             std=np.asarray(res.std) * scale,

@@ -39,6 +39,12 @@ POS_EMBS = ("rope", "sincos")
 POOLS = ("none", "mean", "grid")
 
 
+def pool_grid(config: mlc.ConfigDict) -> int:
+    """Regions per side of a frame's pooled latents (`model.pool`): `pool.grid` for 'grid', 1 for
+    'mean' (one region: the mean pool) and for 'none' (unused)."""
+    return int(config.pool.get("grid", 1)) if str(config.pool.kind) == "grid" else 1
+
+
 class Projector(nnx.Module):
     """`Linear -> BatchNorm -> GELU -> Linear`: the pooled frame vector's head (LeWM's projector).
 
@@ -203,7 +209,7 @@ class VideoEncoder(nnx.Module):
         self.pool = str(config.pool.kind)
         if self.pool not in POOLS:
             raise ValueError(f"model config pool.kind must be one of {POOLS}, got {self.pool!r}")
-        self.pool_grid = int(config.pool.get("grid", 1)) if self.pool == "grid" else 1
+        self.pool_grid = pool_grid(config)
         g = self.image_size // self.patch_size
         if self.pool_grid < 1 or g % self.pool_grid:
             raise ValueError(f"model config pool.grid={self.pool_grid} must be >= 1 and divide the "

@@ -78,13 +78,13 @@ def spec_from_config(cfg: Any) -> ModelSpec:
         raise ValueError(f"model.latent_action.video_cond must be one of {VIDEO_CONDS}, got {video_cond!r}")
     g = cfg.image_size // cfg.patch_size
     pooled = str(cfg.pool.kind) != "none"
-    pool_grid = int(cfg.pool.get("grid", 1)) if str(cfg.pool.kind) == "grid" else 1
+    regions = encoder_lib.pool_grid(cfg)
     if pooled and ssl_enabled:
         raise ValueError("model.ssl.enabled predicts masked patch tokens; it needs model.pool.kind='none'")
     return ModelSpec(
         image_size=int(cfg.image_size), patch_size=int(cfg.patch_size), tubelet=int(cfg.tubelet),
         latent_dim=int(cfg.pool.dim) if pooled else int(cfg.encoder.width),
-        grid_hw=(pool_grid, pool_grid) if pooled else (g, g), pooled=pooled, action_dim=int(cfg.action_dim),
+        grid_hw=(regions, regions) if pooled else (g, g), pooled=pooled, action_dim=int(cfg.action_dim),
         proprio_dim=int(cfg.proprio_dim), num_embodiments=int(cfg.num_embodiments),
         num_sources=int(cfg.num_sources), latent_action_dim=int(la.dim),
         bottleneck=str(la.bottleneck), video_cond=video_cond, policy_horizon=int(cfg.policy_horizon),
