@@ -29,7 +29,11 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.pool = mlc.ConfigDict(dict(kind="none", dim=128, hidden=0, grid=2))
     # Pretrained encoder weights for a new run: a Hugging Face V-JEPA 2 directory, a V-JEPA 2
     # PyTorch checkpoint or a wam_jax export (wam_jax/training/init_from.py); '' = random init.
+    # init_scope 'all': every variable the export has (encoder, predictor, heads) from a wam_jax
+    # export written with its predictor, e.g. to go on training a run's predictor on its frozen
+    # encoder (`--config.model.target=frozen`).
     c.init_from = ""
+    c.init_scope = "encoder"
     c.predictor = presets.predictor_preset(preset)
     c.predictor.residual = True  # predict z_{t+1} - z_t (output starts at the copy baseline)
     # How the conditioning enters the predictor: 'token' | 'channels' (DINO-WM) | 'token_channels'

@@ -175,8 +175,8 @@ class PlannerController:
                  warm_start: str = "previous", context_proprio: bool = False, decoder: Any = None):
         if warm_start not in WARM_STARTS:
             raise ValueError(f"--warm_start={warm_start!r}; expected one of {WARM_STARTS}")
-        if decoder is not None and warm_start == "policy":
-            raise ValueError("--warm_start=policy needs --actions=box (the policy head speaks actions, not walk steps)")
+        if decoder is not None and warm_start == "policy" and decoder.encode is None:
+            raise ValueError(f"--warm_start=policy: the search {decoder.name!r} cannot start from actions")
         self.decoder = decoder
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
@@ -206,6 +206,8 @@ class PlannerController:
         if self.warm_start == "policy":
             chunk = np.asarray(self.wm.policy(z, self.goal), np.float32)[: self.config.horizon]
             init = np.concatenate([chunk, np.repeat(chunk[-1:], self.config.horizon - len(chunk), axis=0)])
+            if self.decoder is not None:
+                init = self.decoder.encode(init, np.asarray(agent, np.float32))
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,
                                    context_proprio=agent if self.context_proprio else None,
                                    decoder=self.decoder, anchor=np.asarray(agent, np.float32))
@@ -240,7 +242,13 @@ def walk_decoder(space: Any, step_px: float) -> Any:
         steps = prev[:, :, None] + frac * (targets - prev)[:, :, None]  # [S, H, chunk, raw]
         return steps.reshape(*targets.shape[:2], chunk * raw)
 
-    return planning.ActionDecoder(name=f"pusht_walk_{step_px:g}_{chunk}", dim=raw, lower=-1.0, upper=1.0, fn=fn)
+    def encode(actions: np.ndarray, anchor: np.ndarray) -> np.ndarray:  # [H, chunk * raw] -> u [H, raw]
+        targets = np.asarray(actions, np.float32).reshape(len(actions), chunk, raw)[:, -1]
+        prev = np.concatenate([np.asarray(anchor, np.float32)[None], targets[:-1]])
+        return np.clip((targets - prev) / step_px, -1.0, 1.0)
+
+    return planning.ActionDecoder(name=f"pusht_walk_{step_px:g}_{chunk}", dim=raw, lower=-1.0, upper=1.0, fn=fn,
+                                  encode=encode)
 
 
 # ----------------------------------------------------------------------------------------------

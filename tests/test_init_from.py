@@ -69,6 +69,42 @@ def test_an_export_of_another_shape_is_named(export_dir, tmp_path) -> None:
         _init(config)
 
 
+def test_init_scope_all_continues_a_run_on_its_frozen_encoder(export_dir, tmp_path_factory, tmp_path) -> None:
+    """`model.init_scope='all'`: every variable (encoder, predictor, heads) from an export written
+    with the predictor, matched by path although freezing the encoder moves it out of `params`;
+    an encoder-only export and a changed shape are refused with the key named."""
+    import orbax.checkpoint as ocp
+
+    from wam_jax.inference import export
+
+    workdir, _ = shared_workdir(tmp_path_factory)
+    full = str(tmp_path / "full")
+    export.export_model(workdir, full, step=2, with_predictor=True, platforms=("cpu",))
+    saved = ocp.PyTreeCheckpointer().restore(f"{full}/{init_from.EXPORT_PARAMS}")
+    want = {**_flat(saved["params"]), **_flat(saved["model_state"])}
+    config = rf.tiny_config(rf.write_mixture(str(tmp_path / "data")))
+    config.model.target = "frozen"
+    config.model.init_from = full
+    config.model.init_scope = "all"
+    state = _init(config)
+    got = {**_flat(state.params), **_flat(state.model_state)}
+    assert "encoder" not in state.params and any(k.startswith("predictor/") for k in got)
+    assert set(got) == set(want)
+    for k, v in got.items():
+        np.testing.assert_array_equal(v, want[k], err_msg=k)
+    encoder = _flat(state.model_state["encoder"])
+    for k, v in _flat(state.target).items():
+        np.testing.assert_array_equal(v, encoder[k])
+
+    config.model.action_dim += 1
+    with pytest.raises(init_from.InitFromError, match=r"shapes \(file vs model\).*action"):
+        _init(config)
+    config.model.action_dim -= 1
+    config.model.init_from = export_dir  # encoder only
+    with pytest.raises(init_from.InitFromError, match="holds only the encoder.*--with_predictor"):
+        _init(config)
+
+
 def test_bad_paths_name_the_flag(tmp_path) -> None:
     config = rf.tiny_config(rf.write_mixture(str(tmp_path / "data")))
     config.model.init_from = str(tmp_path / "nowhere")

@@ -260,11 +260,12 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
                         "--warm_start=policy", f"--output={out}"])
     assert record["warm_start"] == "policy"
     assert record["results"]["planner (dino_wm, policy warm start)"]["num_plans"] == 2
-    # Searching target walks from the agent instead of the action box.
+    # Searching target walks from the agent instead of the action box (from the policy's chunk).
     record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=2", "--samples=8",
                         "--iterations=1", "--horizon=3", "--devices=1", "--baselines=none", "--actions=walk",
-                        f"--output={out}"])
-    assert record["actions"] == "walk" and record["results"]["planner (dino_wm, walk 50 px)"]["num_plans"] == 2
+                        "--warm_start=policy", f"--output={out}"])
+    assert record["actions"] == "walk"
+    assert record["results"]["planner (dino_wm, policy warm start, walk 50 px)"]["num_plans"] == 2
 
 
 def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
@@ -353,3 +354,7 @@ def test_walk_decoder_moves_the_target_from_the_agent_in_bounded_steps() -> None
     np.testing.assert_allclose(out[0, 2], [200.0, 20.0, 200.0, 20.0])
     np.testing.assert_allclose(np.asarray(plan.walk_decoder(space_of(1), 50.0).fn(u, jnp.asarray([100.0, 30.0])))[0],
                                [[150.0, 30.0], [200.0, 20.0], [200.0, 20.0]])
+    # encode (the policy warm start): the moves that reproduce a plan inside the box, clipped to a step
+    np.testing.assert_allclose(dec.encode(out[0], np.asarray([100.0, 30.0])), [[1.0, 0.0], [1.0, -0.2], [0.0, 0.0]])
+    far = np.asarray([[125.0, 30.0, 400.0, 30.0]])
+    np.testing.assert_allclose(dec.encode(far, np.asarray([100.0, 30.0])), [[1.0, 0.0]])

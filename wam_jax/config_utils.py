@@ -191,6 +191,9 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
          "expected 'float32', 'bfloat16' or 'float16'")
     need(str(config.model.target) in ("ema", "frozen", "online"), "model.target",
          "expected 'ema', 'frozen' or 'online'")
+    need(str(config.model.init_scope) in ("encoder", "all"), "model.init_scope",
+         "expected 'encoder' (the encoder from model.init_from) or 'all' (every variable of a wam_jax export "
+         "written with its predictor)")
     for name in ("sigreg", "vic_var", "vic_cov"):
         need(float(config.loss[name]) >= 0, f"loss.{name}", "must be >= 0 (0 = off)")
     need(int(config.loss.sigreg_projections) >= 1, "loss.sigreg_projections", "must be >= 1")

@@ -118,13 +118,16 @@ class ActionDecoder:
     with each planning call (e.g. the robot's current position). It keeps the search where the
     training data was: uniform samples of an absolute action box can ask for motions no episode
     made, and a model's energy is least trustworthy exactly there. `name` identifies the compiled
-    planner (decoders with the same name must compute the same function)."""
+    planner (decoders with the same name must compute the same function). `encode(actions [H, A],
+    anchor) -> u [H, dim]` (optional, numpy) maps a plan in actions back to the variables that
+    come closest, to warm-start the search from another controller (e.g. a policy head)."""
 
     name: str
     dim: int
     lower: float
     upper: float
     fn: Callable[[Array, Array], Array] = dataclasses.field(compare=False)
+    encode: Callable[[Any, Any], Any] | None = dataclasses.field(default=None, compare=False)
 
 
 # ----------------------------------------------------------------------------------------------

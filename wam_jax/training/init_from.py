@@ -11,6 +11,12 @@ PATH (local or `gs://`) may be
   the encoder exactly as exported, the pooled projector and its running statistics included;
 - any other `.safetensors` file holding a V-JEPA 2 state dict.
 
+With `model.init_scope='all'` PATH is a wam_jax export written with its predictor (`wam-export
+--with_predictor`, or a run's `export/`) and every variable of the new model found there (encoder,
+predictor, heads, statistics) starts from it: to go on training a run under another config, e.g.
+its predictor on its frozen encoder. Variables the export lacks keep their initialization and are
+logged; a shape that differs is an error naming the key.
+
 V-JEPA 2 weights go through `wam_jax.models.vjepa2_convert` (every key accounted for, shapes
 checked, mismatches named); a pooled model's projector, which V-JEPA 2 does not have, keeps its
 random initialization. Only a new run reads PATH: a resumed run restores its own checkpoint.
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 
 FLAG = "--config.model.init_from"
 EXPORT_ENCODER = "encoder.safetensors"  # wam_jax.inference.artifacts.ENCODER_SAFETENSORS
+EXPORT_PARAMS = "params"  # wam_jax.inference.artifacts.PARAMS_DIR: Orbax {"target"[, "params", "model_state"]}
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar")
 # V-JEPA 2 config.json field -> (model config field, how to read it)
@@ -57,6 +64,42 @@ def load_encoder_state(model_cfg: Any, encoder: nnx.Module) -> nnx.State:
     n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(state))
     log.info("encoder initialized from %s (%.1fM values)", path, n / 1e6)
     return state
+
+
+def load_model_state(model_cfg: Any, model: nnx.Module) -> nnx.State:
+    """`model.init_scope='all'`: host arrays for `nnx.update(model, state)`, every variable of
+    `model` (may be abstract) that the export holds."""
+    import orbax.checkpoint as ocp
+
+    path = epath.Path(str(model_cfg.init_from))
+    params_dir = path / EXPORT_PARAMS
+    if not (params_dir / "_CHECKPOINT_METADATA").exists() and not (params_dir / "_METADATA").exists():
+        raise InitFromError(f"{FLAG}={path}: --config.model.init_scope=all needs a wam_jax export directory "
+                            f"(no {params_dir})")
+    restored = ocp.PyTreeCheckpointer().restore(params_dir.resolve())  # Orbax wants an absolute path
+    if "params" not in restored:
+        raise InitFromError(f"{FLAG}={path} holds only the encoder; --config.model.init_scope=all needs an "
+                            f"export with the predictor (wam-export --with_predictor)")
+    flat: dict[str, np.ndarray] = {}
+    for item in ("params", "model_state"):
+        flat.update({"/".join(str(getattr(k, "key", k)) for k in keys): np.asarray(x)
+                     for keys, x in jax.tree_util.tree_flatten_with_path(restored.get(item, {}))[0]})
+    ours = [("/".join(str(k) for k in keys), keys, var) for keys, var in nnx.to_flat_state(nnx.state(model))]
+    shapes = [f"{k}: {tuple(flat[k].shape)} vs {tuple(var.shape)}" for k, _, var in ours
+              if k in flat and tuple(flat[k].shape) != tuple(var.shape)]
+    if shapes:
+        raise InitFromError(f"{FLAG}={path} does not fit this model: shapes (file vs model) {shapes[:8]}"
+                            f"{' ...' if len(shapes) > 8 else ''}")
+    kept = [k for k, _, _ in ours if k not in flat]
+    if kept:
+        log.warning("%s=%s has no %d variables; they keep their initialization: %s%s", FLAG, path, len(kept),
+                    kept[:8], " ..." if len(kept) > 8 else "")
+    unused = sorted(set(flat) - {k for k, _, _ in ours})
+    if unused:
+        log.info("%s=%s: %d variables this model does not have, unused: %s", FLAG, path, len(unused), unused[:8])
+    out = [(keys, var.replace(np.asarray(flat[k], var.dtype))) for k, keys, var in ours if k in flat]
+    log.info("model initialized from %s (%d of %d variables)", path, len(out), len(ours))
+    return nnx.from_flat_state(out)
 
 
 def _load(path: epath.Path, model_cfg: Any, encoder: nnx.Module) -> nnx.State:

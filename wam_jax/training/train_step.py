@@ -235,17 +235,19 @@ def init_train_state(
     """
 
     pretrained = None
+    whole = str(config.model.get("init_scope", "encoder")) == "all"
     if str(config.model.get("init_from", "") or ""):
         from wam_jax.training import init_from
 
         abstract_model = nnx.eval_shape(lambda: model_factory(config.model, nnx.Rngs(config.seed)))
-        pretrained = init_from.load_encoder_state(config.model, online_encoder(abstract_model))
+        pretrained = (init_from.load_model_state(config.model, abstract_model) if whole
+                      else init_from.load_encoder_state(config.model, online_encoder(abstract_model)))
 
     def init(pretrained) -> TrainState:
         model, target = _build(config.model, config.seed, model_factory)
         if pretrained is not None:  # the target starts as the same copy of the pretrained encoder
-            nnx.update(online_encoder(model), pretrained)
-            nnx.update(target, pretrained)
+            nnx.update(model if whole else online_encoder(model), pretrained)
+            nnx.update(target, nnx.state(online_encoder(model)))
         _, params, rest, _, target_state, _ = _split(model, target)
         params = _pure(params)
         return TrainState(
