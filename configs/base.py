@@ -50,6 +50,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.latent_action.video_cond = "latent"
     c.action_head = mlc.ConfigDict(dict(width=0, depth=1))  # width 0: the predictor's width
     c.num_sources = 8  # static maximum of mixture sources for per-source metrics
+    # A frame decoder from pooled latents (models/decoder.py) for loss.recon: size 0 = none, else
+    # the side of the decoded frame (4 x a power of two dividing image_size); width: its first map.
+    c.decoder = mlc.ConfigDict(dict(size=0, width=64))
     c.policy_horizon = 4  # h: action chunk length
     # 'ema': the target encoder is an EMA of the encoder (stop-gradient targets); 'frozen': the
     # encoder is not trained; 'online': the encoder trains end to end through the prediction loss
@@ -107,6 +110,9 @@ def loss_config() -> mlc.ConfigDict:
             # The samples of those terms: 'step' = the batch at each time step; 'all' = every
             # frame of the batch at once (more samples for pooled latents on small batches).
             collapse_samples="step",
+            # Decoding each frame from its online latents (model.decoder), the gradient into the
+            # encoder: keeps what the frame shows in the latent, not only what is easy to predict.
+            recon=0.0,
         )
     )
 

@@ -194,7 +194,7 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
     need(str(config.model.init_scope) in ("encoder", "all"), "model.init_scope",
          "expected 'encoder' (the encoder from model.init_from) or 'all' (every variable of a wam_jax export "
          "written with its predictor)")
-    for name in ("sigreg", "vic_var", "vic_cov"):
+    for name in ("sigreg", "vic_var", "vic_cov", "recon"):
         need(float(config.loss[name]) >= 0, f"loss.{name}", "must be >= 0 (0 = off)")
     need(int(config.loss.sigreg_projections) >= 1, "loss.sigreg_projections", "must be >= 1")
     need(int(config.loss.sigreg_knots) >= 3, "loss.sigreg_knots", "must be >= 3 (trapezoid rule)")

@@ -30,6 +30,7 @@ from flax import nnx
 
 from wam_jax.models import encoder as encoder_lib
 from wam_jax.models.action_head import InverseDynamicsHead, PolicyHead
+from wam_jax.models.decoder import FrameDecoder, check_size
 from wam_jax.models.latent_actions import ActionEmbedder, LatentActionModel, LatentActions
 from wam_jax.models.ops import use_matmul_dtype
 from wam_jax.models.partitioning import eager_sharding_scope
@@ -207,6 +208,14 @@ class WorldActionModel(nnx.Module):
                 mlp_ratio=pc.mlp_ratio, **common)
         else:
             self.ssl_predictor = None
+        self.frame_decoder: FrameDecoder | None = nnx.data(None)
+        dc = cfg.get("decoder", None)
+        if dc is not None and int(dc.size) > 0:
+            check_size(int(dc.size), spec.image_size)
+            if not spec.pooled:
+                raise ValueError("model.decoder decodes pooled latents; it needs model.pool.kind='mean' or 'grid'")
+            self.frame_decoder = FrameDecoder(spec.tokens_per_frame, spec.latent_dim, int(dc.size), int(dc.width),
+                                              rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     # -- target encoder / optimizer helpers ------------------------------------------------------
 

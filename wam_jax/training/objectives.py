@@ -1,7 +1,7 @@
 """The one loss function of the world action model, and the health metrics logged with it.
 
     loss = λ_ssl L_ssl + λ_tf L_tf + λ_roll L_roll + λ_align L_align + λ_align_u L_align_u + λ_bottleneck L_bn
-         + λ_act L_act + λ_act_pred L_act_pred + λ_policy L_policy
+         + λ_act L_act + λ_act_pred L_act_pred + λ_policy L_policy + λ_recon L_recon + anti-collapse
 
 Every term is a masked mean with a `max(count, 1)` denominator and `jnp.where` masking, so a term
 whose mask is empty contributes exactly zero (and exactly zero gradient: a batch of action-free
@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines import schema
+from wam_jax.models import decoder as decoder_lib
 from wam_jax.models import encoder as encoder_lib
 from wam_jax.models.world_model import ModelSpec, WorldActionModel, normalize_latents
 from wam_jax.training import masks
@@ -35,7 +36,7 @@ from wam_jax.training import masks
 sg = jax.lax.stop_gradient
 
 LOSS_TERMS = ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy",
-              "sigreg", "vic_var", "vic_cov")
+              "sigreg", "vic_var", "vic_cov", "recon")
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -263,6 +264,8 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     rollout_k = int(loss_cfg["rollout_k"])
     if w["ssl"] > 0 and not spec.ssl_enabled:
         raise ValueError("config.loss.ssl > 0 needs model.ssl.enabled=True (the SSL predictor)")
+    if w["recon"] > 0 and model.frame_decoder is None:
+        raise ValueError("config.loss.recon > 0 needs a frame decoder: set model.decoder.size (e.g. 32)")
     if spec.target == "ema" and target_encoder is None:
         raise ValueError("loss_fn: model.target='ema' needs the target encoder "
                          "(model.make_target_encoder(), updated by EMA)")
@@ -287,6 +290,10 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     # `encoder_from_heads` rescales z's gradient: they are the encoder's own objective).
     if w["sigreg"] > 0 or w["vic_var"] > 0 or w["vic_cov"] > 0:
         terms.update(_anti_collapse(z, tm, w, loss_cfg, jax.random.fold_in(key, 3)))
+    if w["recon"] > 0:  # squared error per normalized pixel of the downsampled frame
+        dec = model.frame_decoder
+        err = jnp.mean(jnp.square(dec(z) - decoder_lib.downsample(video, dec.size)), axis=(-3, -2, -1))
+        terms["recon"] = masked_mean(err, tm)
     step_valid = tm[:, :-1] & tm[:, 1:]  # [B, T-1] transition t -> t+1 exists
     a_mask = batch["action_mask"] & step_valid[..., None]  # [B, T-1, A]
     labeled = jnp.any(a_mask, axis=-1)  # [B, T-1]

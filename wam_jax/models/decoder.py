@@ -1,0 +1,77 @@
+"""`FrameDecoder`: pooled latents of a frame -> the frame at low resolution (`model.decoder`).
+
+An auxiliary head for `loss.recon`: its gradient reaches the encoder and asks the latent to keep
+what the frame shows, not only what the prediction loss finds easy to predict. An end-to-end
+encoder trained by prediction and SIGReg alone spends its dimensions on the agent, whose motion
+the action explains (on PushT a cubic in the agent position explains 86 % of the latent variance
+and the block 23 %, BENCHMARKS.md §11.12), and a planner's latent distance to the goal then
+measures where the agent is instead of where the block is. The decoder is not used by the
+predictor, the planner or the export.
+
+`Linear -> [4, 4, width]`, then per doubling: nearest upsampling and two 3x3 convolutions (GELU),
+halving the width, and a 3x3 convolution to RGB in the encoder's normalized pixel space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wam_jax.models.linear import linear
+from wam_jax.models.ops import gelu
+from wam_jax.models.partitioning import mesh_optional, normal_init, zeros_init
+
+BASE = 4  # the first feature map is BASE x BASE
+
+
+def check_size(size: int, image_size: int) -> None:
+    """`model.decoder.size`: 0 (no decoder) or BASE * 2^k dividing the image size."""
+    if size == 0:
+        return
+    k = math.log2(size / BASE) if size >= BASE else -1.0
+    if k < 0 or k != int(k) or image_size % size:
+        raise ValueError(f"model.decoder.size={size}: expected 0 (no decoder) or {BASE} x a power of two "
+                         f"that divides model.image_size={image_size} (e.g. {min(32, image_size)})")
+
+
+class FrameDecoder(nnx.Module):
+    """latents `[..., N, D]` -> frames `[..., size, size, 3]` (normalized pixels, as the encoder's input)."""
+
+    @mesh_optional
+    def __init__(self, tokens: int, latent_dim: int, size: int, width: int, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        self.size, self.width = int(size), int(width)
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        d_in = tokens * latent_dim
+        self.inp = linear(d_in, BASE * BASE * width, ("embed", "mlp"), stddev=d_in**-0.5, **kw)
+        stages = int(round(math.log2(size / BASE)))
+        widths = [max(8, width // 2 ** i) for i in range(stages + 1)]
+
+        def conv(c_in: int, c_out: int, std: float | None = None) -> nnx.Conv:
+            return nnx.Conv(c_in, c_out, (3, 3), padding="SAME",
+                            kernel_init=normal_init((None, None, "conv_in", None), std or (9 * c_in) ** -0.5),
+                            bias_init=zeros_init((None,)), **kw)
+
+        self.convs = nnx.List([nnx.List([conv(widths[i], widths[i + 1]), conv(widths[i + 1], widths[i + 1])])
+                               for i in range(stages)])
+        self.out = conv(widths[-1], 3)
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        lead = z.shape[:-2]
+        h = self.inp(z.reshape(-1, z.shape[-2] * z.shape[-1]))
+        h = gelu(h).reshape(-1, BASE, BASE, self.width)
+        for first, second in self.convs:
+            h = jax.image.resize(h, (h.shape[0], 2 * h.shape[1], 2 * h.shape[2], h.shape[3]), "nearest")
+            h = gelu(second(gelu(first(h))))
+        return self.out(h).astype(jnp.float32).reshape(*lead, self.size, self.size, 3)
+
+
+def downsample(video: jax.Array, size: int) -> jax.Array:
+    """Normalized frames `[..., H, W, 3]` -> `[..., size, size, 3]` by average pooling (the
+    decoder's target; H and W are multiples of `size`)."""
+    *lead, h, w, c = video.shape
+    f = h // size
+    return jnp.mean(video.reshape(*lead, size, f, w // f, f, c), axis=(-4, -2))
