@@ -29,16 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from wam_jax.inference.probes import spearman
+
 ENERGIES = ("model energy", "latent energy", "pixels")
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties; nan when either side is constant)."""
-    from scipy import stats
-
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(stats.spearmanr(x, y)[0])
 
 
 def score_task(cost: np.ndarray, energies: Mapping[str, np.ndarray]) -> dict[str, float]:

@@ -82,6 +82,11 @@ def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0) -> dict[str
         res["block_pos_r2"] = (r2["block_x"] + r2["block_y"]) / 2
         res["agent_pos_r2"] = (r2["agent_x"] + r2["agent_y"]) / 2
         res["block_angle_r2"] = (r2["block_cos"] + r2["block_sin"]) / 2
+        # What the features' distance measures: the agent (2) or the block pose (4 columns).
+        res["variance_explained"] = {part: probes.explained_variance(x, y[:, cols], groups, seed=seed)
+                                     for part, cols in (("agent", slice(0, 2)), ("block", slice(2, 6)))}
+        res["distance_rank"] = {part: probes.distance_rank(x, y[:, cols], seed=seed)
+                                for part, cols in (("agent", slice(0, 2)), ("block", slice(2, 4)))}
         out["probes"][name] = res
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -90,8 +95,14 @@ def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0) -> dict[str
 def format_probe(result: dict[str, Any]) -> str:
     lines = [f"Linear probes to the simulator state ({result['frames']} frames of {result['episodes']} unseen "
              f"episodes; R^2 on held-out episodes)",
-             f"  {'features':<22s}{'dim':>7s}{'block pos':>11s}{'block angle':>13s}{'agent pos':>11s}"]
+             f"  {'features':<22s}{'dim':>7s}{'block pos':>11s}{'block angle':>13s}{'agent pos':>11s}"
+             f"{'var: agent':>12s}{'block':>7s}{'dist rank: agent':>18s}{'block':>7s}"]
     for name, r in result["probes"].items():
+        ve, dr = r["variance_explained"], r["distance_rank"]
         lines.append(f"  {name:<22s}{r['feature_dim']:>7d}{r['block_pos_r2']:>11.3f}{r['block_angle_r2']:>13.3f}"
-                     f"{r['agent_pos_r2']:>11.3f}")
+                     f"{r['agent_pos_r2']:>11.3f}{ve['agent']:>12.3f}{ve['block']:>7.3f}{dr['agent']:>18.3f}"
+                     f"{dr['block']:>7.3f}")
+    lines.append("  var: share of the features' variance a cubic in the agent position / block pose explains; "
+                 "dist rank: Spearman of feature distance vs agent / block distance over frame pairs (a planner's "
+                 "latent cost ranks what dominates)")
     return "\n".join(lines)

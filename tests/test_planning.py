@@ -286,7 +286,9 @@ def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
     for r in res["probes"].values():
         assert set(r["r2"]) == set(probe.TARGETS) and r["test_groups"] == 1
         assert all(np.isfinite(v) for v in r["r2"].values())
-    assert "block pos" in probe.format_probe(res)
+        assert set(r["variance_explained"]) == set(r["distance_rank"]) == {"agent", "block"}
+    assert np.isfinite(res["probes"]["pixels"]["variance_explained"]["block"])
+    assert "block pos" in probe.format_probe(res) and "dist rank" in probe.format_probe(res)
 
 
 def test_energy_agreement_scores_rank_order_and_the_chosen_outcome() -> None:

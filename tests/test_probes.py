@@ -38,3 +38,20 @@ def test_too_few_groups_is_a_clear_error():
     x, y, _ = _data()
     with pytest.raises(ValueError, match="groups"):
         probes.linear_probe(x, y, np.zeros(len(x)), names=["a", "b", "c"])
+
+
+def test_explained_variance_and_distance_rank_see_what_the_features_spend_themselves_on():
+    """Features that are a cubic of the factors are explained in full and rank distances as the
+    factors do; independent noise is not and does not; half and half is explained by half."""
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(12), 40)
+    a = rng.uniform(-1, 1, size=(len(groups), 2))
+    cubic = np.stack([a[:, 0], a[:, 1] ** 2, a[:, 0] * a[:, 1] ** 2, a[:, 1] ** 3], axis=1)
+    cubic = (cubic - cubic.mean(0)) / cubic.std(0)
+    noise = rng.normal(size=cubic.shape)
+    assert probes.explained_variance(cubic, a, groups) > 0.999
+    assert probes.explained_variance(noise, a, groups) < 0.05
+    assert abs(probes.explained_variance(np.concatenate([cubic, noise], 1), a, groups) - 0.5) < 0.08
+    assert probes.distance_rank(3.0 * a, a) > 0.9
+    assert abs(probes.distance_rank(noise, a)) < 0.1
+    assert np.isnan(probes.spearman(np.ones(5), np.arange(5)))

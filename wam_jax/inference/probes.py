@@ -6,6 +6,14 @@ Ridge regression from features `x [n, d]` to targets `y [n, k]`, fit on some gro
 scored on the others, so a probe never sees a test episode; the ridge strength is chosen by
 validation on a further split of the training groups. Works the same on latents and on raw
 pixels (the baseline a representation has to beat), with the dual form when d > n.
+
+What the features spend themselves on, beside what can be read from them:
+
+    explained_variance(x, factors, groups)   # share of x's variance a cubic in the factors explains
+    distance_rank(x, factors)                # Spearman of feature distance vs factor distance
+
+A planner's cost is a distance between latents: a representation can carry the block (a good
+probe) and still measure mostly the agent, when the agent explains most of its variance.
 """
 
 from __future__ import annotations
@@ -38,6 +46,53 @@ def _fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.nda
 def _predict(fit: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
     mu, sd, w, ym = fit
     return ((x - mu) / sd) @ w + ym
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties; nan when either side is constant)."""
+    from scipy import stats
+
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y)[0])
+
+
+def _split_groups(groups: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean test-row mask: whole groups (episodes), `test_fraction` of them."""
+    ids = np.random.default_rng(seed).permutation(np.unique(groups))
+    return np.isin(groups, ids[: max(1, int(round(len(ids) * test_fraction)))])
+
+
+def polynomial_features(f: np.ndarray, degree: int = 3) -> np.ndarray:
+    """`[n, k]` -> every monomial of the standardized columns up to `degree`, with a constant."""
+    import itertools
+
+    f = (f - f.mean(0)) / (f.std(0) + 1e-12)
+    cols = [np.ones(len(f))]
+    for d in range(1, degree + 1):
+        cols += [np.prod(f[:, c], axis=1) for c in itertools.combinations_with_replacement(range(f.shape[1]), d)]
+    return np.stack(cols, axis=1)
+
+
+def explained_variance(x: np.ndarray, factors: np.ndarray, groups: np.ndarray, *, degree: int = 3,
+                       test_fraction: float = 1 / 3, seed: int = 0) -> float:
+    """Share of the total variance of `x [n, d]` that a polynomial of `factors [n, k]` (least
+    squares, fitted on other groups) explains on held-out groups."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    test = _split_groups(groups, test_fraction, seed)
+    f = polynomial_features(np.asarray(factors, np.float64), degree)
+    w, *_ = np.linalg.lstsq(f[~test], x[~test], rcond=None)
+    resid = x[test] - f[test] @ w
+    return float(1.0 - resid.var(0).sum() / max(x[test].var(0).sum(), 1e-12))
+
+
+def distance_rank(x: np.ndarray, factors: np.ndarray, *, pairs: int = 4000, seed: int = 0) -> float:
+    """Spearman between the mean absolute feature difference and the Euclidean factor distance
+    of random pairs of rows: how far the features' distance ranks pairs as the factors do."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(x), pairs), rng.integers(0, len(x), pairs)
+    return spearman(np.abs(x[i] - x[j]).mean(1), np.linalg.norm(factors[i] - factors[j], axis=1))
 
 
 def r_squared(y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
