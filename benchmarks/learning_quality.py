@@ -43,8 +43,13 @@ METRICS = (("shuffled / true actions L1, h = 1", "shuffled_h1", ".3f"),
            ("probe R², agent position", "probe_agent", ".3f"),
            ("probe R², block position", "probe_block", ".3f"),
            ("probe R², block position, pixels", "probe_block_pixels", ".3f"),
-           ("energy Spearman, model (near demo)", "energy_model_near", ".2f"),
-           ("energy Spearman, real-outcome latent (near demo)", "energy_latent_near", ".2f"),
+           ("latent variance explained by the agent", "var_agent", ".3f"),
+           ("latent variance explained by the block", "var_block", ".3f"),
+           ("latent distance rank vs block distance", "dist_rank_block", ".3f"),
+           ("energy Spearman, model, all candidates", "energy_model_all", ".2f"),
+           ("energy Spearman, model, near the demonstration", "energy_model_near", ".2f"),
+           ("energy Spearman, real-outcome latent, all candidates", "energy_latent_all", ".2f"),
+           ("energy Spearman, real-outcome latent, near the demonstration", "energy_latent_near", ".2f"),
            ("5-step prediction error / 20-px block change", "pred_err_ratio", ".2f"),
            *((f"PushT success, {m}", f"plan_{m}", ".2f") for m in PLAN_METHODS))
 
@@ -129,10 +134,14 @@ def run_seed(args: argparse.Namespace, train: str, test: str, seed: int) -> dict
     rec["probe_agent"] = pr["trained encoder"]["agent_pos_r2"]
     rec["probe_block"] = pr["trained encoder"]["block_pos_r2"]
     rec["probe_block_pixels"] = pr["pixels"]["block_pos_r2"]
+    rec["var_agent"] = pr["trained encoder"]["variance_explained"]["agent"]
+    rec["var_block"] = pr["trained encoder"]["variance_explained"]["block"]
+    rec["dist_rank_block"] = pr["trained encoder"]["distance_rank"]["block"]
     en = energy_agreement.energy_agreement(WorldModel.load(workdir), tasks=args.energy_tasks,
                                            num_candidates=args.energy_candidates)["summary"]
-    rec["energy_model_near"] = en.get("near demo/rho/model energy", en["rho/model energy"])["mean"]
-    rec["energy_latent_near"] = en.get("near demo/rho/latent energy", en["rho/latent energy"])["mean"]
+    for kind in ("model", "latent"):
+        rec[f"energy_{kind}_all"] = en[f"rho/{kind} energy"]["mean"]
+        rec[f"energy_{kind}_near"] = en.get(f"near demo/rho/{kind} energy", en[f"rho/{kind} energy"])["mean"]
     rec["pred_err_ratio"] = en["prediction error"]["mean"] / max(en["block 20 px"]["mean"], 1e-9)
     rec["eval_s"] = time.perf_counter() - t0
     if args.plan_episodes > 0:

@@ -323,4 +323,5 @@ def test_learning_quality_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert result["benchmark"] == "learning_quality" and len(result["seeds"]) == 2
     keys = {r["key"] for r in result["rows"]}
-    assert {"l1_vs_copy_h1", "rank", "probe_block", "energy_model_near", "plan_planner", "plan_hold"} <= keys
+    assert {"l1_vs_copy_h1", "rank", "probe_block", "var_agent", "dist_rank_block", "energy_model_all",
+            "energy_model_near", "plan_planner", "plan_hold"} <= keys
