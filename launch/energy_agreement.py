@@ -31,7 +31,7 @@ import numpy as np
 
 from wam_jax.inference.probes import spearman
 
-ENERGIES = ("model energy", "latent energy", "pixels")
+ENERGIES = ("model energy", "latent energy", "pixels", "decoded energy")
 
 
 def score_task(cost: np.ndarray, energies: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -119,6 +119,9 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
             proprio = np.broadcast_to(agent, (k, 1, agent.shape[0])) if use_proprio else None
             pred = np.asarray(wm.predict(np.broadcast_to(z0, (k, 1) + z0.shape), acts, proprio=proprio))
             model_e = np.abs(pred[:, -1] - goal_z).mean(axis=(-2, -1))
+            if wm.has_decoder:  # the planner's --cost=decoded: frames drawn from prediction and goal
+                drawn = wm.decode(np.concatenate([pred[:, -1], goal_z[None]])).astype(np.float32)
+                decoded_e = np.abs(drawn[:-1] - drawn[-1]).mean(axis=(-3, -2, -1))
             latent_e, pixel_e, cost, pred_err = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
             for i, seq in enumerate(steps):
                 pusht.reset_to_state(env, task.start_state, seed=task.seed)
@@ -132,6 +135,8 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
                 pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)
                 cost[i] = pos + ang
             energies = {"model energy": model_e, "latent energy": latent_e, "pixels": pixel_e}
+            if wm.has_decoder:
+                energies["decoded energy"] = decoded_e
             row = {"seed": task.seed, **score_task(cost, energies), "prediction error": float(pred_err.mean()),
                    "block 20 px": _block_sensitivity(wm, env, task, goal_z, size)}
             if demo is not None:  # the same numbers inside the demonstration's neighbourhood
@@ -158,13 +163,14 @@ def format_agreement(res: dict[str, Any]) -> str:
     lines = [f"Planning energy vs the simulator ({res['tasks']} wam-plan tasks x {res['candidates']} "
              f"sequences of {res['horizon']} model steps; outcome cost = block px + deg error)",
              f"  {'energy':<16s}{'Spearman with cost':>20s}{'cost of its best':>18s}"]
-    for name in ENERGIES:
+    names = [n for n in ENERGIES if f"rho/{n}" in s]
+    for name in names:
         r, c = s[f"rho/{name}"], s[f"chosen/{name}"]
         lines.append(f"  {name:<16s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
     lines.append(f"  {'(best / median candidate)':<36s}{s['best']['mean']:>14.1f} / {s['median']['mean']:.1f}")
     if "near demo/best" in s:
         lines.append("  near the demonstration (its actions + noise of std 0..60 px):")
-        for name in ENERGIES:
+        for name in names:
             r, c = s[f"near demo/rho/{name}"], s[f"near demo/chosen/{name}"]
             lines.append(f"  {name:<16s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
         lines.append(f"  {'(best / median candidate)':<36s}{s['near demo/best']['mean']:>14.1f} / "

@@ -172,12 +172,13 @@ class PlannerController:
     repeat = 1
 
     def __init__(self, wm: Any, config: Any, *, execute: int = 1, seed: int = 0, name: str = "planner",
-                 warm_start: str = "previous", context_proprio: bool = False, decoder: Any = None):
+                 warm_start: str = "previous", context_proprio: bool = False, decoder: Any = None,
+                 cost: str = "latent"):
         if warm_start not in WARM_STARTS:
             raise ValueError(f"--warm_start={warm_start!r}; expected one of {WARM_STARTS}")
         if decoder is not None and warm_start == "policy" and decoder.encode is None:
             raise ValueError(f"--warm_start=policy: the search {decoder.name!r} cannot start from actions")
-        self.decoder = decoder
+        self.decoder, self.cost = decoder, cost
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
         self.context_proprio = bool(context_proprio)
@@ -210,7 +211,7 @@ class PlannerController:
                 init = self.decoder.encode(init, np.asarray(agent, np.float32))
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,
                                    context_proprio=agent if self.context_proprio else None,
-                                   decoder=self.decoder, anchor=np.asarray(agent, np.float32))
+                                   decoder=self.decoder, anchor=np.asarray(agent, np.float32), cost=self.cost)
         actions = np.asarray(res.actions)
         self.times.append(time.perf_counter() - t0)
         n = min(self.execute, actions.shape[0])
@@ -378,6 +379,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="what CEM samples: 'box' the model's actions in the data's q01..q99 box; 'walk' "
                         "per-step moves of the agent's target from the agent (launch/plan.py walk_decoder)")
     p.add_argument("--walk_step_px", type=float, default=50.0, help="--actions=walk: largest move per model step")
+    p.add_argument("--cost", default="latent", choices=["latent", "decoded"],
+                   help="the energy: L1 to the goal latents, or between the frames the model's frame decoder "
+                        "draws from the prediction and from the goal (models trained with model.decoder)")
     p.add_argument("--warm_start", default="previous", choices=list(WARM_STARTS),
                    help="CEM's initial mean: the previous plan shifted, or the policy head's chunk")
     p.add_argument("--context_proprio", default="on", choices=["on", "off"],
@@ -426,9 +430,11 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     decoder = walk_decoder(space, args.walk_step_px) if args.actions == "walk" else None
     if decoder is not None:
         name = name[:-1] + f", walk {args.walk_step_px:g} px)"
+    if args.cost != "latent":
+        name = name[:-1] + f", {args.cost} cost)"
     controllers: list[Any] = [PlannerController(wm, cfg, execute=args.execute, seed=args.seed, name=name,
                                                 warm_start=args.warm_start, context_proprio=use_proprio,
-                                                decoder=decoder)]
+                                                decoder=decoder, cost=args.cost)]
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in baselines:
         if b == "policy":
@@ -447,7 +453,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     record = {"workdir": os.path.abspath(args.workdir), "step": wm.step, "preset": args.preset,
               "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
               "goal_offset": args.goal_offset, "execute": args.execute, "warm_start": args.warm_start,
-              "context_proprio": use_proprio, "actions": args.actions, "walk_step_px": args.walk_step_px,
+              "context_proprio": use_proprio, "actions": args.actions, "walk_step_px": args.walk_step_px, "cost": args.cost,
               "results": results}
     out = args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -12,6 +12,7 @@ from flax import nnx
 from tests.test_model import random_batch, tiny_config
 from tests.test_objectives import _max_abs, _only, loss_and_grads
 from wam_jax.models import decoder
+from wam_jax.models.encoder import IMAGENET_MEAN, IMAGENET_STD
 from wam_jax.models.world_model import WorldActionModel
 
 
@@ -54,3 +55,45 @@ def test_decoder_configurations_that_cannot_work_are_named():
     with pytest.raises(ValueError, match=r"loss.recon > 0 needs a frame decoder: set model.decoder.size"):
         loss_and_grads(_only(cfg, "recon"))(model, model.make_target_encoder(), random_batch(cfg),
                                             jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def decoder_wm(tmp_path_factory):
+    """A tiny pooled workdir with a frame decoder, loaded as a `WorldModel`."""
+    from tests.test_world_model_api import make_tiny_workdir, one_device_mesh
+    from wam_jax import WorldModel
+
+    workdir, _ = make_tiny_workdir(str(tmp_path_factory.mktemp("wam_decoder")), **{
+        "model.target": "online", "model.pool.kind": "mean", "model.pool.dim": 16, "model.decoder.size": 16,
+        "loss.recon": 1.0, "loss.sigreg": 0.09})
+    return WorldModel.load(workdir, mesh=one_device_mesh())
+
+
+def test_world_model_decodes_and_plans_in_decoded_frames(decoder_wm, tmp_path_factory):
+    """`WorldModel.decode` draws uint8 frames from any latents; `cost='decoded'` plans on them and
+    equals the L1 between the decoded prediction and the decoded goal; the energy agreement adds
+    the decoded energy; a model without a decoder refuses both, naming what to train."""
+    from launch import energy_agreement
+    from tests.test_world_model_api import shared_workdir
+    from wam_jax import WorldModel
+
+    wm = decoder_wm
+    assert wm.has_decoder
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    z = wm.encode(frames)
+    img = wm.decode(z)
+    assert img.shape == (3, 16, 16, 3) and img.dtype == np.uint8 and img.std() > 0
+    res = wm.plan_latents(z[0], z[1], preset=wm.planner_config("vjepa2_ac", num_samples=8, num_elites=2,
+                                                                num_iterations=2), cost="decoded")
+    drawn = wm.decode(np.concatenate([np.asarray(wm.predict(z[0], res.best_actions))[-1:], np.asarray(z[1])[None]]))
+    norm = (drawn / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)  # the energy's pixel space
+    assert float(res.best_energy) == pytest.approx(np.abs(norm[0] - norm[1]).mean(), abs=0.01)
+    ea = energy_agreement.energy_agreement(wm, tasks=1, num_candidates=6, horizon=2)
+    assert "rho/decoded energy" in ea["summary"] and "decoded energy" in energy_agreement.format_agreement(ea)
+
+    plain = WorldModel.load(shared_workdir(tmp_path_factory)[0])
+    assert not plain.has_decoder
+    with pytest.raises(ValueError, match="has no frame decoder"):
+        plain.decode(plain.encode(frames))
+    with pytest.raises(ValueError, match="cost='decoded' needs a model trained with a frame decoder"):
+        plain.plan_latents(plain.encode(frames[0]), plain.encode(frames[1]), cost="decoded")

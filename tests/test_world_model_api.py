@@ -18,18 +18,20 @@ from tests import runtime_fixtures as rf
 _CACHE: dict[str, str] = {}
 
 
-def make_tiny_workdir(root: str, *, steps: tuple[int, ...] = (1, 2), stats: bool = True) -> tuple[str, str]:
+def make_tiny_workdir(root: str, *, steps: tuple[int, ...] = (1, 2), stats: bool = True,
+                      **overrides) -> tuple[str, str]:
     """A training workdir written by the real init + `Checkpointer` (no train-step compile).
 
-    Steps differ by random weight offsets (`_perturbed`), so they are distinguishable.
-    Returns (workdir, mixture string of its fixture datasets).
+    Steps differ by random weight offsets (`_perturbed`), so they are distinguishable; `overrides`
+    are dotted config paths (`rf.tiny_config`). Returns (workdir, mixture string of its fixture
+    datasets).
     """
     from data_pipelines import loader
     from wam_jax.training import checkpointing
     from wam_jax.training import train_step as ts
 
     mix = rf.write_mixture(os.path.join(root, "data"))
-    config = rf.tiny_config(mix)
+    config = rf.tiny_config(mix, **overrides)
     mesh = one_device_mesh()
     defs, shardings, abstract = ts.abstract_train_state(config, mesh)
     tx = ts.make_tx(config, defs, abstract.params)

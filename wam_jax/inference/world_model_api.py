@@ -10,6 +10,7 @@
     a_hat = wm.infer_actions(z)                # inverse dynamics: [T, N, D] -> [T-1, A]
     chunk = wm.policy(z[-1], z_goal)           # goal-conditioned policy head -> [h, A]
     plan = wm.plan(frame, goal_frame)          # CEM/MPPI in latent space -> plan.actions [H, A]
+    img = wm.decode(z_roll)                    # with a frame decoder: what the imagined future shows
     wm.action_space().action_names             # what each action dimension is
 
 Units: every action going in or out is in the robot's own units (the converted dataset's), for one
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wam_jax.inference import load, planning
+from wam_jax.inference import load, plan_energy, planning
 from wam_jax.inference.action_space import ActionSpace, action_spaces_from_info
 from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError, check_frames
 from wam_jax.inference.load import inference_mesh
@@ -127,6 +128,11 @@ class WorldModel:
     def has_predictor(self) -> bool:
         return self._model_graph is not None
 
+    @property
+    def has_decoder(self) -> bool:
+        """A frame decoder was trained with the model (`model.decoder`): `decode`, `cost='decoded'`."""
+        return self.has_predictor and int(self.config.model.get("decoder", {}).get("size", 0)) > 0
+
     def _need_model(self, what: str) -> None:
         if self._model_graph is None:
             raise ValueError(
@@ -194,6 +200,26 @@ class WorldModel:
 
         z = self._call(self._fn("encode", build), self._model_state, self._target_state, jnp.asarray(video))
         return z.reshape(lead + z.shape[-2:])
+
+    def decode(self, latents: ArrayLike) -> np.ndarray:
+        """Latents `[..., N, D]` (encoded or predicted) -> the frames the model's frame decoder
+        draws from them, uint8 RGB `[..., s, s, 3]` at `model.decoder.size`: what an imagined
+        future shows."""
+        if not self.has_decoder:
+            raise ValueError(f"WorldModel.decode: {self.path} has no frame decoder (train with "
+                             f"--config.model.decoder.size=32 --config.loss.recon=1.0)")
+        from flax import nnx
+
+        from wam_jax.models.encoder import IMAGENET_MEAN, IMAGENET_STD
+
+        z = self._latents(latents, "latents", 2, 6)
+        graph = self._model_graph
+
+        def build():
+            return jax.jit(lambda state, x: nnx.merge(graph, state).frame_decoder(x))
+        x = np.asarray(self._call(self._fn("decode", build), self._model_state, z))
+        rgb = x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
+        return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
     # -- prediction -----------------------------------------------------------------------------
 
@@ -263,7 +289,7 @@ class WorldModel:
         @jax.jit
         def f(state, z, a, mask, emb, proprio, pmask):
             model = nnx.merge(graph, state)
-            cond = _context_and_action_conds(model, z, a, mask, emb)
+            cond = plan_energy.context_and_action_conds(model, z, a, mask, emb)
             return model.rollout(z, cond, proprio, a.shape[1], proprio_mask=pmask)
         return f
 
@@ -339,7 +365,7 @@ class WorldModel:
 
     def plan(self, observation: ArrayLike, goal: ArrayLike, *, preset: str | planning.PlannerConfig = "vjepa2_ac",
              key: jax.Array | int = 0, init_mean: ArrayLike | None = None, embodiment: str | int | None = None,
-             resize: bool = False, steps: str = "last") -> planning.PlanResult:
+             resize: bool = False, steps: str = "last", cost: str = "latent") -> planning.PlanResult:
         """Plans `H` actions taking `observation` to `goal` (uint8 images) by latent-space CEM/MPPI.
 
         observation: `[H, W, 3]` (current frame) or `[C, H, W, 3]` (context, newest last).
@@ -359,22 +385,25 @@ class WorldModel:
         z_obs = self.encode(obs if obs.ndim == 4 else obs[None], resize=resize)
         z_goal = self.encode(g, resize=resize)
         return self.plan_latents(z_obs, z_goal, preset=preset, key=key, init_mean=init_mean,
-                                 embodiment=embodiment, steps=steps)
+                                 embodiment=embodiment, steps=steps, cost=cost)
 
     def plan_latents(self, context_latents: ArrayLike, goal_latents: ArrayLike, *,
                      preset: str | planning.PlannerConfig = "vjepa2_ac", key: jax.Array | int = 0,
                      init_mean: ArrayLike | None = None, embodiment: str | int | None = None,
                      steps: str = "last", context_proprio: ArrayLike | None = None,
-                     decoder: planning.ActionDecoder | None = None, anchor: ArrayLike | None = None
-                     ) -> planning.PlanResult:
+                     decoder: planning.ActionDecoder | None = None, anchor: ArrayLike | None = None,
+                     cost: str = "latent") -> planning.PlanResult:
         """`plan` on latents: context `[N, D]` / `[C, N, D]`, goal `[N, D]`; robot-unit results.
 
         `context_proprio`: the robot's proprio at the context frames (`[P]` / `[C, P]`, robot
         units). The predictor is trained with proprio beside every observed frame; planning
         without it feeds the rollout an input it saw only on imagined steps.
         `decoder` (with its `anchor`): search its variables instead of the actions (`init_mean`
-        is then in variables, and the result's `variables` holds their mean)."""
+        is then in variables, and the result's `variables` holds their mean).
+        `cost`: 'latent' (L1 to the goal latents) or 'decoded' (L1 between the frames the model's
+        frame decoder draws from the prediction and from the goal; `wam_jax.inference.plan_energy`)."""
         self._need_model("plan")
+        plan_energy.check_cost(cost, self.has_decoder)
         space = self.action_space(embodiment)
         cfg = self.planner_config(preset)
         z = self._latents(context_latents, "context_latents", 2, 3)
@@ -390,8 +419,8 @@ class WorldModel:
             pp, pm = space.normalize_proprio(p)
             pad = ((0, 0), (0, self.spec.proprio_dim - pp.shape[-1]))
             proprio = (jnp.asarray(np.pad(pp, pad)), jnp.asarray(np.pad(pm, pad)))
-        planner = self._fn(("plan", cfg, z.shape[0], steps, space.embodiment, proprio is not None, decoder),
-                           lambda: self._build_planner(cfg, space, steps, decoder))
+        planner = self._fn(("plan", cfg, z.shape[0], steps, space.embodiment, proprio is not None, decoder, cost),
+                           lambda: self._build_planner(cfg, space, steps, decoder, cost))
         dim = decoder.dim if decoder else space.dim
         if decoder:
             if anchor is None:
@@ -429,41 +458,6 @@ class WorldModel:
         )
 
     def _build_planner(self, cfg: planning.PlannerConfig, space: ActionSpace, steps: str,
-                       decoder: planning.ActionDecoder | None = None):
-        from flax import nnx
-
-        from data_pipelines.transforms import NORM_CLIP, action_norm
-
-        graph = self._model_graph
-        pad = space.model_dim - space.dim
-        offset, scale = (jnp.asarray(x) for x in action_norm(space.mean, space.std, space.is_delta, space.stride))
-
-        def energy(actions, ctx):
-            state, z_ctx, goal, emb_id, proprio, anchor = ctx
-            if decoder is not None:  # variables -> robot units -> the model's normalized actions
-                actions = jnp.clip((decoder.fn(actions, anchor) - offset) / scale, -NORM_CLIP, NORM_CLIP)
-            model = nnx.merge(graph, state)
-            s = actions.shape[0]
-            a = jnp.pad(actions, ((0, 0), (0, 0), (0, pad)))
-            mask = jnp.broadcast_to(jnp.arange(space.model_dim) < space.dim, a.shape)
-            emb = jnp.full((s,), emb_id, jnp.int32)
-            z = jnp.broadcast_to(z_ctx[None], (s,) + z_ctx.shape)
-            cond = _context_and_action_conds(model, z, a, mask, emb)
-            p, pm = (None, None) if proprio is None else (
-                jnp.broadcast_to(x[None], (s,) + x.shape) for x in proprio)
-            preds = model.rollout_raw(z, cond, p, pm, actions.shape[1])
-            return planning.latent_goal_energy(preds, goal, steps=steps)
-
-        return planning.make_planner(energy, cfg, action_dim=decoder.dim if decoder else space.dim, mesh=self.mesh)
-
-
-def _context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.Array, emb: jax.Array
-                              ) -> jax.Array:
-    """Conditioning for a rollout from C context frames and k actions, through the model's one
-    conditioning rule: the C-1 observed transitions get their inferred latent actions, the k
-    future ones the embedded real actions -> `[B, C-1+k, du]`."""
-    b, c = z.shape[:2]
-    steps = c - 1 + a.shape[1]
-    observed = ((0, 0), (c - 1, 0), (0, 0))  # no real action on the observed transitions
-    use_action = jnp.broadcast_to(jnp.arange(steps) >= c - 1, (b, steps))
-    return model.conditioning(z, jnp.pad(a, observed), jnp.pad(mask, observed), emb, use_action).cond
+                       decoder: planning.ActionDecoder | None = None, cost: str = "latent"):
+        return plan_energy.build_planner(self._model_graph, cfg, space, steps, decoder=decoder, cost=cost,
+                                         mesh=self.mesh)

@@ -1,0 +1,73 @@
+"""The planner's energy of action sequences under a trained model (`WorldModel.plan_latents`).
+
+Each candidate sequence is rolled out by the predictor from the context latents; the energy is
+the L1 distance of the predicted latents to the goal latents (`cost='latent'`, V-JEPA 2-AC /
+DINO-WM), or of the frames the model's frame decoder draws from both (`cost='decoded'`, a model
+trained with `model.decoder`): a cost in what the frames show, whatever the latent spends its
+dimensions on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from wam_jax.inference import planning
+from wam_jax.inference.action_space import ActionSpace
+
+COSTS = ("latent", "decoded")
+
+
+def context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.Array, emb: jax.Array
+                             ) -> jax.Array:
+    """Conditioning for a rollout from C context frames and k actions, through the model's one
+    conditioning rule: the C-1 observed transitions get their inferred latent actions, the k
+    future ones the embedded real actions -> `[B, C-1+k, du]`."""
+    b, c = z.shape[:2]
+    steps = c - 1 + a.shape[1]
+    observed = ((0, 0), (c - 1, 0), (0, 0))  # no real action on the observed transitions
+    use_action = jnp.broadcast_to(jnp.arange(steps) >= c - 1, (b, steps))
+    return model.conditioning(z, jnp.pad(a, observed), jnp.pad(mask, observed), emb, use_action).cond
+
+
+def check_cost(cost: str, model_or_spec_has_decoder: bool) -> None:
+    if cost not in COSTS:
+        raise ValueError(f"cost={cost!r}; expected one of {COSTS}")
+    if cost == "decoded" and not model_or_spec_has_decoder:
+        raise ValueError("cost='decoded' needs a model trained with a frame decoder (model.decoder.size > 0, "
+                         "loss.recon > 0)")
+
+
+def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, steps: str, *,
+                  decoder: planning.ActionDecoder | None = None, cost: str = "latent", mesh: Any = None):
+    """A jitted `plan(ctx, key, lower, upper, init_mean)` over `ctx = (model state, context latents,
+    goal latents, embodiment id, proprio or None, decoder anchor or None)`."""
+    from flax import nnx
+
+    from data_pipelines.transforms import NORM_CLIP, action_norm
+
+    pad = space.model_dim - space.dim
+    offset, scale = (jnp.asarray(x) for x in action_norm(space.mean, space.std, space.is_delta, space.stride))
+
+    def energy(actions, ctx):
+        state, z_ctx, goal, emb_id, proprio, anchor = ctx
+        if decoder is not None:  # variables -> robot units -> the model's normalized actions
+            actions = jnp.clip((decoder.fn(actions, anchor) - offset) / scale, -NORM_CLIP, NORM_CLIP)
+        model = nnx.merge(graph, state)
+        s = actions.shape[0]
+        a = jnp.pad(actions, ((0, 0), (0, 0), (0, pad)))
+        mask = jnp.broadcast_to(jnp.arange(space.model_dim) < space.dim, a.shape)
+        emb = jnp.full((s,), emb_id, jnp.int32)
+        z = jnp.broadcast_to(z_ctx[None], (s,) + z_ctx.shape)
+        cond = context_and_action_conds(model, z, a, mask, emb)
+        p, pm = (None, None) if proprio is None else (jnp.broadcast_to(x[None], (s,) + x.shape) for x in proprio)
+        preds = model.rollout_raw(z, cond, p, pm, actions.shape[1])
+        if cost == "decoded":  # frames [S, H, s, s, 3] as [S, H, s * s, 3] "tokens"
+            frames = model.frame_decoder(preds)
+            preds = frames.reshape(*frames.shape[:2], -1, 3)
+            goal = model.frame_decoder(goal[None]).reshape(-1, 3)
+        return planning.latent_goal_energy(preds, goal, steps=steps)
+
+    return planning.make_planner(energy, cfg, action_dim=decoder.dim if decoder else space.dim, mesh=mesh)
