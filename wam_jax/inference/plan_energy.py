@@ -65,7 +65,7 @@ def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, s
         p, pm = (None, None) if proprio is None else (jnp.broadcast_to(x[None], (s,) + x.shape) for x in proprio)
         preds = model.rollout_raw(z, cond, p, pm, actions.shape[1])
         if cost == "decoded":  # frames [S, H, s, s, 3] as [S, H, s * s, 3] "tokens"
-            frames = model.frame_decoder(preds)
+            frames = model.frame_decoder(preds[:, -1:] if steps == "last" else preds)  # draw only what counts
             preds = frames.reshape(*frames.shape[:2], -1, 3)
             goal = model.frame_decoder(goal[None]).reshape(-1, 3)
         return planning.latent_goal_energy(preds, goal, steps=steps)
