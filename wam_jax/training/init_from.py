@@ -47,6 +47,11 @@ _HF_FIELDS = (("crop_size", "image_size"), ("patch_size", "patch_size"), ("tubel
               ("num_attention_heads", "encoder.heads"), ("mlp_ratio", "encoder.mlp_ratio"))
 
 
+def _key(path: Any) -> str:
+    """'a/b/c' of an nnx flat-state path or a jax tree path (the export's flat key layout)."""
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
 class InitFromError(ValueError):
     """`model.init_from` names something that cannot initialize this model's encoder."""
 
@@ -82,9 +87,9 @@ def load_model_state(model_cfg: Any, model: nnx.Module) -> nnx.State:
                             f"export with the predictor (wam-export --with_predictor)")
     flat: dict[str, np.ndarray] = {}
     for item in ("params", "model_state"):
-        flat.update({"/".join(str(getattr(k, "key", k)) for k in keys): np.asarray(x)
-                     for keys, x in jax.tree_util.tree_flatten_with_path(restored.get(item, {}))[0]})
-    ours = [("/".join(str(k) for k in keys), keys, var) for keys, var in nnx.to_flat_state(nnx.state(model))]
+        leaves = jax.tree_util.tree_flatten_with_path(restored.get(item, {}))[0]
+        flat.update({_key(keys): np.asarray(x) for keys, x in leaves})
+    ours = [(_key(keys), keys, var) for keys, var in nnx.to_flat_state(nnx.state(model))]
     shapes = [f"{k}: {tuple(flat[k].shape)} vs {tuple(var.shape)}" for k, _, var in ours
               if k in flat and tuple(flat[k].shape) != tuple(var.shape)]
     if shapes:
@@ -164,7 +169,7 @@ def _from_vjepa2(state_dict: Mapping[str, Any], encoder: nnx.Module, where: Any)
 def _from_export(flat: Mapping[str, np.ndarray], encoder: nnx.Module, where: Any) -> nnx.State:
     """A wam_jax export's flat `a/b/c` keys -> the encoder's full state (params and statistics)."""
     state = nnx.state(encoder)
-    ours = {"/".join(str(k) for k in path): var for path, var in nnx.to_flat_state(state)}
+    ours = {_key(path): var for path, var in nnx.to_flat_state(state)}
     missing = sorted(set(ours) - set(flat))
     unexpected = sorted(set(flat) - set(ours))
     shapes = [f"{k}: {tuple(flat[k].shape)} vs {tuple(ours[k].shape)}" for k in sorted(set(ours) & set(flat))
@@ -177,7 +182,7 @@ def _from_export(flat: Mapping[str, np.ndarray], encoder: nnx.Module, where: Any
                 f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}" if unexpected else "",
                 f"shapes (file vs model) {shapes[:8]}" if shapes else "") if part)
             + " (a pooled export needs the same model.pool, a patch-grid one model.pool.kind='none')")
-    out = [(path, var.replace(np.asarray(flat["/".join(str(k) for k in path)], var.dtype)))
+    out = [(path, var.replace(np.asarray(flat[_key(path)], var.dtype)))
            for path, var in nnx.to_flat_state(state)]
     return nnx.from_flat_state(out)
 
