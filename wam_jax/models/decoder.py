@@ -1,12 +1,11 @@
 """`FrameDecoder`: pooled latents of a frame -> the frame at low resolution (`model.decoder`).
 
 An auxiliary head for `loss.recon`: its gradient reaches the encoder and asks the latent to keep
-what the frame shows, not only what the prediction loss finds easy to predict. An end-to-end
-encoder trained by prediction and SIGReg alone spends its dimensions on the agent, whose motion
-the action explains (on PushT a cubic in the agent position explains 86 % of the latent variance
-and the block 23 %, BENCHMARKS.md §11.12), and a planner's latent distance to the goal then
-measures where the agent is instead of where the block is. The decoder is not used by the
-predictor, the planner or the export.
+what the frame shows, not only what the prediction loss finds easy to predict (an end-to-end
+encoder trained by prediction and SIGReg alone spends its dimensions on the action-driven agent:
+BENCHMARKS.md §11.12, where a 32 x 32 decoder at weight 1 did not change that on PushT). Decoded
+frames also show what a prediction holds (`WorldModel.decode`) and give the planner a cost in
+frame space (`cost='decoded'`). The predictor and the export do not use it.
 
 `Linear -> [4, 4, width]`, then per doubling: nearest upsampling and two 3x3 convolutions (GELU),
 halving the width, and a 3x3 convolution to RGB in the encoder's normalized pixel space.

@@ -1,4 +1,5 @@
-"""`WorldActionModel`: encoder + latent predictor + latent actions + action embedder + action heads.
+"""`WorldActionModel`: encoder + latent predictor + latent actions + action embedder + action heads
+(+ an optional frame decoder, `model.decoder`).
 
 The trained model holds the online encoder and everything downstream of it; the target encoder
 (EMA or frozen copy) is a separate `VideoEncoder` made by `make_target_encoder()`, so its
@@ -209,8 +210,8 @@ class WorldActionModel(nnx.Module):
         else:
             self.ssl_predictor = None
         self.frame_decoder: FrameDecoder | None = nnx.data(None)
-        dc = cfg.get("decoder", None)
-        if dc is not None and int(dc.size) > 0:
+        dc = cfg.decoder
+        if int(dc.size) > 0:
             check_size(int(dc.size), spec.image_size)
             if not spec.pooled:
                 raise ValueError("model.decoder decodes pooled latents; it needs model.pool.kind='mean' or 'grid'")
