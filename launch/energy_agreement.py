@@ -119,9 +119,6 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
             proprio = np.broadcast_to(agent, (k, 1, agent.shape[0])) if use_proprio else None
             pred = np.asarray(wm.predict(np.broadcast_to(z0, (k, 1) + z0.shape), acts, proprio=proprio))
             model_e = np.abs(pred[:, -1] - goal_z).mean(axis=(-2, -1))
-            if wm.has_decoder:  # the planner's --cost=decoded: frames drawn from prediction and goal
-                drawn = wm.decode(np.concatenate([pred[:, -1], goal_z[None]])).astype(np.float32)
-                decoded_e = np.abs(drawn[:-1] - drawn[-1]).mean(axis=(-3, -2, -1))
             latent_e, pixel_e, cost, pred_err = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
             for i, seq in enumerate(steps):
                 pusht.reset_to_state(env, task.start_state, seed=task.seed)
@@ -135,8 +132,9 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
                 pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)
                 cost[i] = pos + ang
             energies = {"model energy": model_e, "latent energy": latent_e, "pixels": pixel_e}
-            if wm.has_decoder:
-                energies["decoded energy"] = decoded_e
+            if wm.has_decoder:  # the planner's --cost=decoded: frames drawn from prediction and goal
+                drawn = wm.decode(np.concatenate([pred[:, -1], goal_z[None]])).astype(np.float32)
+                energies["decoded energy"] = np.abs(drawn[:-1] - drawn[-1]).mean(axis=(-3, -2, -1))
             row = {"seed": task.seed, **score_task(cost, energies), "prediction error": float(pred_err.mean()),
                    "block 20 px": _block_sensitivity(wm, env, task, goal_z, size)}
             if demo is not None:  # the same numbers inside the demonstration's neighbourhood
