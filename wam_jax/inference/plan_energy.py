@@ -32,10 +32,10 @@ def context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.A
     return model.conditioning(z, jnp.pad(a, observed), jnp.pad(mask, observed), emb, use_action).cond
 
 
-def check_cost(cost: str, model_or_spec_has_decoder: bool) -> None:
+def check_cost(cost: str, has_decoder: bool) -> None:
     if cost not in COSTS:
         raise ValueError(f"cost={cost!r}; expected one of {COSTS}")
-    if cost == "decoded" and not model_or_spec_has_decoder:
+    if cost == "decoded" and not has_decoder:
         raise ValueError("cost='decoded' needs a model trained with a frame decoder (model.decoder.size > 0, "
                          "loss.recon > 0)")
 

@@ -57,10 +57,12 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.spearmanr(x, y)[0])
 
 
-def _split_groups(groups: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean test-row mask: whole groups (episodes), `test_fraction` of them."""
+def _split_groups(groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(test group ids, train group ids in a seeded order): whole groups (episodes), `test_fraction`
+    of them held out."""
     ids = np.random.default_rng(seed).permutation(np.unique(groups))
-    return np.isin(groups, ids[: max(1, int(round(len(ids) * test_fraction)))])
+    n_test = max(1, int(round(len(ids) * test_fraction)))
+    return ids[:n_test], ids[n_test:]
 
 
 def polynomial_features(f: np.ndarray, degree: int = 3) -> np.ndarray:
@@ -79,7 +81,7 @@ def explained_variance(x: np.ndarray, factors: np.ndarray, groups: np.ndarray, *
     """Share of the total variance of `x [n, d]` that a polynomial of `factors [n, k]` (least
     squares, fitted on other groups) explains on held-out groups."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
-    test = _split_groups(groups, test_fraction, seed)
+    test = np.isin(groups, _split_groups(groups, test_fraction, seed)[0])
     f = polynomial_features(np.asarray(factors, np.float64), degree)
     w, *_ = np.linalg.lstsq(f[~test], x[~test], rcond=None)
     resid = x[test] - f[test] @ w
@@ -115,12 +117,10 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, names: Seq
         quarter of the training groups) is refitted on all training groups.
     """
     x, y = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64)
-    ids = np.unique(groups)
-    if len(ids) < 4:
-        raise ValueError(f"linear_probe: {len(ids)} groups; need at least 4 (train, validation, test)")
-    order = np.random.default_rng(seed).permutation(ids)
-    n_test = max(1, int(round(len(ids) * test_fraction)))
-    test_ids, train_ids = order[:n_test], order[n_test:]
+    if len(np.unique(groups)) < 4:
+        raise ValueError(f"linear_probe: {len(np.unique(groups))} groups; need at least 4 (train, validation, test)")
+    test_ids, train_ids = _split_groups(groups, test_fraction, seed)
+    n_test = len(test_ids)
     n_val = max(1, len(train_ids) // 4)
     val_ids, fit_ids = train_ids[:n_val], train_ids[n_val:]
     rows = {name: np.isin(groups, g) for name, g in
