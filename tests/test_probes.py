@@ -55,3 +55,15 @@ def test_explained_variance_and_distance_rank_see_what_the_features_spend_themse
     assert probes.distance_rank(3.0 * a, a) > 0.9
     assert abs(probes.distance_rank(noise, a)) < 0.1
     assert np.isnan(probes.spearman(np.ones(5), np.arange(5)))
+
+
+def test_explained_variance_does_not_extrapolate_a_cubic_fitted_on_few_episodes():
+    """Six episodes and four factors: the 35-term cubic fits the training rows exactly, and least
+    squares scores unrelated features at about -24; the validated ridge keeps them near 0."""
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(6), 8)
+    a = rng.uniform(-1, 1, size=(len(groups), 4))
+    noise = rng.normal(size=(len(groups), 16))
+    assert abs(probes.explained_variance(noise, a, groups)) < 0.05
+    with pytest.raises(ValueError, match="3 groups"):
+        probes.explained_variance(noise[:24], a[:24], groups[:24])
