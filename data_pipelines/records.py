@@ -1,7 +1,10 @@
 """The converted-dataset on-disk format: msgpack episode records in ArrayRecord shards.
 
 One format for every source (OXE robots, Ego4D video, PushT) so the loader has a single code path.
-See docs/ARCHITECTURE.md for the field table.
+Version 2 keeps each frame (a JPEG) in its own record of a `frames-*` shard beside its
+`episodes-*` shard, so a clip reads its T frames, not the whole episode (600 frames for an Ego4D
+chunk); the episode record holds everything else and where its frames are. Version 1 (frames
+inside the episode record) stays readable. See docs/ARCHITECTURE.md for the field table.
 """
 
 from __future__ import annotations
@@ -9,14 +12,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
 import numpy as np
 
 FORMAT_NAME = "wam_jax.episodes"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: frames in their own records; 1: frames inside the episode record
 DATASET_JSON = "dataset.json"
 STATS_JSON = "stats.json"
 MANIFEST_JSON = "manifest.json"
@@ -39,6 +42,17 @@ def decode_array(d: dict[str, Any] | None) -> np.ndarray | None:
     return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"])
 
 
+@dataclass(frozen=True)
+class FrameRef:
+    """Where a version-2 episode's frames are: records `start .. start + count - 1` of the frames
+    shard `shard` (a file name beside the episode shard), wrist frames from `wrist_start`."""
+
+    shard: str
+    start: int
+    count: int
+    wrist_start: int | None = None
+
+
 @dataclass
 class Episode:
     """One episode (or one ≤60 s video chunk) of a converted dataset."""
@@ -52,12 +66,23 @@ class Episode:
     narrations: list[dict[str, Any]] = field(default_factory=list)
     fps: float = 10.0
     meta: dict[str, Any] = field(default_factory=dict)
+    # Set on an episode record read without its frames (version 2): `frames` is then empty.
+    frame_ref: FrameRef | None = None
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return self.frame_ref.count if self.frame_ref is not None else len(self.frames)
 
 
-def serialize_episode(ep: Episode) -> bytes:
+def frames_shard_name(shard: str) -> str:
+    """The frames shard beside an episode shard: `episodes-00000-of-00004.array_record` ->
+    `frames-00000-of-00004.array_record` (any other name gets a `frames-` prefix)."""
+    head, name = os.path.split(shard)
+    name = "frames-" + (name[len("episodes-"):] if name.startswith("episodes-") else name)
+    return os.path.join(head, name)
+
+
+def serialize_episode(ep: Episode, ref: FrameRef) -> bytes:
+    """The episode record without its frames, which `ref` locates."""
     n = len(ep.frames)
     for name, arr in (("action", ep.action), ("proprio", ep.proprio)):
         if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
@@ -68,8 +93,10 @@ def serialize_episode(ep: Episode) -> bytes:
     return msgpack.packb(
         {
             "episode_id": ep.episode_id,
-            "frames": list(ep.frames),
-            "wrist_frames": list(ep.wrist_frames),
+            "num_frames": n,
+            "frames_shard": ref.shard,
+            "frames_start": ref.start,
+            "wrist_start": ref.wrist_start,
             "action": encode_array(None if ep.action is None else ep.action.astype(np.float32)),
             "proprio": encode_array(None if ep.proprio is None else ep.proprio.astype(np.float32)),
             "language": ep.language,
@@ -82,11 +109,17 @@ def serialize_episode(ep: Episode) -> bytes:
 
 
 def deserialize_episode(data: bytes) -> Episode:
+    """An episode record; a version-2 record comes without its frames (`frame_ref` says where)."""
     d = msgpack.unpackb(data, raw=False)
+    ref = None
+    if "frames" not in d:  # version 2
+        ref = FrameRef(str(d["frames_shard"]), int(d["frames_start"]), int(d["num_frames"]),
+                       None if d.get("wrist_start") is None else int(d["wrist_start"]))
     return Episode(
         episode_id=d["episode_id"],
-        frames=d["frames"],
+        frames=d.get("frames") or [],
         wrist_frames=d.get("wrist_frames") or [],
+        frame_ref=ref,
         action=decode_array(d.get("action")),
         proprio=decode_array(d.get("proprio")),
         language=d.get("language", ""),
@@ -101,7 +134,8 @@ def shard_name(index: int, count: int) -> str:
 
 
 class ShardWriter:
-    """Writes one ArrayRecord shard atomically: a `.tmp` file renamed on close.
+    """Writes one episode shard and its frames shard atomically: `.tmp` files renamed on close
+    (the frames shard first, so an episode shard never points at a missing file).
 
     An interrupted conversion leaves only `.tmp` files behind, which a resumed run redoes.
     """
@@ -109,23 +143,46 @@ class ShardWriter:
     def __init__(self, path: str):
         from array_record.python import array_record_module
 
-        self.path = path
-        self.tmp_path = path + ".tmp"
-        self._writer = array_record_module.ArrayRecordWriter(self.tmp_path, "group_size:1")
+        self.path, self.frames_path = path, frames_shard_name(path)
+        self._writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
+        # JPEGs do not compress: stored as they are, one frame per record.
+        self._frames = array_record_module.ArrayRecordWriter(self.frames_path + ".tmp", "group_size:1,uncompressed")
         self.count = 0
+        self.num_frame_records = 0
+
+    def _write_frames(self, frames: Sequence[bytes]) -> int:
+        start = self.num_frame_records
+        for f in frames:
+            self._frames.write(f)
+        self.num_frame_records += len(frames)
+        return start
 
     def write(self, ep: Episode) -> None:
-        self._writer.write(serialize_episode(ep))
+        if ep.frame_ref is not None:
+            raise ValueError(f"episode {ep.episode_id!r} was read without its frames; read it with iter_episodes")
+        start = self._write_frames(ep.frames)
+        wrist = self._write_frames(ep.wrist_frames) if ep.wrist_frames else None
+        ref = FrameRef(os.path.basename(self.frames_path), start, len(ep.frames), wrist)
+        self._writer.write(serialize_episode(ep, ref))
         self.count += 1
 
     def close(self) -> None:
         self._writer.close()
-        os.replace(self.tmp_path, self.path)
+        self._frames.close()
+        os.replace(self.frames_path + ".tmp", self.frames_path)
+        os.replace(self.path + ".tmp", self.path)
 
     def abort(self) -> None:
         self._writer.close()
-        if os.path.exists(self.tmp_path):
-            os.remove(self.tmp_path)
+        self._frames.close()
+        for p in (self.path + ".tmp", self.frames_path + ".tmp"):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+def shard_files(shard: str) -> tuple[str, str]:
+    """The files one shard of a conversion writes (episode shard, frames shard)."""
+    return shard, frames_shard_name(shard)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -155,9 +212,14 @@ def read_dataset_info(directory: str) -> dict[str, Any]:
     for key in ("name", "kind", "shards", "num_episodes", "image_size", "fps"):
         if key not in info:
             raise DatasetFormatError(f"{path}: missing field {key!r}")
+    version = info.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise DatasetFormatError(f"{path}: field 'version' is {version!r}; this wam_jax reads versions 1 to "
+                                 f"{FORMAT_VERSION} (a newer wam_jax wrote it, or re-convert the dataset)")
     for shard in info["shards"]:
-        if not os.path.exists(os.path.join(directory, shard)):
-            raise DatasetFormatError(f"{path}: lists shard {shard!r}, which does not exist")
+        for f in shard_files(shard)[:1 if version == 1 else 2]:
+            if not os.path.exists(os.path.join(directory, f)):
+                raise DatasetFormatError(f"{path}: lists shard {shard!r}, but {f!r} does not exist")
     return info
 
 
@@ -191,11 +253,57 @@ def open_shards(paths: Sequence[str]) -> Any:
         raise
 
 
+class FrameReader:
+    """Reads frames of a dataset's episodes by index: from the frames shards (version 2, opened
+    on construction, so a damaged one is named at start-up) or from the record itself (version 1).
+    Pickles without its open files (Grain's worker processes reopen them)."""
+
+    def __init__(self, directory: str, shards: Sequence[str]):
+        self.directory = directory
+        self.names = [os.path.basename(frames_shard_name(s)) for s in shards
+                      if os.path.exists(frames_shard_name(os.path.join(directory, s)))]
+        self._open()
+
+    def _open(self) -> None:
+        self.sources = {n: open_shards([os.path.join(self.directory, n)]) for n in self.names}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": self.directory, "names": self.names}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def frames(self, ep: Episode, indices: Sequence[int], wrist: bool = False) -> list[bytes]:
+        ref = ep.frame_ref
+        if ref is None:
+            own = ep.wrist_frames if wrist else ep.frames
+            return [own[int(i)] for i in indices]
+        if wrist and ref.wrist_start is None:
+            raise IndexError(f"episode {ep.episode_id!r} has no wrist frames")
+        if ref.shard not in self.sources:
+            raise DatasetFormatError(f"{self.directory}: episode {ep.episode_id!r} points at frames shard "
+                                     f"{ref.shard!r}, which is not beside its episode shard")
+        start = ref.wrist_start if wrist else ref.start
+        return list(self.sources[ref.shard].__getitems__([start + int(i) for i in indices]))
+
+    def episode(self, ep: Episode) -> Episode:
+        """`ep` with its frames (and wrist frames) read in."""
+        if ep.frame_ref is None:
+            return ep
+        every = range(len(ep))
+        return replace(ep, frames=self.frames(ep, every),
+                       wrist_frames=self.frames(ep, every, wrist=True) if ep.frame_ref.wrist_start is not None else [],
+                       frame_ref=None)
+
+
 def iter_episodes(paths: Sequence[str]) -> Iterator[Episode]:
-    """Sequential read of all episodes in the given shards (for stats, tests and eval)."""
+    """Sequential read of all episodes in the given shards, frames included (for stats, tests and
+    eval)."""
     from array_record.python import array_record_data_source
 
     for p in paths:
         src = array_record_data_source.ArrayRecordDataSource([p])
+        reader = FrameReader(os.path.dirname(p), [os.path.basename(p)])
         for i in range(len(src)):
-            yield deserialize_episode(src[i])
+            yield reader.episode(deserialize_episode(src[i]))

@@ -253,6 +253,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         self.bad: list[str] = []
         self.shards = records.shard_paths(source.path, source.info)
         self.data = records.open_shards(self.shards)
+        self.frames = records.FrameReader(source.path, source.info["shards"])
 
     def random_map(self, element: int, rng: np.random.Generator) -> dict[str, Any] | None:
         box = random_crop_box(rng, *self.frame_hw, self.crop_scale)
@@ -304,10 +305,10 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         record, start = self.index.lookup(window)
         ep = self._episode(record)
         frames = self.index.frame_indices(start)
-        if frames[-1] >= len(ep.frames):
+        if frames[-1] >= len(ep):
             raise records.DatasetFormatError(
                 f"{os.path.join(self.source.path, records.DATASET_JSON)}: record {record} "
-                f"({ep.episode_id!r}) has {len(ep.frames)} frames but the window index needs frame "
+                f"({ep.episode_id!r}) has {len(ep)} frames but the window index needs frame "
                 f"{frames[-1]}; 'episode_lengths' does not match the shards"
             )
         for name, arr, dim in (("action", ep.action, self.source.action_dim),
@@ -318,7 +319,12 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
                     f"{list(arr.shape)}, but dataset.json says {name}_dim={dim}"
                 )
         try:
-            video = np.stack([decode_crop_resize(ep.frames[f], box, self.image_size, jitter) for f in frames])
+            jpegs = self.frames.frames(ep, frames)
+        except RuntimeError as e:  # ArrayRecord: a frame record fails its checksum
+            raise _BadRecord(f"{self._where(record)} ({ep.episode_id!r}), frames {list(frames)} in "
+                             f"{ep.frame_ref.shard if ep.frame_ref else 'the record'}: {e}") from e
+        try:
+            video = np.stack([decode_crop_resize(j, box, self.image_size, jitter) for j in jpegs])
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for corrupt or truncated JPEGs
             raise _BadRecord(f"{self._where(record)} ({ep.episode_id!r}), a frame of {list(frames)}: "
                              f"{type(e).__name__}: {e}") from e

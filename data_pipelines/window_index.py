@@ -77,7 +77,9 @@ def _scan_record(data: bytes, where: str) -> tuple[str, int]:
             key = unpacker.unpack()
             if key == "episode_id":
                 episode_id = unpacker.unpack()
-            elif key == "frames":
+            elif key == "num_frames":  # version 2
+                num_frames = int(unpacker.unpack())
+            elif key == "frames":  # version 1: the frames themselves
                 num_frames = unpacker.read_array_header()
                 if episode_id is not None:
                     break
@@ -87,10 +89,11 @@ def _scan_record(data: bytes, where: str) -> tuple[str, int]:
                 unpacker.skip()
             if episode_id is not None and num_frames is not None:
                 break
-    except (msgpack.UnpackException, ValueError) as e:
+    except (msgpack.UnpackException, ValueError, TypeError) as e:
         raise records.DatasetFormatError(f"{where}: not a msgpack episode record ({e})") from e
     if episode_id is None or num_frames is None:
-        raise records.DatasetFormatError(f"{where}: record has no 'episode_id' or no 'frames' list")
+        raise records.DatasetFormatError(f"{where}: record has no 'episode_id' or no 'num_frames' ('frames' list "
+                                         "in version 1)")
     return str(episode_id), int(num_frames)
 
 

@@ -252,9 +252,10 @@ def test_a_corrupt_chunk_is_skipped_and_a_truncated_shard_is_named(tmp_path):
 
     path = rf.write_dataset(str(tmp_path / "robot"), num_episodes=6, num_shards=1)
     (shard,) = records.shard_paths(path)
-    size = os.path.getsize(shard)
-    with open(shard, "r+b") as f:  # zero a stretch inside the first 64 KiB block, past its header:
-        f.seek(min(20000, size // 2))  # the record chunk there fails its hash, the file still opens
+    frames = records.frames_shard_name(shard)
+    size = os.path.getsize(frames)
+    with open(frames, "r+b") as f:  # zero a stretch inside the first 64 KiB block, past its header:
+        f.seek(min(20000, size // 2))  # the frame records there fail their hash, the file still opens
         f.write(b"\0" * 256)
     cfg = rf.tiny_config(path, **{"data.heldout_fraction": 0.0})
     it = loader.make_iterator(cfg, split="train", seed=0)
@@ -265,7 +266,7 @@ def test_a_corrupt_chunk_is_skipped_and_a_truncated_shard_is_named(tmp_path):
     assert sum(int(b["timestep_mask"].any(-1).sum()) for b in sources) < sum(
         len(b["timestep_mask"]) for b in loader.make_dataset(cfg, split="eval", data=path))
     with open(shard, "r+b") as f:
-        f.truncate(size // 2)
+        f.truncate(os.path.getsize(shard) // 2)
     with pytest.raises(records.DatasetFormatError, match="episodes-00000-of-00001.array_record: this shard cannot be opened"):
         loader.make_iterator(cfg, split="train", seed=0)
 

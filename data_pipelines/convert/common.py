@@ -245,10 +245,11 @@ def run_shards(
             results[plan.index] = done
             continue
         pending.append(plan)
-        for stale in (plan.name + ".tmp", plan.name):  # an interrupted shard is redone
-            p = os.path.join(out_dir, stale)
-            if os.path.exists(p):
-                os.remove(p)
+        for f in records.shard_files(plan.name):  # an interrupted shard is redone
+            for stale in (f + ".tmp", f):
+                p = os.path.join(out_dir, stale)
+                if os.path.exists(p):
+                    os.remove(p)
 
     bar = tqdm(
         total=len(plans),
@@ -310,12 +311,8 @@ def _cleanup_outputs(out_dir: str, plans: Sequence[ShardPlan], created_dir: bool
     """Removes what a conversion wrote (shards, .tmp, progress, json files); removes `out_dir`
     itself only if nothing else is left in it."""
     shutil.rmtree(os.path.join(out_dir, PROGRESS_DIR), ignore_errors=True)
-    for plan in plans:
-        for p in (plan.name, plan.name + ".tmp"):
-            path = os.path.join(out_dir, p)
-            if os.path.exists(path):
-                os.remove(path)
-    for name in (records.DATASET_JSON, records.STATS_JSON, records.MANIFEST_JSON):
+    written = [f for plan in plans for f in records.shard_files(plan.name)]
+    for name in (*written, records.DATASET_JSON, records.STATS_JSON, records.MANIFEST_JSON):
         for p in (name, name + ".tmp"):
             path = os.path.join(out_dir, p)
             if os.path.exists(path):

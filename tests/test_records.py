@@ -1,0 +1,131 @@
+"""The converted-dataset format: frames in their own records (version 2), version 1 still read."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import msgpack
+import numpy as np
+import pytest
+
+from configs import base
+from data_pipelines import loader, records
+from tests.converted_fixtures import write_converted_dataset
+
+
+def _config(mixture: str, frames: int = 4):
+    c = base.get_config()
+    c.data.mixture = mixture
+    c.data.global_batch_size = 4
+    c.data.num_frames = frames
+    c.data.num_workers = 0
+    c.data.read_threads = 2
+    c.data.heldout_fraction = 0.0
+    c.model.image_size = 16
+    return c
+
+
+@pytest.fixture
+def robot(tmp_path):
+    return write_converted_dataset(str(tmp_path / "robot"), name="robot", episode_lengths=[30] * 4)
+
+
+def _write_version_1(src: str, dst: str) -> None:
+    """The same episodes in version 1: every frame inside its episode record."""
+    from array_record.python import array_record_module
+
+    os.makedirs(dst)
+    with open(os.path.join(src, records.DATASET_JSON)) as f:
+        info = json.load(f)
+    for shard in info["shards"]:
+        w = array_record_module.ArrayRecordWriter(os.path.join(dst, shard), "group_size:1")
+        for ep in records.iter_episodes([os.path.join(src, shard)]):
+            w.write(msgpack.packb({
+                "episode_id": ep.episode_id, "frames": ep.frames, "wrist_frames": ep.wrist_frames,
+                "action": records.encode_array(ep.action), "proprio": records.encode_array(ep.proprio),
+                "language": ep.language, "narrations": ep.narrations, "fps": ep.fps, "meta": ep.meta,
+            }, use_bin_type=True))
+        w.close()
+    for name in (records.STATS_JSON,):
+        with open(os.path.join(src, name)) as f, open(os.path.join(dst, name), "w") as g:
+            g.write(f.read())
+    records.write_json_atomic(os.path.join(dst, records.DATASET_JSON), {**info, "version": 1})
+
+
+def test_episodes_round_trip_with_frames_in_their_own_shard(tmp_path):
+    shard = os.path.join(tmp_path, records.shard_name(0, 1))
+    w = records.ShardWriter(shard)
+    eps = [records.Episode(episode_id=f"e{i}", frames=[bytes([i, t]) * 50 for t in range(5 + i)],
+                           wrist_frames=[b"w%d" % t for t in range(5 + i)] if i == 1 else [],
+                           action=np.full((5 + i, 2), i, np.float32), language="push", meta={"i": i})
+           for i in range(3)]
+    for ep in eps:
+        w.write(ep)
+    w.close()
+    assert sorted(os.listdir(tmp_path)) == ["episodes-00000-of-00001.array_record",
+                                            "frames-00000-of-00001.array_record"]
+    back = list(records.iter_episodes([shard]))
+    for a, b in zip(eps, back, strict=True):
+        assert (b.episode_id, b.frames, b.wrist_frames, b.language, b.meta, b.frame_ref) == (
+            a.episode_id, a.frames, a.wrist_frames, a.language, a.meta, None)
+        np.testing.assert_array_equal(a.action, b.action)
+    with pytest.raises(ValueError, match="read without its frames"):
+        records.ShardWriter(str(tmp_path / "other.array_record")).write(
+            records.Episode("x", [], frame_ref=records.FrameRef("f", 0, 3)))
+
+
+def test_a_clip_reads_only_its_frames(robot, monkeypatch):
+    """Every read of a frames shard asks for exactly the clip's T frames, never the episode's 30."""
+    requests: list[int] = []
+
+    class Counting:
+        def __init__(self, source):
+            self.source = source
+
+        def __getitems__(self, keys):
+            requests.append(len(keys))
+            return self.source.__getitems__(keys)
+
+    real_open = records.FrameReader._open
+
+    def counting_open(self):
+        real_open(self)
+        self.sources = {n: Counting(s) for n, s in self.sources.items()}
+
+    monkeypatch.setattr(records.FrameReader, "_open", counting_open)
+    it = loader.make_iterator(_config(robot, frames=4), seed=0)
+    for _ in range(3):
+        next(it)
+    assert len(requests) >= 12 and set(requests) == {4}
+
+
+def test_version_1_datasets_load_the_same_batches(robot, tmp_path):
+    v1 = str(tmp_path / "v1")
+    _write_version_1(robot, v1)
+    assert not any(f.startswith("frames-") for f in os.listdir(v1))
+    a, b = loader.make_iterator(_config(robot), seed=3), loader.make_iterator(_config(v1), seed=3)
+    for _ in range(3):
+        x, y = next(a), next(b)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    assert [len(e) for e in records.iter_episodes(records.shard_paths(v1))] == [30] * 4
+
+
+def test_a_bad_frames_shard_or_version_is_named(robot):
+    info_path = os.path.join(robot, records.DATASET_JSON)
+    frames = os.path.join(robot, "frames-00000-of-00002.array_record")
+    with open(frames, "rb") as f:
+        data = f.read()
+    with open(frames, "r+b") as f:  # the damaged shard is named when the loader starts
+        f.truncate(len(data) // 2)
+    with pytest.raises(records.DatasetFormatError, match="frames-00000-of-00002.array_record: this shard cannot"):
+        loader.make_iterator(_config(robot), seed=0)
+    os.remove(frames)
+    with pytest.raises(records.DatasetFormatError, match="'frames-00000-of-00002.array_record' does not exist"):
+        records.read_dataset_info(robot)
+    with open(info_path) as f:
+        info = json.load(f)
+    records.write_json_atomic(info_path, {**info, "version": records.FORMAT_VERSION + 1})
+    with pytest.raises(records.DatasetFormatError, match="'version' is 3; this wam_jax reads versions 1 to 2"):
+        records.read_dataset_info(robot)
