@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,8 +26,23 @@ CONVERTERS: dict[str, tuple[str, str]] = {
 }
 
 
+# RLDS is read and written through TensorFlow Datasets, which needs TensorFlow (the `tf` extra).
+NEEDS_TENSORFLOW = ("oxe", "pusht")
+
+
+def _has_tensorflow() -> bool:
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except ValueError:  # its sys.modules entry is None: the import is blocked
+        return False
+
+
 def _load(command: str) -> Any:
     module_name = CONVERTERS[command][0]
+    if command in NEEDS_TENSORFLOW and not _has_tensorflow():
+        raise SystemExit(f"wam-convert {command}: RLDS data is read and written with TensorFlow Datasets, "
+                         "which needs TensorFlow; install the tf extra: pip install -c requirements.lock "
+                         "-e '.[tf]' (./wam demo and ./wam test install it)")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -1,4 +1,5 @@
-"""Metrics: clu writers (TensorBoard + logging), `WORKDIR/metrics.jsonl`, MFU and memory.
+"""Metrics: clu writers (TensorBoard + logging; `tb_writer` without TensorFlow), `WORKDIR/metrics.jsonl`,
+MFU and memory.
 
 The step loop never blocks on the device to log: the trainer hands over step k's metrics (still
 device arrays) after step k+1 has been dispatched, and `device_get` here waits only for step k.
@@ -18,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
+
+from wam_jax.training import tb_writer
 
 log = logging.getLogger(__name__)
 
@@ -233,23 +236,29 @@ class MetricsWriteError(OSError):
 
 
 class MetricsLogger:
-    """TensorBoard (clu) + metrics.jsonl on process 0, plain logging elsewhere."""
+    """TensorBoard (clu's writers, or `tb_writer` without TensorFlow) + metrics.jsonl on process 0,
+    plain logging elsewhere."""
 
     def __init__(self, workdir: str, *, num_steps: int, every_steps: int, profile_steps: int = 0,
                  first_profile_step: int = 10):
-        from clu import metric_writers, periodic_actions
-
         self.primary = jax.process_index() == 0
         self.num_steps = int(num_steps)
+        self.jsonl = JsonlWriter(workdir) if self.primary else None
+        profile = bool(profile_steps and profile_steps > 0 and self.primary)
+        clu = tb_writer.clu_writers()
+        if clu is None:
+            self.writer: Any = tb_writer.EventWriter(workdir) if self.primary else tb_writer.NullWriter()
+            self.hooks: list[Any] = [tb_writer.Profile(workdir, profile_steps, first_profile_step)] if profile else []
+            return
+        metric_writers, periodic_actions = clu
         self.writer = metric_writers.create_default_writer(
             workdir if self.primary else None, just_logging=not self.primary, asynchronous=True
         )
-        self.jsonl = JsonlWriter(workdir) if self.primary else None
-        self.hooks: list[Any] = [
+        self.hooks = [
             periodic_actions.ReportProgress(num_train_steps=num_steps, writer=self.writer, every_steps=every_steps,
                                             every_secs=None)
         ]
-        if profile_steps and profile_steps > 0 and self.primary:
+        if profile:
             self.hooks.append(
                 periodic_actions.Profile(
                     logdir=workdir, num_profile_steps=profile_steps, first_profile=first_profile_step,
