@@ -77,25 +77,26 @@ def polynomial_features(f: np.ndarray, degree: int = 3) -> np.ndarray:
 
 
 def explained_variance(x: np.ndarray, factors: np.ndarray, groups: np.ndarray, *, degree: int = 3,
-                       test_fraction: float = 1 / 3, alphas: Sequence[float] = ALPHAS, seed: int = 0) -> float:
+                       test_fraction: float = 1 / 3, alphas: Sequence[float] = ALPHAS, folds: int = 4,
+                       seed: int = 0) -> float:
     """Share of the total variance of `x [n, d]` that a polynomial of `factors [n, k]` explains on
-    held-out groups: ridge, its strength chosen on a quarter of the training groups, so a cubic
-    fitted on few episodes does not extrapolate wildly to poses it never saw."""
+    held-out groups: ridge, its strength chosen by `folds`-fold cross-validation over the training
+    groups (one validation split is too few episodes: the cubic extrapolates to poses it never saw,
+    and which strength wins then depends on the split)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
-    if len(np.unique(groups)) < 4:
-        raise ValueError(f"explained_variance: {len(np.unique(groups))} groups; need at least 4 "
-                         "(train, validation, test)")
+    if len(np.unique(groups)) < folds + 1:
+        raise ValueError(f"explained_variance: {len(np.unique(groups))} groups; need at least {folds + 1} "
+                         f"(test, and {folds} cross-validation folds)")
     test_ids, train_ids = _split_groups(groups, test_fraction, seed)
     test, train = np.isin(groups, test_ids), np.isin(groups, train_ids)
-    val = np.isin(groups, train_ids[:max(1, len(train_ids) // 4)])
-    fit = train & ~val
     f = polynomial_features(np.asarray(factors, np.float64), degree)
 
     def share(fit_rows: np.ndarray, score_rows: np.ndarray, alpha: float) -> float:
         resid = x[score_rows] - _predict(_fit(f[fit_rows], x[fit_rows], alpha), f[score_rows])
         return float(1.0 - resid.var(0).sum() / max(x[score_rows].var(0).sum(), 1e-12))
 
-    alpha = max(alphas, key=lambda a: share(fit, val, a))
+    held = [np.isin(groups, fold) for fold in np.array_split(train_ids, folds) if len(fold)]
+    alpha = max(alphas, key=lambda a: np.mean([share(train & ~h, h, a) for h in held]))
     return share(train, test, alpha)
 
 
