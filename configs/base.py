@@ -24,8 +24,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     # Latents per frame: 'none' keeps the patch grid (N = (image_size / patch_size)^2 tokens of
     # encoder width); 'mean' pools them and projects to one vector of `dim` (LeWM): planning and
     # the predictor get ~N times cheaper; 'grid' average-pools `grid x grid` regions of the patch
-    # grid and projects each (a few vectors per frame that keep where things are). hidden 0: 4x
-    # the encoder width.
+    # grid and projects each (a few vectors per frame that keep where things are); 'attn' pools
+    # with a learned attention query (models/attention_pool.py) and projects. hidden 0: 4x the
+    # encoder width.
     c.pool = mlc.ConfigDict(dict(kind="none", dim=128, hidden=0, grid=2))
     # Pretrained encoder weights for a new run: a Hugging Face V-JEPA 2 directory, a V-JEPA 2
     # PyTorch checkpoint or a wam_jax export (wam_jax/training/init_from.py); '' = random init.

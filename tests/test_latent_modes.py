@@ -14,7 +14,7 @@ from tests.test_model import random_batch, tiny_config, trained_like
 from wam_jax.models.predictor import ACTION_CONDS
 from wam_jax.models.world_model import WorldActionModel
 
-MODES = [(pool, cond) for pool in ("none", "mean") for cond in ACTION_CONDS] + [("grid", "adaln")]
+MODES = [(pool, cond) for pool in ("none", "mean") for cond in ACTION_CONDS] + [("grid", "adaln"), ("attn", "adaln")]
 
 
 def make(pool: str, action_cond: str, seed: int = 0) -> WorldActionModel:
@@ -36,13 +36,13 @@ def _inputs(m: WorldActionModel, b: int = 2, s: int = 4, seed: int = 0):
     return z, cond, proprio, jnp.ones(proprio.shape, bool)
 
 
-@pytest.mark.parametrize("pool", ["none", "mean", "grid"])
+@pytest.mark.parametrize("pool", ["none", "mean", "grid", "attn"])
 def test_latent_shape_and_per_frame_encoding(pool):
     m = make(pool, "token_channels")
     cfg = tiny_config()
     batch = random_batch(cfg, batch_size=2)
     z = np.asarray(m.encode(batch["video"]))
-    n = {"mean": 1, "grid": cfg.model.pool.grid ** 2}.get(pool, (cfg.model.image_size // cfg.model.patch_size) ** 2)
+    n = {"mean": 1, "attn": 1, "grid": cfg.model.pool.grid ** 2}.get(pool, (cfg.model.image_size // cfg.model.patch_size) ** 2)
     d = cfg.model.encoder.width if pool == "none" else 24
     assert z.shape == (2, cfg.data.num_frames, n, d) == (2, cfg.data.num_frames,
                                                           m.spec.tokens_per_frame, m.spec.latent_dim)
@@ -120,3 +120,18 @@ def test_grid_pooling_refuses_a_grid_that_does_not_divide_the_patches():
     cfg = tiny_config(**{"model.pool.kind": "grid", "model.pool.grid": 3})
     with pytest.raises(ValueError, match="pool.grid=3"):
         WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+
+
+def test_attention_pooling_reads_the_token_its_query_matches_and_contains_the_mean_pool():
+    """Zero keys weight every token alike (the mean of the values); a key that matches the query
+    on one token only reads that token's value."""
+    from wam_jax.models.attention_pool import AttentionPool
+
+    pool = AttentionPool(8, 2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 5, 8))
+    pool.key.kernel[...] = jnp.zeros((8, 8))
+    np.testing.assert_allclose(np.asarray(pool(x)), np.asarray(pool.out(pool.value(x).mean(1))), atol=1e-5)
+    pool.key.kernel[...] = jnp.eye(8)
+    pool.key.bias[...] = jnp.zeros(8)
+    hot = x.at[:, 3].set(200.0 * jnp.sign(pool.query[...]))  # token 3 matches the query in every head
+    np.testing.assert_allclose(np.asarray(pool(hot)), np.asarray(pool.out(pool.value(hot)[:, 3])), atol=1e-4)

@@ -190,6 +190,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     n, d = restored.target.latent_shape
     pooled = restored.target.projector is not None
     pg = restored.target.pool_grid
+    pool_how = "attention-pooled" if restored.target.attn_pool is not None else "mean-pooled"
     os.makedirs(output)
 
     # -- encoder artifact: f(params_flat, video) with params as an argument, not constants. It
@@ -230,7 +231,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
                           "scale": 1.0 / 255.0, "mean": list(encoder_lib.IMAGENET_MEAN),
                           "std": list(encoder_lib.IMAGENET_STD)},
         "output": ({"shape": ["b", "t", n, d], "dtype": "float32", "grid": [pg, pg],
-                    "token_order": ("one vector per frame: the patch tokens mean-pooled and projected"
+                    "token_order": (f"one vector per frame: the patch tokens {pool_how} and projected"
                                     if pg == 1 else "row-major over the (grid, grid) regions of the patch "
                                     "grid, each region's tokens mean-pooled and projected"),
                     "normalization": "none (the projector's output, the predictor's latent space)"}

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from wam_jax import sharding
+from wam_jax.models.attention_pool import AttentionPool
 from wam_jax.models.blocks import BlockStack, layer_norm
 from wam_jax.models.linear import linear
 from wam_jax.models.ops import gelu
@@ -36,12 +37,12 @@ from wam_jax.models.positions import grid_positions, rope_3d, sincos_3d
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POS_EMBS = ("rope", "sincos")
-POOLS = ("none", "mean", "grid")
+POOLS = ("none", "mean", "grid", "attn")
 
 
 def pool_grid(config: mlc.ConfigDict) -> int:
     """Regions per side of a frame's pooled latents (`model.pool`): `pool.grid` for 'grid', 1 for
-    'mean' (one region: the mean pool) and for 'none' (unused)."""
+    'mean' and 'attn' (one vector per frame) and for 'none' (unused)."""
     return int(config.pool.get("grid", 1)) if str(config.pool.kind) == "grid" else 1
 
 
@@ -154,7 +155,8 @@ class VideoEncoder(nnx.Module):
     attention`, `encoder.norm_eps` and `encoder.qkv_bias` (converted V-JEPA 2 configs set their
     checkpoint's values).
     Parameters: `patch_embed.{kernel,bias}`, `blocks` (a `blocks.BlockStack`), `norm.{scale,bias}`,
-    and with `pool.kind='mean'` or `'grid'` the `projector` (`pool.hidden`, `pool.dim`, `pool.grid`).
+    and with `pool.kind='mean'`, `'grid'` or `'attn'` the `projector` (`pool.hidden`, `pool.dim`,
+    `pool.grid`); with 'attn' also `attn_pool` (`models/attention_pool.py`).
     """
 
     @mesh_optional
@@ -215,6 +217,9 @@ class VideoEncoder(nnx.Module):
             raise ValueError(f"model config pool.grid={self.pool_grid} must be >= 1 and divide the "
                              f"{g}x{g} patch grid (image_size / patch_size)")
         self.projector: Projector | None = nnx.data(None)
+        self.attn_pool: AttentionPool | None = nnx.data(None)
+        if self.pool == "attn":
+            self.attn_pool = AttentionPool(self.width, self.heads, rngs=rngs, **kw)
         if self.pool != "none":
             hidden = int(config.pool.hidden) or 4 * self.width
             self.projector = Projector(self.width, hidden, int(config.pool.dim), rngs=rngs, **kw)
@@ -332,7 +337,9 @@ class VideoEncoder(nnx.Module):
         x = x.reshape(b * t, gh * gw, self.width)
         positions = grid_positions(1, gh, gw)
         z = self._transform(self._add_sincos(x, positions), positions)
-        if self.projector is not None:
+        if self.attn_pool is not None:
+            z = self.projector(self.attn_pool(z)[:, None], train=train)
+        elif self.projector is not None:
             g = self.pool_grid  # average over (gh / g) x (gw / g) patches per region, row-major
             z = jnp.mean(z.reshape(b * t, g, gh // g, g, gw // g, self.width), axis=(2, 4))
             z = self.projector(z.reshape(b * t, g * g, self.width), train=train)

@@ -214,7 +214,7 @@ class WorldActionModel(nnx.Module):
         if int(dc.size) > 0:
             check_size(int(dc.size), spec.image_size)
             if not spec.pooled:
-                raise ValueError("model.decoder decodes pooled latents; it needs model.pool.kind='mean' or 'grid'")
+                raise ValueError("model.decoder decodes pooled latents; it needs model.pool.kind='mean', 'grid' or 'attn'")
             self.frame_decoder = FrameDecoder(spec.tokens_per_frame, spec.latent_dim, int(dc.size), int(dc.width),
                                               rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
