@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timings["plan"] = time.perf_counter() - t0
     export_dir = args.export or os.path.join(args.workdir, "export")
     t0 = time.perf_counter()
-    export.export(args.workdir, export_dir)
+    export.export(args.workdir, export_dir, with_predictor=True)
     timings["export"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 

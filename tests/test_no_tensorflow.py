@@ -51,7 +51,8 @@ def test_train_eval_export_without_tensorflow_and_tensorboard_scalars(tmp_path):
     out = _run("eval", f"--workdir={work}", f"--data={data}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert os.path.exists(os.path.join(work, "eval", "metrics.json"))
-    assert os.path.exists(os.path.join(work, "export", "encoder.jax_export"))  # written at the end of training
+    for f in ("encoder.jax_export", "predictor.jax_export"):  # written at the end of training
+        assert os.path.exists(os.path.join(work, "export", f))
 
 
 def test_rlds_conversion_names_the_tf_extra(tmp_path):

@@ -376,13 +376,14 @@ def nonfinite_message(step: int, consecutive: int, values: Mapping[str, float], 
 
 
 def export_final(workdir: str, export: Export) -> str | None:
-    """`train.export_at_end`: the export of the final checkpoint in WORKDIR/export (process 0
-    writes it; local workdirs only, since exports are plain files)."""
+    """`train.export_at_end`: the export of the final checkpoint, with its predictor, in
+    WORKDIR/export (process 0 writes it; local workdirs only, since exports are plain files): what
+    `WorldModel.load` plans with and `model.init_scope='all'` starts a next run from."""
     if jax.process_index() != 0 or "://" in workdir:
         return None
     out = os.path.join(workdir, "export")
     t0 = time.perf_counter()
-    export(workdir, out)
+    export(workdir, out, with_predictor=True)
     log.info("exported the encoder and predictor to %s in %.1fs", out, time.perf_counter() - t0)
     return out
 
