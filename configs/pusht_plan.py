@@ -19,6 +19,19 @@ action rank 0.20, inverse dynamics R^2 0.98, linear probes of agent / block posi
 0.66 (pixels 0.57 / 0.62); PushT planning (`wam-plan` defaults, 50 tasks) 3/50, as random
 actions, with the jointly trained policy head at 8/50.
 
+**The planning recipe: two stages** (BENCHMARKS.md §11.12-11.13; 40 + 33 min on 2 cores):
+
+    # 1. encoder, predictor and a full-frame decoder end to end (recon 10 puts the block in the latent)
+    wam-train --config=configs/pusht_plan.py:encoder --workdir=runs/pusht_enc
+    # 2. the predictor and heads trained on, on stage 1's frozen encoder (~4x cheaper per step)
+    wam-train --config=configs/pusht_plan.py:predictor --workdir=runs/pusht_pred \
+        --config.model.init_from=runs/pusht_enc/export
+    wam-plan pusht --workdir=runs/pusht_pred --episodes=50 --actions=walk
+
+Expected: planning 13/50 [0.16, 0.40] held-out goals (hold still 1/50, random 3/50, the policy
+head 9/50), final block error 24.7 px / 14.4 deg, 0.37x copy-last at h = 1, normalized action
+rank 0.025. Left: the block's angle is in no latent (§11.13).
+
 Better dynamics, same file (BENCHMARKS.md §11.11, 43 min): train what the planner uses, 5-step
 rollouts from one frame on 6-frame clips, with the stride's 5 recorded targets as the action:
 
@@ -50,7 +63,9 @@ Recipe, and why:
 - Frames 5 control steps apart (`data.target_fps=2`), no crops or colour jitter (fixed camera,
   absolute actions), as in `configs/pusht_small.py`.
 
-Arguments (`--config=configs/pusht_plan.py:ARG`): a model preset name (default `small`).
+Arguments (`--config=configs/pusht_plan.py:ARG`): comma-separated, a model preset name (default
+`small`) and a stage: none (this recipe), `encoder` or `predictor` (the two-stage recipe above;
+`predictor` needs `--config.model.init_from=` stage 1's export).
 """
 
 from __future__ import annotations
@@ -62,8 +77,16 @@ from configs import pusht_small
 DATA_ROOT = "data/pusht_mix/converted"
 
 
+STAGES = ("encoder", "predictor")
+
+
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    c = pusht_small.get_config(arg)
+    parts = [p for p in (arg or "").split(",") if p]
+    stage = next((p for p in parts if p in STAGES), None)
+    presets = [p for p in parts if p not in STAGES]
+    if len(presets) > 1:
+        raise ValueError(f"configs/pusht_plan.py:{arg}: at most one preset name and one stage of {STAGES}")
+    c = pusht_small.get_config(presets[0] if presets else None)
     c.model.target = "online"
     c.model.pool.kind = "mean"
     c.model.pool.dim = 64
@@ -76,4 +99,17 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.optim.lr = 5e-4
     c.train.num_steps = 2000
     c.train.checkpoint_every = 500
+    if stage is not None:  # the two-stage planning recipe
+        c.data.stride_actions = "chunk"  # the stride's 5 recorded targets, 10 dims
+        c.model.action_dim = 10
+        c.data.num_frames = 6
+        c.loss.rollout_k = 5  # 5-step rollouts from one frame: what the planner uses
+        c.model.decoder.size = 64
+        c.loss.recon = 10.0
+    if stage == "predictor":  # every variable from stage 1's export; the encoder frozen
+        c.model.init_scope = "all"
+        c.model.target = "frozen"
+        c.loss.recon = 0.0
+        c.train.num_steps = 6000
+        c.train.checkpoint_every = 1000
     return c

@@ -111,6 +111,7 @@ def test_unknown_and_mistyped_overrides(tmp_path):
     ("data.num_frames", 1, "--config.data.num_frames=1: must be >= 2"),
     ("model.dtype", "int8", "--config.model.dtype='int8'"),
     ("data.mixture", " ", "--config.data.mixture=' ': is empty"),
+    ("model.init_scope", "all", "--config.model.init_from='': is empty, but model.init_scope='all'"),
 ])
 def test_validate_names_the_flag(key, value, fragment):
     config = base.get_config("tiny")
@@ -224,3 +225,20 @@ def test_shipped_configs_load_from_any_working_directory(tmp_path, monkeypatch):
     assert config_utils.load_config("configs/pusht_small.py").model.action_dim == 2
     with pytest.raises(config_utils.ConfigError, match="does not exist"):
         config_utils.load_config("configs/no_such_config.py")
+
+
+def test_the_two_stage_planning_recipe():
+    """`pusht_plan.py:encoder` trains the encoder with the frame decoder; `:predictor` continues
+    from its export with the encoder frozen and refuses to start without it."""
+    enc = config_utils.load_config("configs/pusht_plan.py:encoder")
+    assert (enc.model.target, enc.loss.recon, enc.model.decoder.size, enc.data.stride_actions) == (
+        "online", 10.0, 64, "chunk")
+    with pytest.raises(ConfigError, match="model.init_from"):
+        config_utils.validate(config_utils.load_config("configs/pusht_plan.py:predictor"))
+    pred = config_utils.load_config("configs/pusht_plan.py:tiny,predictor", ["--config.model.init_from=/runs/enc/export"])
+    config_utils.validate(pred)
+    assert (pred.model.target, pred.model.init_scope, pred.loss.recon, pred.model.decoder.size) == (
+        "frozen", "all", 0.0, 64)
+    assert pred.model.encoder.width == base.get_config("tiny").model.encoder.width
+    with pytest.raises(ValueError, match="at most one preset"):
+        config_utils.load_config("configs/pusht_plan.py:tiny,small")

@@ -194,6 +194,9 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
     need(str(config.model.init_scope) in ("encoder", "all"), "model.init_scope",
          "expected 'encoder' (the encoder from model.init_from) or 'all' (every variable of a wam_jax export "
          "written with its predictor)")
+    need(str(config.model.init_scope) != "all" or bool(str(config.model.init_from).strip()), "model.init_from",
+         "is empty, but model.init_scope='all' starts every variable from it; set it to a wam_jax export "
+         "written with its predictor (a run's WORKDIR/export)")
     for name in ("sigreg", "vic_var", "vic_cov", "recon"):
         need(float(config.loss[name]) >= 0, f"loss.{name}", "must be >= 0 (0 = off)")
     need(int(config.loss.sigreg_projections) >= 1, "loss.sigreg_projections", "must be >= 1")
