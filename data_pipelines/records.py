@@ -285,7 +285,8 @@ class FrameReader:
             raise DatasetFormatError(f"{self.directory}: episode {ep.episode_id!r} points at frames shard "
                                      f"{ref.shard!r}, which is not beside its episode shard")
         start = ref.wrist_start if wrist else ref.start
-        return list(self.sources[ref.shard].__getitems__([start + int(i) for i in indices]))
+        source = self.sources[ref.shard]  # one by one: `__getitems__` starts a thread pool per call
+        return [source[start + int(i)] for i in indices]
 
     def episode(self, ep: Episode) -> Episode:
         """`ep` with its frames (and wrist frames) read in."""
