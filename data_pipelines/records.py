@@ -160,6 +160,9 @@ class ShardWriter:
     def write(self, ep: Episode) -> None:
         if ep.frame_ref is not None:
             raise ValueError(f"episode {ep.episode_id!r} was read without its frames; read it with iter_episodes")
+        if ep.wrist_frames and len(ep.wrist_frames) != len(ep.frames):
+            raise ValueError(f"episode {ep.episode_id!r}: {len(ep.wrist_frames)} wrist frames for "
+                             f"{len(ep.frames)} frames (one per step, or none)")
         start = self._write_frames(ep.frames)
         wrist = self._write_frames(ep.wrist_frames) if ep.wrist_frames else None
         ref = FrameRef(os.path.basename(self.frames_path), start, len(ep.frames), wrist)
