@@ -71,8 +71,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     # Layers per scan-loop iteration (JAX's `scan(unroll=)`); 0 unrolls the stack and keeps the
     # stacked parameters: 8-14 % faster f32 steps on CPU at S, longer compiles (BENCHMARKS.md §2).
     c.scan_unroll = 1
-    # The attention kernel: 'auto' = cuDNN on GPU (jax.nn.dot_product_attention), the head-major XLA
-    # layout elsewhere; 'xla' | 'cudnn' force one (models/attention.py).
+    # The attention kernel: 'auto' = the platform's: Pallas splash on TPU (unmasked, lengths a
+    # multiple of 128), cuDNN on GPU (jax.nn.dot_product_attention), the head-major XLA layout
+    # elsewhere and for the rest; 'xla' | 'cudnn' | 'splash' force one (models/splash.py).
     c.attention = "auto"
     # Operand dtype of the projection / MLP matmuls ('' = the compute dtype). 'bfloat16' with
     # dtype='float32': bf16 operands, f32 accumulation and activations (CPU fast path, BENCHMARKS.md).

@@ -141,6 +141,7 @@ def compile_train_step(config: Any, devices: Sequence[Any], *, model_factory=Non
     kw = {"model_factory": model_factory} if model_factory is not None else {}
     built = ts.build(config, mesh, loss_fn=loss_fn, **kw)
     compiled = built.compile()
+    hlo = compiled.as_text() or ""
     abstract = built.abstract
     mem = metrics.compiled_memory(compiled)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
@@ -154,8 +155,19 @@ def compile_train_step(config: Any, devices: Sequence[Any], *, model_factory=Non
         "params": int(n_params),
         "state_bytes_per_device": int(state_bytes),
         "flops_per_device": metrics.compiled_flops(compiled),
+        "attention_kernels": attention_kernels(hlo),
         **mem,
     }
+
+
+def attention_kernels(hlo: str) -> dict[str, int]:
+    """Fused attention kernels in a compiled program's HLO: Pallas TPU calls named for splash
+    attention (forward and backward), cuDNN's fused attention; none means XLA's own ops."""
+    import re
+
+    splash = re.findall(r"^\s*%splash_mha_[\w.]+ = .*custom-call\(", hlo, flags=re.MULTILINE)
+    return {"splash (Pallas, TPU)": len(splash),
+            "cuDNN fused attention": len(re.findall(r'custom_call_target="__cudnn\$fmha', hlo))}
 
 
 def _host_memory_bytes() -> int:
@@ -181,6 +193,8 @@ def format_report(target: Target, report: dict[str, Any]) -> tuple[str, bool]:
         f"temporaries      {report.get('temp_bytes', 0) / GIB:.3f} GiB",
         f"total/device     {total / GIB:.3f} GiB of {capacity / GIB:.1f} GiB ({where})",
         f"FLOPs/step/dev   {report['flops_per_device'] or 0:.3e}",
+        "attention        " + (", ".join(f"{k}: {n} calls" for k, n in report.get("attention_kernels", {}).items() if n)
+                               or "XLA ops (no fused kernel)"),
         f"fits             {'yes' if fits else 'NO'}",
     ]
     return "\n".join(lines), fits

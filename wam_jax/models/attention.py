@@ -1,8 +1,9 @@
 """Multi-head self-attention: qkv projection, RoPE, masks, and the choice of attention kernel.
 
 `Attention` is V-JEPA 2's (fused qkv with bias, output projection) so its checkpoints convert
-one-to-one (`vjepa2_convert.py`). The score/value products run either `head_major_attention`
-(JAX's math in the layout XLA:CPU runs fastest) or `jax.nn.dot_product_attention` (cuDNN).
+one-to-one (`vjepa2_convert.py`). The score/value products run `head_major_attention` (JAX's math in
+the layout XLA:CPU runs fastest), `jax.nn.dot_product_attention` (cuDNN) or TPU's Pallas splash
+kernel; `splash.choose` picks per platform (`model.attention='auto'`).
 `with_cache` attends new tokens over a key/value cache, for autoregressive rollouts.
 """
 
@@ -12,12 +13,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wam_jax.models import splash
 from wam_jax.models.partitioning import mesh_optional, normal_init, zeros_init
 from wam_jax.models.positions import Rope, apply_rope
 
 KVCache = tuple[jax.Array, jax.Array]  # keys, values `[B, L, heads, head_dim]` (per layer)
 
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto")
 
 
 def _check_impl(attention_impl: str) -> str:
@@ -62,8 +64,9 @@ class Attention(nnx.Module):
     `[B, heads, L, L]`, never materialized at full size), attention, output projection.
 
     `attention_impl`: 'xla' runs `head_major_attention` (JAX's math in the layout XLA:CPU runs
-    fastest), 'cudnn' `jax.nn.dot_product_attention`'s cuDNN kernel, 'auto' cuDNN-or-XLA as JAX
-    chooses on GPU and 'xla' elsewhere.
+    fastest), 'cudnn' `jax.nn.dot_product_attention`'s cuDNN kernel, 'splash' TPU's Pallas
+    kernel, 'auto' the platform's (splash on TPU, cuDNN-or-XLA as JAX chooses on GPU, 'xla'
+    elsewhere; `splash.choose`).
 
     Parameters: `qkv.kernel [D, 3, heads, head_dim]`, `qkv.bias [3, heads, head_dim]`,
     `proj.kernel [heads, head_dim, D]`, `proj.bias [D]` (V-JEPA 2's `attn.qkv` / HF's
@@ -157,10 +160,10 @@ class Attention(nnx.Module):
                     "attention mask must be [L, L], [B, L, L] or broadcastable [B, heads, L, L], "
                     f"got shape {mask.shape}"
                 )
-        impl = self.implementation
-        if impl == "auto":  # cuDNN where JAX can use it, else the XLA:CPU-friendly layout
-            impl = None if jax.default_backend() == "gpu" else "xla"
-        if impl == "xla":
+        impl = splash.choose(self.implementation, q, k, mask)
+        if impl == "splash":
+            out = splash.splash_attention(q, k, v)
+        elif impl == "xla":
             out = head_major_attention(q, k, v, mask)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
