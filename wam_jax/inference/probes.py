@@ -81,12 +81,12 @@ def explained_variance(x: np.ndarray, factors: np.ndarray, groups: np.ndarray, *
                        seed: int = 0) -> float:
     """Share of the total variance of `x [n, d]` that a polynomial of `factors [n, k]` explains on
     held-out groups: ridge, its strength chosen by `folds`-fold cross-validation over the training
-    groups (one validation split is too few episodes: the cubic extrapolates to poses it never saw,
-    and which strength wins then depends on the split)."""
+    groups (at most one fold per group; one validation split is too few episodes: the cubic
+    extrapolates to poses it never saw, and which strength wins then depends on the split)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
-    if len(np.unique(groups)) < folds + 1:
-        raise ValueError(f"explained_variance: {len(np.unique(groups))} groups; need at least {folds + 1} "
-                         f"(test, and {folds} cross-validation folds)")
+    if len(np.unique(groups)) < 3:
+        raise ValueError(f"explained_variance: {len(np.unique(groups))} groups; need at least 3 "
+                         "(test, and two cross-validation folds)")
     test_ids, train_ids = _split_groups(groups, test_fraction, seed)
     test, train = np.isin(groups, test_ids), np.isin(groups, train_ids)
     f = polynomial_features(np.asarray(factors, np.float64), degree)
@@ -95,7 +95,7 @@ def explained_variance(x: np.ndarray, factors: np.ndarray, groups: np.ndarray, *
         resid = x[score_rows] - _predict(_fit(f[fit_rows], x[fit_rows], alpha), f[score_rows])
         return float(1.0 - resid.var(0).sum() / max(x[score_rows].var(0).sum(), 1e-12))
 
-    held = [np.isin(groups, fold) for fold in np.array_split(train_ids, folds) if len(fold)]
+    held = [np.isin(groups, fold) for fold in np.array_split(train_ids, min(folds, len(train_ids)))]
     alpha = max(alphas, key=lambda a: np.mean([share(train & ~h, h, a) for h in held]))
     return share(train, test, alpha)
 
