@@ -1,10 +1,9 @@
 """Attention pooling of a frame's patch tokens to one vector (`model.pool.kind='attn'`).
 
-A mean over patch tokens keeps what is everywhere alike and loses arrangement: on PushT a
-mean-pooled 64-d latent places the block coarsely and never carries its angle, which planning
-needs to 20 degrees (BENCHMARKS.md §11.13). A learned query attending over the tokens (the
-multi-head attention-pooling head of big_vision's ViT, "MAP") weights the tokens that hold the
-object and reads their content, so shape and orientation can pass to the projector.
+A mean over patch tokens keeps what is everywhere alike; a learned query attending over the
+tokens (the multi-head attention-pooling head of big_vision's ViT, "MAP") weights the tokens that
+hold an object and reads their content. On PushT it did not bring the block's angle into the
+latent, which a mean-pooled latent lacks too (BENCHMARKS.md §11.13, A10).
 """
 
 from __future__ import annotations
