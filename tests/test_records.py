@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import msgpack
 import numpy as np
 import pytest
 
-from configs import base
 from data_pipelines import loader, records
 from tests.converted_fixtures import write_converted_dataset
-
-
-def _config(mixture: str, frames: int = 4):
-    c = base.get_config()
-    c.data.mixture = mixture
-    c.data.global_batch_size = 4
-    c.data.num_frames = frames
-    c.data.num_workers = 0
-    c.data.read_threads = 2
-    c.data.heldout_fraction = 0.0
-    c.model.image_size = 16
-    return c
+from tests.test_loader import _config
 
 
 @pytest.fixture
@@ -47,9 +36,7 @@ def _write_version_1(src: str, dst: str) -> None:
                 "language": ep.language, "narrations": ep.narrations, "fps": ep.fps, "meta": ep.meta,
             }, use_bin_type=True))
         w.close()
-    for name in (records.STATS_JSON,):
-        with open(os.path.join(src, name)) as f, open(os.path.join(dst, name), "w") as g:
-            g.write(f.read())
+    shutil.copy(os.path.join(src, records.STATS_JSON), dst)
     records.write_json_atomic(os.path.join(dst, records.DATASET_JSON), {**info, "version": 1})
 
 

@@ -52,15 +52,15 @@ def choose(requested: str, q: jax.Array, k: jax.Array, mask: jax.Array | None) -
     """The implementation to run: 'splash', 'xla', or None (`jax.nn.dot_product_attention`'s own
     choice, cuDNN where it applies). 'splash' asked for where it cannot run falls back to 'xla'
     with a warning (once per reason)."""
+    p = platform()
     if requested == "auto":
-        p = platform()
         if p == "tpu":
             return "splash" if splash_unsupported(q, k, mask) is None else "xla"
         return None if p == "gpu" else "xla"
     if requested == "splash":
         reason = splash_unsupported(q, k, mask)
-        if reason is None and platform() != "tpu":
-            reason = f"the {platform()} platform (a TPU kernel)"
+        if reason is None and p != "tpu":
+            reason = f"the {p} platform (a TPU kernel)"
         if reason is not None:
             _note_fallback(requested, reason)
             return "xla"
