@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections as mlc
 import numpy as np
 
-from data_pipelines import records
+from data_pipelines import paths, records
 
 KINDS = ("robot", "video")
 
@@ -126,8 +126,8 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
                 f"config.data.mixture entry {entry!r}: weight must be a finite number > 0, got {weight}"
             )
         entries.append((path, weight))
-    paths = [p for p, _ in entries]
-    dupes = sorted({p for p in paths if paths.count(p) > 1})
+    dirs = [p for p, _ in entries]
+    dupes = sorted({p for p in dirs if dirs.count(p) > 1})
     if dupes:
         raise ValueError(f"config.data.mixture lists {dupes} more than once; merge them into one weight")
     total = sum(w for _, w in entries)
@@ -218,6 +218,7 @@ def load_mixture(config: mlc.ConfigDict) -> Mixture:
     sources: list[Source] = []
     embodiments: list[str] = []
     for source_id, (path, weight) in enumerate(parse_mixture(config.data.mixture)):
+        paths.local_only(path, "config.data.mixture")
         src = load_source(path, source_id=source_id, weight=weight, model=config.model)
         if src.embodiment not in embodiments:
             embodiments.append(src.embodiment)

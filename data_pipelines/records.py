@@ -18,6 +18,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from data_pipelines import paths
+
 FORMAT_NAME = "wam_jax.episodes"
 FORMAT_VERSION = 2  # 2: frames in their own records; 1: frames inside the episode record
 DATASET_JSON = "dataset.json"
@@ -189,10 +191,7 @@ def shard_files(shard: str) -> tuple[str, str]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def read_dataset_info(directory: str) -> dict[str, Any]:
@@ -239,15 +238,15 @@ def shard_paths(directory: str, info: dict[str, Any] | None = None) -> list[str]
     return [os.path.join(directory, s) for s in info["shards"]]
 
 
-def open_shards(paths: Sequence[str]) -> Any:
-    """One `ArrayRecordDataSource` over `paths`; a shard that cannot be opened (truncated, its
+def open_shards(files: Sequence[str]) -> Any:
+    """One `ArrayRecordDataSource` over `files`; a shard that cannot be opened (truncated, its
     footer corrupt) is a DatasetFormatError naming it."""
     import grain
 
     try:
-        return grain.sources.ArrayRecordDataSource(list(paths))
+        return grain.sources.ArrayRecordDataSource(list(files))
     except RuntimeError as e:
-        for p in paths:
+        for p in files:
             try:
                 grain.sources.ArrayRecordDataSource([p])
             except RuntimeError as shard_error:
@@ -301,12 +300,12 @@ class FrameReader:
                        frame_ref=None)
 
 
-def iter_episodes(paths: Sequence[str]) -> Iterator[Episode]:
+def iter_episodes(files: Sequence[str]) -> Iterator[Episode]:
     """Sequential read of all episodes in the given shards, frames included (for stats, tests and
     eval)."""
     from array_record.python import array_record_data_source
 
-    for p in paths:
+    for p in files:
         src = array_record_data_source.ArrayRecordDataSource([p])
         reader = FrameReader(os.path.dirname(p), [os.path.basename(p)])
         for i in range(len(src)):

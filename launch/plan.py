@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -34,6 +33,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+from data_pipelines import paths
 
 log = logging.getLogger("wam-plan")
 
@@ -407,6 +408,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
     from wam_jax import WorldModel
     from wam_jax.inference import planning
+    from wam_jax.inference.evaluation import write_metrics
     from wam_jax.inference.load import inference_mesh
 
     devices = jax.devices()[: args.devices] if args.devices else None
@@ -450,15 +452,13 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
               f"goal {args.goal_offset} demo steps ahead; success = block < 20 px and < 20 deg from the goal\n"
               f"planner: {cfg}")
     # The record on disk first, then the table: nothing after a finished evaluation can lose it.
-    record = {"workdir": os.path.abspath(args.workdir), "step": wm.step, "preset": args.preset,
+    record = {"workdir": paths.absolute(args.workdir), "step": wm.step, "preset": args.preset,
               "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
               "goal_offset": args.goal_offset, "execute": args.execute, "warm_start": args.warm_start,
               "context_proprio": use_proprio, "actions": args.actions, "walk_step_px": args.walk_step_px, "cost": args.cost,
               "results": results}
-    out = args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(record, f, indent=2)
+    out = paths.absolute(args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json"))
+    out = write_metrics(record, os.path.dirname(out), os.path.basename(out))  # local or gs://
     print(format_results(results, header))
     print(f"\nper-episode record: {out}")
     return record

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from data_pipelines import records
+from data_pipelines import paths, records
 from data_pipelines.convert.stats import RunningStats, merge_all
 from data_pipelines.mixture import dimension_names
 
@@ -396,6 +396,7 @@ def run_conversion(
       NoValidEpisodesError: nothing valid was produced; everything written is removed.
     """
     t0 = time.time()
+    paths.local_only(out_dir, "--output")
     created_dir = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     _check_resume_fingerprint(out_dir, plans, dataset_info)

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_pipelines import paths
+
 EGO4D_JSON = "ego4d.json"
 NARRATION_JSON = "narration.json"
 VIDEO_DIRS = ("full_scale", "video_540ss", "clips")
@@ -91,7 +93,7 @@ class Ego4DLayout:
 
     @classmethod
     def open(cls, root: str) -> Ego4DLayout:
-        root = os.path.abspath(os.path.expanduser(root))
+        root = paths.absolute(paths.local_only(root, "--input (an Ego4D download root)"))
         if not os.path.isdir(root):
             raise Ego4DLayoutError(f"{root}: not a directory (expected an Ego4D download root)")
         candidates = [os.path.join(root, EGO4D_JSON)] + [

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import records
+from data_pipelines import paths, records
 from sim.pusht import CONTROL_FPS, GOAL_POSE, MAX_STEPS, RENDER_SIZE, make_env
 from sim.rollouts import Rollout, behaviour_of, rollout
 from sim.success import pose_error
@@ -219,6 +219,7 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
     from data_pipelines.convert import ego4d_writer
     from data_pipelines.convert import oxe as convert_oxe
 
+    paths.local_only(output, "--output")
     report_path = os.path.join(output, "generation.json")
     wanted = {"sizes": sizes.__dict__, "image_size": image_size, "render_size": RENDER_SIZE,
               "converted": convert}
@@ -274,9 +275,9 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
         t0 = time.perf_counter()
         layout = ego4d_writer.Ego4DLayoutWriter(video_root)
         uids = [f"pusht-{i:05d}" for i in range(len(seeds["video"]))]
-        paths = [layout.video_path(u) for u in uids]
+        videos = [layout.video_path(u) for u in uids]
         rollouts = generate_rollouts(seeds["video"], sizes.steps, noise_scale=VIDEO_NOISE_SCALE,
-                                     workers=workers, video_paths=paths, random_fraction=sizes.random_fraction)
+                                     workers=workers, video_paths=videos, random_fraction=sizes.random_fraction)
         for uid in uids:
             layout.register_video(uid, split="train", scenarios=("pusht",),
                                   narrations=[(0.0, f"#C C starts to {LANGUAGE}")])

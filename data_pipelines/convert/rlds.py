@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines import paths
+
 FEATURES_JSON = "features.json"
 DATASET_INFO_JSON = "dataset_info.json"
 
@@ -128,7 +130,7 @@ class RLDSDataset:
     """
 
     def __init__(self, builder_dir: str, split: str = "train"):
-        self.builder_dir = os.fspath(builder_dir)
+        self.builder_dir = paths.local_only(builder_dir, "--input (an RLDS builder directory)")
         if not os.path.isdir(self.builder_dir):
             raise RLDSFormatError(
                 f"{self.builder_dir}: not a directory (expected an RLDS builder dir)"

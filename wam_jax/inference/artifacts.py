@@ -1,19 +1,20 @@
 """What a saved model looks like on disk: the export directory's layout and manifest, frame checks.
 
-Imports only jax and numpy (no Flax, no model code), so the exported encoder
+Imports only jax, numpy and etils (no Flax, no model code), so the exported encoder
 (`wam_jax.load_encoder`) runs in a process that never imports the framework, and both the export
-writer and `WorldModel` can read these names without importing each other.
+writer and `WorldModel` can read these names without importing each other. Paths go through
+`etils.epath`: an export may live on `gs://`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 # The manifest's format name: an identifier of the on-disk layout, not a module path, so moving
 # the writer between modules never invalidates exports written before.
@@ -51,12 +52,13 @@ class MissingStatisticsError(ValueError):
 
 def is_export(path: str) -> bool:
     """Whether `path` holds a complete-looking export (its manifest is written last)."""
-    return os.path.exists(os.path.join(path, EXPORT_JSON))
+    return (epath.Path(path) / EXPORT_JSON).exists()
 
 
 def check_not_partial_export(path: str) -> None:
     """Raises when `path` holds export files but no manifest: an interrupted or partial copy."""
-    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in REQUIRED_FILES):
+    root = epath.Path(path)
+    if root.is_dir() and any((root / f).exists() for f in REQUIRED_FILES):
         raise IncompleteExportError(
             f"{path} looks like an export directory but has no {EXPORT_JSON} (written last "
             f"by wam-export): the export was interrupted or copied partially; re-run wam-export")
@@ -64,21 +66,21 @@ def check_not_partial_export(path: str) -> None:
 
 def read_manifest(export_dir: str) -> dict[str, Any]:
     """The manifest of a complete export; clear errors for missing or partial directories."""
-    if not os.path.isdir(export_dir):
+    root = epath.Path(export_dir)
+    if not root.is_dir():
         raise FileNotFoundError(f"export directory {export_dir} does not exist (write one with wam-export)")
-    path = os.path.join(export_dir, EXPORT_JSON)
-    if not os.path.exists(path):
-        present = sorted(os.listdir(export_dir))
+    path = root / EXPORT_JSON
+    if not path.exists():
+        present = sorted(p.name for p in root.iterdir())
         raise IncompleteExportError(
             f"{export_dir} has no {EXPORT_JSON} (written last by wam-export), so the export is incomplete "
             f"or this is not an export directory (it holds {present[:10]}); re-run wam-export")
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise IncompleteExportError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
     if int(manifest.get("version", -1)) > VERSION:
         raise IncompleteExportError(f"{path}: version {manifest.get('version')} is newer than this library ({VERSION})")
-    missing = [f for f in manifest.get("files", []) if not os.path.exists(os.path.join(export_dir, f))]
+    missing = [f for f in manifest.get("files", []) if not (root / f).exists()]
     if missing:
         raise IncompleteExportError(
             f"export {export_dir} is partial: missing {missing} (listed in {EXPORT_JSON}); re-run wam-export")
@@ -86,8 +88,7 @@ def read_manifest(export_dir: str) -> dict[str, Any]:
 
 
 def read_json(export_dir: str, name: str) -> Any:
-    with open(os.path.join(export_dir, name)) as f:
-        return json.load(f)
+    return json.loads((epath.Path(export_dir) / name).read_text())
 
 
 # ----------------------------------------------------------------------------------------------

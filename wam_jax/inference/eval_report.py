@@ -120,6 +120,14 @@ def write_plots(results: Mapping[str, Any], out_dir: str) -> list[str]:
     return paths
 
 
+def _save(fig: Any, path: str) -> None:
+    """PNG through `etils.epath`, so plots land next to metrics.json on `gs://` as well."""
+    from etils import epath
+
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+
+
 def _pyplot():
     import matplotlib
 
@@ -150,7 +158,7 @@ def plot_prediction(results: Mapping[str, Any], path: str) -> bool:
         ax.legend(fontsize=7)
         ax.set_title(f"Rollout error, step {results.get('step')}")
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        _save(fig, path)
     finally:
         plt.close(fig)
     return True
@@ -173,7 +181,7 @@ def plot_actions(results: Mapping[str, Any], path: str) -> bool:
             ax.set_title(emb)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        _save(fig, path)
     finally:
         plt.close(fig)
     return True

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines import paths
 from data_pipelines.mixture import indexed_names
 from wam_jax.inference import eval_report
 from wam_jax.inference.action_space import action_spaces_from_info
@@ -426,9 +427,7 @@ def write_metrics(results: Mapping[str, Any], out_dir: str, name: str = METRICS_
 
     path = epath.Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(results), indent=2))
-    tmp.replace(path)
+    paths.write_atomic(path, json.dumps(_json_safe(results), indent=2))
     return str(path)
 
 
@@ -463,10 +462,10 @@ def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, 
     evaluator = Evaluator(restored.config, restored.info, data=data, max_clips=max_clips, batch_size=batch_size,
                           num_frames=num_frames, num_perturbations=num_perturbations, perturb_std=perturb_std,
                           seed=seed, mesh=restored.mesh)
-    results = {"workdir": os.path.abspath(workdir), "step": restored.step,
+    results = {"workdir": paths.absolute(workdir), "step": restored.step,
                **evaluator(restored.model, restored.target, progress=progress)}
     results["seconds"] = time.perf_counter() - t0
-    out_dir = os.path.abspath(output_dir or os.path.join(workdir, EVAL_DIR))
+    out_dir = paths.absolute(output_dir or os.path.join(workdir, EVAL_DIR))
     if jax.process_index() == 0:
         results["metrics_path"] = write_metrics(results, out_dir)
         log.info("evaluated %d clips of %s (step %s) in %.1fs -> %s", results["num_clips"], workdir,

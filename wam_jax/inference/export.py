@@ -30,10 +30,9 @@ the latent space the predictor predicts into. Normalization of pixels happens in
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +40,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from data_pipelines import paths
 from wam_jax.inference.artifacts import (
     CONFIG_JSON,
     ENCODER_EXPORT,
@@ -106,15 +107,14 @@ class ExportedEncoder:
     """
 
     def __init__(self, export_dir: str):
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load
 
         self.export_dir = export_dir
         self.manifest = read_manifest(export_dir)
-        with open(os.path.join(export_dir, PREPROCESSING_JSON)) as f:
-            self.preprocessing = json.load(f)
-        with open(os.path.join(export_dir, ENCODER_EXPORT), "rb") as f:
-            self.exported = jax.export.deserialize(bytearray(f.read()))
-        self.params = {k: jnp.asarray(v) for k, v in load_file(os.path.join(export_dir, ENCODER_SAFETENSORS)).items()}
+        root = epath.Path(export_dir)
+        self.preprocessing = json.loads((root / PREPROCESSING_JSON).read_text())
+        self.exported = jax.export.deserialize(bytearray((root / ENCODER_EXPORT).read_bytes()))
+        self.params = {k: jnp.asarray(v) for k, v in load((root / ENCODER_SAFETENSORS).read_bytes()).items()}
         self.image_size = int(self.preprocessing["input"]["shape"][2])
         self._call = jax.jit(self.exported.call)
 
@@ -131,7 +131,7 @@ class ExportedEncoder:
 
 def load_encoder(export_dir: str) -> ExportedEncoder:
     """`wam_jax.load_encoder(OUT)`: the exported encoder of `wam-export`, framework-free."""
-    return ExportedEncoder(os.path.abspath(os.fspath(export_dir)))
+    return ExportedEncoder(paths.absolute(export_dir))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,10 +150,16 @@ def _serialize(fn, arg_specs: tuple, platforms: tuple[str, ...]) -> tuple[bytes,
     return exp.serialize(), tuple(exp.platforms)
 
 
-def _save_safetensors(path: str, flat: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> None:
-    from safetensors.numpy import save_file
+def _save_safetensors(path: epath.Path, flat: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> None:
+    from safetensors.numpy import save
 
-    save_file(dict(flat), path, metadata=dict(meta))
+    paths.write_atomic(path, save(dict(flat), metadata=dict(meta)))
+
+
+def _save_npy(path: epath.Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    paths.write_atomic(path, buf.getvalue())
 
 
 def _spec(flat: Mapping[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -177,11 +183,12 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     from wam_jax.models.world_model import latent_space
 
     t0 = time.time()
-    output = os.path.abspath(output)
-    if os.path.exists(output):
+    output = paths.absolute(output)
+    out = epath.Path(output)
+    if out.exists():
         if not overwrite:
             raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it")
-        shutil.rmtree(output)
+        out.rmtree()
     restored = load.restore(path, step)
     if restored.kind != "checkpoint":
         raise ValueError(f"{path} is already an export; export from a training workdir")
@@ -191,7 +198,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     pooled = restored.target.projector is not None
     pg = restored.target.pool_grid
     pool_how = "attention-pooled" if restored.target.attn_pool is not None else "mean-pooled"
-    os.makedirs(output)
+    out.mkdir(parents=True)
 
     # -- encoder artifact: f(params_flat, video) with params as an argument, not constants. It
     # runs the model's own encode path on an array-free copy of the model (`encode` reads only the
@@ -208,17 +215,16 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     b, t = jax.export.symbolic_shape("b, t")
     video_spec = jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.uint8)
     blob, enc_platforms = _serialize(encode_fn, (_spec(enc_flat), video_spec), platforms)
-    with open(os.path.join(output, ENCODER_EXPORT), "wb") as f:
-        f.write(blob)
-    _save_safetensors(os.path.join(output, ENCODER_SAFETENSORS), enc_flat,
+    paths.write_atomic(out / ENCODER_EXPORT, blob)
+    _save_safetensors(out / ENCODER_SAFETENSORS, enc_flat,
                       {"format": FORMAT, "artifact": ENCODER_EXPORT})
 
     # -- example input / output, from the in-framework encoder (not the artifact).
     rng = np.random.default_rng(0)
     example = rng.integers(0, 256, size=(2, 2, s, s, 3), dtype=np.uint8)
     expected = np.asarray(jax.jit(encode_fn)(enc_flat, example))
-    np.save(os.path.join(output, EXAMPLE_INPUT), example)
-    np.save(os.path.join(output, EXAMPLE_OUTPUT), expected)
+    _save_npy(out / EXAMPLE_INPUT, example)
+    _save_npy(out / EXAMPLE_OUTPUT, expected)
 
     # -- preprocessing spec.
     gh = gw = s // int(cfg.model.patch_size)
@@ -242,7 +248,7 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
         "patch_size": int(cfg.model.patch_size), "tubelet": int(cfg.model.tubelet),
         "per_frame": True, "encoder": "target", "target_type": str(cfg.model.target),
     }
-    _write_json(os.path.join(output, PREPROCESSING_JSON), pre)
+    _write_json(out / PREPROCESSING_JSON, pre)
 
     # -- predictor artifact (optional): one teacher-forced step from embedded real actions.
     files = list(REQUIRED_FILES)
@@ -270,9 +276,8 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
                  jax.ShapeDtypeStruct((bs, ss, a_dim), jnp.float32),
                  jax.ShapeDtypeStruct((bs, ss, a_dim), jnp.bool_), jax.ShapeDtypeStruct((bs,), jnp.int32))
         blob, pred_platforms = _serialize(predict_fn, specs, platforms)
-        with open(os.path.join(output, PREDICTOR_EXPORT), "wb") as f:
-            f.write(blob)
-        _save_safetensors(os.path.join(output, PREDICTOR_SAFETENSORS), p_flat,
+        paths.write_atomic(out / PREDICTOR_EXPORT, blob)
+        _save_safetensors(out / PREDICTOR_SAFETENSORS, p_flat,
                           {"format": FORMAT, "artifact": PREDICTOR_EXPORT})
         files += list(PREDICTOR_FILES)
         _, params, rest = nnx.split(model, model.trainable_filter, ...)
@@ -286,20 +291,20 @@ def export_model(path: str, output: str, *, step: int | None = None, with_predic
     import orbax.checkpoint as ocp
 
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ck:
-        ck.save(os.path.join(output, PARAMS_DIR), args=ocp.args.PyTreeSave(arrays))
-    _write_json(os.path.join(output, CONFIG_JSON), json.loads(cfg.to_json_best_effort()))
-    _write_json(os.path.join(output, STATS_JSON), restored.info)
+        ck.save(out / PARAMS_DIR, args=ocp.args.PyTreeSave(arrays))
+    _write_json(out / CONFIG_JSON, json.loads(cfg.to_json_best_effort()))
+    _write_json(out / STATS_JSON, restored.info)
 
     manifest = {
         "format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": os.path.abspath(path), "step": restored.step, "with_predictor": bool(with_predictor),
+        "source": paths.absolute(path), "step": restored.step, "with_predictor": bool(with_predictor),
         "jax_version": jax.__version__, "files": files,
         "encoder": {"inputs": ["params", "video uint8 [b, t, H, W, 3]"], "output": "latents [b, t, N, D] f32",
                     "image_size": s, "latent_shape": [n, d], "platforms": list(enc_platforms),
                     "num_params": int(sum(v.size for v in enc_flat.values()))},
         "predictor": pred_info,
     }
-    _write_json(os.path.join(output, EXPORT_JSON), manifest)  # last: marks the export complete
+    _write_json(out / EXPORT_JSON, manifest)  # last: marks the export complete
     log.info("exported step %s of %s to %s in %.1fs", restored.step, path, output, time.time() - t0)
     return manifest
 
@@ -310,11 +315,8 @@ def export(workdir: str, output: str, *, overwrite: bool = True, **kwargs: Any) 
     return export_model(workdir, output, overwrite=overwrite, **kwargs)
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
+def _write_json(path: epath.Path, obj: Any) -> None:
+    paths.write_atomic(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 def _json_default(x: Any) -> Any:

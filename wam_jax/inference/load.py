@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+from etils import epath
 
+from data_pipelines import paths
 from wam_jax import sharding
 from wam_jax.inference import artifacts
 
@@ -45,7 +47,7 @@ def inference_mesh(devices: Sequence[jax.Device] | None = None):
 def checkpoint_dir(workdir: str) -> str:
     """`WORKDIR/checkpoints` (a training workdir) or WORKDIR itself if it holds Orbax steps."""
     sub = os.path.join(workdir, "checkpoints")
-    return sub if os.path.isdir(sub) else workdir
+    return sub if epath.Path(sub).is_dir() else workdir
 
 
 def read_checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any], dict[str, Any], str]:
@@ -54,7 +56,7 @@ def read_checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, di
 
     from wam_jax.training import checkpointing
 
-    if not os.path.isdir(workdir):
+    if not epath.Path(workdir).is_dir():
         raise FileNotFoundError(f"{workdir} does not exist (expected a training workdir or an export directory)")
     ckpt_dir = checkpoint_dir(workdir)
     ck = checkpointing.Checkpointer(ckpt_dir, async_save=False)
@@ -143,8 +145,8 @@ def restore_arrays(state_dir: str, abstract: Mapping[str, Any], keys: Sequence[s
 
 def restore(path: str, step: int | None = None, *, mesh: Any = None) -> Restored:
     """A training workdir (latest checkpoint, or `step`) or a `wam-export` directory."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
+    path = paths.absolute(path)
+    if not epath.Path(path).exists():
         raise FileNotFoundError(f"{path} does not exist (expected a training workdir or an export directory)")
     mesh = mesh if mesh is not None else inference_mesh()
     if artifacts.is_export(path):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -31,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
+
+from data_pipelines import paths
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Checkpointer:
         keep_period: int = 0,
         async_save: bool = True,
     ):
-        self.directory = _abspath(directory)
+        self.directory = paths.absolute(directory)
         keep = [policies.LatestN(n=max_to_keep if max_to_keep > 0 else None)]
         if keep_period and keep_period > 0:
             keep.append(policies.EveryNSteps(interval_steps=int(keep_period)))
@@ -338,11 +339,6 @@ def os_error_text(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror} (errno {e.errno}){f': {e.filename}' if e.filename else ''}"
     return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def _abspath(path: str) -> str:
-    """Absolute local paths; URLs (gs://, s3://) unchanged."""
-    return path if "://" in path else os.path.abspath(path)
 
 
 def _jsonable(x: Any) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from data_pipelines import paths
 from wam_jax.training import tb_writer
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class JsonlWriter:
 
     def __init__(self, workdir: str, rewrite_every: int = 20):
         self.path = epath.Path(workdir) / METRICS_JSONL
-        self.local = "://" not in str(workdir)
+        self.local = not paths.is_url(workdir)
         self.rewrite_every = rewrite_every
         self._lines: list[str] = []
         self._pending = 0
@@ -200,12 +200,7 @@ def truncate_jsonl(workdir: str, last_step: int) -> None:
             continue  # a line cut by a hard kill
         if int(rec.get("step", -1)) <= last_step:
             keep.append(line + "\n")
-    if "://" in str(workdir):
-        path.write_text("".join(keep))
-        return
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    paths.write_atomic(path, "".join(keep))
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from data_pipelines import paths
 from wam_jax import config_utils, sharding
 from wam_jax.training import checkpointing, metrics, workdir_lock
 from wam_jax.training import train_step as ts
@@ -140,7 +141,7 @@ def train(
     `periodic_eval` / `export`: what `train.eval_every` / `train.export_at_end` run; without them
     those settings are skipped with a warning."""
     config_utils.validate(config)
-    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # gs:// workdirs on pods
+    workdir = paths.absolute(workdir)  # gs:// workdirs on pods stay URLs
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = _lock_workdir(workdir)
     try:
@@ -377,9 +378,9 @@ def nonfinite_message(step: int, consecutive: int, values: Mapping[str, float], 
 
 def export_final(workdir: str, export: Export) -> str | None:
     """`train.export_at_end`: the export of the final checkpoint, with its predictor, in
-    WORKDIR/export (process 0 writes it; local workdirs only, since exports are plain files): what
-    `WorldModel.load` plans with and `model.init_scope='all'` starts a next run from."""
-    if jax.process_index() != 0 or "://" in workdir:
+    WORKDIR/export (process 0 writes it; local or `gs://`): what `WorldModel.load` plans with and
+    `model.init_scope='all'` starts a next run from."""
+    if jax.process_index() != 0:
         return None
     out = os.path.join(workdir, "export")
     t0 = time.perf_counter()

@@ -32,6 +32,8 @@ from typing import Any
 
 from etils import epath
 
+from data_pipelines import paths
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "lock.json"
@@ -41,10 +43,6 @@ STALE_AFTER_S = 300.0
 
 class WorkdirLockError(RuntimeError):
     """Another live trainer holds the workdir."""
-
-
-def _is_local(workdir: str) -> bool:
-    return "://" not in workdir
 
 
 def _pid_alive(pid: int) -> bool:
@@ -122,7 +120,7 @@ def _write(path: epath.Path, info: dict[str, Any]) -> None:
 
 def _create_exclusive(path: epath.Path, info: dict[str, Any]) -> bool:
     """True if we created the lock; False if it exists."""
-    if _is_local(str(path)):
+    if not paths.is_url(path):
         # Written aside, then hard-linked into place: the lock appears whole or not at all, and
         # `link` fails if it exists (atomic create-if-absent on POSIX filesystems).
         tmp = os.fspath(path) + f".{info['run_id']}.tmp"
@@ -150,7 +148,7 @@ def acquire(workdir: str, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: 
     now = time.time()
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
             "run_id": uuid.uuid4().hex}
-    if not _is_local(workdir):
+    if paths.is_url(workdir):
         log.warning("%s: the workdir lock on an object store is checked by read-back, not created "
                     "atomically: two trainers started within a second of each other may both start", path)
     for _ in range(3):
