@@ -105,7 +105,10 @@ def test_unknown_and_mistyped_overrides(tmp_path):
 
 @pytest.mark.parametrize("key, value, fragment", [
     ("model.target", "pretrained", "--config.model.target='pretrained': expected 'ema', 'frozen' or 'online'"),
-    ("loss.sigreg", -0.1, "--config.loss.sigreg=-0.1: must be >= 0"),
+    ("loss.sigreg", -0.1, "--config.loss.sigreg=-0.1: must be a finite number >= 0"),
+    ("loss.policy", float("nan"), "--config.loss.policy=nan: must be a finite number >= 0"),
+    ("loss.label_dropout", 1.5, "--config.loss.label_dropout=1.5: must be a fraction in [0, 1]"),
+    ("loss.rollout_k", 0, "--config.loss.rollout_k=0: must be >= 1"),
     ("optim.grad_accum", 0, "--config.optim.grad_accum=0: must be >= 1"),
     ("data.global_batch_size", 0, "--config.data.global_batch_size=0: must be > 0"),
     ("data.num_frames", 1, "--config.data.num_frames=1: must be >= 2"),

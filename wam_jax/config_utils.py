@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -197,8 +198,12 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
     need(str(config.model.init_scope) != "all" or bool(str(config.model.init_from).strip()), "model.init_from",
          "is empty, but model.init_scope='all' starts every variable from it; set it to a wam_jax export "
          "written with its predictor (a run's WORKDIR/export)")
-    for name in ("sigreg", "vic_var", "vic_cov", "recon"):
-        need(float(config.loss[name]) >= 0, f"loss.{name}", "must be >= 0 (0 = off)")
+    for name in ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy", "kl_weight",
+                 "encoder_from_heads", "sigreg", "vic_var", "vic_cov", "recon"):
+        need(math.isfinite(float(config.loss[name])) and float(config.loss[name]) >= 0, f"loss.{name}",
+             "must be a finite number >= 0 (0 = off)")
+    need(0.0 <= float(config.loss.label_dropout) <= 1.0, "loss.label_dropout", "must be a fraction in [0, 1]")
+    need(int(config.loss.rollout_k) >= 1, "loss.rollout_k", "must be >= 1 (steps of the rollout term)")
     need(int(config.loss.sigreg_projections) >= 1, "loss.sigreg_projections", "must be >= 1")
     need(int(config.loss.sigreg_knots) >= 3, "loss.sigreg_knots", "must be >= 3 (trapezoid rule)")
     need(str(config.loss.collapse_samples) in ("step", "all"), "loss.collapse_samples",
