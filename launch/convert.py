@@ -75,13 +75,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe bad input: printed as one line, not a traceback."""
-    from data_pipelines import records
+    from data_pipelines import paths, records
     from data_pipelines.convert import common as convert_common
     from data_pipelines.convert import ego4d_layout as ego4d
     from data_pipelines.convert import rlds
 
     return (convert_common.ConversionError, ego4d.Ego4DLayoutError, records.DatasetFormatError,
-            rlds.RLDSFormatError, rlds.RLDSKeyError, FileExistsError, FileNotFoundError)
+            rlds.RLDSFormatError, rlds.RLDSKeyError, paths.LocalPathRequired, FileExistsError, FileNotFoundError)
 
 
 def main(argv: Sequence[str]) -> Any:

@@ -47,28 +47,28 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s] %(message)s")
-    from wam_jax.inference import eval_report, evaluation
+    from wam_jax.inference import eval_report, evaluation, load
 
+    restored = load.restore(args.workdir, args.step)  # once, for the metrics, probes and energies
     # Results first: metrics.json is written and the table printed before any plot is drawn.
-    results = evaluation.evaluate(args.workdir, data=args.data, step=args.step, max_clips=args.max_clips,
+    results = evaluation.evaluate(args.workdir, data=args.data, max_clips=args.max_clips,
                                   batch_size=args.batch_size, num_frames=args.num_frames,
                                   num_perturbations=args.num_perturbations, output_dir=args.output,
-                                  plots=False, progress=True)
+                                  plots=False, progress=True, restored=restored)
     print(eval_report.format_table(results))
     print(f"\nmetrics: {results['metrics_path']}", flush=True)
     out_dir = os.path.dirname(results["metrics_path"])
     if args.probe:
         from launch import probe
-        from wam_jax.inference import evaluation, load
 
-        res = probe.probe_pusht(load.restore(args.workdir, args.step), episodes=args.probe_episodes)
+        res = probe.probe_pusht(restored, episodes=args.probe_episodes)
         print("\n" + probe.format_probe(res))
         print(f"probe:   {evaluation.write_metrics(res, out_dir, name='probe_pusht.json')}", flush=True)
         if args.probe_tasks > 0:
             from launch import energy_agreement
             from wam_jax import WorldModel
 
-            res = energy_agreement.energy_agreement(WorldModel.load(args.workdir, args.step), tasks=args.probe_tasks)
+            res = energy_agreement.energy_agreement(WorldModel.from_restored(restored), tasks=args.probe_tasks)
             print("\n" + energy_agreement.format_agreement(res))
             print(f"energy:  {evaluation.write_metrics(res, out_dir, name='energy_agreement_pusht.json')}",
                   flush=True)
@@ -79,10 +79,12 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from data_pipelines.paths import LocalPathRequired
     from data_pipelines.records import DatasetFormatError
     from wam_jax.inference.world_model_api import IncompleteExportError, MissingStatisticsError
 
-    return (FileNotFoundError, FileExistsError, DatasetFormatError, MissingStatisticsError, IncompleteExportError)
+    return (FileNotFoundError, FileExistsError, DatasetFormatError, LocalPathRequired, MissingStatisticsError,
+            IncompleteExportError)
 
 
 def run(argv: Sequence[str] | None = None) -> None:

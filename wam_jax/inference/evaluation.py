@@ -434,7 +434,7 @@ def write_metrics(results: Mapping[str, Any], out_dir: str, name: str = METRICS_
 def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, max_clips: int | None = None,
              batch_size: int | None = None, num_frames: int | None = None, num_perturbations: int = 16,
              perturb_std: float = 1.0, output_dir: str | None = None, plots: bool = True, seed: int = 0,
-             mesh: Any = None, progress: bool = False) -> dict[str, Any]:
+             mesh: Any = None, progress: bool = False, restored: Any = None) -> dict[str, Any]:
     """Evaluates the checkpoint of `workdir` (latest or `step`); returns (and writes) the metrics.
 
     Args:
@@ -452,11 +452,13 @@ def evaluate(workdir: str, *, data: str | None = None, step: int | None = None, 
       seed: seed of the perturbations.
       mesh: device mesh for the model (default: all devices, see `WorldModel.load`).
       progress: print a progress line about every tenth of the batches (`wam-eval`).
+      restored: the model already restored from `workdir` (`load.restore`), instead of reading it
+        again (then `step` and `mesh` are the restore's).
     """
     from wam_jax.inference import load
 
     t0 = time.perf_counter()
-    restored = load.restore(workdir, step, mesh=mesh)
+    restored = restored if restored is not None else load.restore(workdir, step, mesh=mesh)
     if restored.model is None:
         raise ValueError(f"{workdir}: evaluation needs the predictor (an encoder-only export cannot be evaluated)")
     evaluator = Evaluator(restored.config, restored.info, data=data, max_clips=max_clips, batch_size=batch_size,

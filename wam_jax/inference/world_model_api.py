@@ -112,7 +112,12 @@ class WorldModel:
 
         `mesh`: default all devices (`load.inference_mesh`); `embodiment`: the default action space.
         """
-        r = load.restore(path, step, mesh=mesh)
+        return cls.from_restored(load.restore(path, step, mesh=mesh), embodiment=embodiment)
+
+    @classmethod
+    def from_restored(cls, r: load.Restored, *, embodiment: str | None = None) -> WorldModel:
+        """The model of an already restored checkpoint or export (`load.restore`): one read serves
+        several consumers (`wam-eval`'s metrics, probes and energies)."""
         return cls(config=r.config, info=r.info, step=r.step, path=r.path, kind=r.kind, mesh=r.mesh,
                    model=r.model, target=r.target, embodiment=embodiment,
                    abstract_model=None if r.model is not None else r.abstract.module())
