@@ -24,12 +24,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 # What fits the demo's 10 minutes on 2 cores (BENCHMARKS.md §6.1); the recipe config's docstring
 # gives the larger set.
 DEMO_SIZES = dict(labeled_episodes=300, video_episodes=100, test_episodes=20, random_fraction=0.5)
 DEMO_PLAN_EPISODES = 5
 DEMO_STEPS = 600  # of the recipe's 2000
+# The settings that make a run's result: a saved run that differs in one is not resumed.
+RECIPE = ("seed", "model.", "loss.", "data.", "optim.")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -47,6 +50,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def recipe_changes(workdir: str, config: Any) -> list[str]:
+    """The recipe settings (`RECIPE`) in which the run saved in `workdir` differs from `config`;
+    empty without a saved run. Resuming a finished run of an older recipe would otherwise train
+    nothing and print the old model's numbers as this recipe's."""
+    from wam_jax import config_utils
+    from wam_jax.inference import load
+
+    try:
+        _, saved, _, _ = load.read_checkpoint_meta(workdir)
+    except FileNotFoundError:
+        return []
+    old = config_utils.flat_hparams(config_utils.restore_config(saved))
+    new = config_utils.flat_hparams(config)
+    return sorted(k for k in set(old) | set(new) if k.startswith(RECIPE) and old.get(k) != new.get(k))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -61,14 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     converted = os.path.join(args.data, "converted")
 
     from launch import train as train_launch
+    from wam_jax import config_utils
 
     t0 = time.perf_counter()
-    train_argv = ["wam-train", f"--config={args.config}", f"--workdir={args.workdir}",
-                  f"--config.data.mixture={converted}/pusht_labeled",
-                  f"--config.train.num_steps={DEMO_STEPS}",
-                  "--config.train.export_at_end=False",  # exported below, to --export
-                  *args.overrides]
-    code = train_launch.main(train_argv)
+    overrides = [f"--config.data.mixture={converted}/pusht_labeled", f"--config.train.num_steps={DEMO_STEPS}",
+                 "--config.train.export_at_end=False",  # exported below, to --export
+                 *args.overrides]
+    changed = recipe_changes(args.workdir, config_utils.load_config(args.config, overrides))
+    if changed:
+        old = f"{args.workdir.rstrip('/')}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(args.workdir, old)
+        print(f"{args.workdir} holds a run of another recipe ({', '.join(changed[:5])}"
+              f"{' ...' if len(changed) > 5 else ''}): moved to {old}; training afresh", flush=True)
+    code = train_launch.main(["wam-train", f"--config={args.config}", f"--workdir={args.workdir}", *overrides])
     if code:
         return code
     timings["train"] = time.perf_counter() - t0
@@ -77,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wam_jax.inference import eval_report, evaluation, export, load
 
     t0 = time.perf_counter()
-    results = evaluation.evaluate(args.workdir, data=os.path.join(converted, "pusht_test"))
-    probed = probe.probe_pusht(load.restore(args.workdir), episodes=30)
+    restored = load.restore(args.workdir)
+    results = evaluation.evaluate(args.workdir, data=os.path.join(converted, "pusht_test"), restored=restored)
+    probed = probe.probe_pusht(restored, episodes=30)
     evaluation.write_metrics(probed, os.path.dirname(results["metrics_path"]), name="probe_pusht.json")
     timings["eval + probe"] = time.perf_counter() - t0
     planned = None
