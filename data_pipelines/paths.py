@@ -11,6 +11,7 @@ Cloud Storage FUSE mount, and `local_only` says so instead of failing on a mangl
 from __future__ import annotations
 
 import os
+import uuid
 
 GCSFUSE_HINT = ("mount the bucket with Cloud Storage FUSE (`gcsfuse --implicit-dirs BUCKET /mnt/BUCKET`) "
                 "and give the path under the mount (`/mnt/BUCKET/...`)")
@@ -42,8 +43,9 @@ def local_only(path: str | os.PathLike, what: str) -> str:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Whole or not at all: local files through a temporary name renamed into place; an object
-    store's single upload is whole already (and a rename there is a copy and a delete)."""
+    """Whole or not at all: local files through a temporary name (unique to the writer, so two
+    processes writing the same file never share one) renamed into place; an object store's single
+    upload is whole already (and a rename there is a copy and a delete)."""
     from etils import epath
 
     path = epath.Path(path)
@@ -51,6 +53,6 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     if is_url(path):
         path.write_bytes(data)
         return
-    tmp = path.parent / (path.name + ".tmp")
+    tmp = path.parent / f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_bytes(data)
     tmp.replace(path)

@@ -22,6 +22,7 @@ wrote, including `DIR` itself when it left it empty.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import multiprocessing as mp
@@ -313,8 +314,8 @@ def _cleanup_outputs(out_dir: str, plans: Sequence[ShardPlan], created_dir: bool
     shutil.rmtree(os.path.join(out_dir, PROGRESS_DIR), ignore_errors=True)
     written = [f for plan in plans for f in records.shard_files(plan.name)]
     for name in (*written, records.DATASET_JSON, records.STATS_JSON, records.MANIFEST_JSON):
-        for p in (name, name + ".tmp"):
-            path = os.path.join(out_dir, p)
+        # the file and its temporaries (`paths.write_atomic` names them NAME.<writer>.tmp)
+        for path in (os.path.join(out_dir, name), *glob.glob(os.path.join(out_dir, glob.escape(name) + "*.tmp"))):
             if os.path.exists(path):
                 os.remove(path)
     if os.path.isdir(out_dir) and not os.listdir(out_dir) and created_dir:

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines import paths
+
 EGO4D_JSON = "ego4d.json"
 NARRATION_JSON = "narration.json"
 VIDEO_DIRS = ("full_scale", "video_540ss", "clips")
@@ -427,7 +429,4 @@ class Ego4DLayoutWriter:
 
 def _write_json(path: str, obj: Any) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    paths.write_atomic(path, json.dumps(obj))

@@ -113,9 +113,7 @@ def _read(path: epath.Path) -> dict[str, Any]:
 
 
 def _write(path: epath.Path, info: dict[str, Any]) -> None:
-    tmp = path.parent / f"{path.name}.{info['run_id']}.tmp"
-    tmp.write_text(json.dumps(info))
-    tmp.replace(path)
+    paths.write_atomic(path, json.dumps(info))
 
 
 def _create_exclusive(path: epath.Path, info: dict[str, Any]) -> bool:
