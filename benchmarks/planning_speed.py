@@ -99,7 +99,7 @@ def planning_flops(preset: str, image: int, patch: int, planner: Any, context: A
     one = planner.replace(num_iterations=1)
     plan = wm._build_planner(one, space, "last")
     bounds = space.bounds()
-    ctx = (wm._model_state, context, goal, jax.numpy.int32(space.embodiment_id))
+    ctx = (wm._model_state, context, goal, jax.numpy.int32(space.embodiment_id), None, None, None)
     with jax.set_mesh(wm.mesh):
         lowered = plan.lower(ctx, jax.random.key(0), bounds.lower, bounds.upper, None)
     cost = lowered.cost_analysis()

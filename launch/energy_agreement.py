@@ -13,7 +13,9 @@ Then, per task, the Spearman rank correlation between that outcome cost and
   model energy    the planner's energy: L1 from the predicted last latent to the goal's
   latent energy   the same L1 on the *encoded real outcome* (the energy with a perfect predictor)
   pixels          L1 between the real outcome frame and the goal image
-and between the model and latent energies (does the predictor track its own cost?), and the
+and, given the directions the agent's position explains (`wam-plan --cost=scene`), the model and
+latent energies without them ("scene"); and between the model and latent energies (does the
+predictor track its own cost?), and the
 outcome cost of each energy's best candidate next to the best and the median candidate; and the
 predictor's error on the final latent next to how far the goal's latent moves when its block
 moves 20 px (the success tolerance: what the energy must resolve). A low
@@ -31,7 +33,7 @@ import numpy as np
 
 from wam_jax.inference.probes import spearman
 
-ENERGIES = ("model energy", "latent energy", "pixels", "decoded energy")
+ENERGIES = ("model energy", "latent energy", "scene model energy", "scene latent energy", "pixels", "decoded energy")
 
 
 def score_task(cost: np.ndarray, energies: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -87,11 +89,13 @@ def _block_sensitivity(wm: Any, env: Any, task: Any, goal_z: np.ndarray, size: i
 
 
 def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, horizon: int = 5,
-                     seed: int = 0) -> dict[str, Any]:
-    """The table's numbers for a loaded `WorldModel` (mean and sd over tasks) plus per-task rows."""
+                     seed: int = 0, scene_basis: np.ndarray | None = None) -> dict[str, Any]:
+    """The table's numbers for a loaded `WorldModel` (mean and sd over tasks) plus per-task rows;
+    the scene energies too, given `scene_basis` (`WorldModel.state_subspace`)."""
     from launch.plan import make_tasks, observe
     from sim import pusht
     from sim.success import pose_error
+    from wam_jax.inference.state_subspace import remove_subspace
 
     t0 = time.perf_counter()
     size, space = wm.image_size, wm.action_space()
@@ -120,18 +124,24 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
             pred = np.asarray(wm.predict(np.broadcast_to(z0, (k, 1) + z0.shape), acts, proprio=proprio))
             model_e = np.abs(pred[:, -1] - goal_z).mean(axis=(-2, -1))
             latent_e, pixel_e, cost, pred_err = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
+            real = np.zeros((k, goal_z.size), np.float32)
             for i, seq in enumerate(steps):
                 pusht.reset_to_state(env, task.start_state, seed=task.seed)
                 for a in seq:
                     env.step(a)
                 frame = observe(env, size)
                 real_z = np.asarray(wm.encode(frame))
+                real[i] = real_z.reshape(-1)
                 latent_e[i] = np.abs(real_z - goal_z).mean()
                 pred_err[i] = np.abs(pred[i, -1] - real_z).mean()
                 pixel_e[i] = np.abs(frame.astype(np.float32) - goal_px).mean()
                 pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)
                 cost[i] = pos + ang
             energies = {"model energy": model_e, "latent energy": latent_e, "pixels": pixel_e}
+            if scene_basis is not None:
+                goal_s = remove_subspace(goal_z.reshape(1, -1), scene_basis)
+                for name, z in (("scene model energy", pred[:, -1].reshape(k, -1)), ("scene latent energy", real)):
+                    energies[name] = np.abs(remove_subspace(z, scene_basis) - goal_s).mean(axis=1)
             if wm.has_decoder:  # the planner's --cost=decoded: frames drawn from prediction and goal
                 drawn = wm.decode(np.concatenate([pred[:, -1], goal_z[None]])).astype(np.float32)
                 energies["decoded energy"] = np.abs(drawn[:-1] - drawn[-1]).mean(axis=(-3, -2, -1))
@@ -160,18 +170,18 @@ def format_agreement(res: dict[str, Any]) -> str:
     s = res["summary"]
     lines = [f"Planning energy vs the simulator ({res['tasks']} wam-plan tasks x {res['candidates']} "
              f"sequences of {res['horizon']} model steps; outcome cost = block px + deg error)",
-             f"  {'energy':<16s}{'Spearman with cost':>20s}{'cost of its best':>18s}"]
+             f"  {'energy':<20s}{'Spearman with cost':>20s}{'cost of its best':>18s}"]
     names = [n for n in ENERGIES if f"rho/{n}" in s]
     for name in names:
         r, c = s[f"rho/{name}"], s[f"chosen/{name}"]
-        lines.append(f"  {name:<16s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
-    lines.append(f"  {'(best / median candidate)':<36s}{s['best']['mean']:>14.1f} / {s['median']['mean']:.1f}")
+        lines.append(f"  {name:<20s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
+    lines.append(f"  {'(best / median candidate)':<40s}{s['best']['mean']:>14.1f} / {s['median']['mean']:.1f}")
     if "near demo/best" in s:
         lines.append("  near the demonstration (its actions + noise of std 0..60 px):")
         for name in names:
             r, c = s[f"near demo/rho/{name}"], s[f"near demo/chosen/{name}"]
-            lines.append(f"  {name:<16s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
-        lines.append(f"  {'(best / median candidate)':<36s}{s['near demo/best']['mean']:>14.1f} / "
+            lines.append(f"  {name:<20s}{r['mean']:>12.2f} ± {r['sd']:.2f}{c['mean']:>14.1f}")
+        lines.append(f"  {'(best / median candidate)':<40s}{s['near demo/best']['mean']:>14.1f} / "
                      f"{s['near demo/median']['mean']:.1f}")
     if "rho/model vs latent energy" in s:
         r = s["rho/model vs latent energy"]

@@ -60,15 +60,24 @@ def main(argv: Sequence[str]) -> int:
     out_dir = os.path.dirname(results["metrics_path"])
     if args.probe:
         from launch import probe
+        from launch.plan import scene_subspace
+        from wam_jax import WorldModel
 
-        res = probe.probe_pusht(restored, episodes=args.probe_episodes)
+        wm = WorldModel.from_restored(restored)
+        try:  # the latent directions the agent's position explains, fitted on the training data
+            basis, scene = scene_subspace(wm, None, 2048, 0)
+            print(f"scene:   {scene['rank']} of {scene['latent_dim']} latent directions explained by the proprio "
+                  f"({100 * scene['variance_share']:.0f}% of the variance)")
+        except (OSError, ValueError) as e:  # no training data here, or none with proprio
+            basis = None
+            print(f"scene:   skipped ({e})")
+        res = probe.probe_pusht(restored, episodes=args.probe_episodes, scene_basis=basis)
         print("\n" + probe.format_probe(res))
         print(f"probe:   {evaluation.write_metrics(res, out_dir, name='probe_pusht.json')}", flush=True)
         if args.probe_tasks > 0:
             from launch import energy_agreement
-            from wam_jax import WorldModel
 
-            res = energy_agreement.energy_agreement(WorldModel.from_restored(restored), tasks=args.probe_tasks)
+            res = energy_agreement.energy_agreement(wm, tasks=args.probe_tasks, scene_basis=basis)
             print("\n" + energy_agreement.format_agreement(res))
             print(f"energy:  {evaluation.write_metrics(res, out_dir, name='energy_agreement_pusht.json')}",
                   flush=True)

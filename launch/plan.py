@@ -174,12 +174,12 @@ class PlannerController:
 
     def __init__(self, wm: Any, config: Any, *, execute: int = 1, seed: int = 0, name: str = "planner",
                  warm_start: str = "previous", context_proprio: bool = False, decoder: Any = None,
-                 cost: str = "latent"):
+                 cost: str = "latent", scene_basis: Any = None):
         if warm_start not in WARM_STARTS:
             raise ValueError(f"--warm_start={warm_start!r}; expected one of {WARM_STARTS}")
         if decoder is not None and warm_start == "policy" and decoder.encode is None:
             raise ValueError(f"--warm_start=policy: the search {decoder.name!r} cannot start from actions")
-        self.decoder, self.cost = decoder, cost
+        self.decoder, self.cost, self.scene_basis = decoder, cost, scene_basis
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
         self.context_proprio = bool(context_proprio)
@@ -212,7 +212,8 @@ class PlannerController:
                 init = self.decoder.encode(init, np.asarray(agent, np.float32))
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,
                                    context_proprio=agent if self.context_proprio else None,
-                                   decoder=self.decoder, anchor=np.asarray(agent, np.float32), cost=self.cost)
+                                   decoder=self.decoder, anchor=np.asarray(agent, np.float32), cost=self.cost,
+                                   scene_basis=self.scene_basis)
         actions = np.asarray(res.actions)
         self.times.append(time.perf_counter() - t0)
         n = min(self.execute, actions.shape[0])
@@ -380,9 +381,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="what CEM samples: 'box' the model's actions in the data's q01..q99 box; 'walk' "
                         "per-step moves of the agent's target from the agent (launch/plan.py walk_decoder)")
     p.add_argument("--walk_step_px", type=float, default=50.0, help="--actions=walk: largest move per model step")
-    p.add_argument("--cost", default="latent", choices=["latent", "decoded"],
-                   help="the energy: L1 to the goal latents, or between the frames the model's frame decoder "
-                        "draws from the prediction and from the goal (models trained with model.decoder)")
+    p.add_argument("--cost", default="latent", choices=["latent", "decoded", "scene"],
+                   help="the energy: L1 to the goal latents; between the frames the model's frame decoder "
+                        "draws from the prediction and from the goal (models trained with model.decoder); "
+                        "scene: L1 to the goal latents without the directions the agent's position explains")
+    p.add_argument("--scene_data", default=None,
+                   help="--cost=scene: converted dataset whose frames and proprio fit those directions "
+                        "(default: the first dataset of the model's training mixture)")
+    p.add_argument("--scene_frames", type=int, default=2048, help="--cost=scene: frames sampled to fit them")
     p.add_argument("--warm_start", default="previous", choices=list(WARM_STARTS),
                    help="CEM's initial mean: the previous plan shifted, or the policy head's chunk")
     p.add_argument("--context_proprio", default="on", choices=["on", "off"],
@@ -396,6 +402,26 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="JSON output (default: WORKDIR/plan/pusht_<preset>.json)")
     p.add_argument("--log_level", default="WARNING")
     return p.parse_args(list(argv))
+
+
+def scene_subspace(wm: Any, data: str | None, frames: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """`--cost=scene`'s basis, fitted on `frames` frames of `data` (default: the first dataset of
+    the model's training mixture), and what to record of it."""
+    from data_pipelines.frame_sample import sample_frames
+    from data_pipelines.mixture import parse_mixture
+    from wam_jax.inference.state_subspace import explained_share
+
+    data = data or parse_mixture(str(wm.config.data.mixture))[0][0]
+    t0 = time.perf_counter()
+    video, proprio = sample_frames(data, image_size=wm.image_size, count=frames, seed=seed)
+    basis = wm.state_subspace(video, proprio)
+    z = np.asarray(wm.encode(video[:256])).reshape(min(256, len(video)), -1)
+    info = {"data": paths.absolute(data), "frames": len(video), "rank": int(basis.shape[1]),
+            "latent_dim": int(basis.shape[0]), "variance_share": explained_share(z, basis),
+            "seconds": time.perf_counter() - t0}
+    log.info("scene cost: %d of %d latent directions explained by the proprio (%.0f%% of the variance), from %d "
+             "frames of %s", info["rank"], info["latent_dim"], 100 * info["variance_share"], len(video), data)
+    return basis, info
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
@@ -434,9 +460,11 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         name = name[:-1] + f", walk {args.walk_step_px:g} px)"
     if args.cost != "latent":
         name = name[:-1] + f", {args.cost} cost)"
+    basis, scene = (scene_subspace(wm, args.scene_data, args.scene_frames, args.seed) if args.cost == "scene"
+                    else (None, None))
     controllers: list[Any] = [PlannerController(wm, cfg, execute=args.execute, seed=args.seed, name=name,
                                                 warm_start=args.warm_start, context_proprio=use_proprio,
-                                                decoder=decoder, cost=args.cost)]
+                                                decoder=decoder, cost=args.cost, scene_basis=basis)]
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in baselines:
         if b == "policy":
@@ -456,7 +484,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
               "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
               "goal_offset": args.goal_offset, "execute": args.execute, "warm_start": args.warm_start,
               "context_proprio": use_proprio, "actions": args.actions, "walk_step_px": args.walk_step_px, "cost": args.cost,
-              "results": results}
+              "scene": scene, "results": results}
     out = paths.absolute(args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json"))
     out = write_metrics(record, os.path.dirname(out), os.path.basename(out))  # local or gs://
     print(format_results(results, header))

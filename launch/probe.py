@@ -54,8 +54,11 @@ def _encode_all(model: Any, encoder: Any, frames: np.ndarray, batch: int = 64) -
     return np.concatenate(out).reshape(len(frames), -1)
 
 
-def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0) -> dict[str, Any]:
-    """Probe R^2 per target for the trained encoder, a randomly initialised one and pixels."""
+def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0, scene_basis: np.ndarray | None = None
+                ) -> dict[str, Any]:
+    """Probe R^2 per target for the trained encoder, a randomly initialised one and pixels; with
+    `scene_basis` (`WorldModel.state_subspace`), also the trained latents without its directions
+    (what `wam-plan --cost=scene` measures distance in)."""
     from flax import nnx
 
     from wam_jax.inference import probes
@@ -74,6 +77,10 @@ def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0) -> dict[str
         "random-init encoder": _encode_all(fresh, fresh.encoder, frames),
         "pixels": frames.reshape(len(frames), -1).astype(np.float32) / 255.0,
     }
+    if scene_basis is not None:
+        from wam_jax.inference.state_subspace import remove_subspace
+
+        features["trained, agent removed"] = remove_subspace(features["trained encoder"], scene_basis)
     out: dict[str, Any] = {"episodes": episodes, "frames": int(len(frames)), "stride": stride,
                            "targets": list(TARGETS), "probes": {}}
     for name, x in features.items():

@@ -34,6 +34,18 @@ def test_decoder_shapes_and_target():
     np.testing.assert_allclose(small[1, 3, 5], video[1, 6:8, 10:12].mean(axis=(0, 1)))
 
 
+def test_decoder_sizes_off_powers_of_two():
+    """PushT's native 96-px frames: a 3 x 3 first map doubled five times; 20 (5 x 4) has no such
+    factorization and is refused, as is a size that does not divide the image."""
+    assert decoder.first_map(64) == (4, 4) and decoder.first_map(96) == (3, 5) and decoder.first_map(4) == (4, 0)
+    dec = decoder.FrameDecoder(1, 8, 96, 16, rngs=nnx.Rngs(0))
+    assert dec(jnp.ones((2, 1, 8))).shape == (2, 96, 96, 3)
+    decoder.check_size(48, 96)
+    for size, image in ((20, 40), (64, 96), (5, 10)):
+        with pytest.raises(ValueError, match=f"model.decoder.size={size}: expected 0"):
+            decoder.check_size(size, image)
+
+
 def test_recon_trains_the_decoder_and_the_encoder_only():
     cfg = _cfg()
     model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))

@@ -270,19 +270,24 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
 
 def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
     """`wam-eval --probe=pusht`'s work: fresh simulator episodes at the model's frame size, ridge
-    probes for the trained encoder, a random-init one and pixels, each on held-out episodes."""
+    probes for the trained encoder, a random-init one, pixels, and the trained latents without the
+    directions the proprio explains (`wam-plan --cost=scene`'s), each on held-out episodes."""
     from launch import probe
+    from launch.plan import scene_subspace
     from tests.test_world_model_api import shared_workdir
+    from wam_jax import WorldModel
     from wam_jax.inference import load
 
     workdir, _ = shared_workdir(tmp_path_factory)
     restored = load.restore(workdir)
-    res = probe.probe_pusht(restored, episodes=4)
-    assert set(res["probes"]) == {"trained encoder", "random-init encoder", "pixels"}
+    basis, _ = scene_subspace(WorldModel.from_restored(restored), None, 64, 0)
+    res = probe.probe_pusht(restored, episodes=4, scene_basis=basis)
+    assert set(res["probes"]) == {"trained encoder", "random-init encoder", "pixels", "trained, agent removed"}
     s = int(restored.config.model.image_size)
     assert res["probes"]["pixels"]["feature_dim"] == s * s * 3
     n, d = restored.target.latent_shape
-    assert res["probes"]["trained encoder"]["feature_dim"] == n * d
+    assert res["probes"]["trained encoder"]["feature_dim"] == n * d == res["probes"]["trained, agent removed"][
+        "feature_dim"]
     for r in res["probes"].values():
         assert set(r["r2"]) == set(probe.TARGETS) and r["test_groups"] == 1
         assert all(np.isfinite(v) for v in r["r2"].values())
@@ -316,20 +321,24 @@ def test_energy_agreement_scores_rank_order_and_the_chosen_outcome() -> None:
 
 def test_energy_agreement_on_a_tiny_workdir(tmp_path_factory) -> None:
     from launch import energy_agreement
+    from launch.plan import scene_subspace
     from tests.test_world_model_api import shared_workdir
     from wam_jax import WorldModel
 
     workdir, _ = shared_workdir(tmp_path_factory)
-    res = energy_agreement.energy_agreement(WorldModel.load(workdir), tasks=2, num_candidates=6, horizon=2)
+    wm = WorldModel.load(workdir)
+    res = energy_agreement.energy_agreement(wm, tasks=2, num_candidates=6, horizon=2,
+                                            scene_basis=scene_subspace(wm, None, 64, 0)[0])
     assert res["tasks"] == 2 and len(res["per_task"]) == 2
     # Spearman is nan where an energy or the outcome is constant (the tiny model at stride 1 moves
     # the block little in 2 steps); otherwise in [-1, 1].
-    for name in ("model energy", "latent energy", "pixels"):  # "decoded energy": tests/test_decoder.py
+    for name in ("model energy", "latent energy", "scene model energy", "scene latent energy",
+                 "pixels"):  # "decoded energy": tests/test_decoder.py
         rho = res["summary"][f"rho/{name}"]["mean"]
         assert np.isnan(rho) or -1.0 <= rho <= 1.0
         assert res["summary"]["best"]["mean"] <= res["summary"][f"chosen/{name}"]["mean"]
     assert res["summary"]["prediction error"]["mean"] > 0 and res["summary"]["block 20 px"]["mean"] > 0
-    assert "latent energy" in energy_agreement.format_agreement(res)
+    assert "scene latent energy" in energy_agreement.format_agreement(res)
 
 
 def test_walk_decoder_moves_the_target_from_the_agent_in_bounded_steps() -> None:

@@ -4,7 +4,9 @@ Each candidate sequence is rolled out by the predictor from the context latents;
 the L1 distance of the predicted latents to the goal latents (`cost='latent'`, V-JEPA 2-AC /
 DINO-WM), or of the frames the model's frame decoder draws from both (`cost='decoded'`, a model
 trained with `model.decoder`): a cost in what the frames show, whatever the latent spends its
-dimensions on.
+dimensions on; or the latent L1 without the directions the robot's own state explains
+(`cost='scene'`, `wam_jax.inference.state_subspace`): a cost in what the robot moves, not where
+the goal frame shows the robot.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import jax.numpy as jnp
 
 from wam_jax.inference import planning
 from wam_jax.inference.action_space import ActionSpace
+from wam_jax.inference.state_subspace import remove_subspace
 
-COSTS = ("latent", "decoded")
+COSTS = ("latent", "decoded", "scene")
 
 
 def context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.Array, emb: jax.Array
@@ -32,18 +35,21 @@ def context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.A
     return model.conditioning(z, jnp.pad(a, observed), jnp.pad(mask, observed), emb, use_action).cond
 
 
-def check_cost(cost: str, has_decoder: bool) -> None:
+def check_cost(cost: str, has_decoder: bool, has_basis: bool = False) -> None:
     if cost not in COSTS:
         raise ValueError(f"cost={cost!r}; expected one of {COSTS}")
     if cost == "decoded" and not has_decoder:
         raise ValueError("cost='decoded' needs a model trained with a frame decoder (model.decoder.size > 0, "
                          "loss.recon > 0)")
+    if cost == "scene" and not has_basis:
+        raise ValueError("cost='scene' needs scene_basis, the latent directions the robot's state explains "
+                         "(WorldModel.state_subspace)")
 
 
 def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, steps: str, *,
                   decoder: planning.ActionDecoder | None = None, cost: str = "latent", mesh: Any = None):
     """A jitted `plan(ctx, key, lower, upper, init_mean)` over `ctx = (model state, context latents,
-    goal latents, embodiment id, proprio or None, decoder anchor or None)`."""
+    goal latents, embodiment id, proprio or None, decoder anchor or None, scene basis or None)`."""
     from flax import nnx
 
     from data_pipelines.transforms import NORM_CLIP, action_norm
@@ -52,7 +58,7 @@ def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, s
     offset, scale = (jnp.asarray(x) for x in action_norm(space.mean, space.std, space.is_delta, space.stride))
 
     def energy(actions, ctx):
-        state, z_ctx, goal, emb_id, proprio, anchor = ctx
+        state, z_ctx, goal, emb_id, proprio, anchor, basis = ctx
         if decoder is not None:  # variables -> robot units -> the model's normalized actions
             actions = jnp.clip((decoder.fn(actions, anchor) - offset) / scale, -NORM_CLIP, NORM_CLIP)
         model = nnx.merge(graph, state)
@@ -68,6 +74,9 @@ def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, s
             frames = model.frame_decoder(preds[:, -1:] if steps == "last" else preds)  # draw only what counts
             preds = frames.reshape(*frames.shape[:2], -1, 3)
             goal = model.frame_decoder(goal[None]).reshape(-1, 3)
+        elif cost == "scene":  # [S, H, N * D] as one token, without the robot state's directions
+            preds = remove_subspace(preds.reshape(*preds.shape[:2], 1, -1), basis)
+            goal = remove_subspace(goal.reshape(1, -1), basis)
         return planning.latent_goal_energy(preds, goal, steps=steps)
 
     return planning.make_planner(energy, cfg, action_dim=decoder.dim if decoder else space.dim, mesh=mesh)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wam_jax.inference import load, plan_energy, planning
+from wam_jax.inference import load, plan_energy, planning, state_subspace
 from wam_jax.inference.action_space import ActionSpace, action_spaces_from_info
 from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError, check_frames
 from wam_jax.inference.load import inference_mesh
@@ -206,6 +206,16 @@ class WorldModel:
         z = self._call(self._fn("encode", build), self._model_state, self._target_state, jnp.asarray(video))
         return z.reshape(lead + z.shape[-2:])
 
+    def state_subspace(self, frames: ArrayLike, proprio: ArrayLike, *, batch: int = 256, **fit: Any
+                       ) -> np.ndarray:
+        """Orthonormal basis `[N * D, r]` of the latent directions a polynomial of the robot's state
+        explains, from frames `[n, H, W, 3]` and their proprio `[n, P]` (e.g. a sample of the
+        training data: `data_pipelines.frame_sample`): `plan(..., cost='scene')` plans without
+        them. `fit`: `state_subspace.fit_state_subspace`'s options."""
+        video = np.asarray(frames)
+        z = np.concatenate([np.asarray(self.encode(video[i:i + batch])) for i in range(0, len(video), batch)])
+        return state_subspace.fit_state_subspace(z, np.asarray(proprio), **fit)
+
     def decode(self, latents: ArrayLike) -> np.ndarray:
         """Latents `[..., N, D]` (encoded or predicted) -> the frames the model's frame decoder
         draws from them, uint8 RGB `[..., s, s, 3]` at `model.decoder.size`: what an imagined
@@ -370,7 +380,8 @@ class WorldModel:
 
     def plan(self, observation: ArrayLike, goal: ArrayLike, *, preset: str | planning.PlannerConfig = "vjepa2_ac",
              key: jax.Array | int = 0, init_mean: ArrayLike | None = None, embodiment: str | int | None = None,
-             resize: bool = False, steps: str = "last", cost: str = "latent") -> planning.PlanResult:
+             resize: bool = False, steps: str = "last", cost: str = "latent", scene_basis: ArrayLike | None = None
+             ) -> planning.PlanResult:
         """Plans `H` actions taking `observation` to `goal` (uint8 images) by latent-space CEM/MPPI.
 
         observation: `[H, W, 3]` (current frame) or `[C, H, W, 3]` (context, newest last).
@@ -390,14 +401,14 @@ class WorldModel:
         z_obs = self.encode(obs if obs.ndim == 4 else obs[None], resize=resize)
         z_goal = self.encode(g, resize=resize)
         return self.plan_latents(z_obs, z_goal, preset=preset, key=key, init_mean=init_mean,
-                                 embodiment=embodiment, steps=steps, cost=cost)
+                                 embodiment=embodiment, steps=steps, cost=cost, scene_basis=scene_basis)
 
     def plan_latents(self, context_latents: ArrayLike, goal_latents: ArrayLike, *,
                      preset: str | planning.PlannerConfig = "vjepa2_ac", key: jax.Array | int = 0,
                      init_mean: ArrayLike | None = None, embodiment: str | int | None = None,
                      steps: str = "last", context_proprio: ArrayLike | None = None,
                      decoder: planning.ActionDecoder | None = None, anchor: ArrayLike | None = None,
-                     cost: str = "latent") -> planning.PlanResult:
+                     cost: str = "latent", scene_basis: ArrayLike | None = None) -> planning.PlanResult:
         """`plan` on latents: context `[N, D]` / `[C, N, D]`, goal `[N, D]`; robot-unit results.
 
         `context_proprio`: the robot's proprio at the context frames (`[P]` / `[C, P]`, robot
@@ -406,9 +417,11 @@ class WorldModel:
         `decoder` (with its `anchor`): search its variables instead of the actions (`init_mean`
         is then in variables, and the result's `variables` holds their mean).
         `cost`: 'latent' (L1 to the goal latents) or 'decoded' (L1 between the frames the model's
-        frame decoder draws from the prediction and from the goal; `wam_jax.inference.plan_energy`)."""
+        frame decoder draws from the prediction and from the goal; `wam_jax.inference.plan_energy`)
+        or 'scene' (L1 to the goal latents without the directions of `scene_basis`, `[N * D, r]`
+        from `state_subspace`: what the robot's own state explains)."""
         self._need_model("plan")
-        plan_energy.check_cost(cost, self.has_decoder)
+        plan_energy.check_cost(cost, self.has_decoder, scene_basis is not None)
         space = self.action_space(embodiment)
         cfg = self.planner_config(preset)
         z = self._latents(context_latents, "context_latents", 2, 3)
@@ -443,7 +456,12 @@ class WorldModel:
         if isinstance(key, int):
             key = jax.random.key(key)
         anchor_arr = None if decoder is None else jnp.asarray(_real_array(anchor, "anchor", "an array"))
-        ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id), proprio, anchor_arr)
+        basis = None
+        if cost == "scene":
+            basis = jnp.asarray(_real_array(scene_basis, "scene_basis", "[N * D, r]"), jnp.float32)
+            if basis.ndim != 2 or basis.shape[0] != goal.size:
+                raise ValueError(f"scene_basis has shape {basis.shape}; expected [N * D, r] with N * D = {goal.size}")
+        ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id), proprio, anchor_arr, basis)
         res = planner(ctx, key, bounds.lower, bounds.upper, mean0)
         if decoder:
             decode = lambda u: np.asarray(decoder.fn(jnp.asarray(u)[None], anchor_arr)[0])  # noqa: E731

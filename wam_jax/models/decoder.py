@@ -7,13 +7,11 @@ BENCHMARKS.md §11.12, where a 32 x 32 decoder at weight 1 did not change that o
 frames also show what a prediction holds (`WorldModel.decode`) and give the planner a cost in
 frame space (`cost='decoded'`). The predictor and the export do not use it.
 
-`Linear -> [4, 4, width]`, then per doubling: nearest upsampling and two 3x3 convolutions (GELU),
+`Linear -> [s, s, width]` (s = 3 or 4: 4 for powers of two, 3 for PushT's native 96 px), then per doubling: nearest upsampling and two 3x3 convolutions (GELU),
 halving the width, and a 3x3 convolution to RGB in the encoder's normalized pixel space.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -23,16 +21,29 @@ from wam_jax.models.linear import linear
 from wam_jax.models.ops import gelu
 from wam_jax.models.partitioning import mesh_optional, normal_init, zeros_init
 
-BASE = 4  # the first feature map is BASE x BASE
+
+def first_map(size: int) -> tuple[int, int]:
+    """(side of the first feature map, number of doublings): size = side * 2^doublings with side 3
+    or 4 (64 -> 4 * 2^4, 96 -> 3 * 2^5); raises for other sizes."""
+    doublings = 0
+    while size > 4 and size % 2 == 0:
+        size, doublings = size // 2, doublings + 1
+    if size not in (3, 4):
+        raise ValueError("not 3 or 4 x a power of two")
+    return size, doublings
 
 
 def check_size(size: int, image_size: int) -> None:
-    """`model.decoder.size`: 0 (no decoder) or BASE * 2^k dividing the image size."""
+    """`model.decoder.size`: 0 (no decoder) or 3 or 4 x 2^k dividing the image size."""
     if size == 0:
         return
-    k = math.log2(size / BASE) if size >= BASE else -1.0
-    if k < 0 or k != int(k) or image_size % size:
-        raise ValueError(f"model.decoder.size={size}: expected 0 (no decoder) or {BASE} x a power of two "
+    try:
+        first_map(size)
+        ok = image_size % size == 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"model.decoder.size={size}: expected 0 (no decoder) or 3 or 4 x a power of two "
                          f"that divides model.image_size={image_size} (e.g. {min(32, image_size)})")
 
 
@@ -45,8 +56,8 @@ class FrameDecoder(nnx.Module):
         self.size, self.width = int(size), int(width)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         d_in = tokens * latent_dim
-        self.inp = linear(d_in, BASE * BASE * width, ("embed", "mlp"), stddev=d_in**-0.5, **kw)
-        stages = int(round(math.log2(size / BASE)))
+        self.first, stages = first_map(self.size)
+        self.inp = linear(d_in, self.first**2 * width, ("embed", "mlp"), stddev=d_in**-0.5, **kw)
         widths = [max(8, width // 2 ** i) for i in range(stages + 1)]
 
         def conv(c_in: int, c_out: int, std: float | None = None) -> nnx.Conv:
@@ -61,7 +72,7 @@ class FrameDecoder(nnx.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         lead = z.shape[:-2]
         h = self.inp(z.reshape(-1, z.shape[-2] * z.shape[-1]))
-        h = gelu(h).reshape(-1, BASE, BASE, self.width)
+        h = gelu(h).reshape(-1, self.first, self.first, self.width)
         for first, second in self.convs:
             h = jax.image.resize(h, (h.shape[0], 2 * h.shape[1], 2 * h.shape[2], h.shape[3]), "nearest")
             h = gelu(second(gelu(first(h))))
