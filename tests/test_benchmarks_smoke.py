@@ -325,3 +325,31 @@ def test_learning_quality_smoke(tmp_path):
     keys = {r["key"] for r in result["rows"]}
     assert {"l1_vs_copy_h1", "rank", "probe_block", "var_agent", "dist_rank_block", "energy_model_all",
             "energy_model_near", "plan_planner", "plan_hold"} <= keys
+
+
+def test_plan_outcomes_splits_failures_and_pairs_runs(tmp_path):
+    """`plan_outcomes.py`: never pushed = the block's errors unchanged; the failure split; the exact
+    McNemar p of the discordant tasks (5 against 2: 0.45; 8 against 0: 0.0078)."""
+    import plan_outcomes
+
+    assert plan_outcomes.mcnemar_p(5, 2) == pytest.approx(0.453, abs=1e-3)
+    assert plan_outcomes.mcnemar_p(0, 8) == pytest.approx(2 / 256) and plan_outcomes.mcnemar_p(0, 0) == 1.0
+
+    def ep(seed, success, pos, ang, start=(60.0, 30.0)):
+        return {"seed": seed, "success": success, "pos_error": pos, "angle_error": ang,
+                "start_pos_error": start[0], "start_angle_error": start[1]}
+
+    a = [ep(0, True, 5, 5), ep(1, False, 60.2, 30.1), ep(2, False, 10, 40), ep(3, False, 30, 10), ep(4, False, 30, 30)]
+    b = [ep(0, True, 5, 5), ep(1, True, 3, 2), ep(2, True, 4, 4), ep(3, False, 30, 10), ep(5, True, 1, 1)]
+    paths = []
+    for name, eps in (("a", a), ("b", b)):
+        paths.append(str(tmp_path / f"{name}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump({"results": {f"planner {name}": {"episode_records": eps}}}, f)
+    out = plan_outcomes.main([*paths, f"--output={tmp_path / 'out.json'}"])
+    first, second = out["rows"]
+    assert (first["success"], first["never_pushed"], first["fail_angle_only"], first["fail_position_only"],
+            first["fail_both"]) == (1, 1, 1, 1, 2)
+    assert second["paired_with_first_record"] == {"tasks": 4, "both": 1, "only_first": 0, "only_this": 2,
+                                                  "mcnemar_p": 0.5}
+    assert json.loads((tmp_path / "out.json").read_text())["benchmark"] == "plan_outcomes"

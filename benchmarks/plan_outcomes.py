@@ -1,0 +1,105 @@
+"""How planning runs fail, and whether two runs on the same tasks differ (`wam-plan pusht` JSONs).
+
+    python benchmarks/plan_outcomes.py RUN.json [RUN2.json ...] [--output=OUT.json]
+
+One row per controller of each record: success with its 95 % Wilson interval, the final block
+error, and the failures split the ways that point at different fixes: the block never pushed
+(it ends within 1 px and 1 degree of where it started: the planner did not go for it), angle
+only (within 20 px, not 20 degrees), position only, both. Then every further record's first
+controller against the first record's, paired on the tasks both ran: tasks reached by both, by
+one only, and the exact McNemar test of the discordant tasks (two runs on 50 tasks that differ by
+5 against 2 discordant tasks are not told apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import common  # noqa: E402
+
+from launch.plan import wilson_interval  # noqa: E402
+from sim.success import SUCCESS_ANGLE_TOL_DEG, SUCCESS_POS_TOL  # noqa: E402
+
+UNMOVED_PX, UNMOVED_DEG = 1.0, 1.0
+
+
+def outcomes(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of one controller's `episode_records`."""
+    n, wins = len(episodes), sum(bool(e["success"]) for e in episodes)
+    fails = [e for e in episodes if not e["success"]]
+    angle_only = sum(e["pos_error"] < SUCCESS_POS_TOL for e in fails)
+    position_only = sum(e["pos_error"] >= SUCCESS_POS_TOL and e["angle_error"] < SUCCESS_ANGLE_TOL_DEG for e in fails)
+    low, high = wilson_interval(wins, n)
+    return {"tasks": n, "success": wins, "interval": [low, high],
+            "block_px": float(sum(e["pos_error"] for e in episodes) / max(n, 1)),
+            "block_deg": float(sum(e["angle_error"] for e in episodes) / max(n, 1)),
+            "never_pushed": sum(abs(e["pos_error"] - e["start_pos_error"]) < UNMOVED_PX
+                                and abs(e["angle_error"] - e["start_angle_error"]) < UNMOVED_DEG for e in episodes),
+            "fail_angle_only": angle_only, "fail_position_only": position_only,
+            "fail_both": len(fails) - angle_only - position_only}
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: the discordant tasks as fair coin flips."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2.0**n
+    return float(min(1.0, 2.0 * tail))
+
+
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    wa, wb = ({e["seed"]: bool(e["success"]) for e in x} for x in (a, b))
+    common = sorted(set(wa) & set(wb))
+    only_a = sum(wa[s] and not wb[s] for s in common)
+    only_b = sum(wb[s] and not wa[s] for s in common)
+    return {"tasks": len(common), "both": sum(wa[s] and wb[s] for s in common), "only_first": only_a,
+            "only_this": only_b, "mcnemar_p": mcnemar_p(only_a, only_b)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("records", nargs="+", help="wam-plan pusht JSON records")
+    p.add_argument("--output", default=None, help="write the table's numbers here (JSON)")
+    args = p.parse_args(argv)
+    rows, firsts = [], []
+    for path in args.records:
+        with open(path) as f:
+            results = json.load(f)["results"]
+        for i, (name, res) in enumerate(results.items()):
+            row = {"record": os.path.basename(path), "controller": name, **outcomes(res["episode_records"])}
+            if i == 0:
+                firsts.append(res["episode_records"])
+                if len(firsts) > 1:
+                    row["paired_with_first_record"] = paired(firsts[0], res["episode_records"])
+            rows.append(row)
+    table = []
+    for r in rows:
+        lo, hi = r["interval"]
+        pair = r.get("paired_with_first_record")
+        table.append({**r, "run": f"{r['record']}: {r['controller']}",
+                      "rate": f"{r['success']}/{r['tasks']} [{lo:.2f}, {hi:.2f}]",
+                      "error": f"{r['block_px']:.1f} / {r['block_deg']:.1f}",
+                      "paired": (f"{pair['both']} / {pair['only_first']} / {pair['only_this']}, p = "
+                                 f"{pair['mcnemar_p']:.2f}" if pair else None)})
+    print(common.format_table(table, [
+        ("run", "record: controller", ""), ("rate", "success [95 %]", ""), ("error", "block px / deg", ""),
+        ("never_pushed", "never pushed", "d"), ("fail_angle_only", "fail: angle only", "d"),
+        ("fail_position_only", "position only", "d"), ("fail_both", "both", "d"),
+        ("paired", "vs first: both / only first / only this, McNemar", "")]))
+    out = {"benchmark": "plan_outcomes", "rows": rows}
+    if args.output:
+        print(f"\nwritten: {common.write_json(args.output, out)}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
