@@ -61,4 +61,5 @@ def test_exported_encoder_reproduces_the_saved_numbers(legacy, reference) -> Non
     np.testing.assert_allclose(enc(reference["frames"]), reference["latents"], rtol=0, atol=1e-6)
     example = np.load(os.path.join(legacy, "export", "example_input.npy"))
     expected = np.load(os.path.join(legacy, "export", "example_output.npy"))
-    np.testing.assert_array_equal(enc(example), expected)
+    # Not bit for bit: XLA:CPU's kernels differ with the CPU's vector extensions (7e-7 apart here).
+    np.testing.assert_allclose(enc(example), expected, rtol=0, atol=1e-6)
