@@ -32,7 +32,8 @@ Expected (§11.14, 2 seeds): planning 12/50 and 5/50 held-out goals, 17/100 [0.1
 still 1/50, random 3/50), final block error 26-30 px / 15 deg, 0.38-0.40x copy-last at h = 1,
 normalized action rank 0.03-0.06; with `--warm_start=policy` 15/50 and 11/50, 26/100 [0.18, 0.35].
 With stage 2 at 6000 steps (33 min), seed 0: 13/50. Left: the
-block's angle is in no latent (§11.13), and in half the tasks the planner never pushes the block.
+block's angle is in no latent (§11.13; not at the native 96 px either, which plans worse: §11.15),
+and in half the tasks the planner never pushes the block.
 
 Better dynamics, same file (BENCHMARKS.md §11.11, 43 min): train what the planner uses, 5-step
 rollouts from one frame on 6-frame clips, with the stride's 5 recorded targets as the action:

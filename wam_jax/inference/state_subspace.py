@@ -8,6 +8,8 @@ the block, which is what success asks; in half of the planning tasks the planner
 beside every labeled frame) finds the directions that state accounts for; the planner's
 `cost='scene'` measures the distance in their orthogonal complement, what the robot's state does
 not explain (the scene). Fitted on frames the model trained on, never on a simulator's state.
+Measured (§11.15, one model): 7 of 50 goals against 3 with the latent cost, yet the block is
+pushed less often; the predictor is least accurate in the directions this cost keeps.
 
     basis = fit_state_subspace(latents, proprio)      # [F, r] orthonormal, F = N * D
     residual = remove_subspace(latents, basis)        # the same latents without those directions
