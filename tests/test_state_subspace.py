@@ -61,7 +61,7 @@ def test_sample_frames_pairs_each_frame_with_its_proprio(tmp_path):
     assert len({tuple(p[:2]) for p in proprio}) == 20  # without replacement
     assert len(sample_frames(d, image_size=16, count=1000)[0]) == 35  # all there are
     video = write_converted_dataset(str(tmp_path / "video"), kind="video")
-    with pytest.raises(records.DatasetFormatError, match=f"{video}: no episode records proprio"):
+    with pytest.raises(records.DatasetFormatError, match=r"video/dataset.json: no proprio \(proprio_dim 0\)"):
         sample_frames(video, image_size=16)
 
 
