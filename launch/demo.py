@@ -109,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     planned = None
     if args.plan_episodes > 0:
         t0 = time.perf_counter()
+        # The recipe's search (target walks, the policy head's warm start: BENCHMARKS.md §11.14) with
+        # 15 CEM iterations, half the protocol's, which keeps the demo inside 10 minutes on slow CPUs.
         planned = plan.main(["pusht", f"--workdir={args.workdir}", f"--episodes={args.plan_episodes}",
-                             "--baselines=hold,random"])
+                             "--actions=walk", "--warm_start=policy", "--iterations=15", "--baselines=hold,random"])
         timings["plan"] = time.perf_counter() - t0
     export_dir = args.export or os.path.join(args.workdir, "export")
     t0 = time.perf_counter()
