@@ -115,6 +115,10 @@ def loss_config() -> mlc.ConfigDict:
             # Decoding each frame from its online latents (model.decoder), the gradient into the
             # encoder: keeps what the frame shows in the latent, not only what is easy to predict.
             recon=0.0,
+            # Extra weight of the reconstruction on foreground pixels: those that differ from the
+            # batch's per-pixel median frame (the static background of a fixed camera), e.g. the
+            # block and the agent, a few % of a PushT frame (0 = every pixel alike).
+            recon_fg=0.0,
         )
     )
 

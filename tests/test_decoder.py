@@ -81,6 +81,30 @@ def decoder_wm(tmp_path_factory):
     return WorldModel.load(workdir, mesh=one_device_mesh())
 
 
+def test_foreground_weight_falls_on_what_moves():
+    """`loss.recon_fg`: pixels away from the batch's median frame (a square that moves across a
+    fixed background) weigh 1 + fg; the background's median ignores the square; fg = 0 is the
+    plain mean; an error on the square alone costs more than the same error on the scenery."""
+    from wam_jax.training.objectives import foreground_mean
+
+    frames = np.full((2, 3, 8, 8, 3), -1.0, np.float32)
+    frames[:, :, 2:6, :4] = 0.3  # a static stripe: scenery, not foreground
+    for i in range(6):
+        frames.reshape(6, 8, 8, 3)[i, i % 7, i % 7] = 2.0  # the mover, one pixel per frame
+    on_mover = (np.abs(frames - np.median(frames.reshape(6, 8, 8, 3), 0)) > 1).astype(np.float32)
+    np.testing.assert_allclose(foreground_mean(jnp.asarray(on_mover), jnp.asarray(frames), 0.0), 3 / 192)
+    np.testing.assert_allclose(foreground_mean(jnp.asarray(on_mover), jnp.asarray(frames), 20.0),
+                               21 * 3 / (21 * 3 + 189))
+    on_scenery = np.zeros_like(on_mover)
+    on_scenery[..., 7, 7, :] = 1.0  # one background pixel, never the mover's
+    assert float(foreground_mean(jnp.asarray(on_scenery), jnp.asarray(frames), 20.0).max()) < 3 / 192
+    cfg = _cfg(**{"loss.recon_fg": 20.0})
+    model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    _, metrics, _ = loss_and_grads(_only(cfg, "recon"))(model, model.make_target_encoder(), random_batch(cfg),
+                                                       jax.random.key(0))
+    assert np.isfinite(float(metrics["loss/recon"])) and float(metrics["loss/recon"]) > 0
+
+
 def test_world_model_decodes_and_plans_in_decoded_frames(decoder_wm, tmp_path_factory):
     """`WorldModel.decode` draws uint8 frames from any latents; `cost='decoded'` plans on them and
     equals the L1 between the decoded prediction and the decoded goal; the energy agreement adds
