@@ -13,7 +13,7 @@ from flax import nnx
 
 from tests.test_model import random_batch, tiny_config, trained_like
 from wam_jax.models.world_model import WorldActionModel
-from wam_jax.training import masks, objectives
+from wam_jax.training import health, masks, objectives
 
 ACTION_PATHS = ("inverse_head", "policy_head", "action_embedder")
 
@@ -289,41 +289,41 @@ def test_effective_rank_matches_definition():
     masked_rank = float(_rank(junk, m))
     np.testing.assert_allclose(masked_rank, float(_rank(full[8:], mask[8:])), rtol=1e-3)
     # Gram matrices summed over batches give the rank of all rows; NumPy (float64) in, NumPy out.
-    g1, n1 = objectives.masked_gram(rank2[:40], mask[:40])
-    g2, n2 = objectives.masked_gram(rank2[40:], mask[40:])
-    host = objectives.effective_rank(np.asarray(g1, np.float64) + np.asarray(g2, np.float64),
+    g1, n1 = health.masked_gram(rank2[:40], mask[:40])
+    g2, n2 = health.masked_gram(rank2[40:], mask[40:])
+    host = health.effective_rank(np.asarray(g1, np.float64) + np.asarray(g2, np.float64),
                                      float(n1 + n2))
     assert isinstance(host, np.floating) and host.dtype == np.float64
     np.testing.assert_allclose(float(host), ref, rtol=1e-3)
-    jitted = jax.jit(objectives.effective_rank)(g1 + g2, n1 + n2)
+    jitted = jax.jit(health.effective_rank)(g1 + g2, n1 + n2)
     np.testing.assert_allclose(float(jitted), float(host), rtol=1e-4)
-    assert float(objectives.feature_std(jnp.ones((10, 4)), jnp.ones((10,), bool))) < 1e-5
+    assert float(health.feature_std(jnp.ones((10, 4)), jnp.ones((10,), bool))) < 1e-5
 
 
 def _rank(z, mask):
-    return objectives.effective_rank(*objectives.masked_gram(z, mask))
+    return health.effective_rank(*health.masked_gram(z, mask))
 
 
 def test_code_usage_matches_numpy():
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 3, size=(200, 4)).astype(np.int32)
     mask = rng.random(200) < 0.7
-    usage, entropy = jax.jit(objectives.code_usage, static_argnums=2)(codes, mask, 81)
+    usage, entropy = jax.jit(health.code_usage, static_argnums=2)(codes, mask, 81)
     valid = codes[mask]
     _, counts = np.unique(valid, axis=0, return_counts=True)
     p = counts / counts.sum()
     np.testing.assert_allclose(float(usage), len(counts) / min(81, mask.sum()), rtol=1e-6)
     np.testing.assert_allclose(float(entropy), -np.sum(p * np.log(p)), rtol=1e-5)
-    one, zero_h = objectives.code_usage(np.zeros((10, 4), np.int32), np.ones(10, bool), 81)
+    one, zero_h = health.code_usage(np.zeros((10, 4), np.int32), np.ones(10, bool), 81)
     assert float(one) == pytest.approx(0.1) and float(zero_h) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_r_squared_and_usage_hinge():
     y = jnp.asarray(np.random.default_rng(2).normal(size=(50, 3)), jnp.float32)
     mask = jnp.ones(y.shape, bool).at[:, 2].set(False)  # dim 2 unlabeled: ignored
-    assert float(objectives.r_squared(y, y, mask)) == pytest.approx(1.0)
+    assert float(health.r_squared(y, y, mask)) == pytest.approx(1.0)
     mean = jnp.broadcast_to(jnp.mean(y, axis=0), y.shape)
-    assert float(objectives.r_squared(mean, y, mask)) == pytest.approx(0.0, abs=1e-5)
+    assert float(health.r_squared(mean, y, mask)) == pytest.approx(0.0, abs=1e-5)
     flat = jnp.zeros((32, 4))
     assert float(objectives.usage_hinge(flat, jnp.ones(32, bool))) == pytest.approx(0.5 - 0.01, abs=1e-4)
     spread = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (256, 4)), jnp.float32)
@@ -368,7 +368,7 @@ def test_tube_masks_prefer_blocks():
 
 
 def test_sigreg_is_small_for_gaussian_rows_and_large_for_collapsed_ones():
-    from wam_jax.training.objectives import sigreg
+    from wam_jax.training.anti_collapse import sigreg
 
     rng = np.random.default_rng(0)
     key = jax.random.key(0)
@@ -390,7 +390,7 @@ def test_sigreg_is_small_for_gaussian_rows_and_large_for_collapsed_ones():
 
 
 def test_vicreg_terms_match_their_definitions():
-    from wam_jax.training.objectives import vicreg_terms
+    from wam_jax.training.anti_collapse import vicreg_terms
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(256, 8)) * np.array([0.1, 0.5, 1, 2, 1, 1, 1, 1])

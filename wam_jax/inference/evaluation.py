@@ -395,13 +395,13 @@ def _action_metrics(s: Mapping[str, np.ndarray], names: list[str]) -> dict[str, 
 
 def _health(total: Callable[[str], np.ndarray], count: float, codes: np.ndarray | None, num_codes: int
             ) -> dict[str, Any]:
-    from wam_jax.training import objectives
+    from wam_jax.training import health as health_metrics
 
     mean = total("h_sum") / count
     var = np.maximum(total("h_sum2") / count - mean**2, 0.0)
     gram = total("h_gram")
     health: dict[str, Any] = {"target_std": float(np.mean(np.sqrt(var + 1e-12))),
-                              "effective_rank": float(objectives.effective_rank(gram, count)),
+                              "effective_rank": float(health_metrics.effective_rank(gram, count)),
                               "latent_dim": int(gram.shape[-1]), "num_tokens": int(count)}
     u_n = float(total("u_n"))
     if u_n > 0:

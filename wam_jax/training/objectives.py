@@ -24,14 +24,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from data_pipelines import schema
 from wam_jax.models import decoder as decoder_lib
 from wam_jax.models import encoder as encoder_lib
 from wam_jax.models.world_model import ModelSpec, WorldActionModel, normalize_latents
-from wam_jax.training import masks
+from wam_jax.training import anti_collapse, health, masks
 
 sg = jax.lax.stop_gradient
 
@@ -70,70 +69,6 @@ def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)), axis=(-2, -1))
 
 
-# ---------------------------------------------------------------------------------------------
-# Health metrics
-# ---------------------------------------------------------------------------------------------
-
-
-def feature_std(z: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean over features of the per-feature std across valid rows; z `[M, D]`, mask `[M]`.
-    Near zero means collapse (every token maps to the same vector)."""
-    w = mask.astype(jnp.float32)[:, None]
-    n = jnp.maximum(jnp.sum(w), 1.0)
-    mean = jnp.sum(w * z, axis=0) / n
-    var = jnp.sum(w * jnp.square(z - mean), axis=0) / n
-    return jnp.mean(jnp.sqrt(var + 1e-12))
-
-
-def masked_gram(z: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(uncentered Gram matrix `sum_m z_m z_m^T` `[D, D]`, row count) of the valid rows of
-    z `[M, D]`, mask `[M]`: what `effective_rank` reads, and what evaluation sums over batches."""
-    w = mask.astype(jnp.float32)[:, None]
-    zf = z.astype(jnp.float32) * w
-    return zf.T @ zf, jnp.sum(w)
-
-
-def effective_rank(gram: jax.Array | np.ndarray, count: jax.Array | np.ndarray | float
-                   ) -> jax.Array | np.ndarray:
-    """RankMe effective rank exp(H(s / sum s)) of rows whose Gram matrix is `gram [D, D]`
-    (`masked_gram`, or a sum of them over batches) and whose number is `count`; s are the
-    singular values of the rows / sqrt(count), from the Gram matrix's eigenvalues (cheap when
-    rows >> D).
-
-    Eigenvalues below 1e-6 times the largest are set to 0: float32 eigenvalues carry ~1e-7 * max
-    of noise, whose square roots would pose as singular values of 3e-4 * max. NumPy inputs are
-    computed in NumPy at their precision (evaluation accumulates float64 Gram matrices on the
-    host) and give a NumPy scalar; JAX arrays (or tracers) give a JAX scalar, under `jit` too.
-    """
-    xp = np if isinstance(gram, np.ndarray) and not isinstance(count, jax.Array) else jnp
-    eig = xp.linalg.eigvalsh(gram / xp.maximum(count, 1.0))
-    eig = xp.where(eig > 1e-6 * xp.max(eig), eig, 0.0)
-    s = xp.sqrt(eig)
-    p = s / xp.maximum(xp.sum(s), 1e-12) + 1e-12
-    return xp.exp(-xp.sum(p * xp.log(p)))
-
-
-def code_usage(codes: jax.Array, mask: jax.Array, num_codes: int) -> tuple[jax.Array, jax.Array]:
-    """FSQ usage in one batch: (distinct codes / min(num_codes, valid samples), code entropy in
-    nats). codes int `[M, du]` (level index per dim), mask `[M]`. Static shapes: lexicographic sort,
-    group boundaries, segment sums."""
-    m = codes.shape[0]
-    sentinel = jnp.max(codes) + 1  # invalid rows form one extra group, removed below
-    keyed = jnp.where(mask[:, None], codes, sentinel)
-    order = jnp.lexsort(tuple(keyed[:, i] for i in range(keyed.shape[1] - 1, -1, -1)))
-    srt = keyed[order]
-    valid = mask[order]
-    new = jnp.concatenate([jnp.ones((1,), bool), jnp.any(srt[1:] != srt[:-1], axis=-1)])
-    group = jnp.cumsum(new) - 1
-    counts = jax.ops.segment_sum(valid.astype(jnp.float32), group, num_segments=m)
-    n_valid = jnp.sum(mask.astype(jnp.float32))
-    distinct = jnp.sum((counts > 0).astype(jnp.float32))
-    p = counts / jnp.maximum(n_valid, 1.0)
-    entropy = -jnp.sum(jnp.where(counts > 0, p * jnp.log(jnp.where(counts > 0, p, 1.0)), 0.0))
-    usage = distinct / jnp.maximum(jnp.minimum(float(num_codes), n_valid), 1.0)
-    return usage, entropy
-
-
 def usage_hinge(pre: jax.Array, mask: jax.Array, target_std: float = 0.5) -> jax.Array:
     """VICReg-style variance hinge: mean over dims of relu(target_std - std of `pre [M, du]` over
     the valid rows `mask [M]`). Zero once every dimension is used; keeps u_t from collapsing (the
@@ -143,81 +78,6 @@ def usage_hinge(pre: jax.Array, mask: jax.Array, target_std: float = 0.5) -> jax
     mean = jnp.sum(w * pre, axis=0) / n
     var = jnp.sum(w * jnp.square(pre - mean), axis=0) / n
     return jnp.mean(jax.nn.relu(target_std - jnp.sqrt(var + 1e-4)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Anti-collapse terms on the embeddings (per time step, across the batch)
-# ---------------------------------------------------------------------------------------------
-
-
-def sigreg(x: jax.Array, mask: jax.Array, key: jax.Array, *, num_projections: int = 256,
-           num_knots: int = 17, t_max: float = 3.0) -> jax.Array:
-    """SIGReg (LeWM): how far the valid rows of `x [M, D]` are from an isotropic standard Gaussian,
-    as the Epps-Pulley statistic of `num_projections` random unit directions, averaged.
-
-    Per direction a, the empirical characteristic function of <x_m, a> is compared with
-    exp(-t^2/2) at `num_knots` points t in [0, t_max] (trapezoid rule over the symmetric integral,
-    Gaussian weight exp(-t^2/2)), scaled by the number of rows: about 1 for Gaussian rows,
-    hundreds for collapsed or badly scaled ones. By Cramer-Wold, matching every 1-D projection
-    matches the distribution, so the embedding cannot shrink onto a few directions. Directions are
-    redrawn from `key` every step.
-    """
-    d = x.shape[-1]
-    a = jax.random.normal(key, (d, num_projections), jnp.float32)
-    a = a / jnp.linalg.norm(a, axis=0, keepdims=True)
-    h = x.astype(jnp.float32) @ a  # [M, P]
-    w = mask.astype(jnp.float32)[:, None, None]
-    n = jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
-    t = jnp.linspace(0.0, t_max, num_knots)
-    th = h[..., None] * t  # [M, P, K]
-    re = jnp.sum(w * jnp.cos(th), axis=0) / n
-    im = jnp.sum(w * jnp.sin(th), axis=0) / n
-    phi = jnp.exp(-0.5 * jnp.square(t))
-    dt = t_max / (num_knots - 1)
-    trap = jnp.full((num_knots,), dt).at[0].set(dt / 2).at[-1].set(dt / 2)
-    stat = 2.0 * n * jnp.sum((jnp.square(re - phi) + jnp.square(im)) * phi * trap, axis=-1)  # [P]
-    return jnp.mean(stat)
-
-
-def vicreg_terms(x: jax.Array, mask: jax.Array, target_std: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """(variance hinge, covariance) of VICReg / PLDM on the valid rows of `x [M, D]`: mean over
-    dims of relu(target_std - std), and the summed squared off-diagonal covariance / D."""
-    w = mask.astype(jnp.float32)[:, None]
-    n = jnp.maximum(jnp.sum(w), 2.0)
-    xf = x.astype(jnp.float32)
-    mean = jnp.sum(w * xf, axis=0) / jnp.maximum(jnp.sum(w), 1.0)
-    xc = (xf - mean) * w
-    cov = xc.T @ xc / (n - 1.0)
-    std = jnp.sqrt(jnp.diagonal(cov) + 1e-4)
-    var_term = jnp.mean(jax.nn.relu(target_std - std))
-    off = cov - jnp.diag(jnp.diagonal(cov))
-    cov_term = jnp.sum(jnp.square(off)) / x.shape[-1]
-    return var_term, cov_term
-
-
-def r_squared(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-    """Coefficient of determination over masked entries, per action dim then averaged over the
-    dims that have at least two valid entries."""
-    w = mask.astype(jnp.float32).reshape(-1, mask.shape[-1])
-    p = pred.astype(jnp.float32).reshape(w.shape)
-    y = target.astype(jnp.float32).reshape(w.shape)
-    n = jnp.sum(w, axis=0)
-    mean = jnp.sum(w * y, axis=0) / jnp.maximum(n, 1.0)
-    sst = jnp.sum(w * jnp.square(y - mean), axis=0)
-    sse = jnp.sum(w * jnp.square(y - p), axis=0)
-    ok = (n >= 2) & (sst > 1e-8)
-    r2 = jnp.where(ok, 1.0 - sse / jnp.where(ok, sst, 1.0), 0.0)
-    return jnp.sum(r2) / jnp.maximum(jnp.sum(ok.astype(jnp.float32)), 1.0)
-
-
-def _per_source(err: jax.Array, mask: jax.Array, source_id: jax.Array, num_sources: int
-                ) -> jax.Array:
-    """Masked mean of err `[B, S]` per source id (< num_sources) -> `[num_sources]`."""
-    onehot = jax.nn.one_hot(source_id, num_sources, dtype=jnp.float32)  # out-of-range ids: zeros
-    w = mask.astype(jnp.float32)
-    tot = jnp.einsum("bs,bk->k", jnp.where(mask, err, 0.0), onehot)
-    cnt = jnp.einsum("bs,bk->k", w, onehot)
-    return tot / jnp.maximum(cnt, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +168,7 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     # Anti-collapse terms on the online latents, one sample per token and time step (before
     # `encoder_from_heads` rescales z's gradient: they are the encoder's own objective).
     if w["sigreg"] > 0 or w["vic_var"] > 0 or w["vic_cov"] > 0:
-        terms.update(_anti_collapse(z, tm, w, loss_cfg, jax.random.fold_in(key, 3)))
+        terms.update(anti_collapse.anti_collapse_terms(z, tm, w, loss_cfg, jax.random.fold_in(key, 3)))
     if w["recon"] > 0:  # squared error per normalized pixel of the downsampled frame
         dec = model.frame_decoder
         target = decoder_lib.downsample(video, dec.size)
@@ -395,34 +255,6 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
     return loss, metrics
 
 
-def _anti_collapse(z: jax.Array, tm: jax.Array, w: dict[str, float], loss_cfg: Any, key: jax.Array
-                   ) -> dict[str, jax.Array]:
-    """SIGReg and / or VICReg terms of latents `z [B, T, N, D]`, computed per time step over the
-    batch's valid tokens (the statistics of one moment of the world, as LeWM and PLDM take them)
-    and averaged over time steps; with `loss.collapse_samples='all'` over every valid token of
-    the batch at once (pooled latents on a small CPU batch: T times the samples per test)."""
-    b, t, n, d = z.shape
-    x = jnp.moveaxis(z, 1, 0).reshape(t, b * n, d)  # [T, B*N, D]
-    mask = jnp.repeat(jnp.moveaxis(tm, 1, 0), n, axis=1)  # [T, B*N]
-    if str(loss_cfg["collapse_samples"]) == "all":
-        x, mask = x.reshape(1, t * b * n, d), mask.reshape(1, t * b * n)
-    valid_t = jnp.any(mask, axis=1).astype(jnp.float32)
-    per_t = lambda v: jnp.sum(v * valid_t) / jnp.maximum(jnp.sum(valid_t), 1.0)  # noqa: E731
-    out = {}
-    if w["sigreg"] > 0:
-        stat = jax.vmap(lambda xi, mi: sigreg(
-            xi, mi, key, num_projections=int(loss_cfg["sigreg_projections"]),
-            num_knots=int(loss_cfg["sigreg_knots"])))(x, mask)
-        out["sigreg"] = per_t(stat)
-    if w["vic_var"] > 0 or w["vic_cov"] > 0:
-        var, cov = jax.vmap(vicreg_terms)(x, mask)
-        if w["vic_var"] > 0:
-            out["vic_var"] = per_t(var)
-        if w["vic_cov"] > 0:
-            out["vic_cov"] = per_t(cov)
-    return out
-
-
 def _ssl_loss(model: WorldActionModel, target_encoder: nnx.Module, video: jax.Array,
               tm: jax.Array, key: jax.Array) -> jax.Array:
     spec = model.spec
@@ -449,11 +281,11 @@ def _health(model: WorldActionModel, z, zbar, preds, err_tf, step_valid, tm, la,
     d = zbar.shape[-1]
     tok_mask = jnp.broadcast_to(tm[:, :, None], zbar.shape[:3]).reshape(-1)
     out = {
-        "health/target_std": feature_std(zbar.reshape(-1, d), tok_mask),
-        "health/target_eff_rank": effective_rank(*masked_gram(zbar.reshape(-1, d), tok_mask)),
+        "health/target_std": health.feature_std(zbar.reshape(-1, d), tok_mask),
+        "health/target_eff_rank": health.effective_rank(*health.masked_gram(zbar.reshape(-1, d), tok_mask)),
     }
     if spec.target == "ema":
-        out["health/online_eff_rank"] = effective_rank(*masked_gram(z.reshape(-1, d), tok_mask))
+        out["health/online_eff_rank"] = health.effective_rank(*health.masked_gram(z.reshape(-1, d), tok_mask))
     err_copy = _l1(zbar[:, :-1], zbar[:, 1:])
     copy = masked_mean(err_copy, step_valid)
     pred = masked_mean(sg(err_tf), step_valid)
@@ -461,15 +293,15 @@ def _health(model: WorldActionModel, z, zbar, preds, err_tf, step_valid, tm, la,
     out["health/pred_l1"] = pred
     out["health/pred_to_copy"] = pred / jnp.maximum(copy, 1e-8)
     pred_mask = jnp.broadcast_to(step_valid[:, :, None], preds.shape[:3]).reshape(-1)
-    out["health/pred_std"] = feature_std(preds.reshape(-1, d), pred_mask)
+    out["health/pred_std"] = health.feature_std(preds.reshape(-1, d), pred_mask)
 
     # Latent actions over every valid transition.
     flat_valid = step_valid.reshape(-1)
     du = la.mean.shape[-1]
-    out["la/u_std"] = feature_std(sg(la.mean).reshape(-1, du), flat_valid)
+    out["la/u_std"] = health.feature_std(sg(la.mean).reshape(-1, du), flat_valid)
     if spec.bottleneck == "fsq":
         num_codes = model.latent_actions.num_codes
-        usage, entropy = code_usage(la.codes.reshape(-1, du), flat_valid, num_codes)
+        usage, entropy = health.code_usage(la.codes.reshape(-1, du), flat_valid, num_codes)
         out["la/code_usage"] = usage
         out["la/code_entropy"] = entropy
         out["la/code_perplexity"] = jnp.exp(entropy)
@@ -478,10 +310,10 @@ def _health(model: WorldActionModel, z, zbar, preds, err_tf, step_valid, tm, la,
         out["la/kl_per_dim"] = masked_mean(jnp.mean(sg(la.kl), axis=-1), step_valid)
     out["act/labeled_frac"] = masked_mean(labeled.astype(jnp.float32), step_valid)
     if a_hat is not None:
-        out["act/r2"] = r_squared(sg(a_hat), action, a_mask)
+        out["act/r2"] = health.r_squared(sg(a_hat), action, a_mask)
 
-    per_src = _per_source(sg(err_tf), step_valid, source_id, spec.num_sources)
-    per_src_copy = _per_source(err_copy, step_valid, source_id, spec.num_sources)
+    per_src = health.per_source(sg(err_tf), step_valid, source_id, spec.num_sources)
+    per_src_copy = health.per_source(err_copy, step_valid, source_id, spec.num_sources)
     onehot = jax.nn.one_hot(source_id, spec.num_sources, dtype=jnp.float32)
     frac = jnp.mean(onehot, axis=0)  # share of the batch (0: source absent, its losses read 0)
     for i in range(spec.num_sources):
