@@ -55,6 +55,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     # the side of the decoded frame (4 x a power of two dividing image_size); width: its first map.
     c.decoder = mlc.ConfigDict(dict(size=0, width=64))
     c.policy_horizon = 4  # h: action chunk length
+    # The flow-matching action stream (models/flow_head.py, trained by loss.flow): depth 0 = none;
+    # width 0 = the action heads' width; chunks drawn in sample_steps 'euler' or 'midpoint' steps.
+    c.flow_head = mlc.ConfigDict(dict(depth=0, width=0, sample_steps=10, sampler="euler"))
     # 'ema': the target encoder is an EMA of the encoder (stop-gradient targets); 'frozen': the
     # encoder is not trained; 'online': the encoder trains end to end through the prediction loss
     # (targets from the same encoder, with gradient, no EMA: LeWM) and needs an anti-collapse term
@@ -119,6 +122,9 @@ def loss_config() -> mlc.ConfigDict:
             # batch's per-pixel median frame (the static background of a fixed camera), e.g. the
             # block and the agent, a few % of a PushT frame (0 = every pixel alike).
             recon_fg=0.0,
+            # Conditional flow matching of the action chunk by model.flow_head (the velocity's
+            # squared error on labeled steps, the goal the clip's last frame, as for `policy`).
+            flow=0.0,
         )
     )
 

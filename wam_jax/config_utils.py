@@ -199,7 +199,7 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
          "is empty, but model.init_scope='all' starts every variable from it; set it to a wam_jax export "
          "written with its predictor (a run's WORKDIR/export)")
     for name in ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy", "kl_weight",
-                 "encoder_from_heads", "sigreg", "vic_var", "vic_cov", "recon", "recon_fg"):
+                 "encoder_from_heads", "sigreg", "vic_var", "vic_cov", "recon", "recon_fg", "flow"):
         need(math.isfinite(float(config.loss[name])) and float(config.loss[name]) >= 0, f"loss.{name}",
              "must be a finite number >= 0 (0 = off)")
     need(0.0 <= float(config.loss.label_dropout) <= 1.0, "loss.label_dropout", "must be a fraction in [0, 1]")

@@ -97,7 +97,8 @@ def apply_rope(x: jax.Array, rope: Rope) -> jax.Array:
     return (xf * cos + rotate_pairs(xf) * sin).astype(x.dtype)
 
 
-def _sincos_1d(pos: jax.Array, dim: int) -> jax.Array:
+def sincos_1d(pos: jax.Array, dim: int) -> jax.Array:
+    """`[sin | cos]` of `pos [...]` at `dim / 2` geometric frequencies -> `[..., dim]`."""
     omega = 1.0 / 10000.0 ** (jnp.arange(dim // 2, dtype=jnp.float32) / (dim / 2.0))
     angle = pos[..., None] * omega
     return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
@@ -117,9 +118,9 @@ def sincos_3d(positions: jax.Array, dim: int) -> jax.Array:
     hw = 2 * (dim // 8)
     t = 2 * ((dim - 2 * hw) // 2)
     parts = [
-        _sincos_1d(positions[..., 0], t),
-        _sincos_1d(positions[..., 1], hw),
-        _sincos_1d(positions[..., 2], hw),
+        sincos_1d(positions[..., 0], t),
+        sincos_1d(positions[..., 1], hw),
+        sincos_1d(positions[..., 2], hw),
     ]
     emb = jnp.concatenate(parts, axis=-1)
     rest = dim - emb.shape[-1]

@@ -30,7 +30,9 @@ import numpy as np
 from flax import nnx
 
 from wam_jax.models import encoder as encoder_lib
+from wam_jax.models import flow_head as flow_head_lib
 from wam_jax.models.action_head import InverseDynamicsHead, PolicyHead
+from wam_jax.models.checks import array_shape, check_array
 from wam_jax.models.decoder import FrameDecoder, check_size
 from wam_jax.models.latent_actions import ActionEmbedder, LatentActionModel, LatentActions
 from wam_jax.models.ops import use_matmul_dtype
@@ -67,7 +69,6 @@ class ModelSpec:
     @property
     def tokens_per_frame(self) -> int:
         return self.grid_hw[0] * self.grid_hw[1]
-
 
 
 def spec_from_config(cfg: Any) -> ModelSpec:
@@ -131,32 +132,6 @@ def build_model(cfg: Any, rngs: nnx.Rngs) -> WorldActionModel:
     return use_matmul_dtype(WorldActionModel(cfg, rngs=rngs), cfg.matmul_dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# Input validation (host side, on shapes and dtypes only)
-# ---------------------------------------------------------------------------------------------
-
-
-def _shape(x: Any) -> tuple[int, ...] | None:
-    s = getattr(x, "shape", None)
-    return None if s is None else tuple(s)
-
-
-def check_array(where: str, name: str, x: Any, expected: str, dims: tuple[int | None, ...],
-                kind: str = "float") -> None:
-    """Raises ValueError unless `x` has rank len(dims), the given sizes (None = any) and dtype kind."""
-    shape = _shape(x)
-    if shape is None or len(shape) != len(dims) or any(
-            d is not None and s != d for s, d in zip(shape, dims, strict=True)):
-        raise ValueError(f"{where}: {name!r} has shape {shape}, expected {expected}")
-    dt = np.dtype(x.dtype)
-    ok = {"float": np.issubdtype(dt, np.floating), "bool": dt == np.bool_,
-          "int": np.issubdtype(dt, np.integer), "uint8": dt == np.uint8}[kind]
-    if not ok:
-        want = {"float": "a floating dtype", "bool": "bool", "int": "an integer dtype",
-                "uint8": "uint8"}[kind]
-        raise ValueError(f"{where}: {name!r} has dtype {dt}, expected {want} with shape {expected}")
-
-
 class WorldActionModel(nnx.Module):
     """The trained model. See the module docstring and docs/ARCHITECTURE.md (model contract)."""
 
@@ -201,6 +176,16 @@ class WorldActionModel(nnx.Module):
                        heads=pc.heads, mlp_ratio=pc.mlp_ratio, grid_hw=spec.grid_hw, **common)
         self.inverse_head = InverseDynamicsHead(**head_kw)
         self.policy_head = PolicyHead(horizon=spec.policy_horizon, **head_kw)
+        fc = cfg.flow_head  # the flow-matching action stream (models/flow_head.py, loss.flow)
+        if int(fc.depth) < 0 or int(fc.sample_steps) < 1 or str(fc.sampler) not in flow_head_lib.SAMPLERS:
+            raise ValueError(f"model.flow_head: expected depth >= 0 (0 = none), sample_steps >= 1 and sampler in "
+                             f"{flow_head_lib.SAMPLERS}, got {dict(fc)}")
+        self.flow_sampling = (int(fc.sample_steps), str(fc.sampler))
+        self.flow_head: flow_head_lib.FlowActionHead | None = nnx.data(None)
+        if int(fc.depth) > 0:
+            flow_kw = {**{k: v for k, v in head_kw.items() if k != "grid_hw"},
+                       "width": int(fc.width) or head_width, "depth": int(fc.depth)}
+            self.flow_head = flow_head_lib.FlowActionHead(horizon=spec.policy_horizon, proprio_dim=spec.proprio_dim, **flow_kw)
         if spec.ssl_enabled:
             sc = cfg.ssl
             self.ssl_predictor = MaskedPredictor(
@@ -457,16 +442,40 @@ class WorldActionModel(nnx.Module):
     def policy(self, z_t: jax.Array, z_goal: jax.Array,
                embodiment_id: jax.Array | None = None) -> jax.Array:
         """(z_t `[B, S, N, D]`, z_goal `[B, N, D]` or `[B, S, N, D]`) -> chunks `[B, S, h, A]`."""
-        where = "WorldActionModel.policy"
+        z_goal, emb = self._policy_inputs("WorldActionModel.policy", z_t, z_goal, embodiment_id)
+        return self.policy_head(z_t, z_goal, emb)
+
+    def flow_policy(self, z_t: jax.Array, z_goal: jax.Array, key: jax.Array, proprio: jax.Array | None = None,
+                    embodiment_id: jax.Array | None = None, *, steps: int | None = None,
+                    method: str | None = None) -> jax.Array:
+        """`policy`'s inputs and proprio `[B, S, P]` (zeros if None) -> one chunk `[B, S, h, A]`
+        drawn from the flow head per (example, step) with `key`, in `steps` Euler or midpoint steps
+        (default `model.flow_head.sample_steps` / `.sampler`)."""
+        where = "WorldActionModel.flow_policy"
+        if self.flow_head is None:
+            raise ValueError(f"{where}: this model has no flow head; train it with model.flow_head.depth > 0 "
+                             "and loss.flow > 0")
+        z_goal, emb = self._policy_inputs(where, z_t, z_goal, embodiment_id)
+        b, s = z_t.shape[:2]
+        if proprio is None:
+            proprio = jnp.zeros((b, s, self.spec.proprio_dim), jnp.float32)
+        check_array(where, "proprio", proprio, f"[B, S, P] = [{b}, {s}, {self.spec.proprio_dim}]",
+                    (b, s, self.spec.proprio_dim))
+        return flow_head_lib.sample(self.flow_head, z_t, z_goal, proprio, emb, key,
+                                    steps=steps or self.flow_sampling[0], method=method or self.flow_sampling[1])
+
+    def _policy_inputs(self, where: str, z_t: jax.Array, z_goal: jax.Array, embodiment_id: jax.Array | None
+                       ) -> tuple[jax.Array, jax.Array]:
+        """Checks z_t `[B, S, N, D]` and z_goal `[B, N, D]` or `[B, S, N, D]`; the goal broadcast
+        over S, and the embodiment ids."""
         desc, dims = self._latents_desc("B, S")
         check_array(where, "z_t", z_t, desc, dims)
         b, s = z_t.shape[:2]
         n, d = self.spec.tokens_per_frame, self.spec.latent_dim
-        if _shape(z_goal) is not None and len(z_goal.shape) == 3:
+        if array_shape(z_goal) is not None and len(z_goal.shape) == 3:
             check_array(where, "z_goal", z_goal, f"[B, N, D] = [{b}, {n}, {d}]", (b, n, d))
             z_goal = jnp.broadcast_to(z_goal[:, None], z_t.shape)
         else:
             check_array(where, "z_goal", z_goal, f"[B, N, D] = [{b}, {n}, {d}] or [B, S, N, D]",
                         (b, s, n, d))
-        emb = self._embodiment(where, embodiment_id, b)
-        return self.policy_head(z_t, z_goal, emb)
+        return z_goal, self._embodiment(where, embodiment_id, b)

@@ -1,7 +1,8 @@
 """The one loss function of the world action model, and the health metrics logged with it.
 
     loss = λ_ssl L_ssl + λ_tf L_tf + λ_roll L_roll + λ_align L_align + λ_align_u L_align_u + λ_bottleneck L_bn
-         + λ_act L_act + λ_act_pred L_act_pred + λ_policy L_policy + λ_recon L_recon + anti-collapse
+         + λ_act L_act + λ_act_pred L_act_pred + λ_policy L_policy + λ_flow L_flow + λ_recon L_recon
+         + anti-collapse
 
 Every term is a masked mean with a `max(count, 1)` denominator and `jnp.where` masking, so a term
 whose mask is empty contributes exactly zero (and exactly zero gradient: a batch of action-free
@@ -35,7 +36,7 @@ from wam_jax.training import anti_collapse, health, masks
 sg = jax.lax.stop_gradient
 
 LOSS_TERMS = ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy",
-              "sigreg", "vic_var", "vic_cov", "recon")
+              "sigreg", "vic_var", "vic_cov", "recon", "flow")
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -145,10 +146,12 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         raise ValueError("config.loss.ssl > 0 needs model.ssl.enabled=True (the SSL predictor)")
     if w["recon"] > 0 and model.frame_decoder is None:
         raise ValueError("config.loss.recon > 0 needs a frame decoder: set model.decoder.size (e.g. 32)")
+    if w["flow"] > 0 and model.flow_head is None:
+        raise ValueError("config.loss.flow > 0 needs the flow head: set model.flow_head.depth (e.g. 2)")
     if spec.target == "ema" and target_encoder is None:
         raise ValueError("loss_fn: model.target='ema' needs the target encoder "
                          "(model.make_target_encoder(), updated by EMA)")
-    k_la, k_drop, k_ssl = jax.random.split(key, 3)
+    k_la, k_drop, k_ssl, k_flow = jax.random.split(key, 4)
 
     video = encoder_lib.normalize_video(batch["video"])
     tm = batch["timestep_mask"]
@@ -235,13 +238,20 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         # the predictor's error rose to 1.2-1.7x copy-last once the head started to learn).
         a_hat_pred = model.inverse_head(zbar[:, :-1], sg(preds), emb)
         terms["act_pred"] = masked_mean(jnp.square(a_hat_pred - action), a_mask)
+    if w["policy"] > 0 or w["flow"] > 0:  # goal-conditioned chunks; the goal: the clip's last valid frame
+        last = jnp.maximum(jnp.sum(tm.astype(jnp.int32), axis=1) - 1, 0)
+        z_goal = jnp.broadcast_to(jnp.take_along_axis(z, last[:, None, None, None], axis=1), z[:, :-1].shape)
+        chunk, chunk_mask = _action_chunks(action, a_mask, spec.policy_horizon)
     if w["policy"] > 0:
-        h = spec.policy_horizon
-        last = jnp.maximum(jnp.sum(tm.astype(jnp.int32), axis=1) - 1, 0)  # last valid frame
-        z_goal = jnp.take_along_axis(z, last[:, None, None, None], axis=1)  # [B, 1, N, D]
-        chunk_hat = model.policy_head(z[:, :-1], jnp.broadcast_to(z_goal, z[:, :-1].shape), emb)
-        chunk, chunk_mask = _action_chunks(action, a_mask, h)
+        chunk_hat = model.policy_head(z[:, :-1], z_goal, emb)
         terms["policy"] = masked_mean(jnp.square(chunk_hat - chunk), chunk_mask)
+    if w["flow"] > 0:  # rectified flow: x_tau = (1 - tau) noise + tau chunk, velocity chunk - noise
+        k_noise, k_tau = jax.random.split(k_flow)
+        noise = jax.random.normal(k_noise, chunk.shape)
+        tau = jax.random.uniform(k_tau, chunk.shape[:2])
+        x_tau = (1.0 - tau[..., None, None]) * noise + tau[..., None, None] * chunk
+        v = model.flow_head(z[:, :-1], z_goal, proprio[:, :-1] * proprio_mask[:, :-1], x_tau, tau, emb)
+        terms["flow"] = masked_mean(jnp.square(v - (chunk - noise)), chunk_mask)
 
     # Encoder self-supervision: masked latent prediction on multi-block tube masks.
     if w["ssl"] > 0:

@@ -1,0 +1,166 @@
+"""`model.flow_head` + `loss.flow`: the flow-matching action stream draws both ways around an
+obstacle where the regression head averages them into it; the sampler, the loss term's reach and
+the configurations it refuses."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from tests.test_model import random_batch, tiny_config
+from tests.test_objectives import _max_abs, _only, loss_and_grads
+from wam_jax.models import flow_head
+from wam_jax.models.action_head import PolicyHead
+from wam_jax.models.world_model import WorldActionModel
+
+H, D = 4, 8
+# Two demonstrations from (0, -1) to (0, 1) around an obstacle of radius 0.5 at the origin: by
+# the left or by the right, equally often. Waypoints (x, y) of the chunk.
+RIGHT = np.array([[0.6, -0.6], [1.0, 0.0], [0.6, 0.6], [0.0, 1.0]], np.float32)
+LEFT = RIGHT * np.array([-1.0, 1.0], np.float32)
+
+
+def _demos(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chunks `[n, 1, H, 2]`, side +1 / -1): a mode each, with a little noise."""
+    side = rng.choice([-1.0, 1.0], size=n).astype(np.float32)
+    chunks = np.where(side[:, None, None] > 0, RIGHT, LEFT) + 0.05 * rng.normal(size=(n, H, 2))
+    return chunks[:, None].astype(np.float32), side
+
+
+def _train(model: nnx.Module, loss_fn, steps: int = 400, batch: int = 256, seed: int = 0) -> None:
+    opt = nnx.Optimizer(model, optax.adam(2e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, chunks, key):
+        loss, grads = nnx.value_and_grad(lambda m: loss_fn(m, chunks, key))(model)
+        opt.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    for i in range(steps):
+        step(model, opt, jnp.asarray(_demos(rng, batch)[0]), jax.random.key(i))
+
+
+def _ctx(n: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The same start and goal latents for every example (what differs is only the mode)."""
+    z_t = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, D), (n, 1, 1, D))
+    return z_t, -z_t, jnp.zeros((n, 1, 2)), jnp.zeros((n,), jnp.int32)
+
+
+def _flow_loss(head, chunks, key):
+    n = chunks.shape[0]
+    k_noise, k_tau = jax.random.split(key)
+    noise = jax.random.normal(k_noise, chunks.shape)
+    tau = jax.random.uniform(k_tau, (n, 1))
+    x_tau = (1 - tau[..., None, None]) * noise + tau[..., None, None] * chunks
+    z_t, z_goal, proprio, emb = _ctx(n)
+    return jnp.mean(jnp.square(head(z_t, z_goal, proprio, x_tau, tau, emb) - (chunks - noise)))
+
+
+def _regression_loss(head, chunks, key):
+    del key
+    z_t, z_goal, _, emb = _ctx(chunks.shape[0])
+    return jnp.mean(jnp.square(head(z_t, z_goal, emb) - chunks))
+
+
+def _through_obstacle(chunks: np.ndarray) -> np.ndarray:
+    """Per chunk: does a waypoint lie inside the obstacle (radius 0.5 at the origin)?"""
+    return np.any(np.linalg.norm(chunks, axis=-1) < 0.5, axis=-1)
+
+
+def test_flow_head_draws_both_modes_where_regression_averages_them():
+    kw = dict(latent_dim=D, action_dim=2, num_embodiments=1, width=64, depth=2, heads=4, mlp_ratio=2.0,
+              rngs=nnx.Rngs(0), scan=False)
+    flow = flow_head.FlowActionHead(horizon=H, proprio_dim=2, **kw)
+    _train(flow, _flow_loss)
+    policy = PolicyHead(horizon=H, grid_hw=(1, 1), **kw)
+    _train(policy, _regression_loss)
+
+    n = 400
+    z_t, z_goal, proprio, emb = _ctx(n)
+    for method, steps in (("euler", 10), ("midpoint", 5)):
+        drawn = np.asarray(jax.jit(lambda key, m=method, s=steps: flow_head.sample(
+            flow, z_t, z_goal, proprio, emb, key, steps=s, method=m))(jax.random.key(1)))[:, 0]
+        right = np.mean(drawn[:, 1, 0] > 0)  # which side the middle waypoint passes
+        assert 0.3 <= right <= 0.7, (method, right)
+        assert np.mean(_through_obstacle(drawn)) < 0.1, method
+        near = np.minimum(np.abs(drawn - RIGHT).max(axis=(-2, -1)), np.abs(drawn - LEFT).max(axis=(-2, -1)))
+        assert np.median(near) < 0.3, method  # each draw is one demonstration, not a blend
+    mean_path = np.asarray(policy(z_t[:1], z_goal[:1], emb[:1]))[0, 0]
+    assert _through_obstacle(mean_path[None]).all() and abs(mean_path[1, 0]) < 0.3
+
+
+def test_sampler_integrates_a_known_velocity():
+    """With a velocity that is exactly constant in x (what a perfectly trained head predicts for
+    a one-point distribution at c: v = c - x_0, here checked through the head's own signature), one
+    Euler step lands on c; the step count and method are validated."""
+
+    class Const(nnx.Module):
+        horizon, action_dim = 2, 3
+
+        def __call__(self, z_t, z_goal, proprio, x, tau, emb):
+            # On the straight path from x_0 to c, x_tau = (1 - tau) x_0 + tau c: v = (c - x) / (1 - tau).
+            return (2.0 - x) / (1.0 - tau[..., None, None])
+
+    z = jnp.zeros((3, 2, 1, 4))
+    out = flow_head.sample(Const(), z, z, jnp.zeros((3, 2, 1)), jnp.zeros((3,), jnp.int32), jax.random.key(0),
+                           steps=4, method="euler")
+    np.testing.assert_allclose(np.asarray(out), 2.0, atol=1e-5)
+    assert out.shape == (3, 2, 2, 3)
+    with pytest.raises(ValueError, match="flow sampler 'heun'"):
+        flow_head.sample(Const(), z, z, jnp.zeros((3, 2, 1)), jnp.zeros((3,), jnp.int32), jax.random.key(0),
+                         steps=4, method="heun")
+    with pytest.raises(ValueError, match="flow sampling steps must be >= 1"):
+        flow_head.sample(Const(), z, z, jnp.zeros((3, 2, 1)), jnp.zeros((3,), jnp.int32), jax.random.key(0),
+                         steps=0)
+
+
+def _cfg(**extra):
+    return tiny_config(**{"model.target": "online", "model.pool.kind": "mean", "model.pool.dim": 16,
+                          "model.flow_head.depth": 1, "loss.flow": 1.0, **extra})
+
+
+def test_flow_loss_trains_the_flow_head_and_the_encoder_only():
+    cfg = _cfg()
+    model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    # AdaLN-zero blocks start as the identity, so at init the action tokens do not see the context
+    # yet; a head that has trained a little (its blocks moved off zero) passes gradient to z.
+    blocks = nnx.state(model.flow_head.blocks, nnx.Param)
+    nnx.update(model.flow_head.blocks, jax.tree.map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), blocks))
+    batch = random_batch(cfg, labeled=2)
+    _, metrics, grads = loss_and_grads(_only(cfg, "flow"))(model, model.make_target_encoder(), batch,
+                                                           jax.random.key(0))
+    assert float(metrics["loss/flow"]) > 0
+    assert _max_abs(grads["flow_head"]) > 0 and _max_abs(grads["encoder"]) > 0
+    assert _max_abs(grads["predictor"]) == 0.0 and _max_abs(grads["policy_head"]) == 0.0
+    unlabeled = random_batch(cfg, labeled=0)  # no actions: the term and its gradient are zero
+    _, metrics, grads = loss_and_grads(_only(cfg, "flow"))(model, model.make_target_encoder(), unlabeled,
+                                                           jax.random.key(0))
+    assert float(metrics["loss/flow"]) == 0.0 and _max_abs(grads["flow_head"]) == 0.0
+
+
+def test_world_model_flow_policy_and_refused_configurations():
+    cfg = _cfg()
+    model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    z = jnp.ones((2, 3, 1, 16))
+    chunk = model.flow_policy(z, z[:, 0], jax.random.key(0), steps=2)
+    assert chunk.shape == (2, 3, cfg.model.policy_horizon, cfg.model.action_dim)
+    other = model.flow_policy(z, z[:, 0], jax.random.key(1), steps=2)
+    assert not np.allclose(np.asarray(chunk), np.asarray(other))  # a draw, not a regression
+    with pytest.raises(ValueError, match=r"'proprio' has shape \(2, 3\)"):
+        model.flow_policy(z, z[:, 0], jax.random.key(0), proprio=jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match="model.flow_head: expected depth >= 0"):
+        WorldActionModel(_cfg(**{"model.flow_head.sampler": "rk4"}).model, rngs=nnx.Rngs(0))
+    plain_cfg = _cfg(**{"model.flow_head.depth": 0})
+    plain = WorldActionModel(plain_cfg.model, rngs=nnx.Rngs(0))
+    assert plain.flow_head is None
+    with pytest.raises(ValueError, match="this model has no flow head"):
+        plain.flow_policy(z, z[:, 0], jax.random.key(0))
+    with pytest.raises(ValueError, match=r"loss.flow > 0 needs the flow head: set model.flow_head.depth"):
+        loss_and_grads(_only(plain_cfg, "flow"))(plain, plain.make_target_encoder(), random_batch(plain_cfg),
+                                                 jax.random.key(0))
