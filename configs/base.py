@@ -56,8 +56,10 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.decoder = mlc.ConfigDict(dict(size=0, width=64))
     c.policy_horizon = 4  # h: action chunk length
     # The flow-matching action stream (models/flow_head.py, trained by loss.flow): depth 0 = none;
-    # width 0 = the action heads' width; chunks drawn in sample_steps 'euler' or 'midpoint' steps.
-    c.flow_head = mlc.ConfigDict(dict(depth=0, width=0, sample_steps=10, sampler="euler"))
+    # width 0 = the action heads' width; chunks drawn in sample_steps 'euler' or 'midpoint' steps;
+    # bridge (t, h, w): the predictor's imagined futures pooled to t x h x w tokens the stream
+    # attends to (VAG's adaptive 3D pooling; models/vag.py), () = none.
+    c.flow_head = mlc.ConfigDict(dict(depth=0, width=0, sample_steps=10, sampler="euler", bridge=()))
     # 'ema': the target encoder is an EMA of the encoder (stop-gradient targets); 'frozen': the
     # encoder is not trained; 'online': the encoder trains end to end through the prediction loss
     # (targets from the same encoder, with gradient, no EMA: LeWM) and needs an anti-collapse term

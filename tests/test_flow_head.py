@@ -100,9 +100,9 @@ def test_sampler_integrates_a_known_velocity():
     Euler step lands on c; the step count and method are validated."""
 
     class Const(nnx.Module):
-        horizon, action_dim = 2, 3
+        horizon, action_dim, bridge = 2, 3, None
 
-        def __call__(self, z_t, z_goal, proprio, x, tau, emb):
+        def __call__(self, z_t, z_goal, proprio, x, tau, emb, future=None):
             # On the straight path from x_0 to c, x_tau = (1 - tau) x_0 + tau c: v = (c - x) / (1 - tau).
             return (2.0 - x) / (1.0 - tau[..., None, None])
 
@@ -126,12 +126,9 @@ def _cfg(**extra):
 
 def test_flow_loss_trains_the_flow_head_and_the_encoder_only():
     cfg = _cfg()
-    model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
     # AdaLN-zero blocks start as the identity, so at init the action tokens do not see the context
-    # yet; a head that has trained a little (its blocks moved off zero) passes gradient to z.
-    blocks = nnx.state(model.flow_head.blocks, nnx.Param)
-    nnx.update(model.flow_head.blocks, jax.tree.map(
-        lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), blocks))
+    # yet; a head that has trained a little passes gradient to z.
+    model = _opened(WorldActionModel(cfg.model, rngs=nnx.Rngs(0)))
     batch = random_batch(cfg, labeled=2)
     _, metrics, grads = loss_and_grads(_only(cfg, "flow"))(model, model.make_target_encoder(), batch,
                                                            jax.random.key(0))
@@ -145,22 +142,72 @@ def test_flow_loss_trains_the_flow_head_and_the_encoder_only():
 
 
 def test_world_model_flow_policy_and_refused_configurations():
+    from wam_jax.models import vag
+
     cfg = _cfg()
     model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
     z = jnp.ones((2, 3, 1, 16))
-    chunk = model.flow_policy(z, z[:, 0], jax.random.key(0), steps=2)
+    chunk = vag.flow_policy(model, z, z[:, 0], jax.random.key(0), steps=2)
     assert chunk.shape == (2, 3, cfg.model.policy_horizon, cfg.model.action_dim)
-    other = model.flow_policy(z, z[:, 0], jax.random.key(1), steps=2)
+    other = vag.flow_policy(model, z, z[:, 0], jax.random.key(1), steps=2)
     assert not np.allclose(np.asarray(chunk), np.asarray(other))  # a draw, not a regression
     with pytest.raises(ValueError, match=r"'proprio' has shape \(2, 3\)"):
-        model.flow_policy(z, z[:, 0], jax.random.key(0), proprio=jnp.zeros((2, 3)))
+        vag.flow_policy(model, z, z[:, 0], jax.random.key(0), proprio=jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="model.flow_head: expected depth >= 0"):
         WorldActionModel(_cfg(**{"model.flow_head.sampler": "rk4"}).model, rngs=nnx.Rngs(0))
     plain_cfg = _cfg(**{"model.flow_head.depth": 0})
     plain = WorldActionModel(plain_cfg.model, rngs=nnx.Rngs(0))
     assert plain.flow_head is None
     with pytest.raises(ValueError, match="this model has no flow head"):
-        plain.flow_policy(z, z[:, 0], jax.random.key(0))
+        vag.flow_policy(plain, z, z[:, 0], jax.random.key(0))
     with pytest.raises(ValueError, match=r"loss.flow > 0 needs the flow head: set model.flow_head.depth"):
         loss_and_grads(_only(plain_cfg, "flow"))(plain, plain.make_target_encoder(), random_batch(plain_cfg),
                                                  jax.random.key(0))
+
+
+def test_adaptive_pool_3d_bins_like_torch():
+    """5 frames of a 2 x 2 grid to (2, 1, 1): frames 0-2 and 2-4 (overlapping bins), the grid averaged."""
+    x = np.random.default_rng(0).normal(size=(3, 5, 4, 6)).astype(np.float32)
+    out = np.asarray(flow_head.adaptive_pool_3d(jnp.asarray(x), (2, 2), (2, 1, 1)))
+    np.testing.assert_allclose(out[:, 0], x[:, 0:3].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], x[:, 2:5].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    same = np.asarray(flow_head.adaptive_pool_3d(jnp.asarray(x), (2, 2), (5, 2, 2)))
+    np.testing.assert_allclose(same, x.reshape(3, 20, 6), rtol=1e-6)
+    with pytest.raises(ValueError, match="do not form the 3 x 3 grid"):
+        flow_head.adaptive_pool_3d(jnp.asarray(x), (3, 3), (1, 1, 1))
+
+
+def _opened(model):
+    """The flow head's AdaLN blocks moved off their zero init (as after some training), so the
+    action tokens read the context."""
+    blocks = nnx.state(model.flow_head.blocks, nnx.Param)
+    nnx.update(model.flow_head.blocks, jax.tree.map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), blocks))
+    return model
+
+
+def test_paired_generation_is_self_consistent_and_the_bridge_is_read():
+    from wam_jax.models import vag
+
+    cfg = _cfg(**{"model.flow_head.bridge": (2, 1, 1), "model.flow_head.sample_steps": 3})
+    model = _opened(WorldActionModel(cfg.model, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    z_t, z_goal = (jnp.asarray(rng.normal(size=(2, 1, 16)), jnp.float32) for _ in range(2))
+    latents, chunk = nnx.jit(lambda m, key: vag.generate_paired(m, z_t, z_goal, key))(model, jax.random.key(0))
+    h, a = cfg.model.policy_horizon, cfg.model.action_dim
+    assert latents.shape == (2, h, 1, 16) and chunk.shape == (2, h, a)
+    # The pair: the predictor rolled out again under the returned actions gives the returned latents.
+    again = model.rollout(z_t[:, None], model.embed_actions(chunk), k=h)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(latents), atol=1e-5)
+    # The bridge is read: other imagined futures, another velocity.
+    x, tau = jnp.zeros((2, 1, h, a)), jnp.full((2, 1), 0.5)
+    args = (z_t[:, None], z_goal[:, None], jnp.zeros((2, 1, cfg.model.proprio_dim)), x, tau, jnp.zeros((2,), jnp.int32))
+    v_none = model.flow_head(*args)
+    v_future = model.flow_head(*args, jnp.ones((2, 1, h, 1, 16)))
+    assert float(jnp.max(jnp.abs(v_none - v_future))) > 1e-4
+    np.testing.assert_allclose(np.asarray(model.flow_head(*args, jnp.zeros((2, 1, h, 1, 16)))), np.asarray(v_none))
+    # Trained through the loss: the bridge's map learns, the predictor does not.
+    _, metrics, grads = loss_and_grads(_only(cfg, "flow"))(model, model.make_target_encoder(), random_batch(cfg),
+                                                           jax.random.key(0))
+    assert float(metrics["loss/flow"]) > 0 and _max_abs(grads["flow_head"]["bridge_in"]) > 0
+    assert _max_abs(grads["predictor"]) == 0.0

@@ -8,16 +8,22 @@ velocity x_1 - x_0) and samples by integrating it, so it draws one mode or the o
 
 Tokens: the context (the current latent's tokens, the goal latent's tokens, the proprio) and one
 token per action step of the chunk; transformer blocks with AdaLN-zero conditioned on the flow
-time τ; one velocity per action token out of a per-embodiment map. Further context (the pooled
-imagined futures of the VAG bridge) enters as more context tokens.
+time τ; one velocity per action token out of a per-embodiment map.
+
+The bridge (VAG's adaptive 3D pooling, `bridge=(t, h, w)`): imagined future latents
+`[T', N, D]` (the predictor's rollout under the current estimate of the chunk, `models/vag.py`)
+average-pooled over time and the latent grid to t x h x w tokens that join the context, so the
+action stream sees a compact summary of where its actions lead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wam_jax import sharding
@@ -30,18 +36,44 @@ SAMPLERS = ("euler", "midpoint")
 Sampler = Literal["euler", "midpoint"]
 
 
+def _bins(n_in: int, n_out: int) -> np.ndarray:
+    """`[n_out, n_in]` averaging matrix of adaptive pooling: bin i covers inputs
+    floor(i n_in / n_out) .. ceil((i + 1) n_in / n_out) - 1 (overlapping when n_out > n_in)."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def adaptive_pool_3d(x: jax.Array, grid_hw: tuple[int, int], out: tuple[int, int, int]) -> jax.Array:
+    """Adaptive average pooling of latents `[..., T, N, D]` (N = the `grid_hw` latent grid) to
+    `[..., t * h * w, D]` for `out = (t, h, w)`, as torch's AdaptiveAvgPool3d bins."""
+    *lead, t_in, n, d = x.shape
+    gh, gw = grid_hw
+    if gh * gw != n:
+        raise ValueError(f"adaptive_pool_3d: {n} latent tokens per frame do not form the {gh} x {gw} grid")
+    x = x.reshape(*lead, t_in, gh, gw, d)
+    y = jnp.einsum("ti,hj,wk,...ijkd->...thwd", _bins(t_in, out[0]), _bins(gh, out[1]), _bins(gw, out[2]), x)
+    return y.reshape(*lead, out[0] * out[1] * out[2], d)
+
+
 class FlowActionHead(nnx.Module):
     """(z_t, z_goal `[B, S, N, D]`, proprio `[B, S, P]`, noisy chunk x_τ `[B, S, h, A]`, τ `[B, S]`,
-    embodiment `[B]`) -> velocity `[B, S, h, A]`."""
+    embodiment `[B]`, imagined future `[B, S, T', N, D]` or None) -> velocity `[B, S, h, A]`."""
 
     @mesh_optional
     def __init__(self, *, latent_dim: int, action_dim: int, proprio_dim: int, horizon: int,
                  num_embodiments: int, width: int, depth: int, heads: int, mlp_ratio: float,
-                 rngs: nnx.Rngs, scan: bool = True, scan_unroll: int = 1, remat: str = "none",
+                 rngs: nnx.Rngs, grid_hw: tuple[int, int] = (1, 1), bridge: tuple[int, int, int] | None = None,
+                 scan: bool = True, scan_unroll: int = 1, remat: str = "none",
                  dtype=jnp.float32, param_dtype=jnp.float32, attention_impl: str = "xla"):
         if horizon < 1:
             raise ValueError(f"model.policy_horizon must be >= 1, got {horizon}")
+        if bridge is not None and (len(bridge) != 3 or min(bridge) < 1):
+            raise ValueError(f"model.flow_head.bridge: expected (t, h, w) >= 1 or empty, got {bridge}")
         self.action_dim, self.horizon, self.width, self.dtype = action_dim, horizon, width, dtype
+        self.grid_hw, self.bridge = tuple(grid_hw), None if bridge is None else tuple(bridge)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.latent_in = linear(latent_dim, width, ("embed", "mlp"), stddev=latent_dim**-0.5, **kw)
         self.proprio_in: nnx.Linear | None = nnx.data(
@@ -51,6 +83,14 @@ class FlowActionHead(nnx.Module):
         # Which kind each token is: current latent, goal latent, proprio, action step 0..h-1.
         self.kind = nnx.Param(normal_init((None, "embed"), 0.02)(rngs.params(), (3 + horizon, width),
                                                                  param_dtype))
+        # The bridge's tokens: no bias, so an absent future (zeros, the sampler's first step) is
+        # only its position embedding.
+        self.bridge_in: nnx.Linear | None = nnx.data(None)
+        if self.bridge is not None:
+            self.bridge_in = linear(latent_dim, width, ("embed", "mlp"), use_bias=False,
+                                    stddev=latent_dim**-0.5, **kw)
+            self.bridge_pos = nnx.Param(normal_init((None, "embed"), 0.02)(
+                rngs.params(), (int(np.prod(self.bridge)), width), param_dtype))
         self.time_mlp = nnx.Sequential(linear(width, width, ("embed", "mlp"), **kw), jax.nn.silu,
                                        linear(width, width, ("mlp", "embed"), **kw))
         self.blocks = BlockStack(depth, width, heads, mlp_ratio, scan=scan, scan_unroll=scan_unroll,
@@ -59,13 +99,17 @@ class FlowActionHead(nnx.Module):
         self.out = EmbodimentLinear(num_embodiments, width, action_dim, ("embed", "act"), **kw)
 
     def __call__(self, z_t: jax.Array, z_goal: jax.Array, proprio: jax.Array, x: jax.Array,
-                 tau: jax.Array, embodiment_id: jax.Array) -> jax.Array:
-        b, s, n, _ = z_t.shape
+                 tau: jax.Array, embodiment_id: jax.Array, future: jax.Array | None = None) -> jax.Array:
+        b, s, n, d = z_t.shape
         kind = self.kind[...].astype(self.dtype)
         prop = kind[2] if self.proprio_in is None else self.proprio_in(proprio.astype(self.dtype)) + kind[2]
-        ctx = jnp.concatenate([self.latent_in(z_t.astype(self.dtype)) + kind[0],
-                               self.latent_in(z_goal.astype(self.dtype)) + kind[1],
-                               jnp.broadcast_to(prop, (b, s, self.width))[:, :, None]], axis=2)
+        parts = [self.latent_in(z_t.astype(self.dtype)) + kind[0], self.latent_in(z_goal.astype(self.dtype)) + kind[1],
+                 jnp.broadcast_to(prop, (b, s, self.width))[:, :, None]]
+        if self.bridge_in is not None:
+            pooled = (jnp.zeros((b, s, self.bridge_pos.shape[0], d)) if future is None
+                      else adaptive_pool_3d(future.astype(jnp.float32), self.grid_hw, self.bridge))
+            parts.append(self.bridge_in(pooled.astype(self.dtype)) + self.bridge_pos[...].astype(self.dtype))
+        ctx = jnp.concatenate(parts, axis=2)
         act = self.action_in(x.reshape(b, s * self.horizon, -1), embodiment_id).reshape(b, s, self.horizon, -1)
         tokens = jnp.concatenate([ctx, act + kind[3:]], axis=2).reshape(b * s, -1, self.width)
         tokens = sharding.constrain(tokens, ACT_AXES)
@@ -77,11 +121,15 @@ class FlowActionHead(nnx.Module):
 
 
 def sample(head: FlowActionHead, z_t: jax.Array, z_goal: jax.Array, proprio: jax.Array,
-           embodiment_id: jax.Array, key: jax.Array, *, steps: int, method: Sampler = "euler"
-           ) -> jax.Array:
+           embodiment_id: jax.Array, key: jax.Array, *, steps: int, method: Sampler = "euler",
+           imagine: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """An action chunk `[B, S, h, A]` (normalized action units) drawn by integrating the learned
     velocity from τ = 0 (x_0 ~ N(0, I), one draw per (example, step) from `key`) to τ = 1 in
-    `steps` Euler or midpoint steps (midpoint: two evaluations a step, second-order accurate)."""
+    `steps` Euler or midpoint steps (midpoint: two evaluations a step, second-order accurate).
+
+    With the bridge, `imagine(chunk) -> future [B, S, T', N, D]` (the predictor's rollout) is
+    called on the clean chunk each step points at, x + (1 - τ) v, and its futures condition the
+    next step: the two streams are denoised in turn (the first step sees no future)."""
     if method not in SAMPLERS:
         raise ValueError(f"flow sampler {method!r}: expected one of {SAMPLERS}")
     if steps < 1:
@@ -89,16 +137,19 @@ def sample(head: FlowActionHead, z_t: jax.Array, z_goal: jax.Array, proprio: jax
     b, s = z_t.shape[:2]
     x = jax.random.normal(key, (b, s, head.horizon, head.action_dim), jnp.float32)
     dt = 1.0 / steps
+    future = None
 
-    def velocity(x: jax.Array, tau: float | jax.Array) -> jax.Array:
-        return head(z_t, z_goal, proprio, x, jnp.full((b, s), tau, jnp.float32), embodiment_id)
+    def velocity(x: jax.Array, tau: float) -> jax.Array:
+        return head(z_t, z_goal, proprio, x, jnp.full((b, s), tau, jnp.float32), embodiment_id, future)
 
     # A Python loop (unrolled under jit; `steps` is small): the head is closed over, and nnx
     # modules cannot be read from inside a `lax` loop's trace.
     for i in range(steps):
         tau = i * dt
-        if method == "euler":
-            x = x + dt * velocity(x, tau)
-        else:
-            x = x + dt * velocity(x + 0.5 * dt * velocity(x, tau), tau + 0.5 * dt)
+        v = velocity(x, tau)
+        if method == "midpoint":
+            v = velocity(x + 0.5 * dt * v, tau + 0.5 * dt)
+        if imagine is not None and head.bridge is not None:
+            future = imagine(x + (1.0 - tau) * v)
+        x = x + dt * v
     return x

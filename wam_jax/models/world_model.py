@@ -185,7 +185,9 @@ class WorldActionModel(nnx.Module):
         if int(fc.depth) > 0:
             flow_kw = {**{k: v for k, v in head_kw.items() if k != "grid_hw"},
                        "width": int(fc.width) or head_width, "depth": int(fc.depth)}
-            self.flow_head = flow_head_lib.FlowActionHead(horizon=spec.policy_horizon, proprio_dim=spec.proprio_dim, **flow_kw)
+            self.flow_head = flow_head_lib.FlowActionHead(
+                horizon=spec.policy_horizon, proprio_dim=spec.proprio_dim, grid_hw=spec.grid_hw,
+                bridge=tuple(int(v) for v in fc.bridge) or None, **flow_kw)
         if spec.ssl_enabled:
             sc = cfg.ssl
             self.ssl_predictor = MaskedPredictor(
@@ -442,32 +444,13 @@ class WorldActionModel(nnx.Module):
     def policy(self, z_t: jax.Array, z_goal: jax.Array,
                embodiment_id: jax.Array | None = None) -> jax.Array:
         """(z_t `[B, S, N, D]`, z_goal `[B, N, D]` or `[B, S, N, D]`) -> chunks `[B, S, h, A]`."""
-        z_goal, emb = self._policy_inputs("WorldActionModel.policy", z_t, z_goal, embodiment_id)
+        z_goal, emb = self.policy_inputs("WorldActionModel.policy", z_t, z_goal, embodiment_id)
         return self.policy_head(z_t, z_goal, emb)
 
-    def flow_policy(self, z_t: jax.Array, z_goal: jax.Array, key: jax.Array, proprio: jax.Array | None = None,
-                    embodiment_id: jax.Array | None = None, *, steps: int | None = None,
-                    method: str | None = None) -> jax.Array:
-        """`policy`'s inputs and proprio `[B, S, P]` (zeros if None) -> one chunk `[B, S, h, A]`
-        drawn from the flow head per (example, step) with `key`, in `steps` Euler or midpoint steps
-        (default `model.flow_head.sample_steps` / `.sampler`)."""
-        where = "WorldActionModel.flow_policy"
-        if self.flow_head is None:
-            raise ValueError(f"{where}: this model has no flow head; train it with model.flow_head.depth > 0 "
-                             "and loss.flow > 0")
-        z_goal, emb = self._policy_inputs(where, z_t, z_goal, embodiment_id)
-        b, s = z_t.shape[:2]
-        if proprio is None:
-            proprio = jnp.zeros((b, s, self.spec.proprio_dim), jnp.float32)
-        check_array(where, "proprio", proprio, f"[B, S, P] = [{b}, {s}, {self.spec.proprio_dim}]",
-                    (b, s, self.spec.proprio_dim))
-        return flow_head_lib.sample(self.flow_head, z_t, z_goal, proprio, emb, key,
-                                    steps=steps or self.flow_sampling[0], method=method or self.flow_sampling[1])
-
-    def _policy_inputs(self, where: str, z_t: jax.Array, z_goal: jax.Array, embodiment_id: jax.Array | None
+    def policy_inputs(self, where: str, z_t: jax.Array, z_goal: jax.Array, embodiment_id: jax.Array | None
                        ) -> tuple[jax.Array, jax.Array]:
-        """Checks z_t `[B, S, N, D]` and z_goal `[B, N, D]` or `[B, S, N, D]`; the goal broadcast
-        over S, and the embodiment ids."""
+        """Checks z_t `[B, S, N, D]` and z_goal `[B, N, D]` or `[B, S, N, D]` (errors name `where`);
+        the goal broadcast over S, and the embodiment ids (`policy`, `models/vag.py`)."""
         desc, dims = self._latents_desc("B, S")
         check_array(where, "z_t", z_t, desc, dims)
         b, s = z_t.shape[:2]

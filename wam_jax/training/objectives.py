@@ -30,6 +30,7 @@ from flax import nnx
 from data_pipelines import schema
 from wam_jax.models import decoder as decoder_lib
 from wam_jax.models import encoder as encoder_lib
+from wam_jax.models import vag
 from wam_jax.models.world_model import ModelSpec, WorldActionModel, normalize_latents
 from wam_jax.training import anti_collapse, health, masks
 
@@ -246,11 +247,19 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         chunk_hat = model.policy_head(z[:, :-1], z_goal, emb)
         terms["policy"] = masked_mean(jnp.square(chunk_hat - chunk), chunk_mask)
     if w["flow"] > 0:  # rectified flow: x_tau = (1 - tau) noise + tau chunk, velocity chunk - noise
-        k_noise, k_tau = jax.random.split(k_flow)
+        k_noise, k_tau, k_keep = jax.random.split(k_flow, 3)
         noise = jax.random.normal(k_noise, chunk.shape)
         tau = jax.random.uniform(k_tau, chunk.shape[:2])
         x_tau = (1.0 - tau[..., None, None]) * noise + tau[..., None, None] * chunk
-        v = model.flow_head(z[:, :-1], z_goal, proprio[:, :-1] * proprio_mask[:, :-1], x_tau, tau, emb)
+        head_in = (z[:, :-1], z_goal, proprio[:, :-1] * proprio_mask[:, :-1], x_tau, tau, emb)
+        future = None
+        if model.flow_head.bridge is not None:
+            # The sampler's bridge input (models/vag.py), self-conditioned: the rollout of the chunk a
+            # first pass without futures points at, or none (the sampler's first step), half each.
+            estimate = sg(x_tau + (1.0 - tau[..., None, None]) * model.flow_head(*head_in))
+            future = sg(vag.imagine(model, zbar[:, :-1], estimate, emb, proprio[:, :-1], proprio_mask[:, :-1]))
+            future = jnp.where(jax.random.bernoulli(k_keep, 0.5, tau.shape)[..., None, None, None], future, 0.0)
+        v = model.flow_head(*head_in, future)
         terms["flow"] = masked_mean(jnp.square(v - (chunk - noise)), chunk_mask)
 
     # Encoder self-supervision: masked latent prediction on multi-block tube masks.
