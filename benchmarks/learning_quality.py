@@ -178,7 +178,7 @@ def interval(values: Sequence[float]) -> tuple[float, float, float]:
 
 def aggregate(recs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per metric: per-seed values, mean, 95 % interval (and pooled planning success)."""
-    from launch.plan import wilson_interval
+    from launch.pusht_tasks import wilson_interval
 
     horizons = sorted(int(k.rsplit("_h", 1)[1]) for k in recs[0] if k.startswith("l1_vs_copy_h"))
     metrics = [(f"latent L1 / copy-last, h = {h}", f"l1_vs_copy_h{h}", ".3f") for h in horizons] + list(METRICS)

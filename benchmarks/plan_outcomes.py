@@ -25,7 +25,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
-from launch.plan import wilson_interval  # noqa: E402
+from launch.pusht_tasks import wilson_interval  # noqa: E402
 from sim.success import SUCCESS_ANGLE_TOL_DEG, SUCCESS_POS_TOL  # noqa: E402
 
 UNMOVED_PX, UNMOVED_DEG = 1.0, 1.0

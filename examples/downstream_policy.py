@@ -142,7 +142,7 @@ def train(loss_fn, params: Any, sample_batch, *, steps: int, lr: float, seed: in
 def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
     """Runs `act_fn(frame uint8, agent_pos) -> action (px)` from the env's random initial states
     (seeds EVAL_SEED_BASE + seed * 1000 + i) for exactly `budget` steps; DINO-WM success at the end."""
-    from launch.plan import observe
+    from launch.pusht_tasks import observe
     from sim import pusht
     from sim.success import is_success, pose_error
 

@@ -8,7 +8,9 @@
 2. Converts them with `wam-convert oxe` / `wam-convert ego4d` (the same code users run on
    Open X-Embodiment and Ego4D).
 3. Trains `configs/pusht_plan.py` (the encoder end to end with SIGReg, pooled latents, AdaLN
-   action conditioning; re-running resumes from the last checkpoint) on the labeled episodes.
+   action conditioning) on the labeled episodes in `WORKDIR/encoder`, then trains its predictor
+   and heads on, on that encoder frozen (a step costs a quarter: the planning recipe's second
+   stage), in `WORKDIR`. Re-running resumes each stage from its last checkpoint.
    The action-free videos go through the Ego4D converter but not into training: whether they help
    this recipe is not measured yet (the comparison in BENCHMARKS.md §7 is the previous recipe's).
 4. Evaluates on the held-out test episodes (prediction vs copy-last, shuffled actions, action
@@ -30,7 +32,10 @@ from typing import Any
 # gives the larger set.
 DEMO_SIZES = dict(labeled_episodes=300, video_episodes=100, test_episodes=20, random_fraction=0.5)
 DEMO_PLAN_EPISODES = 5
-DEMO_STEPS = 600  # of the recipe's 2000
+# Training steps of the two stages: the end-to-end recipe (of its 2000), then its predictor on the
+# frozen encoder, where the predictor stops chasing a moving target (BENCHMARKS.md §6.1).
+DEMO_STEPS = (600, 250)
+FROZEN_ENCODER = ("--config.model.init_scope=all", "--config.model.target=frozen")
 # The settings that make a run's result: a saved run that differs in one is not resumed.
 RECIPE = ("seed", "model.", "loss.", "data.", "optim.")
 
@@ -83,21 +88,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wam_jax import config_utils
 
     t0 = time.perf_counter()
-    overrides = [f"--config.data.mixture={converted}/pusht_labeled", f"--config.train.num_steps={DEMO_STEPS}",
-                 "--config.train.export_at_end=False",  # exported below, to --export
-                 *args.overrides]
-    changed = recipe_changes(args.workdir, config_utils.load_config(args.config, overrides))
+    encoder_dir = os.path.join(args.workdir, "encoder")
+    common = [f"--config.data.mixture={converted}/pusht_labeled", *args.overrides]
+    stages = [(encoder_dir, [f"--config.train.num_steps={DEMO_STEPS[0]}", *common]),
+              (args.workdir, [f"--config.train.num_steps={DEMO_STEPS[1]}", *FROZEN_ENCODER,
+                              f"--config.model.init_from={encoder_dir}/export",
+                              "--config.train.export_at_end=False",  # exported below, to --export
+                              *common])]
+    changed = [c for workdir, overrides in stages
+               for c in recipe_changes(workdir, config_utils.load_config(args.config, overrides))]
     if changed:
         old = f"{args.workdir.rstrip('/')}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
         os.replace(args.workdir, old)
         print(f"{args.workdir} holds a run of another recipe ({', '.join(changed[:5])}"
               f"{' ...' if len(changed) > 5 else ''}): moved to {old}; training afresh", flush=True)
-    code = train_launch.main(["wam-train", f"--config={args.config}", f"--workdir={args.workdir}", *overrides])
-    if code:
-        return code
+    for workdir, overrides in stages:
+        code = train_launch.main(["wam-train", f"--config={args.config}", f"--workdir={workdir}", *overrides])
+        if code:
+            return code
     timings["train"] = time.perf_counter() - t0
 
-    from launch import plan, probe
+    from launch import plan, probe, pusht_tasks
     from wam_jax.inference import eval_report, evaluation, export, load
 
     t0 = time.perf_counter()
@@ -126,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(probe.format_probe(probed))
     if planned is not None:
         print()
-        print(plan.format_results(planned["results"], f"PushT planning, {args.plan_episodes} held-out goals "
+        print(pusht_tasks.format_results(planned["results"], f"PushT planning, {args.plan_episodes} held-out goals "
                                                       f"(budget {planned['budget']} steps, goal {planned['goal_offset']} "
                                                       "steps ahead)"))
     print()

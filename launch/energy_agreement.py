@@ -77,7 +77,7 @@ def candidates(rng: np.random.Generator, agent: np.ndarray, low: np.ndarray, hig
 def _block_sensitivity(wm: Any, env: Any, task: Any, goal_z: np.ndarray, size: int, px: float = 20.0) -> float:
     """Latent L1 between the goal and the goal with the block moved `px` (the success tolerance),
     averaged over four directions: the smallest change the planner's energy must resolve."""
-    from launch.plan import observe
+    from launch.pusht_tasks import observe
     from sim import pusht
 
     out = []
@@ -92,7 +92,7 @@ def energy_agreement(wm: Any, *, tasks: int = 10, num_candidates: int = 66, hori
                      seed: int = 0, scene_basis: np.ndarray | None = None) -> dict[str, Any]:
     """The table's numbers for a loaded `WorldModel` (mean and sd over tasks) plus per-task rows;
     the scene energies too, given `scene_basis` (`WorldModel.state_subspace`)."""
-    from launch.plan import make_tasks, observe
+    from launch.pusht_tasks import make_tasks, observe
     from sim import pusht
     from sim.success import pose_error
     from wam_jax.inference.state_subspace import remove_subspace

@@ -203,15 +203,15 @@ def test_shift_plan() -> None:
 def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
     """Replaying the demonstration that defined a task reaches its goal exactly: the reset,
     stepping, budget and scoring of the harness are right; random actions do not."""
-    from launch import plan
+    from launch import plan, pusht_tasks
     from sim import pusht
     from sim.rollouts import rollout
     from sim.success import is_success
 
-    tasks = plan.make_tasks(2, image_size=32, goal_offset=25)
+    tasks = pusht_tasks.make_tasks(2, image_size=32, goal_offset=25)
     assert len(tasks) == 2 and tasks[0].goal_image.shape == (32, 32, 3)
     assert all(not is_success(t.start_state[2:], t.goal_pose) for t in tasks)  # non-trivial
-    again = plan.make_tasks(2, image_size=32, goal_offset=25)  # deterministic: same tasks for every method
+    again = pusht_tasks.make_tasks(2, image_size=32, goal_offset=25)  # deterministic: same tasks for every method
     for a, b in zip(tasks, again, strict=True):
         assert a.seed == b.seed and np.array_equal(a.start_state, b.start_state)
         assert np.array_equal(a.goal_image, b.goal_image)
@@ -228,14 +228,14 @@ def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
 
     controllers = [Replay(), plan.RandomController(np.array([20, 20]), np.array([490, 490])),
                    plan.HoldStillController()]
-    res = plan.evaluate_controllers(controllers, tasks, budget=25, image_size=32, progress=False)
+    res = pusht_tasks.evaluate_controllers(controllers, tasks, budget=25, image_size=32, progress=False)
     assert res["replay"]["success_rate"] == 1.0 and res["replay"]["mean_pos_error"] < 1e-3
     assert res["random"]["success_rate"] == 0.0
     # Holding still leaves the block where it started: the final error is the start error.
     for e in res["hold still"]["episode_records"]:
         assert not e["success"] and abs(e["pos_error"] - e["start_pos_error"]) < 1.0
     assert res["replay"]["success_ci95"][1] == 1.0 and 0.0 < res["replay"]["success_ci95"][0] < 1.0
-    assert "planner" not in plan.format_results(res, "x") and "replay" in plan.format_results(res, "x")
+    assert "planner" not in pusht_tasks.format_results(res, "x") and "replay" in pusht_tasks.format_results(res, "x")
 
 
 def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
