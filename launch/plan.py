@@ -10,6 +10,7 @@ Methods, on the same tasks (same seeds, same initial states):
   planner   latent-space CEM / MPPI with the world model (receding horizon: re-plan every
             `--execute` steps, warm-started with the previous plan)
   policy    the jointly trained goal-conditioned policy head alone
+  flow      chunks drawn from the flow-matching action head (a model trained with `loss.flow`)
   random    uniform random actions inside the dataset's q01..q99 action box
   hold      the agent commanded to its own position (the block stays where it starts)
 
@@ -72,21 +73,29 @@ class RandomController:
 
 
 class PolicyHeadController:
-    """The goal-conditioned policy head: executes the first `execute` actions of each chunk."""
+    """The goal-conditioned policy head, or with `flow` a chunk drawn from the flow-matching head
+    given the agent's position (one draw per call, seeded by task and call): executes the first
+    `execute` actions of each chunk."""
 
-    name = "policy"
     repeat = 1  # returns one action per env step (`ActionSpace.to_env_steps`)
 
-    def __init__(self, wm: Any, execute: int = 1):
-        self.wm, self.execute = wm, int(execute)
+    def __init__(self, wm: Any, execute: int = 1, *, flow: bool = False):
+        self.wm, self.execute, self.flow = wm, int(execute), flow
+        self.name = "flow policy" if flow else "policy"
         self.space = wm.action_space()
-        self.goal = None
+        self.goal, self.draw = None, 0
 
     def reset(self, task: PushTTask) -> None:
         self.goal = self.wm.encode(task.goal_image)
+        self.draw = task.seed * 1000
 
     def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
-        chunk = self.wm.policy(self.wm.encode(frame), self.goal)
+        if self.flow:
+            self.draw += 1
+            chunk = self.wm.policy(self.wm.encode(frame), self.goal, sample=self.draw,
+                                   proprio=agent if self.space.proprio_dim else None)
+        else:
+            chunk = self.wm.policy(self.wm.encode(frame), self.goal)
         return self.space.to_env_steps(chunk[: self.execute])
 
 
@@ -223,7 +232,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="give the planner's rollouts the agent position at the current frame (the "
                         "predictor trains with proprio beside every observed frame); off: latents only")
     p.add_argument("--baselines", default="hold,random,policy",
-                   help="comma list of baselines to run (hold, random, policy, none)")
+                   help="comma list of baselines to run (hold, random, policy, none; flow: the "
+                        "flow-matching head's chunks, for a model trained with loss.flow)")
     p.add_argument("--devices", type=int, default=None,
                    help="use the first N devices (default: all; parameters and samples are sharded over them)")
     p.add_argument("--seed", type=int, default=0)
@@ -295,14 +305,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                                                 decoder=decoder, cost=args.cost, scene_basis=basis)]
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in baselines:
-        if b == "policy":
-            controllers.append(PolicyHeadController(wm, execute=args.execute))
+        if b in ("policy", "flow"):
+            controllers.append(PolicyHeadController(wm, execute=args.execute, flow=b == "flow"))
         elif b == "hold":
             controllers.append(HoldStillController())
         elif b == "random":
             controllers.append(RandomController(*space.step_box(), seed=args.seed))
         else:
-            raise ValueError(f"--baselines: unknown baseline {b!r}; expected hold, random, policy or none")
+            raise ValueError(f"--baselines: unknown baseline {b!r}; expected hold, random, policy, flow or none")
     results = evaluate_controllers(controllers, tasks, budget=args.budget, image_size=wm.image_size, repeat=repeat)
     header = (f"PushT goal reaching: {args.episodes} episodes, budget {args.budget} steps (no early stop), "
               f"goal {args.goal_offset} demo steps ahead; success = block < 20 px and < 20 deg from the goal\n"

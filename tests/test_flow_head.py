@@ -211,3 +211,32 @@ def test_paired_generation_is_self_consistent_and_the_bridge_is_read():
                                                            jax.random.key(0))
     assert float(metrics["loss/flow"]) > 0 and _max_abs(grads["flow_head"]["bridge_in"]) > 0
     assert _max_abs(grads["predictor"]) == 0.0
+
+
+def test_world_model_samples_chunks_from_the_flow_head_and_wam_plan_runs_it(tmp_path_factory):
+    """`WorldModel.policy(sample=SEED)`: robot-unit chunks from the flow head (with the bridge and
+    the agent's proprio), the same for the same seed and another for another; `wam-plan
+    --baselines=flow` runs them in the PushT harness; a model without the head says so."""
+    from launch import plan
+    from tests.test_world_model_api import make_tiny_workdir, one_device_mesh, shared_workdir
+    from wam_jax import WorldModel
+
+    workdir, _ = make_tiny_workdir(str(tmp_path_factory.mktemp("flow")), steps=(1,), **{
+        "model.flow_head.depth": 1, "model.flow_head.bridge": (2, 1, 1), "model.flow_head.sample_steps": 2})
+    wm = WorldModel.load(workdir, mesh=one_device_mesh())
+    space = wm.action_space()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    z = wm.encode(frames)
+    agent = np.full((space.proprio_dim,), 100.0, np.float32)
+    a = wm.policy(z[0], z[1], sample=3, proprio=agent)
+    assert a.shape == (wm.spec.policy_horizon, space.dim) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, wm.policy(z[0], z[1], sample=3, proprio=agent))
+    assert not np.allclose(a, wm.policy(z[0], z[1], sample=4, proprio=agent))
+    assert wm.policy(z, z[1], sample=0).shape == (2, wm.spec.policy_horizon, space.dim)  # batched, no proprio
+    record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=2", "--samples=8",
+                        "--iterations=1", "--horizon=2", "--devices=1", "--baselines=flow",
+                        f"--output={tmp_path_factory.mktemp('plan') / 'p.json'}"])
+    assert record["results"]["flow policy"]["episodes"] == 1
+    plain = WorldModel.load(shared_workdir(tmp_path_factory)[0], mesh=one_device_mesh())
+    with pytest.raises(ValueError, match="this model has no flow head"):
+        plain.policy(z[0], z[1], sample=0)

@@ -126,3 +126,22 @@ def check_frames(frames: ArrayLike, image_size: int, *, name: str = "frames", re
         x = resize_frames(x, image_size)
     lead = x.shape[:-3]
     return x.reshape((1,) * (5 - x.ndim) + x.shape), lead
+
+
+def real_array(x: ArrayLike, name: str, expected: str) -> np.ndarray | jax.Array:
+    """`x` as float32 (a jax.Array stays on its devices), or a ValueError naming `name` and the
+    `expected` shape: strings, bools, complex numbers, ragged lists and NaN / inf would otherwise
+    end in a numpy / XLA error that names neither, or in silently NaN outputs."""
+    if isinstance(x, jax.Array):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"{name} is not a rectangular array ({e}); expected {expected}") from None
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):  # bf16 too
+        raise ValueError(f"{name} has dtype {arr.dtype}; expected real numbers {expected}")
+    arr = arr.astype(jnp.float32 if isinstance(arr, jax.Array) else np.float32)
+    if arr.size and not bool((jnp if isinstance(arr, jax.Array) else np).isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or inf (shape {arr.shape}); expected finite {expected}")
+    return arr

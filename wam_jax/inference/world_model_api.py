@@ -36,32 +36,17 @@ import numpy as np
 
 from wam_jax.inference import load, plan_energy, planning, state_subspace
 from wam_jax.inference.action_space import ActionSpace, action_spaces_from_info
-from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError, check_frames
+from wam_jax.inference.artifacts import (
+    IncompleteExportError,
+    MissingStatisticsError,
+    check_frames,
+    real_array,
+)
 from wam_jax.inference.load import inference_mesh
 
 log = logging.getLogger(__name__)
 
 ArrayLike = Any
-
-
-def _real_array(x: ArrayLike, name: str, expected: str) -> np.ndarray | jax.Array:
-    """`x` as float32 (a jax.Array stays on its devices), or a ValueError naming `name` and the
-    `expected` shape: strings, bools, complex numbers, ragged lists and NaN / inf would otherwise
-    end in a numpy / XLA error that names neither, or in silently NaN outputs."""
-    if isinstance(x, jax.Array):
-        arr = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except ValueError as e:  # ragged nested lists
-            raise ValueError(f"{name} is not a rectangular array ({e}); expected {expected}") from None
-    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):  # bf16 too
-        raise ValueError(f"{name} has dtype {arr.dtype}; expected real numbers {expected}")
-    arr = arr.astype(jnp.float32 if isinstance(arr, jax.Array) else np.float32)
-    if arr.size and not bool((jnp if isinstance(arr, jax.Array) else np).isfinite(arr).all()):
-        raise ValueError(f"{name} contains NaN or inf (shape {arr.shape}); expected finite {expected}")
-    return arr
-
 
 # Errors and the default mesh of `WorldModel.load`, for callers that handle them.
 __all__ = ["ActionSpace", "IncompleteExportError", "MissingStatisticsError", "WorldModel", "inference_mesh"]
@@ -167,7 +152,7 @@ class WorldModel:
     def _latents(self, latents: ArrayLike, name: str, min_ndim: int, max_ndim: int) -> jax.Array:
         n, d = self.latent_shape
         expected = f"[..., N, D] = [..., {n}, {d}] with {min_ndim}..{max_ndim} dims (from WorldModel.encode)"
-        z = _real_array(latents, name, expected)
+        z = real_array(latents, name, expected)
         if not (min_ndim <= z.ndim <= max_ndim) or z.shape[-2:] != (n, d) or z.size == 0:
             raise ValueError(f"{name} has shape {tuple(z.shape)}; expected {expected}")
         return jnp.asarray(z)
@@ -257,7 +242,7 @@ class WorldModel:
         space = self.action_space(embodiment)
         z = self._latents(latents, "latents", 2, 4)
         expected = f"[A], [k, A] or [B, k, A] with A={space.dim}, k >= 1"
-        a = _real_array(actions, "actions", expected)
+        a = real_array(actions, "actions", expected)
         if a.ndim not in (1, 2, 3) or a.size == 0:
             raise ValueError(f"actions has shape {a.shape}; expected {expected}")
         single_step = a.ndim == 1
@@ -281,7 +266,7 @@ class WorldModel:
         b, c = z.shape[:2]
         pp = pm = None
         if proprio is not None:
-            p = _real_array(proprio, "proprio", f"[C, P] or [B, C, P] with C={c}")
+            p = real_array(proprio, "proprio", f"[C, P] or [B, C, P] with C={c}")
             p = p[None] if p.ndim == 2 else p
             if p.shape[:2] != (b, c):
                 raise ValueError(f"proprio has shape {np.shape(proprio)}; expected [C, P] or [B, C, P] with C={c}")
@@ -346,9 +331,11 @@ class WorldModel:
         out = space.denormalize(np.asarray(self._call(self._fn("inverse", build), self._model_state, z, emb)))
         return out[0] if squeeze else out
 
-    def policy(self, latents: ArrayLike, goal_latents: ArrayLike, *,
-               embodiment: str | int | None = None) -> np.ndarray:
-        """Goal-conditioned action chunk: `[N, D]` + goal `[N, D]` -> `[h, A]` (batched: `[B, h, A]`)."""
+    def policy(self, latents: ArrayLike, goal_latents: ArrayLike, *, embodiment: str | int | None = None,
+               sample: int | None = None, proprio: ArrayLike | None = None) -> np.ndarray:
+        """Goal-conditioned action chunk: `[N, D]` + goal `[N, D]` -> `[h, A]` (batched: `[B, h, A]`).
+        `sample=SEED`: a chunk drawn from the flow head (`models/vag.py`) instead of the regression
+        head, given the robot-unit `proprio` `[P]` / `[B, P]` of the current frame when there is one."""
         self._need_model("policy")
         space = self.action_space(embodiment)
         z = self._latents(latents, "latents", 2, 3)
@@ -364,10 +351,25 @@ class WorldModel:
 
         graph = self._model_graph
 
-        def build():
-            return jax.jit(lambda s, x, y, e: nnx.merge(graph, s).policy(x[:, None], y, e)[:, 0])
         emb = jnp.full((z.shape[0],), space.embodiment_id, jnp.int32)
-        out = space.denormalize(np.asarray(self._call(self._fn("policy", build), self._model_state, z, g, emb)))
+        if sample is None:
+            def build():
+                return jax.jit(lambda s, x, y, e: nnx.merge(graph, s).policy(x[:, None], y, e)[:, 0])
+            out = self._call(self._fn("policy", build), self._model_state, z, g, emb)
+        else:
+            from wam_jax.models import vag
+
+            pp = None
+            if proprio is not None:
+                p = real_array(proprio, "proprio", "[P] or [B, P] (robot units)")
+                pp = np.broadcast_to(space.normalize_proprio(p.reshape(-1, 1, p.shape[-1]))[0], (z.shape[0], 1, p.shape[-1]))
+                pp = jnp.asarray(np.pad(pp, ((0, 0), (0, 0), (0, self.spec.proprio_dim - pp.shape[-1]))))
+
+            def build():
+                return jax.jit(lambda s, x, y, e, k, p: vag.flow_policy(nnx.merge(graph, s), x[:, None], y, k, p, e)[:, 0])
+            out = self._call(self._fn(("flow", pp is None), build), self._model_state, z, g, emb,
+                             jax.random.key(sample), pp)
+        out = space.denormalize(np.asarray(out))
         return out[0] if squeeze else out
 
     # -- planning -------------------------------------------------------------------------------
@@ -429,7 +431,7 @@ class WorldModel:
         goal = self._latents(goal_latents, "goal_latents", 2, 2)
         proprio = None
         if context_proprio is not None:
-            p = _real_array(context_proprio, "context_proprio", "[P] or [C, P] (one row per context frame)")
+            p = real_array(context_proprio, "context_proprio", "[P] or [C, P] (one row per context frame)")
             p = p[None] if p.ndim == 1 else p
             if p.ndim != 2 or p.shape[0] != z.shape[0]:
                 raise ValueError(f"context_proprio has shape {np.shape(context_proprio)}; expected [P] or "
@@ -449,16 +451,16 @@ class WorldModel:
             bounds = space.bounds()
         mean0 = None
         if init_mean is not None:
-            m = _real_array(init_mean, "init_mean", f"[H, A] = [{cfg.horizon}, {dim}]")
+            m = real_array(init_mean, "init_mean", f"[H, A] = [{cfg.horizon}, {dim}]")
             if m.shape != (cfg.horizon, dim):
                 raise ValueError(f"init_mean has shape {m.shape}; expected [H, A] = [{cfg.horizon}, {dim}]")
             mean0 = jnp.asarray(m) if decoder else jnp.asarray(space.normalize(m)[0][..., : space.dim])
         if isinstance(key, int):
             key = jax.random.key(key)
-        anchor_arr = None if decoder is None else jnp.asarray(_real_array(anchor, "anchor", "an array"))
+        anchor_arr = None if decoder is None else jnp.asarray(real_array(anchor, "anchor", "an array"))
         basis = None
         if cost == "scene":
-            basis = jnp.asarray(_real_array(scene_basis, "scene_basis", "[N * D, r]"), jnp.float32)
+            basis = jnp.asarray(real_array(scene_basis, "scene_basis", "[N * D, r]"), jnp.float32)
             if basis.ndim != 2 or basis.shape[0] != goal.size:
                 raise ValueError(f"scene_basis has shape {basis.shape}; expected [N * D, r] with N * D = {goal.size}")
         ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id), proprio, anchor_arr, basis)
