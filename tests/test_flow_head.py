@@ -213,17 +213,26 @@ def test_paired_generation_is_self_consistent_and_the_bridge_is_read():
     assert _max_abs(grads["predictor"]) == 0.0
 
 
-def test_world_model_samples_chunks_from_the_flow_head_and_wam_plan_runs_it(tmp_path_factory):
+@pytest.fixture(scope="module")
+def flow_workdir(tmp_path_factory) -> str:
+    """A tiny workdir whose model has a flow head with the bridge."""
+    from tests.test_world_model_api import make_tiny_workdir
+
+    return make_tiny_workdir(str(tmp_path_factory.mktemp("flow")), steps=(1,), **{
+        "model.flow_head.depth": 1, "model.flow_head.bridge": (2, 1, 1), "model.flow_head.sample_steps": 2})[0]
+
+
+def test_world_model_samples_chunks_from_the_flow_head_and_wam_plan_runs_it(flow_workdir, tmp_path_factory):
     """`WorldModel.policy(sample=SEED)`: robot-unit chunks from the flow head (with the bridge and
     the agent's proprio), the same for the same seed and another for another; `wam-plan
     --baselines=flow` runs them in the PushT harness; a model without the head says so."""
     from launch import plan
-    from tests.test_world_model_api import make_tiny_workdir, one_device_mesh, shared_workdir
+    from tests.test_world_model_api import one_device_mesh, shared_workdir
     from wam_jax import WorldModel
 
-    workdir, _ = make_tiny_workdir(str(tmp_path_factory.mktemp("flow")), steps=(1,), **{
-        "model.flow_head.depth": 1, "model.flow_head.bridge": (2, 1, 1), "model.flow_head.sample_steps": 2})
+    workdir = flow_workdir
     wm = WorldModel.load(workdir, mesh=one_device_mesh())
+    assert wm.has_flow_head
     space = wm.action_space()
     frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     z = wm.encode(frames)
@@ -238,5 +247,28 @@ def test_world_model_samples_chunks_from_the_flow_head_and_wam_plan_runs_it(tmp_
                         f"--output={tmp_path_factory.mktemp('plan') / 'p.json'}"])
     assert record["results"]["flow policy"]["episodes"] == 1
     plain = WorldModel.load(shared_workdir(tmp_path_factory)[0], mesh=one_device_mesh())
+    assert not plain.has_flow_head
     with pytest.raises(ValueError, match="this model has no flow head"):
         plain.policy(z[0], z[1], sample=0)
+
+
+def test_wam_replay_compares_imagined_and_real_latents(flow_workdir, tmp_path_factory, capsys):
+    """`wam-replay pusht`: per horizon step, imagined vs real latents after executing the chunk,
+    for the flow head's draws and the policy head's chunk, next to copy-last; closed-loop success
+    of both with --budget; a model without a flow head is refused with the flag to set."""
+    from launch import replay
+    from tests.test_world_model_api import shared_workdir
+
+    out = tmp_path_factory.mktemp("replay") / "r.json"
+    record = replay.main(["pusht", f"--workdir={flow_workdir}", "--episodes=1", "--draws=2", "--budget=2",
+                          f"--output={out}"])
+    h = 4  # the tiny config's policy horizon
+    flow, head = record["replay"]["flow head"], record["replay"]["policy head"]
+    assert flow["num_chunks"] == 2 and head["num_chunks"] == 1
+    for r in (flow, head):
+        assert len(r["ratio"]) == h and all(c > 0 for c in r["copy_l1"])
+        np.testing.assert_allclose(r["ratio"], np.asarray(r["imagined_l1"]) / np.asarray(r["copy_l1"]), rtol=1e-6)
+    assert set(record["closed_loop"]) == {"flow policy", "policy"} and out.exists()
+    assert "imagined vs real latents" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="has no flow head; train it with model.flow_head.depth"):
+        replay.main(["pusht", f"--workdir={shared_workdir(tmp_path_factory)[0]}", "--episodes=1"])

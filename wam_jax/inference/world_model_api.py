@@ -123,6 +123,11 @@ class WorldModel:
         """A frame decoder was trained with the model (`model.decoder`): `decode`, `cost='decoded'`."""
         return self.has_predictor and int(self.config.model.get("decoder", {}).get("size", 0)) > 0
 
+    @property
+    def has_flow_head(self) -> bool:
+        """A flow-matching action head was trained with the model (`model.flow_head`): `policy(sample=)`."""
+        return self.has_predictor and int(self.config.model.get("flow_head", {}).get("depth", 0)) > 0
+
     def _need_model(self, what: str) -> None:
         if self._model_graph is None:
             raise ValueError(
