@@ -18,6 +18,7 @@ ENTRY_POINTS = {
     "wam-eval": ("launch.eval", ("--workdir", "--data")),
     "wam-export": ("launch.export", ("--workdir", "--output")),
     "wam-plan": ("launch.plan", ("--workdir", "--episodes")),
+    "wam-replay": ("launch.replay", ("--workdir", "--draws", "--budget")),
     "wam-compile": ("launch.compile", ("--config", "--topology")),
 }
 
