@@ -11,7 +11,7 @@ Run (from the repository root):
 
 Hardware: 2 CPU cores (no accelerator): 2000 steps in about 20 min (0.55-0.65 s per step, batch 32
 clips of 4 frames at 64x64); the same file runs unchanged on a GPU or TPU host. `./wam demo` trains
-it for 600 steps on a smaller set, then its predictor for 250 more on the frozen encoder
+it for 600 steps on a smaller set, then its predictor for 200 more on the frozen encoder
 (`model.init_scope=all`, `model.target=frozen`: this recipe's second stage in small).
 
 Expected (BENCHMARKS.md §11.8, held-out episodes, one seed): latent L1 0.45 / 0.38 / 0.41x
