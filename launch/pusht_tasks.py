@@ -87,6 +87,11 @@ class Controller(Protocol):
 # Episodes
 
 
+def step_env(env: Any, action: np.ndarray) -> None:
+    """One PushT env step toward the target `action` (px), clipped into the 512-px workspace."""
+    env.step(np.clip(action, 0.0, 512.0).astype(np.float32))
+
+
 def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: int, image_size: int,
                 repeat: int = 1) -> dict[str, Any]:
     """Runs exactly `budget` env steps (no early stop); each action is held `repeat` env steps
@@ -108,7 +113,7 @@ def run_episode(env: Any, task: PushTTask, controller: Controller, *, budget: in
             for _ in range(repeat):
                 if steps >= budget:
                     break
-                env.step(np.clip(a, 0.0, 512.0).astype(np.float32))
+                step_env(env, a)
                 steps += 1
                 ever = ever or is_success(pusht.block_pose(env), task.goal_pose)
     pos, ang = pose_error(pusht.block_pose(env), task.goal_pose)

@@ -66,7 +66,7 @@ def replay_errors(wm: Any, tasks: Sequence[pusht_tasks.PushTTask], *, draws: int
                 real = []
                 for k in range(chunk.shape[0]):
                     for a in space.to_env_steps(chunk[k:k + 1]):
-                        env.step(np.clip(a, 0.0, 512.0).astype(np.float32))
+                        pusht_tasks.step_env(env, a)
                     real.append(np.asarray(wm.encode(pusht_tasks.observe(env, wm.image_size))))
                 real = np.stack(real)
                 imagined_l1.append(np.abs(imagined - real).mean(axis=(-2, -1)))

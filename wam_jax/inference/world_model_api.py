@@ -162,6 +162,12 @@ class WorldModel:
             raise ValueError(f"{name} has shape {tuple(z.shape)}; expected {expected}")
         return jnp.asarray(z)
 
+    def _model_proprio(self, space: ActionSpace, proprio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Robot-unit proprio `[..., P]` -> (normalized, mask), zero-padded to `model.proprio_dim`."""
+        pp, pm = space.normalize_proprio(proprio)
+        pad = [(0, 0)] * (pp.ndim - 1) + [(0, self.spec.proprio_dim - pp.shape[-1])]
+        return np.pad(pp, pad), np.pad(pm, pad)
+
     def _fn(self, key: Any, build):
         fn = self._fns.get(key)
         if fn is None:
@@ -275,9 +281,7 @@ class WorldModel:
             p = p[None] if p.ndim == 2 else p
             if p.shape[:2] != (b, c):
                 raise ValueError(f"proprio has shape {np.shape(proprio)}; expected [C, P] or [B, C, P] with C={c}")
-            pp, pm = space.normalize_proprio(p)
-            pp = np.pad(pp, ((0, 0), (0, 0), (0, self.spec.proprio_dim - pp.shape[-1])))
-            pm = np.pad(pm, ((0, 0), (0, 0), (0, self.spec.proprio_dim - pm.shape[-1])))
+            pp, pm = self._model_proprio(space, p)
         emb = np.full((b,), space.embodiment_id, np.int32)
         fn = self._fn(("predict", proprio is not None), self._build_predict)
         out = self._call(fn, self._model_state, z, jnp.asarray(a_norm), jnp.asarray(a_mask),
@@ -367,8 +371,8 @@ class WorldModel:
             pp = None
             if proprio is not None:
                 p = real_array(proprio, "proprio", "[P] or [B, P] (robot units)")
-                pp = np.broadcast_to(space.normalize_proprio(p.reshape(-1, 1, p.shape[-1]))[0], (z.shape[0], 1, p.shape[-1]))
-                pp = jnp.asarray(np.pad(pp, ((0, 0), (0, 0), (0, self.spec.proprio_dim - pp.shape[-1]))))
+                pp = self._model_proprio(space, p.reshape(-1, 1, p.shape[-1]))[0]
+                pp = jnp.asarray(np.broadcast_to(pp, (z.shape[0], *pp.shape[1:])))
 
             def build():
                 return jax.jit(lambda s, x, y, e, k, p: vag.flow_policy(nnx.merge(graph, s), x[:, None], y, k, p, e)[:, 0])
@@ -441,9 +445,7 @@ class WorldModel:
             if p.ndim != 2 or p.shape[0] != z.shape[0]:
                 raise ValueError(f"context_proprio has shape {np.shape(context_proprio)}; expected [P] or "
                                  f"[C, P] with C={z.shape[0]} (one row per context frame)")
-            pp, pm = space.normalize_proprio(p)
-            pad = ((0, 0), (0, self.spec.proprio_dim - pp.shape[-1]))
-            proprio = (jnp.asarray(np.pad(pp, pad)), jnp.asarray(np.pad(pm, pad)))
+            proprio = tuple(jnp.asarray(x) for x in self._model_proprio(space, p))
         planner = self._fn(("plan", cfg, z.shape[0], steps, space.embodiment, proprio is not None, decoder, cost),
                            lambda: self._build_planner(cfg, space, steps, decoder, cost))
         dim = decoder.dim if decoder else space.dim
