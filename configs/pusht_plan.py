@@ -11,8 +11,9 @@ Run (from the repository root):
 
 Hardware: 2 CPU cores (no accelerator): 2000 steps in about 20 min (0.55-0.65 s per step, batch 32
 clips of 4 frames at 64x64); the same file runs unchanged on a GPU or TPU host. `./wam demo` trains
-it for 600 steps on a smaller set, then its predictor for 200 more on the frozen encoder
-(`model.init_scope=all`, `model.target=frozen`: this recipe's second stage in small).
+it with 16 px patches for 1000 steps on a smaller set, then its predictor for 600 more on the
+frozen encoder (`model.init_scope=all`, `model.target=frozen`: this recipe's second stage in
+small; BENCHMARKS.md §6.1).
 
 Expected (BENCHMARKS.md §11.8, held-out episodes, one seed): latent L1 0.45 / 0.38 / 0.41x
 copy-last at horizons 1-3, rollout error 1.09-1.19x higher under shuffled actions, normalized

@@ -8,7 +8,7 @@
 2. Converts them with `wam-convert oxe` / `wam-convert ego4d` (the same code users run on
    Open X-Embodiment and Ego4D).
 3. Trains `configs/pusht_plan.py` (the encoder end to end with SIGReg, pooled latents, AdaLN
-   action conditioning) on the labeled episodes in `WORKDIR/encoder`, then trains its predictor
+   action conditioning; 16 px patches) on the labeled episodes in `WORKDIR/encoder`, then trains its predictor
    and heads on, on that encoder frozen (a step costs a quarter: the planning recipe's second
    stage), in `WORKDIR`. Re-running resumes each stage from its last checkpoint.
    The action-free videos go through the Ego4D converter but not into training: whether they help
