@@ -231,6 +231,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--context_proprio", default="on", choices=["on", "off"],
                    help="give the planner's rollouts the agent position at the current frame (the "
                         "predictor trains with proprio beside every observed frame); off: latents only")
+    p.add_argument("--planner", default="on", choices=["on", "off"],
+                   help="off: run only the --baselines (e.g. a policy head on its own, much faster)")
     p.add_argument("--baselines", default="hold,random,policy",
                    help="comma list of baselines to run (hold, random, policy, none; flow: the "
                         "flow-matching head's chunks, for a model trained with loss.flow)")
@@ -268,6 +270,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                         format="%(asctime)s %(levelname)s %(name)s] %(message)s")
     if args.episodes < 1 or args.budget < 1:
         raise ValueError(f"--episodes={args.episodes} and --budget={args.budget} must be >= 1")
+    if args.planner == "off" and args.baselines.strip() in ("", "none"):
+        raise ValueError("--planner=off with --baselines=none: nothing to evaluate")
     import jax
 
     from wam_jax import WorldModel
@@ -302,7 +306,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                     else (None, None))
     controllers: list[Any] = [PlannerController(wm, cfg, execute=args.execute, seed=args.seed, name=name,
                                                 warm_start=args.warm_start, context_proprio=use_proprio,
-                                                decoder=decoder, cost=args.cost, scene_basis=basis)]
+                                                decoder=decoder, cost=args.cost, scene_basis=basis)
+                              ] if args.planner == "on" else []
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in baselines:
         if b in ("policy", "flow"):

@@ -19,6 +19,7 @@ ENTRY_POINTS = {
     "wam-export": ("launch.export", ("--workdir", "--output")),
     "wam-plan": ("launch.plan", ("--workdir", "--episodes")),
     "wam-replay": ("launch.replay", ("--workdir", "--draws", "--budget")),
+    "wam-synth": ("launch.synthesize", ("--workdir", "--source", "--output", "--goal_steps")),
     "wam-compile": ("launch.compile", ("--config", "--topology")),
 }
 

@@ -225,7 +225,8 @@ def flow_workdir(tmp_path_factory) -> str:
 def test_world_model_samples_chunks_from_the_flow_head_and_wam_plan_runs_it(flow_workdir, tmp_path_factory):
     """`WorldModel.policy(sample=SEED)`: robot-unit chunks from the flow head (with the bridge and
     the agent's proprio), the same for the same seed and another for another; `wam-plan
-    --baselines=flow` runs them in the PushT harness; a model without the head says so."""
+    --baselines=flow` runs them in the PushT harness (with `--planner=off`, the heads alone); a
+    model without the head says so."""
     from launch import plan
     from tests.test_world_model_api import one_device_mesh, shared_workdir
     from wam_jax import WorldModel
@@ -246,6 +247,11 @@ def test_world_model_samples_chunks_from_the_flow_head_and_wam_plan_runs_it(flow
                         "--iterations=1", "--horizon=2", "--devices=1", "--baselines=flow",
                         f"--output={tmp_path_factory.mktemp('plan') / 'p.json'}"])
     assert record["results"]["flow policy"]["episodes"] == 1
+    heads = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=2", "--devices=1", "--planner=off",
+                       "--baselines=flow,policy", f"--output={tmp_path_factory.mktemp('plan') / 'h.json'}"])
+    assert set(heads["results"]) == {"flow policy", "policy"}  # the heads alone, no planner
+    with pytest.raises(ValueError, match="--planner=off with --baselines=none"):
+        plan.main(["pusht", f"--workdir={workdir}", "--planner=off", "--baselines=none"])
     plain = WorldModel.load(shared_workdir(tmp_path_factory)[0], mesh=one_device_mesh())
     assert not plain.has_flow_head
     with pytest.raises(ValueError, match="this model has no flow head"):

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wam_jax.inference import planning
 from wam_jax.inference.action_space import ActionSpace
@@ -80,3 +81,22 @@ def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, s
         return planning.latent_goal_energy(preds, goal, steps=steps)
 
     return planning.make_planner(energy, cfg, action_dim=decoder.dim if decoder else space.dim, mesh=mesh)
+
+
+def in_robot_units(res: planning.PlanResult, space: ActionSpace, decoder: planning.ActionDecoder | None = None,
+                   anchor: jax.Array | None = None) -> planning.PlanResult:
+    """The planner's result (normalized actions, or a decoder's variables) as numpy robot units;
+    with a decoder, its variables' mean is kept in `variables`."""
+    if decoder:
+        decode = lambda u: np.asarray(decoder.fn(jnp.asarray(u)[None], anchor)[0])  # noqa: E731
+        return planning.PlanResult(
+            actions=decode(res.actions), std=np.asarray(res.std), best_actions=decode(res.best_actions),
+            best_energy=np.asarray(res.best_energy), energy_trace=np.asarray(res.energy_trace),
+            variables=np.asarray(res.actions))
+    from data_pipelines.transforms import action_norm
+
+    scale = action_norm(space.mean, space.std, space.is_delta, space.stride)[1]
+    return planning.PlanResult(
+        actions=space.denormalize(np.asarray(res.actions)), std=np.asarray(res.std) * scale,
+        best_actions=space.denormalize(np.asarray(res.best_actions)),
+        best_energy=np.asarray(res.best_energy), energy_trace=np.asarray(res.energy_trace))

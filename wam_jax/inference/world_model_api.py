@@ -9,6 +9,7 @@
     z_roll = wm.predict(z[-1], actions)        # k steps;    actions [k, A] -> [k, N, D]
     a_hat = wm.infer_actions(z)                # inverse dynamics: [T, N, D] -> [T-1, A]
     chunk = wm.policy(z[-1], z_goal)           # goal-conditioned policy head -> [h, A]
+    z_h, chunk = wm.generate(z[-1], z_goal, sample=0)  # with a flow head: a chunk and its imagined future
     plan = wm.plan(frame, goal_frame)          # CEM/MPPI in latent space -> plan.actions [H, A]
     img = wm.decode(z_roll)                    # with a frame decoder: what the imagined future shows
     wm.action_space().action_names             # what each action dimension is
@@ -340,12 +341,10 @@ class WorldModel:
         out = space.denormalize(np.asarray(self._call(self._fn("inverse", build), self._model_state, z, emb)))
         return out[0] if squeeze else out
 
-    def policy(self, latents: ArrayLike, goal_latents: ArrayLike, *, embodiment: str | int | None = None,
-               sample: int | None = None, proprio: ArrayLike | None = None) -> np.ndarray:
-        """Goal-conditioned action chunk: `[N, D]` + goal `[N, D]` -> `[h, A]` (batched: `[B, h, A]`).
-        `sample=SEED`: a chunk drawn from the flow head (`models/vag.py`) instead of the regression
-        head, given the robot-unit `proprio` `[P]` / `[B, P]` of the current frame when there is one."""
-        self._need_model("policy")
+    def _goal_batch(self, what: str, latents: ArrayLike, goal_latents: ArrayLike, embodiment: str | int | None
+                    ) -> tuple[ActionSpace, jax.Array, jax.Array, jax.Array, bool]:
+        """(space, latents `[B, N, D]`, goals broadcast to them, embodiment ids, whether unbatched)."""
+        self._need_model(what)
         space = self.action_space(embodiment)
         z = self._latents(latents, "latents", 2, 3)
         g = self._latents(goal_latents, "goal_latents", 2, 3)
@@ -355,31 +354,48 @@ class WorldModel:
         if g.shape[0] not in (1, z.shape[0]):
             raise ValueError(f"goal_latents has shape {np.shape(goal_latents)}; expected [N, D] or [B, N, D] "
                              f"with B={z.shape[0]} (the batch of latents)")
-        g = jnp.broadcast_to(g, z.shape)
+        return space, z, jnp.broadcast_to(g, z.shape), jnp.full((z.shape[0],), space.embodiment_id, jnp.int32), squeeze
+
+    def policy(self, latents: ArrayLike, goal_latents: ArrayLike, *, embodiment: str | int | None = None,
+               sample: int | None = None, proprio: ArrayLike | None = None) -> np.ndarray:
+        """Goal-conditioned action chunk: `[N, D]` + goal `[N, D]` -> `[h, A]` (batched: `[B, h, A]`).
+        `sample=SEED`: the chunk `generate` draws from the flow head instead of the regression head."""
+        if sample is not None:
+            return self.generate(latents, goal_latents, sample=sample, proprio=proprio, embodiment=embodiment)[1]
         from flax import nnx
 
+        space, z, g, emb, squeeze = self._goal_batch("policy", latents, goal_latents, embodiment)
         graph = self._model_graph
 
-        emb = jnp.full((z.shape[0],), space.embodiment_id, jnp.int32)
-        if sample is None:
-            def build():
-                return jax.jit(lambda s, x, y, e: nnx.merge(graph, s).policy(x[:, None], y, e)[:, 0])
-            out = self._call(self._fn("policy", build), self._model_state, z, g, emb)
-        else:
-            from wam_jax.models import vag
-
-            pp = None
-            if proprio is not None:
-                p = real_array(proprio, "proprio", "[P] or [B, P] (robot units)")
-                pp = self._model_proprio(space, p.reshape(-1, 1, p.shape[-1]))[0]
-                pp = jnp.asarray(np.broadcast_to(pp, (z.shape[0], *pp.shape[1:])))
-
-            def build():
-                return jax.jit(lambda s, x, y, e, k, p: vag.flow_policy(nnx.merge(graph, s), x[:, None], y, k, p, e)[:, 0])
-            out = self._call(self._fn(("flow", pp is None), build), self._model_state, z, g, emb,
-                             jax.random.key(sample), pp)
-        out = space.denormalize(np.asarray(out))
+        def build():
+            return jax.jit(lambda s, x, y, e: nnx.merge(graph, s).policy(x[:, None], y, e)[:, 0])
+        out = space.denormalize(np.asarray(self._call(self._fn("policy", build), self._model_state, z, g, emb)))
         return out[0] if squeeze else out
+
+    def generate(self, latents: ArrayLike, goal_latents: ArrayLike, *, sample: int, proprio: ArrayLike | None = None,
+                 embodiment: str | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """VAG's paired generation, one jitted call (`models/vag.generate_paired`): `[N, D]` + goal
+        `[N, D]` -> (imagined latents `[h, N, D]`, action chunk `[h, A]` in robot units), batched
+        `[B, ...]`: the chunk drawn from the flow head with seed `sample`, the latents the predictor's
+        rollout under it. `proprio`: the current frame's `[P]` / `[B, P]` (robot units) when known."""
+        from flax import nnx
+
+        from wam_jax.models import vag
+
+        space, z, g, emb, squeeze = self._goal_batch("generate", latents, goal_latents, embodiment)
+        pp = None
+        if proprio is not None:
+            p = real_array(proprio, "proprio", "[P] or [B, P] (robot units)")
+            pp = self._model_proprio(space, p.reshape(-1, p.shape[-1]))[0]
+            pp = jnp.asarray(np.broadcast_to(pp, (z.shape[0], *pp.shape[1:])))
+        graph = self._model_graph
+
+        def build():
+            return jax.jit(lambda s, x, y, e, k, p: vag.generate_paired(nnx.merge(graph, s), x, y, k, p, e))
+        lat, chunk = self._call(self._fn(("generate", pp is None), build), self._model_state, z, g, emb,
+                                jax.random.key(sample), pp)
+        lat, chunk = np.asarray(lat), space.denormalize(np.asarray(chunk))
+        return (lat[0], chunk[0]) if squeeze else (lat, chunk)
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -472,22 +488,7 @@ class WorldModel:
                 raise ValueError(f"scene_basis has shape {basis.shape}; expected [N * D, r] with N * D = {goal.size}")
         ctx = (self._model_state, z, goal, jnp.int32(space.embodiment_id), proprio, anchor_arr, basis)
         res = planner(ctx, key, bounds.lower, bounds.upper, mean0)
-        if decoder:
-            decode = lambda u: np.asarray(decoder.fn(jnp.asarray(u)[None], anchor_arr)[0])  # noqa: E731
-            return planning.PlanResult(
-                actions=decode(res.actions), std=np.asarray(res.std), best_actions=decode(res.best_actions),
-                best_energy=np.asarray(res.best_energy), energy_trace=np.asarray(res.energy_trace),
-                variables=np.asarray(res.actions))
-        from data_pipelines.transforms import action_norm
-
-        scale = action_norm(space.mean, space.std, space.is_delta, space.stride)[1]
-        return planning.PlanResult(
-            actions=space.denormalize(np.asarray(res.actions)),
-            std=np.asarray(res.std) * scale,
-            best_actions=space.denormalize(np.asarray(res.best_actions)),
-            best_energy=np.asarray(res.best_energy),
-            energy_trace=np.asarray(res.energy_trace),
-        )
+        return plan_energy.in_robot_units(res, space, decoder, anchor_arr)
 
     def _build_planner(self, cfg: planning.PlannerConfig, space: ActionSpace, steps: str,
                        decoder: planning.ActionDecoder | None = None, cost: str = "latent"):

@@ -1,0 +1,180 @@
+"""`wam-synth --workdir=DIR --source=DATASET --output=DIR`: synthetic paired episodes (VAG).
+
+VAG's third claim is that generated video-action pairs are training data. Here a trained world
+model with a flow-matching action head (`loss.flow`) and a frame decoder (`model.decoder`) turns
+start frames of a converted dataset, typically action-free video, into labeled episodes:
+
+1. from each of `--episodes` sampled start frames, with the same video's frame `--goal_steps`
+   model steps later as the goal, `WorldModel.generate` draws an action chunk from the flow head
+   and imagines its latents (the predictor's rollout under it), chunk after chunk from the last
+   imagined latent, until `--steps` model steps are covered;
+2. the frame decoder draws each imagined latent, and the episode is written in the converted
+   format the converters write, one frame per model step (fps = the model's `data.target_fps`),
+   the start frame real and the rest generated, each frame's action the model action it takes
+   reduced as the loader reduces a stride (delta dims summed, absolute dims the last recorded
+   step); no proprio (the video has none).
+
+`dataset.json` says `"synthetic": true` and `manifest.json` what generated it (model, step,
+source, seeds), so the loader mixes it by weight like any dataset (`DIR:weight` in
+`data.mixture`) and nobody takes it for recorded data. The episodes train a model whose actions
+are reduced per stride (`data.stride_actions='reduce'`); at `data.target_fps` = the episodes'
+fps their stride is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from data_pipelines import paths, records
+
+log = logging.getLogger("wam-synth")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="wam-synth", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="training workdir or export with a flow head and a decoder")
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--source", required=True, help="converted dataset whose frames start the episodes")
+    p.add_argument("--output", required=True, help="the synthetic converted dataset to write")
+    p.add_argument("--episodes", type=int, default=1000, help="synthetic episodes (start frames sampled)")
+    p.add_argument("--steps", type=int, default=5, help="generated model steps per episode")
+    p.add_argument("--goal_steps", type=int, default=5, help="model steps from the start frame to the goal frame")
+    p.add_argument("--batch", type=int, default=256, help="episodes generated per call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log_level", default="INFO")
+    return p.parse_args(argv)
+
+
+def start_goal_frames(source: str, *, image_size: int, target_fps: float, goal_steps: int, count: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(start frames, goal frames `[n, S, S, 3]` uint8, their names): `count` start frames drawn
+    uniformly from the episodes of `source` long enough to hold a goal `goal_steps` model steps
+    (of `source` fps / `target_fps` frames) later."""
+    from data_pipelines.frame_sample import FULL_FRAME
+    from data_pipelines.transforms import decode_crop_resize
+    from data_pipelines.window_index import read_episode_table
+
+    info = records.read_dataset_info(source)
+    stride = max(1, round(float(info["fps"]) / float(target_fps)))
+    span = goal_steps * stride
+    table = read_episode_table(source, info)
+    lengths = np.asarray(table.lengths)
+    starts_per = np.maximum(lengths - span, 0)
+    if starts_per.sum() == 0:
+        raise ValueError(f"{source}: no episode has the {span + 1} frames a start and a goal {goal_steps} model "
+                         f"steps later need (stride {stride} at data.target_fps={target_fps:g}); lower --goal_steps")
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(starts_per)])
+    picks = np.sort(rng.choice(int(offsets[-1]), size=count, replace=count > offsets[-1]))
+    data = records.open_shards(records.shard_paths(source, info))
+    reader = records.FrameReader(source, info["shards"])
+    starts, goals, names, cached = [], [], [], {}
+    for i in picks:
+        ep_index = int(np.searchsorted(offsets, i, side="right") - 1)
+        if ep_index not in cached:
+            cached = {ep_index: records.deserialize_episode(data[ep_index])}  # picks are sorted
+        ep, t = cached[ep_index], int(i - offsets[ep_index])
+        start, goal = reader.frames(ep, [t, t + span])
+        starts.append(decode_crop_resize(start, FULL_FRAME, image_size))
+        goals.append(decode_crop_resize(goal, FULL_FRAME, image_size))
+        names.append(f"{ep.episode_id}@{t}")
+    return np.stack(starts), np.stack(goals), names
+
+
+def generate_episodes(wm: Any, starts: np.ndarray, goals: np.ndarray, *, steps: int, seed: int, batch: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(frames `[n, steps + 1, S, S, 3]`: the start frame, then the decoded imagined ones;
+    recorded-rate actions `[n, steps + 1, A]`, robot units, reduced per model step)."""
+    space = wm.action_space()
+    raw = space.dim // space.chunk
+    frames, actions = [], []
+    for b0 in range(0, len(starts), batch):
+        z = wm.encode(starts[b0:b0 + batch])
+        g = wm.encode(goals[b0:b0 + batch])
+        lat, act, k = [], [], 0
+        while len(act) < steps + 1:  # one more action than imagined frames: the last frame's own
+            z_h, chunk = wm.generate(z, g, sample=seed * 100_003 + b0 + k)
+            lat.extend(np.moveaxis(z_h, 1, 0))
+            act.extend(np.moveaxis(chunk, 1, 0))
+            z, k = z_h[:, -1], k + 1
+        imagined = wm.decode(np.stack(lat[:steps], axis=1))  # [b, steps, S, S, 3]
+        frames.append(np.concatenate([starts[b0:b0 + batch, None], imagined], axis=1))
+        model_actions = np.stack(act[:steps + 1], axis=1)  # [b, steps + 1, dim]
+        per_step = model_actions.reshape(*model_actions.shape[:2], space.chunk, raw)
+        if space.chunk == 1:
+            per_step = np.repeat(per_step, space.stride, axis=2)  # a reduced action held for its stride
+        delta = np.asarray(space.is_delta[:raw], bool)
+        actions.append(np.where(delta, per_step.sum(axis=2), per_step[:, :, -1]).astype(np.float32))
+    return np.concatenate(frames), np.concatenate(actions)
+
+
+def produce(plan: Any, log_: Any, *, frames: np.ndarray, actions: np.ndarray, names: Sequence[str], fps: float,
+            quality: int = 95) -> Iterator[records.Episode]:
+    """The converter producer (`convert.common`) of the generated episodes `plan.items`."""
+    from data_pipelines.convert.common import encode_jpeg
+
+    for i in plan.items:
+        yield records.Episode(episode_id=f"synthetic-{i:06d}", frames=[encode_jpeg(f, quality) for f in frames[i]],
+                              action=actions[i], fps=fps, meta={"start": names[i], "synthetic": True})
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
+    if min(args.episodes, args.steps, args.goal_steps, args.batch) < 1:
+        raise ValueError(f"--episodes={args.episodes}, --steps={args.steps}, --goal_steps={args.goal_steps} and "
+                         f"--batch={args.batch} must be >= 1")
+    from data_pipelines.convert import common
+    from wam_jax import WorldModel
+
+    wm = WorldModel.load(args.workdir, args.step)
+    if not (wm.has_flow_head and wm.has_decoder):
+        raise ValueError(f"{args.workdir}: wam-synth needs a flow head and a frame decoder (train with "
+                         "model.flow_head.depth > 0, loss.flow > 0, model.decoder.size > 0, loss.recon > 0); "
+                         f"this model has {'a' if wm.has_flow_head else 'no'} flow head and "
+                         f"{'a' if wm.has_decoder else 'no'} decoder")
+    space = wm.action_space()
+    fps = float(wm.config.data.target_fps)
+    starts, goals, names = start_goal_frames(args.source, image_size=wm.image_size, target_fps=fps,
+                                             goal_steps=args.goal_steps, count=args.episodes, seed=args.seed)
+    frames, actions = generate_episodes(wm, starts, goals, steps=args.steps, seed=args.seed, batch=args.batch)
+    log.info("generated %d episodes of %d frames from %s", len(frames), frames.shape[1], args.source)
+    raw = space.dim // space.chunk
+    names_a = list(space.action_names[:raw]) if space.chunk == 1 else [n.rsplit("@", 1)[0] for n in space.action_names[:raw]]
+    info = {"name": f"{space.embodiment}_synthetic", "kind": "robot", "embodiment": space.embodiment,
+            "image_size": [wm.image_size, wm.image_size], "fps": fps, "source": "wam-synth", "synthetic": True,
+            "action_is_delta": [bool(d) for d in space.is_delta[:raw]], "action_names": names_a,
+            "jpeg_quality": 95, "min_length": args.steps + 1}
+    generator = {"workdir": paths.absolute(args.workdir), "step": wm.step, "source": paths.absolute(args.source),
+                 "episodes": args.episodes, "steps": args.steps, "goal_steps": args.goal_steps, "seed": args.seed}
+    plans = common.plan_shards(list(range(len(frames))), items_per_shard=512)
+    produce_fn = functools.partial(produce, frames=frames, actions=actions, names=names, fps=fps)
+    ds = common.run_conversion(args.output, plans, produce_fn, dataset_info=info,
+                               manifest_extra={"synthetic": True, "generator": generator},
+                               desc=f"{info['name']} ({len(frames)} episodes)")
+    print(f"wrote {ds['num_episodes']} synthetic episodes ({ds['num_frames']} frames at {fps:g} fps) to "
+          f"{paths.absolute(args.output)}")
+    return ds
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: user errors print one clear line and exit with status 2."""
+    from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError
+
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except (FileNotFoundError, ValueError, MissingStatisticsError, IncompleteExportError) as e:
+        print(f"wam-synth: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,78 @@
+"""`wam-synth`: generated (frames, actions) pairs written as a converted dataset, marked synthetic,
+that the real loader mixes with recorded data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests import runtime_fixtures as rf
+
+
+@pytest.fixture(scope="module")
+def synth_workdir(tmp_path_factory) -> tuple[str, str]:
+    """A tiny workdir whose model has a flow head (with the bridge) and a frame decoder."""
+    from tests.test_world_model_api import make_tiny_workdir
+
+    return make_tiny_workdir(str(tmp_path_factory.mktemp("synth")), steps=(1, 2), **{
+        "model.flow_head.depth": 1, "model.flow_head.bridge": (2, 1, 1), "model.flow_head.sample_steps": 2,
+        "model.pool.kind": "mean", "model.pool.dim": 16, "model.decoder.size": 32, "loss.recon": 1.0})
+
+
+def test_wam_synth_writes_generated_pairs_that_the_loader_mixes(synth_workdir, tmp_path):
+    from data_pipelines import loader, records
+    from launch import synthesize
+    from tests.test_world_model_api import one_device_mesh
+    from wam_jax import WorldModel
+
+    workdir, mixture = synth_workdir
+    robot, video = (p.rsplit(":", 1)[0] for p in mixture.split(","))
+    out = str(tmp_path / "synthetic")
+    ds = synthesize.main([f"--workdir={workdir}", f"--source={video}", f"--output={out}", "--episodes=5",
+                          "--steps=3", "--goal_steps=2", "--batch=4", "--seed=1"])
+    assert ds["synthetic"] and ds["kind"] == "robot" and ds["num_episodes"] == 5 and ds["num_frames"] == 20
+    with open(os.path.join(out, records.MANIFEST_JSON)) as f:
+        manifest = json.load(f)
+    assert manifest["synthetic"] and manifest["generator"]["step"] == 2 and manifest["generator"]["steps"] == 3
+
+    # What was written is what the model generates: the start frame, then the decoded imagined
+    # latents of the flow head's chunks; each frame's action the chunk step taken from it.
+    wm = WorldModel.load(workdir, mesh=one_device_mesh())
+    starts, goals, names = synthesize.start_goal_frames(video, image_size=32, target_fps=10.0, goal_steps=2,
+                                                        count=5, seed=1)
+    frames, actions = synthesize.generate_episodes(wm, starts, goals, steps=3, seed=1, batch=4)
+    z_h, chunk = wm.generate(wm.encode(starts[:4]), wm.encode(goals[:4]), sample=1 * 100_003)
+    np.testing.assert_allclose(actions[:4], chunk, rtol=1e-5, atol=1e-5)  # h = 4 covers the 3 + 1 steps
+    np.testing.assert_array_equal(frames[:4, 1:], wm.decode(z_h[:, :3]))
+    written = list(records.iter_episodes(records.shard_paths(out)))
+    assert [e.meta["start"] for e in written] == names and all(e.meta["synthetic"] for e in written)
+    np.testing.assert_allclose(np.stack([e.action for e in written]), actions, rtol=1e-5, atol=1e-5)
+    from data_pipelines.transforms import decode_crop_resize
+
+    first = decode_crop_resize(written[0].frames[0], (0.0, 0.0, 1.0, 1.0), 32).astype(int)
+    assert np.abs(first - starts[0]).mean() < 4  # the real start frame, through JPEG
+
+    # The real loader mixes it by weight with the recorded robot data.
+    config = rf.tiny_config(f"{robot}:0.5,{out}:0.5")
+    it = loader.make_iterator(config)
+    batch = next(it)
+    assert set(np.asarray(batch["source_id"]).tolist()) <= {0, 1}
+    assert np.asarray(batch["action_mask"])[np.asarray(batch["source_id"]) == 1].all()
+    assert not np.asarray(batch["proprio_mask"])[np.asarray(batch["source_id"]) == 1].any()
+    info = loader.mixture_info(config)
+    assert [s["embodiment"] for s in info["sources"]] == ["square", "square"]  # one embodiment, two sources
+
+
+def test_wam_synth_refuses_a_model_without_decoder_or_flow_head(tmp_path_factory):
+    from launch import synthesize
+    from tests.test_world_model_api import shared_workdir
+
+    workdir, mixture = shared_workdir(tmp_path_factory)
+    video = mixture.split(",")[1].rsplit(":", 1)[0]
+    with pytest.raises(ValueError, match="needs a flow head and a frame decoder.*no flow head and no decoder"):
+        synthesize.main([f"--workdir={workdir}", f"--source={video}", "--output=unused"])
+    with pytest.raises(ValueError, match="--steps=0"):
+        synthesize.main([f"--workdir={workdir}", f"--source={video}", "--output=unused", "--steps=0"])
