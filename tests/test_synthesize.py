@@ -65,6 +65,17 @@ def test_wam_synth_writes_generated_pairs_that_the_loader_mixes(synth_workdir, t
     info = loader.mixture_info(config)
     assert [s["embodiment"] for s in info["sources"]] == ["square", "square"]  # one embodiment, two sources
 
+    # benchmarks/synthetic_pairs.py reads both datasets through the generator.
+    import sys
+
+    sys.path.insert(0, os.path.join(rf.REPO, "benchmarks"))
+    import synthetic_pairs
+
+    report = synthetic_pairs.main([f"--workdir={workdir}", f"--synthetic={out}", f"--real={video}", "--episodes=3",
+                                   f"--output={tmp_path / 'pairs.json'}"])
+    assert [r["frames"] for r in report["rows"]] == ["synthetic", "recorded video"] and report["length"] == 4
+    assert all(np.isfinite(list(v for v in r.values() if isinstance(v, float))).all() for r in report["rows"])
+
 
 def test_wam_synth_refuses_a_model_without_decoder_or_flow_head(tmp_path_factory):
     from launch import synthesize
