@@ -48,12 +48,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/pusht", help="PushT demo data (generated on first use)")
     p.add_argument("--generate", default="",
-                   help="sizes when --data must be generated: LABELED,VIDEO,TEST,STEPS episodes (default: the demo's)")
+                   help="sizes when --data must be generated: LABELED,VIDEO,TEST,STEPS[,RANDOM_FRACTION] "
+                        "(default: the generator's)")
     p.add_argument("--runs", default="runs/video_ablation", help="workdirs of the sweep")
     p.add_argument("--labeled", default="2,8", help="L values: labeled episodes per run")
     p.add_argument("--arms", default="a,b,c")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--preset", default="small", help="model preset (configs/video_ablation.py)")
+    p.add_argument("--recipe", default="small", choices=["small", "plan"],
+                   help="the arms' recipe (configs/video_ablation.py): the frozen-encoder demo recipe or the planning one")
     p.add_argument("--steps", type=int, default=600, help="optimizer steps per run (every arm)")
     p.add_argument("--labeled_batch", type=int, default=8,
                    help="labeled clips per batch in every arm; the video arms add as many video clips")
@@ -89,10 +92,11 @@ def prepare_data(data: str, labeled: Sequence[int], workers: int, sizes: str = "
 
     demo = pusht.DemoSizes()
     if sizes:
-        n = [int(x) for x in sizes.split(",")]
-        if len(n) != 4:
-            raise SystemExit(f"--generate={sizes!r}: expected LABELED,VIDEO,TEST,STEPS")
-        demo = pusht.DemoSizes(labeled_episodes=n[0], video_episodes=n[1], test_episodes=n[2], steps=n[3])
+        n = sizes.split(",")
+        if len(n) not in (4, 5):
+            raise SystemExit(f"--generate={sizes!r}: expected LABELED,VIDEO,TEST,STEPS[,RANDOM_FRACTION]")
+        demo = pusht.DemoSizes(labeled_episodes=int(n[0]), video_episodes=int(n[1]), test_episodes=int(n[2]),
+                               steps=int(n[3]), random_fraction=float(n[4]) if len(n) == 5 else 0.0)
     report = pusht.generate(data, demo, workers=workers, progress=False)
     n_labeled = int(report["sizes"]["labeled_episodes"])
     conv = os.path.join(data, "converted")
@@ -127,7 +131,7 @@ def run_one(args: argparse.Namespace, dirs: dict[str, str], labeled: int, arm: s
                                      video=dirs["video"])
     cmd = [sys.executable, "-m", "launch.train",
            f"--config=configs/video_ablation.py:arm={arm},labeled={labeled},preset={args.preset},"
-           f"batch={args.labeled_batch}",
+           f"batch={args.labeled_batch},recipe={args.recipe}",
            f"--workdir={workdir}", f"--config.seed={seed}", f"--config.data.mixture={mixture}",
            f"--config.train.num_steps={args.steps}",
            *args.overrides.split()]

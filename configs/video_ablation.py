@@ -18,6 +18,13 @@ Every arm sees the same labeled clips per step (`batch`, default 8); the video a
 video clips on top (global batch 16). With a fixed batch split half/half instead, arm (a) sees
 twice the labels per step and wins on that alone (BENCHMARKS.md §7).
 
+`recipe=plan` runs the arms on the planning recipe instead (configs/pusht_plan.py: the encoder
+trained end to end with SIGReg, pooled latents, AdaLN-zero; its learning rate), 16x16 patches as
+below; on it the video arms train the encoder too:
+
+    python benchmarks/video_only_ablation.py --recipe=plan --data=data/pusht_demo \
+        --generate=300,40,20,100,0.5 --labeled=2 --arms=a,b --seeds=0,1,2 --steps=1000
+
 Hardware: 2 CPU cores. Everything else comes from configs/pusht_small.py (the README demo: `small`
 preset, frozen encoder, frames 5 control steps apart, 4-frame clips), with two changes that make a
 run ~3x cheaper and the predictor learn within the sweep's 600 steps: 16x16 patches (16 tokens per
@@ -31,29 +38,32 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-from configs import pusht_small
+from configs import pusht_plan, pusht_small
 
 ABLATION_ROOT = "data/pusht/ablation"  # labeled_<L>: the first L labeled episodes, converted
 VIDEO = f"{pusht_small.DATA_ROOT}/pusht_video"
 TEST = f"{pusht_small.DATA_ROOT}/pusht_test"
 ARMS = ("a", "b", "c")
+RECIPES = {"small": pusht_small, "plan": pusht_plan}
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
-    out = {"arm": "b", "labeled": "4", "preset": "small", "batch": "8"}
+    out = {"arm": "b", "labeled": "4", "preset": "small", "batch": "8", "recipe": "small"}
     for part in (arg or "").split(","):
         if not part.strip():
             continue
         if "=" not in part:
             raise ValueError(f"configs/video_ablation.py: argument {part!r} is not KEY=VALUE "
-                             "(keys: arm, labeled, preset, batch), e.g. ':arm=b,labeled=4'")
+                             "(keys: arm, labeled, preset, batch, recipe), e.g. ':arm=b,labeled=4'")
         k, v = part.split("=", 1)
         if k.strip() not in out:
             raise ValueError(
-                f"configs/video_ablation.py: unknown argument {k!r} (keys: arm, labeled, preset, batch)")
+                f"configs/video_ablation.py: unknown argument {k!r} (keys: arm, labeled, preset, batch, recipe)")
         out[k.strip()] = v.strip()
     if out["arm"] not in ARMS:
         raise ValueError(f"configs/video_ablation.py: arm={out['arm']!r}, choose one of {ARMS}")
+    if out["recipe"] not in RECIPES:
+        raise ValueError(f"configs/video_ablation.py: recipe={out['recipe']!r}, choose one of {sorted(RECIPES)}")
     return out
 
 
@@ -73,16 +83,18 @@ def mixture(arm: str, labeled: int, root: str = ABLATION_ROOT, video: str = VIDE
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     a = parse_arg(arg)
-    c = pusht_small.get_config(a["preset"])
+    c = RECIPES[a["recipe"]].get_config(a["preset"])
     c.data.mixture = mixture(a["arm"], int(a["labeled"]))
     c.data.global_batch_size = global_batch(a["arm"], int(a["batch"]))
     c.model.latent_action.video_cond = "mask" if a["arm"] == "c" else "latent"
     c.model.patch_size = 16
-    c.optim.lr = 3e-3
+    if a["recipe"] == "small":
+        c.optim.lr = 3e-3
     c.data.heldout_fraction = 0.0  # held-out evaluation uses the separate PushT test episodes
     c.train.num_steps = 600
     c.train.checkpoint_every = 0  # one checkpoint at the end
     c.train.max_to_keep = 1
     c.train.export_at_end = False
-    c.ablation = mlc.ConfigDict(dict(arm=a["arm"], labeled=int(a["labeled"]), labeled_batch=int(a["batch"])))
+    c.ablation = mlc.ConfigDict(dict(arm=a["arm"], labeled=int(a["labeled"]), labeled_batch=int(a["batch"]),
+                                     recipe=a["recipe"]))
     return c

@@ -252,6 +252,13 @@ def test_video_ablation_config_arms_and_errors():
         video_ablation.get_config("arm=d")
     with pytest.raises(ValueError, match="unknown argument 'L'"):
         video_ablation.get_config("L=3")
+    # recipe=plan: the planning recipe's end-to-end encoder and learning rate, the same arms.
+    pa, pb = (video_ablation.get_config(f"arm={x},labeled=2,recipe=plan") for x in "ab")
+    assert pa.model.target == pb.model.target == "online" and pa.model.pool.kind == "mean" and pa.loss.sigreg > 0
+    assert pa.optim.lr == pb.optim.lr == 5e-4 and a.optim.lr == 3e-3 and pa.model.patch_size == 16
+    assert (pa.data.global_batch_size, pb.data.global_batch_size) == (8, 16) and pb.data.mixture == b.data.mixture.replace("_8", "_2")
+    with pytest.raises(ValueError, match="recipe='big'"):
+        video_ablation.get_config("recipe=big")
 
 
 def test_video_ablation_table_has_one_cell_per_column():
