@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -336,16 +335,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point: user errors print one clear line and exit with status 2."""
-    from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError
+    """Console-script entry point (`launch/cli.py`)."""
+    from launch.cli import run_main
 
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        main(argv)
-    except (FileNotFoundError, MissingStatisticsError, IncompleteExportError) as e:
-        print(f"wam-plan: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(0)
+    run_main("wam-plan", main, argv, value_errors=False)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -165,15 +164,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point: user errors print one clear line and exit with status 2."""
-    from wam_jax.inference.artifacts import IncompleteExportError, MissingStatisticsError
+    """Console-script entry point (`launch/cli.py`)."""
+    from launch.cli import run_main
 
-    try:
-        main(sys.argv[1:] if argv is None else argv)
-    except (FileNotFoundError, ValueError, MissingStatisticsError, IncompleteExportError) as e:
-        print(f"wam-synth: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(0)
+    run_main("wam-synth", main, argv)
 
 
 if __name__ == "__main__":
