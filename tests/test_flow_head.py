@@ -278,3 +278,18 @@ def test_wam_replay_compares_imagined_and_real_latents(flow_workdir, tmp_path_fa
     assert "imagined vs real latents" in capsys.readouterr().out
     with pytest.raises(ValueError, match="has no flow head; train it with model.flow_head.depth"):
         replay.main(["pusht", f"--workdir={shared_workdir(tmp_path_factory)[0]}", "--episodes=1"])
+
+
+def test_wam_eval_reports_the_flow_heads_action_error(flow_workdir):
+    """`wam-eval` on a model with a flow head: one draw's first-action MAE per dim beside the
+    policy head's, in the results and the printed table."""
+    import os
+
+    from wam_jax.inference import eval_report, evaluation
+
+    robot = os.path.join(os.path.dirname(flow_workdir), "data", "robot")
+    res = evaluation.evaluate(flow_workdir, data=robot, max_clips=16, plots=False)
+    act = next(iter(res["action"].values()))
+    assert len(act["flow_mae"]) == len(act["dims"]) and np.isfinite(act["flow_mae"]).all()
+    assert act["flow_mae_mean"] > 0 and act["flow_mae"] != act["policy_mae"]
+    assert "flow MAE" in eval_report.format_table(res)

@@ -32,6 +32,8 @@ def flat_scalars(results: Mapping[str, Any], prefix: str = "eval/") -> dict[str,
         for emb, a in r.get("action", {}).items():
             out[f"{pre}act/{emb}/mae"], out[f"{pre}act/{emb}/r2"] = a["mae_mean"], a["r2_mean"]
             out[f"{pre}act/{emb}/policy_mae"] = a["policy_mae_mean"]
+            if "flow_mae_mean" in a:
+                out[f"{pre}act/{emb}/flow_mae"] = a["flow_mae_mean"]
         if "ranking" in r:
             out[f"{pre}rank/top1"] = r["ranking"]["top1"]
             out[f"{pre}rank/normalized"] = r["ranking"]["normalized_rank"]
@@ -68,9 +70,12 @@ def format_table(results: Mapping[str, Any]) -> str:
             lines.append(f"{label:<43s}" + "".join(f"{_fmt(v):>8s}" for v in pred[key]))
     for emb, act in (results.get("action") or {}).items():
         lines += ["", f"Action heads, embodiment {emb!r} ({act['num_transitions']} labeled transitions, robot units)",
-                  f"  {'dim':<12s}{'IDM MAE':>10s}{'IDM R^2':>10s}{'policy MAE':>12s}"]
-        for name, mae, r2, pm in zip(act["dims"], act["mae"], act["r2"], act["policy_mae"], strict=False):
-            lines.append(f"  {name:<12s}{_fmt(mae, 4):>10s}{_fmt(r2):>10s}{_fmt(pm, 4):>12s}")
+                  f"  {'dim':<12s}{'IDM MAE':>10s}{'IDM R^2':>10s}{'policy MAE':>12s}"
+                  + (f"{'flow MAE':>12s}" if "flow_mae" in act else "")]
+        flow = act.get("flow_mae", [None] * len(act["dims"]))
+        for name, mae, r2, pm, fm in zip(act["dims"], act["mae"], act["r2"], act["policy_mae"], flow, strict=False):
+            lines.append(f"  {name:<12s}{_fmt(mae, 4):>10s}{_fmt(r2):>10s}{_fmt(pm, 4):>12s}"
+                         + (f"{_fmt(fm, 4):>12s}" if fm is not None else ""))
     rk = results.get("ranking")
     if rk:
         lines += ["", f"Action ranking: true action among {rk['num_candidates']} candidates "

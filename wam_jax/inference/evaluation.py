@@ -15,7 +15,8 @@ warning). Metrics (overall, per source, per kind robot / video):
   future step); a world model is useful only where it beats the copy. `shuffled_l1`: the same
   rollout under another clip's actions (`shuffled_vs_true` > 1 when the actions are used);
 - action heads (labeled clips, in the robot's own units): per-dimension MAE and R^2 of the inverse
-  dynamics head (z_t, z_{t+1}) -> a_t, and MAE of the policy head's first action (goal = last frame);
+  dynamics head (z_t, z_{t+1}) -> a_t, and MAE of the policy head's first action (goal = last frame;
+  the flow head's too, one draw, where the model has one);
 - action ranking: for each labeled transition, the rank of the true action's energy
   L1(P(z_t, a), z_{t+1}) among K Gaussian perturbations of it (1 = best; chance = (K + 2) / 2), the
   signal a planner relies on;
@@ -120,6 +121,11 @@ def _batch_sums(model: Any, target: Any, batch: Mapping[str, jax.Array], offset:
     m = a_mask & step_valid[..., None]
     act = {"n": jnp.ones_like(y), "abs": jnp.abs(y_hat - y), "sq": jnp.square(y_hat - y), "y": y,
            "y2": jnp.square(y), "pol_abs": jnp.abs(pol - y)}
+    if model.flow_head is not None:  # one draw of the flow head (a fixed key), its first action
+        from wam_jax.models.vag import flow_policy
+
+        f_hat = flow_policy(model, zbar[:, :-1], z_goal[:, 0], jax.random.key(0), proprio[:, :-1] * p_mask[:, :-1], emb)
+        act["flow_abs"] = jnp.abs(f_hat[:, :, 0] * sc + off - y)
     for name, v in act.items():
         out[f"act/{name}"] = jnp.sum(per_source(v, m), axis=1)  # [S, A]
 
@@ -356,7 +362,7 @@ class Evaluator:
         spaces = action_spaces_from_info(self.info, int(self.config.model.action_dim), "evaluation")
         for emb in dict.fromkeys(self.sources[i].source.embodiment for i in rows):
             same = [i for i in rows if self.sources[i].source.embodiment == emb]
-            s = {k: np.asarray(sums[f"act/{k}"])[same].sum(0) for k in ACT_KEYS}
+            s = {k: np.asarray(sums[f"act/{k}"])[same].sum(0) for k in (*ACT_KEYS, "flow_abs") if f"act/{k}" in sums}
             if s["n"].sum() == 0:
                 continue
             dim = max(len(e.norm.action_mean) * e.norm.chunk for e in (self.sources[i] for i in same)
@@ -387,10 +393,12 @@ def _action_metrics(s: Mapping[str, np.ndarray], names: list[str]) -> dict[str, 
     r2 = np.where(sst > 1e-12, 1.0 - s["sq"] / np.where(sst > 1e-12, sst, 1.0), np.nan)
     mae = s["abs"] / cnt
     pol = s["pol_abs"] / cnt
+    flow = {"flow_mae": (s["flow_abs"] / cnt).tolist(), "flow_mae_mean": float((s["flow_abs"] / cnt).mean())
+            } if "flow_abs" in s else {}
     return {"dims": names, "mae": mae.tolist(), "r2": r2.tolist(), "policy_mae": pol.tolist(),
             "mae_mean": float(mae.mean()),
             "r2_mean": float(np.nanmean(r2)) if np.any(np.isfinite(r2)) else float("nan"),
-            "policy_mae_mean": float(pol.mean()), "num_transitions": int(s["n"].max())}
+            "policy_mae_mean": float(pol.mean()), "num_transitions": int(s["n"].max()), **flow}
 
 
 def _health(total: Callable[[str], np.ndarray], count: float, codes: np.ndarray | None, num_codes: int
