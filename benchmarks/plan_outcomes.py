@@ -71,11 +71,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--output", default=None, help="write the table's numbers here (JSON)")
     args = p.parse_args(argv)
     rows, firsts = [], []
-    for path in args.records:
+    # Records named by their file, or by their run's directory where the file names repeat
+    # (`workdirs/RUN/plan/policy50.json` -> `RUN/policy50.json`).
+    names = [os.path.basename(p) for p in args.records]
+    if len(set(names)) < len(names):
+        names = [f"{os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(p))))}/{n}"
+                 for p, n in zip(args.records, names, strict=True)]
+    for path, record in zip(args.records, names, strict=True):
         with open(path) as f:
             results = json.load(f)["results"]
         for i, (name, res) in enumerate(results.items()):
-            row = {"record": os.path.basename(path), "controller": name, **outcomes(res["episode_records"])}
+            row = {"record": record, "controller": name, **outcomes(res["episode_records"])}
             if i == 0:
                 firsts.append(res["episode_records"])
                 if len(firsts) > 1:
