@@ -54,9 +54,23 @@ def _encode_all(model: Any, encoder: Any, frames: np.ndarray, batch: int = 64) -
     return np.concatenate(out).reshape(len(frames), -1)
 
 
+def _tokens_all(encoder: Any, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Each frame's transformer tokens before pooling, flattened `[n, gh * gw * width]`."""
+    import jax
+    from flax import nnx
+
+    from wam_jax.models.encoder import normalize_video
+
+    fn = nnx.jit(lambda e, v: e.frame_tokens(normalize_video(v)))
+    out = [np.asarray(jax.device_get(fn(encoder, frames[i:i + batch, None]))).reshape(len(frames[i:i + batch]), -1)
+           for i in range(0, len(frames), batch)]
+    return np.concatenate(out)
+
+
 def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0, scene_basis: np.ndarray | None = None
                 ) -> dict[str, Any]:
-    """Probe R^2 per target for the trained encoder, a randomly initialised one and pixels; with
+    """Probe R^2 per target for the trained encoder, a randomly initialised one and pixels (and,
+    for pooled latents, the trained encoder's tokens before pooling); with
     `scene_basis` (`WorldModel.state_subspace`), also the trained latents without its directions
     (what `wam-plan --cost=scene` measures distance in)."""
     from flax import nnx
@@ -77,6 +91,8 @@ def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0, scene_basis
         "random-init encoder": _encode_all(fresh, fresh.encoder, frames),
         "pixels": frames.reshape(len(frames), -1).astype(np.float32) / 255.0,
     }
+    if str(cfg.model.pool.kind) != "none":  # what the pooling was given: does it hold what the latent lacks?
+        features["trained, tokens unpooled"] = _tokens_all(restored.target, frames)
     if scene_basis is not None:
         from wam_jax.inference.state_subspace import remove_subspace
 

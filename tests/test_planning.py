@@ -296,6 +296,24 @@ def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
     assert "block pos" in probe.format_probe(res) and "dist rank" in probe.format_probe(res)
 
 
+def test_probe_pusht_reads_the_tokens_a_pooled_latent_is_made_of(tmp_path_factory) -> None:
+    """For pooled latents the probe adds the trained encoder's tokens before pooling: does the
+    encoder see what the pooled latent lacks?"""
+    from launch import probe
+    from tests.test_world_model_api import make_tiny_workdir
+    from wam_jax.inference import load
+
+    workdir, _ = make_tiny_workdir(str(tmp_path_factory.mktemp("pooled")), steps=(1,),
+                                   **{"model.pool.kind": "mean", "model.pool.dim": 16})
+    restored = load.restore(workdir)
+    res = probe.probe_pusht(restored, episodes=4)
+    enc = restored.target
+    gh, gw = enc.grid
+    assert res["probes"]["trained, tokens unpooled"]["feature_dim"] == gh * gw * enc.width
+    assert res["probes"]["trained encoder"]["feature_dim"] == 16
+    assert all(np.isfinite(v) for v in res["probes"]["trained, tokens unpooled"]["r2"].values())
+
+
 def test_energy_agreement_scores_rank_order_and_the_chosen_outcome() -> None:
     """An energy that orders candidates as the outcome does scores Spearman 1 and picks the best;
     a reversed one scores -1 and picks the worst; a constant one is undefined (nan), not 0."""

@@ -324,19 +324,26 @@ class VideoEncoder(nnx.Module):
             positions = positions[keep_idx]  # [B, K, 3]
         return self._transform(x, positions)
 
-    def encode_frames(self, video: jax.Array, *, train: bool = False) -> jax.Array:
-        """Per-step latents: `video` float `[B, T, H, W, 3]` -> `[B, T, N, D]`, every frame encoded
-        on its own (folded into the batch; with tubelet 2 the frame fills both tubelet slots, as in
-        V-JEPA 2-AC), so step t's latents depend on frame t only. Pooled: `[B, T, pool.grid^2,
-        pool.dim]` (row-major regions; one vector for 'mean');
-        `train=True` normalizes the projector with batch statistics (see `Projector`)."""
+    def frame_tokens(self, video: jax.Array) -> jax.Array:
+        """`video` float `[B, T, H, W, 3]` -> each frame's own transformer tokens `[B * T, gh * gw,
+        width]` before any pooling: what pooled latents are made of (probes read them too)."""
         self._check_video(video, "video", clip=False)
         b, t, h, w, c = video.shape
         gh, gw = self.grid
         x = self.patch_embed.embed_single_frames(video.reshape(b * t, h, w, c))
         x = x.reshape(b * t, gh * gw, self.width)
         positions = grid_positions(1, gh, gw)
-        z = self._transform(self._add_sincos(x, positions), positions)
+        return self._transform(self._add_sincos(x, positions), positions)
+
+    def encode_frames(self, video: jax.Array, *, train: bool = False) -> jax.Array:
+        """Per-step latents: `video` float `[B, T, H, W, 3]` -> `[B, T, N, D]`, every frame encoded
+        on its own (folded into the batch; with tubelet 2 the frame fills both tubelet slots, as in
+        V-JEPA 2-AC), so step t's latents depend on frame t only. Pooled: `[B, T, pool.grid^2,
+        pool.dim]` (row-major regions; one vector for 'mean');
+        `train=True` normalizes the projector with batch statistics (see `Projector`)."""
+        b, t = video.shape[:2]
+        gh, gw = self.grid
+        z = self.frame_tokens(video)
         if self.attn_pool is not None:
             z = self.projector(self.attn_pool(z)[:, None], train=train)
         elif self.projector is not None:
