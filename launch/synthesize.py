@@ -14,6 +14,10 @@ start frames of a converted dataset, typically action-free video, into labeled e
    reduced as the loader reduces a stride (delta dims summed, absolute dims the last recorded
    step); no proprio (the video has none).
 
+`--frames=recorded` is the control that isolates the generated frames: the source's own frames
+at the model's stride, each labeled with the model's inverse-dynamics head (the action between it
+and the next frame), VPT-style pseudo-labels; it needs neither flow head nor decoder.
+
 `dataset.json` says `"synthetic": true` and `manifest.json` what generated it (model, step,
 source, seeds), so the loader mixes it by weight like any dataset (`DIR:weight` in
 `data.mixture`) and nobody takes it for recorded data. The episodes train a model whose actions
@@ -46,53 +50,62 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="generated model steps per episode")
     p.add_argument("--goal_steps", type=int, default=5, help="model steps from the start frame to the goal frame")
     p.add_argument("--batch", type=int, default=256, help="episodes generated per call")
+    p.add_argument("--frames", default="generated", choices=["generated", "recorded"],
+                   help="generated: decoded imagined frames, flow-head actions; recorded: the source's frames, "
+                        "inverse-dynamics actions (the control)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_level", default="INFO")
     return p.parse_args(argv)
 
 
-def start_goal_frames(source: str, *, image_size: int, target_fps: float, goal_steps: int, count: int,
-                      seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(start frames, goal frames `[n, S, S, 3]` uint8, their names): `count` start frames drawn
-    uniformly from the episodes of `source` long enough to hold a goal `goal_steps` model steps
-    (of `source` fps / `target_fps` frames) later."""
+def sample_windows(source: str, *, image_size: int, target_fps: float, length: int, count: int, seed: int
+                   ) -> tuple[np.ndarray, list[str]]:
+    """(windows `[n, length, S, S, 3]` uint8, their names `EPISODE@FRAME`): `count` windows of
+    `length` frames at the model's stride (`source` fps / `target_fps`), their starts drawn
+    uniformly over the episodes long enough to hold them."""
     from data_pipelines.frame_sample import FULL_FRAME
     from data_pipelines.transforms import decode_crop_resize
     from data_pipelines.window_index import read_episode_table
 
     info = records.read_dataset_info(source)
     stride = max(1, round(float(info["fps"]) / float(target_fps)))
-    span = goal_steps * stride
-    table = read_episode_table(source, info)
-    lengths = np.asarray(table.lengths)
-    starts_per = np.maximum(lengths - span, 0)
+    span = (length - 1) * stride
+    starts_per = np.maximum(np.asarray(read_episode_table(source, info).lengths) - span, 0)
     if starts_per.sum() == 0:
-        raise ValueError(f"{source}: no episode has the {span + 1} frames a start and a goal {goal_steps} model "
-                         f"steps later need (stride {stride} at data.target_fps={target_fps:g}); lower --goal_steps")
+        raise ValueError(f"{source}: no episode has the {span + 1} frames {length} model steps need (stride "
+                         f"{stride} at data.target_fps={target_fps:g}); lower --goal_steps / --steps")
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(starts_per)])
     picks = np.sort(rng.choice(int(offsets[-1]), size=count, replace=count > offsets[-1]))
     data = records.open_shards(records.shard_paths(source, info))
     reader = records.FrameReader(source, info["shards"])
-    starts, goals, names, cached = [], [], [], {}
+    windows, names, cached = [], [], {}
     for i in picks:
         ep_index = int(np.searchsorted(offsets, i, side="right") - 1)
         if ep_index not in cached:
             cached = {ep_index: records.deserialize_episode(data[ep_index])}  # picks are sorted
         ep, t = cached[ep_index], int(i - offsets[ep_index])
-        start, goal = reader.frames(ep, [t, t + span])
-        starts.append(decode_crop_resize(start, FULL_FRAME, image_size))
-        goals.append(decode_crop_resize(goal, FULL_FRAME, image_size))
+        jpegs = reader.frames(ep, range(t, t + span + 1, stride))
+        windows.append(np.stack([decode_crop_resize(f, FULL_FRAME, image_size) for f in jpegs]))
         names.append(f"{ep.episode_id}@{t}")
-    return np.stack(starts), np.stack(goals), names
+    return np.stack(windows), names
+
+
+def recorded_rate(space: Any, model_actions: np.ndarray) -> np.ndarray:
+    """Model actions `[..., dim]` (robot units) -> one recorded action per model step `[..., dim /
+    chunk]`, reduced as the loader reduces a stride (delta dims summed, absolute dims the last)."""
+    raw = space.dim // space.chunk
+    per_step = model_actions.reshape(*model_actions.shape[:-1], space.chunk, raw)
+    if space.chunk == 1:
+        per_step = np.repeat(per_step, space.stride, axis=-2)  # a reduced action held for its stride
+    delta = np.asarray(space.is_delta[:raw], bool)
+    return np.where(delta, per_step.sum(axis=-2), per_step[..., -1, :]).astype(np.float32)
 
 
 def generate_episodes(wm: Any, starts: np.ndarray, goals: np.ndarray, *, steps: int, seed: int, batch: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(frames `[n, steps + 1, S, S, 3]`: the start frame, then the decoded imagined ones;
     recorded-rate actions `[n, steps + 1, A]`, robot units, reduced per model step)."""
-    space = wm.action_space()
-    raw = space.dim // space.chunk
     frames, actions = [], []
     for b0 in range(0, len(starts), batch):
         z = wm.encode(starts[b0:b0 + batch])
@@ -105,13 +118,16 @@ def generate_episodes(wm: Any, starts: np.ndarray, goals: np.ndarray, *, steps: 
             z, k = z_h[:, -1], k + 1
         imagined = wm.decode(np.stack(lat[:steps], axis=1))  # [b, steps, S, S, 3]
         frames.append(np.concatenate([starts[b0:b0 + batch, None], imagined], axis=1))
-        model_actions = np.stack(act[:steps + 1], axis=1)  # [b, steps + 1, dim]
-        per_step = model_actions.reshape(*model_actions.shape[:2], space.chunk, raw)
-        if space.chunk == 1:
-            per_step = np.repeat(per_step, space.stride, axis=2)  # a reduced action held for its stride
-        delta = np.asarray(space.is_delta[:raw], bool)
-        actions.append(np.where(delta, per_step.sum(axis=2), per_step[:, :, -1]).astype(np.float32))
+        actions.append(recorded_rate(wm.action_space(), np.stack(act[:steps + 1], axis=1)))
     return np.concatenate(frames), np.concatenate(actions)
+
+
+def label_recorded(wm: Any, windows: np.ndarray, *, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The control: windows of `steps + 2` recorded frames -> (their first `steps + 1` frames, the
+    inverse-dynamics action from each to the next, reduced per model step)."""
+    actions = [recorded_rate(wm.action_space(), wm.infer_actions(wm.encode(windows[b0:b0 + batch])))
+               for b0 in range(0, len(windows), batch)]
+    return windows[:, :-1], np.concatenate(actions)
 
 
 def produce(plan: Any, log_: Any, *, frames: np.ndarray, actions: np.ndarray, names: Sequence[str], fps: float,
@@ -134,17 +150,23 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     from wam_jax import WorldModel
 
     wm = WorldModel.load(args.workdir, args.step)
-    if not (wm.has_flow_head and wm.has_decoder):
+    generated = args.frames == "generated"
+    if generated and not (wm.has_flow_head and wm.has_decoder):
         raise ValueError(f"{args.workdir}: wam-synth needs a flow head and a frame decoder (train with "
                          "model.flow_head.depth > 0, loss.flow > 0, model.decoder.size > 0, loss.recon > 0); "
                          f"this model has {'a' if wm.has_flow_head else 'no'} flow head and "
                          f"{'a' if wm.has_decoder else 'no'} decoder")
     space = wm.action_space()
     fps = float(wm.config.data.target_fps)
-    starts, goals, names = start_goal_frames(args.source, image_size=wm.image_size, target_fps=fps,
-                                             goal_steps=args.goal_steps, count=args.episodes, seed=args.seed)
-    frames, actions = generate_episodes(wm, starts, goals, steps=args.steps, seed=args.seed, batch=args.batch)
-    log.info("generated %d episodes of %d frames from %s", len(frames), frames.shape[1], args.source)
+    length = args.goal_steps + 1 if generated else args.steps + 2
+    windows, names = sample_windows(args.source, image_size=wm.image_size, target_fps=fps, length=length,
+                                    count=args.episodes, seed=args.seed)
+    if generated:
+        frames, actions = generate_episodes(wm, windows[:, 0], windows[:, -1], steps=args.steps, seed=args.seed,
+                                            batch=args.batch)
+    else:
+        frames, actions = label_recorded(wm, windows, batch=args.batch)
+    log.info("wrote %d episodes of %d %s frames from %s", len(frames), frames.shape[1], args.frames, args.source)
     raw = space.dim // space.chunk
     names_a = list(space.action_names[:raw]) if space.chunk == 1 else [n.rsplit("@", 1)[0] for n in space.action_names[:raw]]
     info = {"name": f"{space.embodiment}_synthetic", "kind": "robot", "embodiment": space.embodiment,
@@ -152,7 +174,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             "action_is_delta": [bool(d) for d in space.is_delta[:raw]], "action_names": names_a,
             "jpeg_quality": 95, "min_length": args.steps + 1}
     generator = {"workdir": paths.absolute(args.workdir), "step": wm.step, "source": paths.absolute(args.source),
-                 "episodes": args.episodes, "steps": args.steps, "goal_steps": args.goal_steps, "seed": args.seed}
+                 "episodes": args.episodes, "steps": args.steps, "goal_steps": args.goal_steps, "seed": args.seed,
+                 "frames": args.frames, "actions": "flow head" if generated else "inverse dynamics"}
     plans = common.plan_shards(list(range(len(frames))), items_per_shard=512)
     produce_fn = functools.partial(produce, frames=frames, actions=actions, names=names, fps=fps)
     ds = common.run_conversion(args.output, plans, produce_fn, dataset_info=info,

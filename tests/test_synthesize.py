@@ -41,8 +41,8 @@ def test_wam_synth_writes_generated_pairs_that_the_loader_mixes(synth_workdir, t
     # What was written is what the model generates: the start frame, then the decoded imagined
     # latents of the flow head's chunks; each frame's action the chunk step taken from it.
     wm = WorldModel.load(workdir, mesh=one_device_mesh())
-    starts, goals, names = synthesize.start_goal_frames(video, image_size=32, target_fps=10.0, goal_steps=2,
-                                                        count=5, seed=1)
+    windows, names = synthesize.sample_windows(video, image_size=32, target_fps=10.0, length=3, count=5, seed=1)
+    starts, goals = windows[:, 0], windows[:, -1]
     frames, actions = synthesize.generate_episodes(wm, starts, goals, steps=3, seed=1, batch=4)
     z_h, chunk = wm.generate(wm.encode(starts[:4]), wm.encode(goals[:4]), sample=1 * 100_003)
     np.testing.assert_allclose(actions[:4], chunk, rtol=1e-5, atol=1e-5)  # h = 4 covers the 3 + 1 steps
@@ -77,13 +77,31 @@ def test_wam_synth_writes_generated_pairs_that_the_loader_mixes(synth_workdir, t
     assert all(np.isfinite(list(v for v in r.values() if isinstance(v, float))).all() for r in report["rows"])
 
 
-def test_wam_synth_refuses_a_model_without_decoder_or_flow_head(tmp_path_factory):
+def test_wam_synth_refuses_a_model_without_decoder_or_flow_head_and_labels_recorded_frames(tmp_path_factory):
+    """Generated frames need a flow head and a decoder; the control (`--frames=recorded`: the
+    video's own frames, inverse-dynamics actions) runs on any model with an action space."""
+    from data_pipelines import records
+    from data_pipelines.transforms import decode_crop_resize
     from launch import synthesize
-    from tests.test_world_model_api import shared_workdir
+    from tests.test_world_model_api import one_device_mesh, shared_workdir
+    from wam_jax import WorldModel
 
     workdir, mixture = shared_workdir(tmp_path_factory)
     video = mixture.split(",")[1].rsplit(":", 1)[0]
     with pytest.raises(ValueError, match="needs a flow head and a frame decoder.*no flow head and no decoder"):
         synthesize.main([f"--workdir={workdir}", f"--source={video}", "--output=unused"])
+    out = str(tmp_path_factory.mktemp("recorded") / "labeled")
+    ds = synthesize.main([f"--workdir={workdir}", f"--source={video}", f"--output={out}", "--frames=recorded",
+                          "--episodes=3", "--steps=3", "--seed=2"])
+    assert ds["synthetic"] and ds["num_frames"] == 12
+    with open(os.path.join(out, records.MANIFEST_JSON)) as f:
+        assert json.load(f)["generator"]["actions"] == "inverse dynamics"
+    windows, _ = synthesize.sample_windows(video, image_size=32, target_fps=10.0, length=5, count=3, seed=2)
+    wm = WorldModel.load(workdir, mesh=one_device_mesh())
+    written = list(records.iter_episodes(records.shard_paths(out)))
+    np.testing.assert_allclose(np.stack([e.action for e in written]), wm.infer_actions(wm.encode(windows)),
+                               rtol=1e-5, atol=1e-4)  # frame t's action: inverse dynamics from t to t + 1
+    got = np.stack([decode_crop_resize(f, (0.0, 0.0, 1.0, 1.0), 32) for f in written[1].frames]).astype(int)
+    assert np.abs(got - windows[1, :4]).mean() < 4  # the recorded frames, through JPEG
     with pytest.raises(ValueError, match="--steps=0"):
         synthesize.main([f"--workdir={workdir}", f"--source={video}", "--output=unused", "--steps=0"])
