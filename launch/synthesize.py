@@ -60,35 +60,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def sample_windows(source: str, *, image_size: int, target_fps: float, length: int, count: int, seed: int
                    ) -> tuple[np.ndarray, list[str]]:
-    """(windows `[n, length, S, S, 3]` uint8, their names `EPISODE@FRAME`): `count` windows of
-    `length` frames at the model's stride (`source` fps / `target_fps`), their starts drawn
-    uniformly over the episodes long enough to hold them."""
-    from data_pipelines.frame_sample import FULL_FRAME
-    from data_pipelines.transforms import decode_crop_resize
-    from data_pipelines.window_index import read_episode_table
+    """(windows `[n, length, S, S, 3]` uint8, names `EPISODE@FRAME`): `count` windows of `length`
+    frames at the model's stride (`source` fps / `target_fps`), drawn uniformly
+    (`data_pipelines.frame_sample.sample_windows`)."""
+    from data_pipelines.frame_sample import sample_windows as sample
 
-    info = records.read_dataset_info(source)
-    stride = max(1, round(float(info["fps"]) / float(target_fps)))
-    span = (length - 1) * stride
-    starts_per = np.maximum(np.asarray(read_episode_table(source, info).lengths) - span, 0)
-    if starts_per.sum() == 0:
-        raise ValueError(f"{source}: no episode has the {span + 1} frames {length} model steps need (stride "
-                         f"{stride} at data.target_fps={target_fps:g}); lower --goal_steps / --steps")
-    rng = np.random.default_rng(seed)
-    offsets = np.concatenate([[0], np.cumsum(starts_per)])
-    picks = np.sort(rng.choice(int(offsets[-1]), size=count, replace=count > offsets[-1]))
-    data = records.open_shards(records.shard_paths(source, info))
-    reader = records.FrameReader(source, info["shards"])
-    windows, names, cached = [], [], {}
-    for i in picks:
-        ep_index = int(np.searchsorted(offsets, i, side="right") - 1)
-        if ep_index not in cached:
-            cached = {ep_index: records.deserialize_episode(data[ep_index])}  # picks are sorted
-        ep, t = cached[ep_index], int(i - offsets[ep_index])
-        jpegs = reader.frames(ep, range(t, t + span + 1, stride))
-        windows.append(np.stack([decode_crop_resize(f, FULL_FRAME, image_size) for f in jpegs]))
-        names.append(f"{ep.episode_id}@{t}")
-    return np.stack(windows), names
+    stride = max(1, round(float(records.read_dataset_info(source)["fps"]) / float(target_fps)))
+    try:
+        return sample(source, image_size=image_size, stride=stride, length=length, count=count, seed=seed)
+    except ValueError as e:
+        raise ValueError(f"{e} (stride {stride} at data.target_fps={target_fps:g}); lower --goal_steps / --steps"
+                         ) from None
 
 
 def recorded_rate(space: Any, model_actions: np.ndarray) -> np.ndarray:
