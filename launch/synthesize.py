@@ -76,10 +76,10 @@ def sample_windows(source: str, *, image_size: int, target_fps: float, length: i
 def recorded_rate(space: Any, model_actions: np.ndarray) -> np.ndarray:
     """Model actions `[..., dim]` (robot units) -> one recorded action per model step `[..., dim /
     chunk]`, reduced as the loader reduces a stride (delta dims summed, absolute dims the last)."""
+    if space.chunk == 1:  # already one reduced action per model step
+        return np.asarray(model_actions, np.float32)
     raw = space.dim // space.chunk
     per_step = model_actions.reshape(*model_actions.shape[:-1], space.chunk, raw)
-    if space.chunk == 1:
-        per_step = np.repeat(per_step, space.stride, axis=-2)  # a reduced action held for its stride
     delta = np.asarray(space.is_delta[:raw], bool)
     return np.where(delta, per_step.sum(axis=-2), per_step[..., -1, :]).astype(np.float32)
 

@@ -55,6 +55,14 @@ def test_wam_synth_writes_generated_pairs_that_the_loader_mixes(synth_workdir, t
     first = decode_crop_resize(written[0].frames[0], (0.0, 0.0, 1.0, 1.0), 32).astype(int)
     assert np.abs(first - starts[0]).mean() < 4  # the real start frame, through JPEG
 
+    # A chunk of recorded steps reduces as the loader reduces a stride: deltas summed, absolutes the last.
+    from types import SimpleNamespace
+
+    chunked = SimpleNamespace(dim=6, chunk=3, is_delta=np.array([True, False] * 3))
+    steps = np.array([[1.0, 10.0, 2.0, 20.0, 3.0, 30.0]])
+    np.testing.assert_array_equal(synthesize.recorded_rate(chunked, steps), [[6.0, 30.0]])
+    np.testing.assert_array_equal(synthesize.recorded_rate(SimpleNamespace(chunk=1), steps[:, :2]), [[1.0, 10.0]])
+
     # The real loader mixes it by weight with the recorded robot data.
     config = rf.tiny_config(f"{robot}:0.5,{out}:0.5")
     it = loader.make_iterator(config)
