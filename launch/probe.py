@@ -40,31 +40,34 @@ def pusht_frames(episodes: int, *, image_size: int, stride: int, steps: int = 10
     return np.stack(frames), np.asarray(targets, np.float64), np.asarray(groups)
 
 
-def _encode_all(model: Any, encoder: Any, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+def _in_batches(fn: Any, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """`fn` (one-frame clips `[batch, 1, S, S, 3]` -> features) over `frames` in fixed-size batches
+    (the last one zero-padded: one compile), flattened per frame `[n, F]`."""
     import jax
-    from flax import nnx
 
-    fn = nnx.jit(lambda m, e, v: m.encode(v, encoder=e))
     out = []
     for i in range(0, len(frames), batch):
         chunk = frames[i:i + batch]
-        pad = batch - len(chunk)
-        v = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])[:, None]
-        out.append(np.asarray(jax.device_get(fn(model, encoder, v)))[: len(chunk), 0])
-    return np.concatenate(out).reshape(len(frames), -1)
+        v = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.uint8)])[:, None]
+        out.append(np.asarray(jax.device_get(fn(v)))[: len(chunk)].reshape(len(chunk), -1))
+    return np.concatenate(out)
 
 
-def _tokens_all(encoder: Any, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+def _encode_all(model: Any, encoder: Any, frames: np.ndarray) -> np.ndarray:
+    from flax import nnx
+
+    fn = nnx.jit(lambda m, e, v: m.encode(v, encoder=e))
+    return _in_batches(lambda v: fn(model, encoder, v), frames)
+
+
+def _tokens_all(encoder: Any, frames: np.ndarray) -> np.ndarray:
     """Each frame's transformer tokens before pooling, flattened `[n, gh * gw * width]`."""
-    import jax
     from flax import nnx
 
     from wam_jax.models.encoder import normalize_video
 
     fn = nnx.jit(lambda e, v: e.frame_tokens(normalize_video(v)))
-    out = [np.asarray(jax.device_get(fn(encoder, frames[i:i + batch, None]))).reshape(len(frames[i:i + batch]), -1)
-           for i in range(0, len(frames), batch)]
-    return np.concatenate(out)
+    return _in_batches(lambda v: fn(encoder, v), frames)
 
 
 def probe_pusht(restored: Any, *, episodes: int = 45, seed: int = 0, scene_basis: np.ndarray | None = None
