@@ -15,6 +15,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.preset = preset
     c.image_size = 64
     c.patch_size = 8
+    # Tokens from one matmul per patch ('patch', V-JEPA 2's, converts its checkpoints) or from
+    # log2(patch_size) stride-2 3x3 convolutions ('conv': local shapes first; models/conv_stem.py).
+    c.stem = "patch"
     c.tubelet = 1  # 1: per-frame patches; 2: V-JEPA 2 tubelets (each frame duplicated per step)
     c.in_channels = 3
     c.pos_emb = "rope"  # 'rope' (3D RoPE, V-JEPA 2) or 'sincos'

@@ -1,4 +1,5 @@
-"""Video encoder: shapes, per-frame independence, token dropping, input validation."""
+"""Video encoder: shapes, per-frame independence, token dropping, input validation; both stems
+(the patch matmul and `models/conv_stem.py`)."""
 
 from __future__ import annotations
 
@@ -28,15 +29,13 @@ def _video(key: int, b: int = 2, t: int = 4) -> jax.Array:
 
 @pytest.fixture(scope="module")
 def encoders():
-    return {
-        (tub, pe): VideoEncoder(_config(tub, pe), rngs=nnx.Rngs(0))
-        for tub in (1, 2)
-        for pe in ("rope", "sincos")
-    }
+    out = {(tub, pe): VideoEncoder(_config(tub, pe), rngs=nnx.Rngs(0)) for tub in (1, 2) for pe in ("rope", "sincos")}
+    out.update({(tub, "conv"): VideoEncoder(_config(tub, stem="conv"), rngs=nnx.Rngs(0)) for tub in (1, 2)})
+    return out
 
 
 @pytest.mark.parametrize("tubelet", [1, 2])
-@pytest.mark.parametrize("pos_emb", ["rope", "sincos"])
+@pytest.mark.parametrize("pos_emb", ["rope", "sincos", "conv"])  # "conv": rope with the conv stem
 def test_shapes(encoders, tubelet, pos_emb):
     enc = encoders[(tubelet, pos_emb)]
     d = enc.width
@@ -50,8 +49,9 @@ def test_shapes(encoders, tubelet, pos_emb):
 
 
 @pytest.mark.parametrize("tubelet", [1, 2])
-def test_encode_frames_is_per_frame(encoders, tubelet):
-    enc = encoders[(tubelet, "rope")]
+@pytest.mark.parametrize("stem", ["rope", "conv"])
+def test_encode_frames_is_per_frame(encoders, tubelet, stem):
+    enc = encoders[(tubelet, stem)]
     run = nnx.jit(lambda m, v: m.encode_frames(v))
     video = _video(1)
     changed = video.at[:, 2].set(_video(2)[:, 2])
@@ -62,9 +62,10 @@ def test_encode_frames_is_per_frame(encoders, tubelet):
 
 
 @pytest.mark.parametrize("tubelet", [1, 2])
-def test_encode_frames_equals_single_frame_clips(encoders, tubelet):
+@pytest.mark.parametrize("stem", ["rope", "conv"])
+def test_encode_frames_equals_single_frame_clips(encoders, tubelet, stem):
     # Frame t alone, repeated over the tubelet, through the clip encoder gives step t's latents.
-    enc = encoders[(tubelet, "rope")]
+    enc = encoders[(tubelet, stem)]
     video = _video(3, t=2)
     per_step = enc.encode_frames(video)
     for t in range(2):
@@ -140,6 +141,23 @@ def test_bad_inputs(encoders):
         VideoEncoder(_config(image_size=30), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="pos_emb"):
         VideoEncoder(_config(pos_emb="learned"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"stem must be one of \('patch', 'conv'\), got 'cnn'"):
+        VideoEncoder(_config(stem="cnn"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="stem='conv' needs model.patch_size to be a power of two.*got 12"):
+        VideoEncoder(_config(image_size=48, patch_size=12, stem="conv"), rngs=nnx.Rngs(0))
+
+
+def test_conv_stem_tokens_see_their_neighbourhood_only(encoders):
+    """A conv-stem token is a function of the pixels around its patch (three 3x3 stride-2
+    convolutions: a 15-pixel receptive field), unlike the transformer's tokens after it: a change
+    in the far corner leaves the first token of the stem as it was and changes the last one."""
+    stem = encoders[(1, "conv")].patch_embed
+    frames = _video(7)[:, 0]
+    changed = frames.at[:, -4:, -4:].add(1.0)
+    a, b = stem.embed_single_frames(frames), stem.embed_single_frames(changed)
+    assert a.shape == (2, 4, 4, encoders[(1, "conv")].width)
+    np.testing.assert_array_equal(a[:, :2, :2], b[:, :2, :2])
+    assert not np.allclose(a[:, -1, -1], b[:, -1, -1])
 
 
 def test_normalize_video():
@@ -152,8 +170,9 @@ def test_normalize_video():
     np.testing.assert_allclose(x[0, 0, 1, 1], (1 - mean) / std, rtol=1e-6)
 
 
-def test_params_have_logical_axes(encoders):
-    for path, var in nnx.to_flat_state(nnx.state(encoders[(2, "rope")], nnx.Param)):
+@pytest.mark.parametrize("stem", ["rope", "conv"])
+def test_params_have_logical_axes(encoders, stem):
+    for path, var in nnx.to_flat_state(nnx.state(encoders[(2, stem)], nnx.Param)):
         names = var.get_metadata().get("out_sharding")
         assert names is not None and len(names) == var[...].ndim, (path, names)
         if path[0] == "blocks":

@@ -67,6 +67,10 @@ def test_an_export_of_another_shape_is_named(export_dir, tmp_path) -> None:
     config.model.pool.kind = "mean"
     with pytest.raises(init_from.InitFromError, match=r"missing \['projector/"):
         _init(config)
+    config.model.pool.kind = "none"
+    config.model.stem = "conv"  # the export has the patch stem: refused, the flag named
+    with pytest.raises(init_from.InitFromError, match=r"missing \['patch_embed/convs.*model.stem='conv'"):
+        _init(config)
 
 
 def test_init_scope_all_continues_a_run_on_its_frozen_encoder(export_dir, tmp_path_factory, tmp_path) -> None:
@@ -100,6 +104,10 @@ def test_init_scope_all_continues_a_run_on_its_frozen_encoder(export_dir, tmp_pa
     with pytest.raises(init_from.InitFromError, match=r"shapes \(file vs model\).*action"):
         _init(config)
     config.model.action_dim -= 1
+    config.model.stem = "conv"  # another encoder architecture is refused, not half loaded
+    with pytest.raises(init_from.InitFromError, match=r"encoder does not fit.*patch_embed/convs.*model.stem"):
+        _init(config)
+    config.model.stem = "patch"
     config.model.init_from = export_dir  # encoder only
     with pytest.raises(init_from.InitFromError, match="holds only the encoder.*--with_predictor"):
         _init(config)

@@ -1,7 +1,8 @@
 """The video ViT encoder, architecturally identical to V-JEPA 2's so its checkpoints convert.
 
 Tubelet patch embedding (V-JEPA 2's Conv3d, written as one matmul over each `tubelet x p x p x C`
-patch) -> pre-norm blocks with 3D RoPE (or fixed 3D sin-cos added to the tokens) -> final
+patch; or `model.stem='conv'`, a few stride-2 convolutions to the same token grid:
+`models/conv_stem.py`) -> pre-norm blocks with 3D RoPE (or fixed 3D sin-cos added to the tokens) -> final
 LayerNorm (eps 1e-6). Two ways to run it:
 
 - `__call__`: the V-JEPA 2 encoder: full spatio-temporal attention over the clip's
@@ -29,6 +30,7 @@ from flax import nnx
 from wam_jax import sharding
 from wam_jax.models.attention_pool import AttentionPool
 from wam_jax.models.blocks import BlockStack, layer_norm
+from wam_jax.models.conv_stem import STEMS, ConvStem
 from wam_jax.models.linear import linear
 from wam_jax.models.ops import gelu
 from wam_jax.models.partitioning import ACT_AXES, mesh_optional, ones_init, zeros_init
@@ -150,7 +152,7 @@ class PatchEmbed(nnx.Module):
 class VideoEncoder(nnx.Module):
     """Video ViT encoder (V-JEPA 2 architecture) built from a model config (`config.model`).
 
-    Uses `image_size, patch_size, tubelet (1|2), in_channels, pos_emb ('rope'|'sincos'),
+    Uses `image_size, patch_size, stem ('patch'|'conv'), tubelet (1|2), in_channels, pos_emb ('rope'|'sincos'),
     encoder.{width, depth, heads, mlp_ratio}, dtype, param_dtype, remat, scan_layers, scan_unroll,
     attention`, `encoder.norm_eps` and `encoder.qkv_bias` (converted V-JEPA 2 configs set their
     checkpoint's values).
@@ -190,7 +192,10 @@ class VideoEncoder(nnx.Module):
         norm_eps = float(enc.norm_eps)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype)
 
-        self.patch_embed = PatchEmbed(
+        stem = str(config.stem)
+        if stem not in STEMS:
+            raise ValueError(f"model config stem must be one of {STEMS}, got {stem!r}")
+        self.patch_embed = (PatchEmbed if stem == "patch" else ConvStem)(
             self.patch_size, self.tubelet, self.in_channels, self.width, rngs=rngs, **kw
         )
         self.blocks = BlockStack(

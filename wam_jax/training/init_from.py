@@ -96,10 +96,15 @@ def load_model_state(model_cfg: Any, model: nnx.Module) -> nnx.State:
         raise InitFromError(f"{FLAG}={path} does not fit this model: shapes (file vs model) {shapes[:8]}"
                             f"{' ...' if len(shapes) > 8 else ''}")
     kept = [k for k, _, _ in ours if k not in flat]
+    unused = sorted(set(flat) - {k for k, _, _ in ours})
+    enc_kept, enc_unused = ([k for k in keys if k.startswith("encoder/")] for keys in (kept, unused))
+    if enc_kept and enc_unused:  # the export's encoder is another architecture, not a smaller model
+        raise InitFromError(f"{FLAG}={path}: its encoder does not fit this model's (this model has "
+                            f"{enc_kept[:4]}, the export {enc_unused[:4]}): set the export's model.stem "
+                            f"and model.pool")
     if kept:
         log.warning("%s=%s has no %d variables; they keep their initialization: %s%s", FLAG, path, len(kept),
                     kept[:8], " ..." if len(kept) > 8 else "")
-    unused = sorted(set(flat) - {k for k, _, _ in ours})
     if unused:
         log.info("%s=%s: %d variables this model does not have, unused: %s", FLAG, path, len(unused), unused[:8])
     out = [(keys, var.replace(np.asarray(flat[k], var.dtype))) for k, keys, var in ours if k in flat]
@@ -181,7 +186,8 @@ def _from_export(flat: Mapping[str, np.ndarray], encoder: nnx.Module, where: Any
                 f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else "",
                 f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}" if unexpected else "",
                 f"shapes (file vs model) {shapes[:8]}" if shapes else "") if part)
-            + " (a pooled export needs the same model.pool, a patch-grid one model.pool.kind='none')")
+            + " (a pooled export needs the same model.pool, a patch-grid one model.pool.kind='none'; "
+              "a conv-stem export model.stem='conv')")
     out = [(path, var.replace(np.asarray(flat[_key(path)], var.dtype)))
            for path, var in nnx.to_flat_state(state)]
     return nnx.from_flat_state(out)
