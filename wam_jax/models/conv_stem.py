@@ -61,7 +61,7 @@ class ConvStem(nnx.Module):
     def embed_single_frames(self, frames: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> `[B, H/p, W/p, D]`."""
         h = frames.astype(self.dtype)
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             h = gelu(norm(conv(h)))
         return self.proj(h).astype(self.dtype)
 
