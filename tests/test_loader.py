@@ -260,6 +260,19 @@ def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
         next(loader.make_iterator(c))
 
 
+def test_reduced_actions_execute_as_the_stride_they_sum(tmp_path):
+    """`data.stride_actions` reduced (one action per transition): executing a model action gives
+    `stride` recorded steps whose delta dims add up to it (the loader fed their sum) and whose
+    absolute dims hold it."""
+    from wam_jax.inference.action_space import action_spaces_from_info
+
+    c = _config(_stride2_robot(tmp_path), batch=4, frames=4)
+    space = action_spaces_from_info(loader.mixture_info(c), c.model.action_dim, "test")["r"]
+    assert space.stride == 2 and space.chunk == 1 and list(space.is_delta) == [True, True, False]
+    steps = space.to_env_steps(np.array([[3.0, -4.0, 0.6], [1.0, 2.0, -0.2]]))
+    np.testing.assert_allclose(steps, [[1.5, -2.0, 0.6], [1.5, -2.0, 0.6], [0.5, 1.0, -0.2], [0.5, 1.0, -0.2]])
+
+
 def test_eval_view_is_deterministic_center_crop(tmp_path):
     d = write_converted_dataset(str(tmp_path / "d"), image_size=(24, 40), episode_lengths=[12] * 6)
     c = _config(d, batch=2, heldout=0.5)

@@ -49,7 +49,7 @@ class ActionSpace:
     proprio_names: tuple[str, ...] = ()
     # Recorded actions per model action (`data.stride_actions='chunk'`): the `dim` dims are
     # `chunk` recorded actions of `dim / chunk` dims each, in time order, each executed for one
-    # recorded step; 1: one action per transition, held for the frame `stride` when executed.
+    # recorded step; 1: one action per transition, spread over the frame `stride` when executed.
     chunk: int = 1
 
     def __post_init__(self) -> None:
@@ -74,11 +74,14 @@ class ActionSpace:
 
     def to_env_steps(self, actions: ArrayLike) -> np.ndarray:
         """Model actions `[n, dim]` (robot units) -> one action per recorded step `[n * frame_stride,
-        dim / chunk]`: a chunk unrolled in time, a reduced action held for the stride."""
+        dim / chunk]`: a chunk unrolled in time; a reduced action spread over the stride: absolute
+        dims held, delta dims (the stride's sum, as the loader fed them) split evenly, so the
+        executed steps add up to the model's action."""
         a = np.asarray(actions)
         if self.chunk > 1:
             return a.reshape(-1, self.dim // self.chunk)
-        return np.repeat(a.reshape(-1, self.dim), self.stride, axis=0)
+        per_step = np.where(self.is_delta[: self.dim], a.reshape(-1, self.dim) / self.stride, a.reshape(-1, self.dim))
+        return np.repeat(per_step, self.stride, axis=0)
 
     def normalize(self, actions: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Robot-unit actions `[..., dim]` -> (normalized `[..., model_dim]`, mask `[..., model_dim]`)."""
