@@ -74,22 +74,6 @@ def recipe_changes(workdir: str, config: Any) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k.startswith(RECIPE) and old.get(k) != new.get(k))
 
 
-def stale_demo_data(data: str, sizes: Any) -> bool:
-    """Whether `data` holds a finished demo generation of other sizes (an older demo's): the demo
-    replaces its own data; anything else there stays an error (`pusht.generate`)."""
-    import json
-
-    report = os.path.join(data, "generation.json")
-    if not os.path.exists(report):
-        return False
-    with open(report) as f:
-        old = json.load(f).get("sizes")
-    if old == sizes.__dict__:
-        return False
-    print(f"{data}: holds demo data of other sizes ({old}); generating it afresh", flush=True)
-    return True
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -100,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     sizes = pusht.DemoSizes(**DEMO_SIZES)
-    report = pusht.generate(args.data, sizes, workers=args.workers, overwrite=stale_demo_data(args.data, sizes))
+    report = pusht.generate(args.data, sizes, workers=args.workers, replace_stale=True)  # an older demo's data
     timings["data (generate + convert)"] = time.perf_counter() - t0
     converted = os.path.join(args.data, "converted")
 

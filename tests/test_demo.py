@@ -21,21 +21,3 @@ def test_recipe_changes_name_what_differs_from_the_saved_run(tmp_path, session_c
     other = config_utils.load_config(session_config_file, ["--config.loss.policy=0.5", "--config.seed=3"])
     assert demo.recipe_changes(workdir, other) == ["loss.policy", "seed"]
     assert demo.recipe_changes(str(tmp_path / "fresh"), other) == []  # nothing saved: nothing to compare
-
-
-def test_the_demo_replaces_only_its_own_data_of_other_sizes(tmp_path):
-    import json
-
-    from data_pipelines.convert import pusht
-
-    sizes = pusht.DemoSizes(**demo.DEMO_SIZES)
-    data = tmp_path / "pusht_demo"
-    assert not demo.stale_demo_data(str(tmp_path / "absent"), sizes)
-    data.mkdir()
-    (data / "generation.json").write_text(json.dumps({"sizes": sizes.__dict__}))
-    assert not demo.stale_demo_data(str(data), sizes)  # the same generation is kept
-    (data / "generation.json").write_text(json.dumps({"sizes": {**sizes.__dict__, "video_episodes": 1}}))
-    assert demo.stale_demo_data(str(data), sizes)  # an older demo's sizes: generated afresh
-    (data / "generation.json").unlink()
-    (data / "mine.txt").write_text("user data")  # not a demo generation: never overwritten
-    assert not demo.stale_demo_data(str(data), sizes)

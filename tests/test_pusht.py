@@ -216,6 +216,14 @@ def test_generation_is_deterministic_and_rerun_is_a_no_op(small_demo, tmp_path):
     (partial / "rlds").mkdir(parents=True)
     small = pusht_demo.generate(str(partial), pusht_demo.DemoSizes(0, 1, 0, 5, 2), image_size=16, progress=False)
     assert small["converted_dirs"]["pusht_video"]["episodes"] == 1
+    # A finished generation of other sizes: an error, unless replace_stale (the demo's own dir).
+    other = pusht_demo.DemoSizes(0, 2, 0, 5, 2)
+    with pytest.raises(FileExistsError, match="other sizes"):
+        pusht_demo.generate(str(partial), other, image_size=16, progress=False)
+    assert pusht_demo.generate(str(partial), other, image_size=16, progress=False,
+                               replace_stale=True)["converted_dirs"]["pusht_video"]["episodes"] == 2
+    with pytest.raises(FileExistsError, match="other data"):  # never what is not a generation's
+        pusht_demo.generate(str(foreign), other, image_size=16, progress=False, replace_stale=True)
     # Same seed, same episode, whatever the worker count (4+ seeds run in 2 processes).
     seeds = sizes.seeds()
     rs = pusht_demo.generate_rollouts(seeds["labeled"] + seeds["test"], sizes.steps, workers=2)

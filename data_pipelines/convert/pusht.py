@@ -207,11 +207,14 @@ def _summary(rollouts: Sequence[Rollout]) -> dict[str, Any]:
 
 
 def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, image_size: int = 64,
-             convert: bool = True, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+             convert: bool = True, progress: bool = True, overwrite: bool = False,
+             replace_stale: bool = False) -> dict[str, Any]:
     """Generates the PushT demo data under `output` and converts it (see the module docstring).
 
     A finished `output` with the same sizes is kept as is (the demo can be re-run cheaply);
-    anything else already there is an error unless `overwrite`. Returns `generation.json`.
+    anything else already there is an error unless `overwrite`, or, with `replace_stale` (the
+    demo's own data dir), a finished generation of other sizes holding nothing but its own parts.
+    Returns `generation.json`.
     """
     import shutil
 
@@ -231,14 +234,17 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
                 print(f"{output}: PushT demo data already generated ({report_path})")
             return report
     if os.path.exists(output) and os.listdir(output):
-        interrupted = not os.path.exists(report_path) and set(os.listdir(output)) <= OUTPUT_PARTS
-        if not (overwrite or interrupted):
+        ours = set(os.listdir(output)) <= OUTPUT_PARTS | {"generation.json"}
+        interrupted = ours and not os.path.exists(report_path)
+        stale = ours and replace_stale and os.path.exists(report_path)
+        if not (overwrite or interrupted or stale):
             raise FileExistsError(
                 f"{output}: exists and holds other data or a generation with other sizes "
                 f"(see its generation.json); pass --overwrite to replace it or choose another --output"
             )
-        if interrupted and progress:
-            print(f"[pusht] {output}: redoing an interrupted generation", flush=True)
+        if (interrupted or stale) and progress:
+            what = "an interrupted generation" if interrupted else "a generation of other sizes"
+            print(f"[pusht] {output}: redoing {what}", flush=True)
         shutil.rmtree(output)
     os.makedirs(output, exist_ok=True)
     seeds = sizes.seeds()
