@@ -199,6 +199,12 @@ def test_paired_generation_is_self_consistent_and_the_bridge_is_read():
     # The pair: the predictor rolled out again under the returned actions gives the returned latents.
     again = model.rollout(z_t[:, None], model.embed_actions(chunk), k=h)
     np.testing.assert_allclose(np.asarray(again), np.asarray(latents), atol=1e-5)
+    # Unknown proprio is one input: absent, or zeros under a false mask (the training loss's form).
+    emb, p = jnp.zeros((2,), jnp.int32), cfg.model.proprio_dim
+    absent = vag.imagine(model, z_t[:, None], chunk[:, None], emb)
+    masked = vag.imagine(model, z_t[:, None], chunk[:, None], emb, jnp.full((2, 1, p), 3.0), jnp.zeros((2, 1, p), bool))
+    np.testing.assert_allclose(np.asarray(masked), np.asarray(absent), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(absent[:, 0]), np.asarray(latents), atol=1e-5)
     # The bridge is read: other imagined futures, another velocity.
     x, tau = jnp.zeros((2, 1, h, a)), jnp.full((2, 1), 0.5)
     args = (z_t[:, None], z_goal[:, None], jnp.zeros((2, 1, cfg.model.proprio_dim)), x, tau, jnp.zeros((2,), jnp.int32))

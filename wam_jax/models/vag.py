@@ -21,14 +21,16 @@ from wam_jax.models.world_model import WorldActionModel
 def imagine(model: WorldActionModel, z_t: jax.Array, chunk: jax.Array, embodiment_id: jax.Array,
             proprio: jax.Array | None = None, proprio_mask: jax.Array | None = None) -> jax.Array:
     """The predictor's rollout from each z_t `[B, S, N, D]` under its chunk `[B, S, h, A]` (every
-    action dim valid), proprio `[B, S, P]` known at z_t -> latents of the h steps `[B, S, h, N, D]`."""
+    action dim valid), proprio `[B, S, P]` at z_t (None: unknown; known where `proprio_mask`, all of
+    it without one) -> latents of the h steps `[B, S, h, N, D]`."""
     b, s, h = chunk.shape[:3]
     n, d = z_t.shape[-2:]
     emb = jnp.repeat(embodiment_id, s)
     actions = chunk.reshape(b * s, h, -1)
     conds = model.action_embedder(actions, jnp.ones(actions.shape, bool), emb)
     flat = lambda x: None if x is None else x.reshape(b * s, 1, -1)  # noqa: E731
-    roll = model.rollout_raw(z_t.reshape(b * s, 1, n, d), conds, flat(proprio), flat(proprio_mask), h)
+    mask = jnp.ones(proprio.shape, bool) if proprio is not None and proprio_mask is None else proprio_mask
+    roll = model.rollout_raw(z_t.reshape(b * s, 1, n, d), conds, flat(proprio), flat(mask), h)
     return roll.reshape(b, s, h, n, d)
 
 
@@ -46,15 +48,13 @@ def flow_policy(model: WorldActionModel, z_t: jax.Array, z_goal: jax.Array, key:
     z_goal, emb = model.policy_inputs(where, z_t, z_goal, embodiment_id)
     b, s = z_t.shape[:2]
     p = model.spec.proprio_dim
-    known = proprio is not None
-    if proprio is None:
-        proprio = jnp.zeros((b, s, p), jnp.float32)
-    check_array(where, "proprio", proprio, f"[B, S, P] = [{b}, {s}, {p}]", (b, s, p))
-    proprio_mask = jnp.full(proprio.shape, known)
+    if proprio is not None:
+        check_array(where, "proprio", proprio, f"[B, S, P] = [{b}, {s}, {p}]", (b, s, p))
+    head_proprio = jnp.zeros((b, s, p), jnp.float32) if proprio is None else proprio  # the head's input
     return flow_head_lib.sample(
-        model.flow_head, z_t, z_goal, proprio, emb, key, steps=steps or model.flow_sampling[0],
+        model.flow_head, z_t, z_goal, head_proprio, emb, key, steps=steps or model.flow_sampling[0],
         method=method or model.flow_sampling[1],
-        imagine=lambda chunk: imagine(model, z_t, chunk, emb, proprio, proprio_mask))
+        imagine=lambda chunk: imagine(model, z_t, chunk, emb, proprio))
 
 
 def generate_paired(model: WorldActionModel, z_t: jax.Array, z_goal: jax.Array, key: jax.Array,
@@ -67,5 +67,5 @@ def generate_paired(model: WorldActionModel, z_t: jax.Array, z_goal: jax.Array, 
     emb = jnp.zeros((b,), jnp.int32) if embodiment_id is None else embodiment_id
     prop = None if proprio is None else proprio[:, None]
     chunk = flow_policy(model, z_t[:, None], z_goal, key, prop, emb, steps=steps, method=method)
-    latents = imagine(model, z_t[:, None], chunk, emb, prop, None if prop is None else jnp.ones(prop.shape, bool))
+    latents = imagine(model, z_t[:, None], chunk, emb, prop)
     return latents[:, 0], chunk[:, 0]
