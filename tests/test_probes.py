@@ -34,6 +34,17 @@ def test_dual_form_equals_the_primal_solution():
     np.testing.assert_allclose(w, primal, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("d", [8, 50])  # primal (d < n) and dual (d > n)
+def test_the_ridge_path_equals_one_solve_per_strength(d):
+    rng = np.random.default_rng(3)
+    x, y, xe = rng.normal(size=(30, d)), rng.normal(size=(30, 3)), rng.normal(size=(7, d))
+    alphas = (1e-3, 0.1, 10.0)
+    path = probes._ridge_path(x, y, alphas)(xe)
+    assert path.shape == (3, 7, 3)
+    for a, got in zip(alphas, path, strict=True):
+        np.testing.assert_allclose(got, probes._predict(probes._fit(x, y, a), xe), rtol=1e-6, atol=1e-8)
+
+
 def test_too_few_groups_is_a_clear_error():
     x, y, _ = _data()
     with pytest.raises(ValueError, match="groups"):
