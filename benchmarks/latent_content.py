@@ -1,7 +1,7 @@
 """What trained PushT encoders spend their latents on: probes, explained variance, distance rank.
 
     python benchmarks/latent_content.py --workdirs=workdirs/pusht_plan_d,workdirs/pusht_plan_e \
-        [--episodes=45] [--output=benchmarks/results/latent_content.json]
+        [--episodes=300] [--output=benchmarks/results/latent_content.json]
 
 For each workdir, on fresh simulator episodes (`launch/probe.py`): ridge-probe R^2 of the block
 position and of the agent position, the share of the latent's variance that a cubic in the agent
@@ -25,9 +25,10 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import host  # noqa: E402
 
+from launch import probe  # noqa: E402
+
 
 def measure(workdir: str, episodes: int) -> dict[str, Any]:
-    from launch import probe
     from wam_jax.inference import load
 
     res = probe.probe_pusht(load.restore(workdir), episodes=episodes)
@@ -39,7 +40,7 @@ def measure(workdir: str, episodes: int) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdirs", required=True, help="comma list of training workdirs")
-    p.add_argument("--episodes", type=int, default=45)
+    p.add_argument("--episodes", type=int, default=probe.PROBE_EPISODES)
     p.add_argument("--output", default="benchmarks/results/latent_content.json")
     args = p.parse_args(argv)
     os.chdir(host.REPO)

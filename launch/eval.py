@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from launch import probe
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="wam-eval", description=__doc__, allow_abbrev=False,
@@ -35,7 +37,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--probe", default=None, choices=["pusht"],
                    help="also fit linear probes to the simulator's ground truth on fresh episodes (launch/probe.py) "
                         "and check the planning energy against the simulator (launch/energy_agreement.py)")
-    p.add_argument("--probe_episodes", type=int, default=45, help="fresh episodes for --probe")
+    p.add_argument("--probe_episodes", type=int, default=probe.PROBE_EPISODES,
+                   help="fresh episodes for --probe (few episodes are few block poses: launch/probe.py)")
     p.add_argument("--probe_tasks", type=int, default=10,
                    help="wam-plan tasks on which --probe also ranks candidate action sequences by the "
                         "planning energy against the simulator (launch/energy_agreement.py; 0: skip)")
@@ -59,7 +62,6 @@ def main(argv: Sequence[str]) -> int:
     print(f"\nmetrics: {results['metrics_path']}", flush=True)
     out_dir = os.path.dirname(results["metrics_path"])
     if args.probe:
-        from launch import probe
         from launch.plan import scene_subspace
         from wam_jax import WorldModel
 
