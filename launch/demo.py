@@ -30,6 +30,10 @@ from typing import Any
 
 # What fits the demo's 10 minutes on 2 cores (BENCHMARKS.md §6.1); the recipe config's docstring
 # gives the larger set.
+# Fresh episodes the probes see: fewer than wam-eval's 300 (launch/probe.PROBE_EPISODES) to fit
+# the 10-minute budget, enough block poses for the block probe to mean something (at 30 it was
+# starved: BENCHMARKS.md §11.17).
+DEMO_PROBE_EPISODES = 100
 DEMO_SIZES = dict(labeled_episodes=300, video_episodes=40, test_episodes=20, random_fraction=0.5)
 DEMO_PLAN_EPISODES = 5
 # Training steps of the two stages: the end-to-end recipe (of its 2000), then its predictor on the
@@ -118,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     restored = load.restore(args.workdir)
     results = evaluation.evaluate(args.workdir, data=os.path.join(converted, "pusht_test"), restored=restored)
-    probed = probe.probe_pusht(restored, episodes=30)
+    probed = probe.probe_pusht(restored, episodes=DEMO_PROBE_EPISODES)
     evaluation.write_metrics(probed, os.path.dirname(results["metrics_path"]), name="probe_pusht.json")
     timings["eval + probe"] = time.perf_counter() - t0
     planned = None
