@@ -27,6 +27,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 from data_pipelines import records  # noqa: E402
+from data_pipelines.window_index import frame_stride  # noqa: E402
 
 
 def episode_frames(directory: str, count: int, length: int, stride: int) -> np.ndarray:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     wm = WorldModel.load(args.workdir)
     syn_info, real_info = records.read_dataset_info(args.synthetic), records.read_dataset_info(args.real)
     length = int(min(syn_info["episode_lengths"]))
-    stride = max(1, round(float(real_info["fps"]) / float(syn_info["fps"])))
+    stride = frame_stride(float(real_info["fps"]), float(syn_info["fps"]))
     syn = episode_frames(args.synthetic, args.episodes, length, 1)
     real = episode_frames(args.real, args.episodes, length, stride)
     rows = []

@@ -17,7 +17,7 @@ import numpy as np
 
 from data_pipelines import records
 from data_pipelines.transforms import decode_crop_resize
-from data_pipelines.window_index import read_episode_table
+from data_pipelines.window_index import frame_stride, read_episode_table
 
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
 
@@ -57,17 +57,18 @@ def sample_frames(directory: str, *, image_size: int, count: int = 2048, seed: i
     return np.stack(frames), np.asarray(proprio, np.float32)
 
 
-def sample_windows(directory: str, *, image_size: int, stride: int, length: int, count: int, seed: int = 0
+def sample_windows(directory: str, *, image_size: int, target_fps: float, length: int, count: int, seed: int = 0
                    ) -> tuple[np.ndarray, list[str]]:
     """(uint8 windows `[n, length, S, S, 3]`, names `EPISODE@FRAME`): `count` windows of `length`
-    frames `stride` apart, their starts drawn uniformly over the episodes long enough to hold them
-    (with replacement when there are fewer starts than `count`)."""
+    frames at the loader's stride for `target_fps`, their starts drawn uniformly over the episodes
+    long enough to hold them (with replacement when there are fewer starts than `count`)."""
     info = records.read_dataset_info(directory)
+    stride = frame_stride(float(info["fps"]), target_fps)
     span = (length - 1) * stride
     starts = np.maximum(np.asarray(read_episode_table(directory, info).lengths) - span, 0)
     if starts.sum() == 0:
         raise ValueError(f"{directory}: no episode has the {span + 1} frames a window of {length} frames "
-                         f"{stride} apart needs")
+                         f"{stride} apart (data.target_fps={target_fps:g}) needs")
     reader = records.FrameReader(directory, info["shards"])
     windows, names = [], []
     for _, ep, t in draw_positions(directory, info, starts, count, seed=seed, replace=count > starts.sum()):

@@ -87,10 +87,11 @@ def probe_pusht(restored: Any, *, episodes: int = PROBE_EPISODES, seed: int = 0,
 
     t0 = time.perf_counter()
     cfg = restored.config
+    from data_pipelines.window_index import frame_stride
     from sim.pusht import CONTROL_FPS
 
     fps = float(cfg.data.target_fps)
-    stride = max(1, round(CONTROL_FPS / fps)) if fps > 0 else 1  # the training frame stride
+    stride = frame_stride(CONTROL_FPS, fps) if fps > 0 else 1  # the training frame stride
     frames, y, groups = pusht_frames(episodes, image_size=int(cfg.model.image_size), stride=stride, seed=seed)
     fresh = build_model(cfg.model, nnx.Rngs(int(cfg.seed) + 1))
     features = {

@@ -61,16 +61,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def sample_windows(source: str, *, image_size: int, target_fps: float, length: int, count: int, seed: int
                    ) -> tuple[np.ndarray, list[str]]:
     """(windows `[n, length, S, S, 3]` uint8, names `EPISODE@FRAME`): `count` windows of `length`
-    frames at the model's stride (`source` fps / `target_fps`), drawn uniformly
-    (`data_pipelines.frame_sample.sample_windows`)."""
+    frames at the model's stride, drawn uniformly (`data_pipelines.frame_sample.sample_windows`)."""
     from data_pipelines.frame_sample import sample_windows as sample
 
-    stride = max(1, round(float(records.read_dataset_info(source)["fps"]) / float(target_fps)))
     try:
-        return sample(source, image_size=image_size, stride=stride, length=length, count=count, seed=seed)
+        return sample(source, image_size=image_size, target_fps=target_fps, length=length, count=count, seed=seed)
     except ValueError as e:
-        raise ValueError(f"{e} (stride {stride} at data.target_fps={target_fps:g}); lower --goal_steps / --steps"
-                         ) from None
+        raise ValueError(f"{e}; lower --goal_steps / --steps") from None
 
 
 def recorded_rate(space: Any, model_actions: np.ndarray) -> np.ndarray:
@@ -88,6 +85,7 @@ def generate_episodes(wm: Any, starts: np.ndarray, goals: np.ndarray, *, steps: 
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(frames `[n, steps + 1, S, S, 3]`: the start frame, then the decoded imagined ones;
     recorded-rate actions `[n, steps + 1, A]`, robot units, reduced per model step)."""
+    space = wm.action_space()
     frames, actions = [], []
     for b0 in range(0, len(starts), batch):
         z = wm.encode(starts[b0:b0 + batch])
@@ -100,14 +98,15 @@ def generate_episodes(wm: Any, starts: np.ndarray, goals: np.ndarray, *, steps: 
             z, k = z_h[:, -1], k + 1
         imagined = wm.decode(np.stack(lat[:steps], axis=1))  # [b, steps, S, S, 3]
         frames.append(np.concatenate([starts[b0:b0 + batch, None], imagined], axis=1))
-        actions.append(recorded_rate(wm.action_space(), np.stack(act[:steps + 1], axis=1)))
+        actions.append(recorded_rate(space, np.stack(act[:steps + 1], axis=1)))
     return np.concatenate(frames), np.concatenate(actions)
 
 
 def label_recorded(wm: Any, windows: np.ndarray, *, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """The control: windows of `steps + 2` recorded frames -> (their first `steps + 1` frames, the
     inverse-dynamics action from each to the next, reduced per model step)."""
-    actions = [recorded_rate(wm.action_space(), wm.infer_actions(wm.encode(windows[b0:b0 + batch])))
+    space = wm.action_space()
+    actions = [recorded_rate(space, wm.infer_actions(wm.encode(windows[b0:b0 + batch])))
                for b0 in range(0, len(windows), batch)]
     return windows[:, :-1], np.concatenate(actions)
 

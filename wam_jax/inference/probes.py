@@ -26,13 +26,18 @@ import numpy as np
 ALPHAS = tuple(10.0 ** e for e in range(-6, 4))
 
 
-def _fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge on centered features scaled by one global std (per-feature scaling would blow up
-    pixels that never change in the training frames); `alpha` is relative to the sample count.
-    Returns (mean, scale, weights, intercept)."""
+def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, scaled x): features centered and scaled by one global std (per-feature scaling
+    would blow up pixels that never change in the training frames)."""
     mu = x.mean(0)
     sd = np.sqrt(np.mean(np.square(x - mu))) + 1e-12
-    xs = (x - mu) / sd
+    return mu, sd, (x - mu) / sd
+
+
+def _fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge on `_standardize`d features; `alpha` is relative to the sample count.
+    Returns (mean, scale, weights, intercept)."""
+    mu, sd, xs = _standardize(x)
     ym = y.mean(0)
     n, d = xs.shape
     alpha = alpha * n
@@ -53,9 +58,7 @@ def _ridge_path(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]):
     (`X X^T` when d > n, else `X^T X`): a function from features `[m, d]` to predictions
     `[len(alphas), m, k]`. A 8192-d token or pixel probe on thousands of frames costs one
     decomposition instead of one solve per strength."""
-    mu = x.mean(0)
-    sd = np.sqrt(np.mean(np.square(x - mu))) + 1e-12
-    xs = (x - mu) / sd
+    mu, sd, xs = _standardize(x)
     ym = y.mean(0)
     n, d = xs.shape
     if d > n:  # w = X^T U diag(1 / (s2 + a)) U^T y with X X^T = U diag(s2) U^T
