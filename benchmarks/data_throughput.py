@@ -2,8 +2,9 @@
 
 Prints one table of clips/s and frames/s:
 
-- `decode only (ceiling)`: one thread decoding exactly the JPEGs of the same random clips from
-  memory (no read, no crop, no batching) -- what a single core can do at best.
+- `decode only`: one thread decoding exactly the JPEGs of the same random clips from memory (no
+  read, no crop, no batching), with Pillow and with libjpeg-turbo through simplejpeg (the
+  loader's decoder; the faster of the two is the ceiling): what a single core can do at best.
 - `grain workers=N`: `data_pipelines.loader.make_iterator` (random windows, random resized crop,
   colour jitter, normalization, batching), for each N in --workers.
 - `rlds tf.data`: the same episodes written as an RLDS builder dir (`rlds_writer`) and read the way
@@ -82,10 +83,14 @@ def bench_grain(data: str, args: argparse.Namespace, workers: int) -> Result:
         it.close()
 
 
-def bench_decode_only(data: str, args: argparse.Namespace) -> Result:
-    """clips/s of decoding the clips' JPEGs (already in memory) with PIL on one thread."""
+def bench_decode_only(data: str, args: argparse.Namespace, decoder: str) -> Result:
+    """clips/s of decoding the clips' JPEGs (already in memory) to RGB arrays on one thread, with
+    Pillow or with libjpeg-turbo through simplejpeg (what the loader uses)."""
+    import simplejpeg
     from PIL import Image
 
+    decode = {"pillow": lambda f: np.asarray(Image.open(io.BytesIO(f)).convert("RGB")),
+              "simplejpeg": lambda f: simplejpeg.decode_jpeg(f, "RGB")}[decoder]
     episodes = list(records.iter_episodes(records.shard_paths(data)))
     rng = np.random.default_rng(0)
     n = args.batches * args.batch
@@ -98,7 +103,7 @@ def bench_decode_only(data: str, args: argparse.Namespace) -> Result:
     t0, c0 = time.perf_counter(), time.process_time()
     for frames in picks:
         for f in frames:
-            np.asarray(Image.open(io.BytesIO(f)).convert("RGB"))
+            decode(f)
     return n / (time.perf_counter() - t0), 1e3 * (time.process_time() - c0) / n
 
 
@@ -200,7 +205,10 @@ def main() -> None:
           f"frames at {args.image_size}x{args.image_size}, batch {args.batch}")
     print(f"cpus: {os.cpu_count()}, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
-    benches: list[tuple[str, Any]] = [("decode only (ceiling, 1 thread)", lambda: bench_decode_only(data, args))]
+    ceilings = {"pillow": "decode only, Pillow (1 thread)",
+                "simplejpeg": "decode only, simplejpeg (ceiling, 1 thread)"}
+    benches: list[tuple[str, Any]] = [(name, lambda d=d: bench_decode_only(data, args, d))
+                                      for d, name in ceilings.items()]
     for w in (int(x) for x in args.workers.split(",")):
         benches.append((f"grain workers={w}", lambda w=w: bench_grain(data, args, w)))
     if not args.no_rlds:
@@ -223,14 +231,17 @@ def main() -> None:
     for name, (cps, cpu) in rows:
         cpu_s = "(workers)" if cpu is None else f"{cpu:.1f}"
         print(f"| {name} | {cps:.1f} | {cps * args.num_frames:.0f} | {cpu_s} |")
-    ceiling = rows[0][1][0]
+    by_name = dict(rows)
     best = max(r[0] for n, r in rows if n.startswith("grain"))
-    print(f"\nbest grain / decode-only ceiling (clips/s): {best / ceiling:.2f}")
+    print()
+    for name in ceilings.values():
+        print(f"best grain / {name} (clips/s): {best / by_name[name][0]:.2f}")
     if not args.no_rlds:
         print(f"best grain / rlds tf.data (clips/s): {best / rows[-1][1][0]:.2f}")
-    grain_cpu = dict(rows).get("grain workers=0", (0.0, None))[1]
+    grain_cpu = by_name.get("grain workers=0", (0.0, None))[1]
     if grain_cpu is not None:
-        print(f"CPU per clip, grain workers=0 / decode only: {grain_cpu / rows[0][1][1]:.2f}", end="")
+        print(f"CPU per clip, grain workers=0 / simplejpeg decode only: "
+              f"{grain_cpu / by_name[ceilings['simplejpeg']][1]:.2f}", end="")
         if not args.no_rlds:
             print(f"; grain workers=0 / rlds tf.data: {grain_cpu / rows[-1][1][1]:.2f}", end="")
         print()

@@ -35,6 +35,7 @@ from typing import Any
 
 import grain
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from data_pipelines import records
@@ -42,6 +43,8 @@ from data_pipelines.mixture import Source
 from data_pipelines.window_index import WindowIndex
 
 log = logging.getLogger(__name__)
+
+_SIMPLEJPEG_COLORSPACES = ("YCbCr", "Gray", "RGB")  # CMYK / YCCK: Pillow converts them
 
 NORM_CLIP = 5.0  # normalized actions / proprio are clipped to this many standard deviations
 STD_FLOOR = 1e-6  # constant dims (std 0) normalize to 0 instead of inf
@@ -175,23 +178,39 @@ def color_matrix(brightness: float, contrast: float, saturation: float, mean_gra
     return tuple(rows)
 
 
+def decode_rgb(jpeg: bytes, min_size: tuple[int, int] = (0, 0)) -> Image.Image:
+    """One JPEG as an RGB PIL image, at least `min_size` (width, height) when the decoder's DCT
+    scaling can shrink it by 2x or more (finer factors decode slower than full size).
+
+    libjpeg-turbo through simplejpeg decodes at about twice Pillow's speed on small frames
+    (BENCHMARKS.md §5.3); CMYK / YCCK JPEGs, and any simplejpeg refuses (it raises on corrupt or
+    truncated data), go through Pillow, which reads the former and raises OSError on the latter.
+    """
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(jpeg)
+        if colorspace in _SIMPLEJPEG_COLORSPACES:
+            small = 2 * min_size[0] <= w and 2 * min_size[1] <= h
+            rgb = simplejpeg.decode_jpeg(jpeg, "RGB", min_width=min_size[0] if small else 0,
+                                         min_height=min_size[1] if small else 0)
+            return Image.fromarray(rgb, "RGB")
+    except ValueError:
+        pass  # Pillow decides: it reads what libjpeg-turbo's simple API does not, and names the error
+    img = Image.open(io.BytesIO(jpeg))
+    if min(min_size) > 0:
+        img.draft("RGB", min_size)  # shrinks by 2x or more, or not at all
+    return img.convert("RGB")
+
+
 def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size: int,
                        jitter: tuple[float, float, float] | None = None) -> np.ndarray:
     """uint8 [size, size, 3]: the `box` (fractions of the frame) of one JPEG, resized bilinearly,
     then colour-jittered with factors (brightness, contrast, saturation) if given.
 
-    Everything runs in Pillow's C code, which releases the GIL, so reader threads overlap."""
-    img = Image.open(io.BytesIO(jpeg))
-    width, height = img.size
+    Everything runs in C (libjpeg-turbo, Pillow), which releases the GIL, so reader threads overlap."""
     x0, y0, x1, y1 = box
-    crop_w, crop_h = (x1 - x0) * width, (y1 - y0) * height
-    # Let the JPEG decoder downscale by 1/2..1/8 as long as the crop keeps >= `size` pixels.
-    want = (math.ceil(width * size / crop_w), math.ceil(height * size / crop_h))
-    if want[0] < width and want[1] < height:
-        img.draft("RGB", want)
-        width, height = img.size
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    # the crop must keep >= `size` pixels a side: the frame needs size / (crop fraction)
+    img = decode_rgb(jpeg, (math.ceil(size / (x1 - x0)), math.ceil(size / (y1 - y0))))
+    width, height = img.size
     out = img.resize((size, size), Image.Resampling.BILINEAR,
                      box=(x0 * width, y0 * height, x1 * width, y1 * height))
     if jitter is not None:

@@ -340,6 +340,31 @@ def test_decode_crop_resize_uses_the_box_and_identity_jitter(tmp_path):
     assert np.abs(tiny - [200, 30, 30]).max() <= 6
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_decode_rgb_matches_pillow_and_shrinks_only_by_2x_or_more(mode):
+    """libjpeg-turbo (simplejpeg) decodes what Pillow does, within JPEG rounding; CMYK goes
+    through Pillow; the DCT shrink is taken only when it halves the frame or more."""
+    import io
+
+    from PIL import Image
+
+    from data_pipelines.transforms import decode_rgb
+
+    rng = np.random.default_rng(0)
+    px = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(px).convert(mode).save(buf, format="JPEG", quality=95)
+    jpeg = buf.getvalue()
+    want = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
+    got = decode_rgb(jpeg)
+    assert got.mode == "RGB" and got.size == (128, 96)
+    assert np.abs(np.asarray(got).astype(int) - want).mean() < 1.0
+    assert decode_rgb(jpeg, (64, 48)).size == (64, 48)  # 2x: the decoder's DCT scaling
+    assert decode_rgb(jpeg, (65, 48)).size == (128, 96)  # 1.97x: full size, resized later
+    with pytest.raises(OSError):  # Pillow's error for a truncated file, which LoadClip catches
+        decode_rgb(jpeg[: len(jpeg) // 2]).load()
+
+
 def test_heldout_split_is_disjoint_and_eval_covers_it_once(tmp_path):
     lengths = [9] * 40
     d = write_converted_dataset(str(tmp_path / "d"), episode_lengths=lengths, index_in_json=True)
