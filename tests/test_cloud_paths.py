@@ -116,6 +116,32 @@ print(json.dumps({{"steps": steps, "metrics_path": res["metrics_path"], "plots":
     assert set(got["plots"]) | {got["metrics_path"]} <= set(_listing(f"{workdir}/eval"))
 
 
+def test_the_workdir_lock_on_gs_is_created_if_absent_atomically(gcs):
+    """Two creators of one gs:// lock that both looked before either wrote (`exists` patched to
+    False: the window a check-then-write leaves) -- the service's precondition lets exactly one
+    win; a second trainer on a held gs:// workdir is refused by name."""
+    got = _python(
+        "import logging\nfrom etils import epath\nfrom wam_jax.training import workdir_lock as wl\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        f"race = epath.Path('gs://{BUCKET}/race/lock.json')\n"
+        "exists, type(race).exists = type(race).exists, lambda self: False\n"
+        "print('CREATED', wl._create_exclusive(race, {'run_id': 'a'}), wl._create_exclusive(race, {'run_id': 'b'}))\n"
+        "type(race).exists = exists\n"
+        "print('HOLDER', wl._read(race)['run_id'])\n"
+        f"lock = wl.acquire('gs://{BUCKET}/held')\n"
+        "try:\n"
+        f"    wl.acquire('gs://{BUCKET}/held')\n"
+        "except wl.WorkdirLockError as e:\n"
+        "    print('REFUSED', e)\n"
+        "lock.release()\n"
+        f"print('RELEASED', not epath.Path('gs://{BUCKET}/held/lock.json').exists())\n", gcs, timeout=120)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert "CREATED True False" in got.stdout and "HOLDER a" in got.stdout
+    assert f"REFUSED gs://{BUCKET}/held is in use by another trainer" in got.stdout
+    assert "RELEASED True" in got.stdout
+    assert "read-back" not in got.stderr  # the warning of stores without create-if-absent
+
+
 def test_local_only_readers_refuse_urls_with_the_gcsfuse_hint(tmp_path, session_mixture):
     from data_pipelines.convert import common, rlds
     from data_pipelines.convert.ego4d_layout import Ego4DLayout

@@ -13,10 +13,12 @@ its heartbeat is older than `stale_after_s` (another host: it cannot be asked); 
 `WorkdirLockError` names the holder.
 
 Atomicity: on a local or mounted filesystem the lock is hard-linked into place (fails if it exists)
-and a stale lock is first renamed aside (one rename wins), so two racing trainers cannot both hold it. Object
-stores (`gs://`) have no create-if-absent through `etils.epath`: there the lock is written, read
-back and checked for our `run_id`, which catches a relaunch of a live run but not two trainers
-started within the same second; a warning says so.
+and a stale lock is first renamed aside (one rename wins), so two racing trainers cannot both hold
+it. On Cloud Storage (`gs://`) the lock is created with the `ifGenerationMatch=0` precondition
+(gcsfs's `mode="create"`), which the service refuses if the object exists: atomic as well. Other
+object stores (or `gs://` without gcsfs) have no create-if-absent through `etils.epath`: there the
+lock is written, read back and checked for our `run_id`, which catches a relaunch of a live run
+but not two trainers started within the same second; a warning says so.
 """
 
 from __future__ import annotations
@@ -131,10 +133,30 @@ def _create_exclusive(path: epath.Path, info: dict[str, Any]) -> bool:
         finally:
             os.unlink(tmp)
         return True
+    if _has_create_if_absent(path):
+        import fsspec
+
+        fs, key = fsspec.core.url_to_fs(os.fspath(path))  # the filesystem etils uses for gs://
+        try:
+            fs.pipe_file(key, json.dumps(info).encode(), mode="create")  # ifGenerationMatch=0
+        except FileExistsError:  # gcsfs's reading of the service's 412 (precondition failed)
+            return False
+        return True
     if path.exists():
         return False
     _write(path, info)
     return _read(path).get("run_id") == info["run_id"]
+
+
+def _has_create_if_absent(path: epath.Path) -> bool:
+    """Cloud Storage through gcsfs: its uploads take the `ifGenerationMatch=0` precondition."""
+    if not os.fspath(path).startswith(("gs://", "gcs://")):
+        return False
+    try:
+        import gcsfs  # noqa: F401  (the `gcs` extra)
+    except ImportError:
+        return False
+    return True
 
 
 def acquire(workdir: str, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S
@@ -146,7 +168,7 @@ def acquire(workdir: str, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: 
     now = time.time()
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
             "run_id": uuid.uuid4().hex}
-    if paths.is_url(workdir):
+    if paths.is_url(workdir) and not _has_create_if_absent(path):
         log.warning("%s: the workdir lock on an object store is checked by read-back, not created "
                     "atomically: two trainers started within a second of each other may both start", path)
     for _ in range(3):
