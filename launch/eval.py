@@ -76,6 +76,8 @@ def main(argv: Sequence[str]) -> int:
         res = probe.probe_pusht(restored, episodes=args.probe_episodes, scene_basis=basis)
         print("\n" + probe.format_probe(res))
         print(f"probe:   {evaluation.write_metrics(res, out_dir, name='probe_pusht.json')}", flush=True)
+        if wm.has_decoder and not args.no_plots:  # what the latent keeps of fresh frames, drawn
+            print(f"plot:    {probe.write_reconstructions(wm, os.path.join(out_dir, 'reconstructions_pusht.png'))}")
         if args.probe_tasks > 0:
             from launch import energy_agreement
 

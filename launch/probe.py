@@ -9,6 +9,7 @@ uses), the same architecture at its random initialization, and the raw pixels.
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
@@ -121,6 +122,36 @@ def probe_pusht(restored: Any, *, episodes: int = PROBE_EPISODES, seed: int = 0,
         out["probes"][name] = res
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def reconstruction_grid(wm: Any, frames: np.ndarray) -> np.ndarray:
+    """uint8 `[2 S, n S, 3]`: `frames` `[n, S, S, 3]` (top row) over what the model's frame decoder
+    draws from their latents (bottom row, nearest-resized to S): what the latent keeps, at a
+    glance. A blob where the block's outline should be says its angle is not in the latent
+    (BENCHMARKS.md §11.18)."""
+    from PIL import Image
+
+    drawn = wm.decode(wm.encode(frames[:, None]))
+    drawn = drawn.reshape(len(frames), -1, *drawn.shape[-3:])[:, 0]
+    s = frames.shape[1]
+    drawn = [np.asarray(Image.fromarray(d).resize((s, s), Image.Resampling.NEAREST)) for d in drawn]
+    return np.concatenate([np.concatenate(list(frames), 1), np.concatenate(drawn, 1)], 0)
+
+
+def write_reconstructions(wm: Any, path: str, *, episodes: int = 12, seed: int = 1) -> str:
+    """`reconstruction_grid` of the first frames of `episodes` fresh probe episodes, saved 3x as a
+    PNG at `path` (local or gs://)."""
+    from PIL import Image
+
+    from data_pipelines import paths
+
+    frames, _, groups = pusht_frames(episodes, image_size=wm.image_size, stride=1, steps=1, seed=seed)
+    grid = reconstruction_grid(wm, frames[np.unique(groups, return_index=True)[1]])
+    img = Image.fromarray(grid).resize((3 * grid.shape[1], 3 * grid.shape[0]), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    paths.write_atomic(path, buf.getvalue())
+    return path
 
 
 def format_probe(result: dict[str, Any]) -> str:

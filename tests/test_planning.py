@@ -304,7 +304,8 @@ def test_probe_pusht_reads_the_tokens_a_pooled_latent_is_made_of(tmp_path_factor
     from wam_jax.inference import load
 
     workdir, _ = make_tiny_workdir(str(tmp_path_factory.mktemp("pooled")), steps=(1,),
-                                   **{"model.pool.kind": "mean", "model.pool.dim": 16})
+                                   **{"model.pool.kind": "mean", "model.pool.dim": 16,
+                                      "model.decoder.size": 8, "loss.recon": 1.0})
     restored = load.restore(workdir)
     res = probe.probe_pusht(restored, episodes=4)
     enc = restored.target
@@ -312,6 +313,21 @@ def test_probe_pusht_reads_the_tokens_a_pooled_latent_is_made_of(tmp_path_factor
     assert res["probes"]["trained, tokens unpooled"]["feature_dim"] == gh * gw * enc.width
     assert res["probes"]["trained encoder"]["feature_dim"] == 16
     assert all(np.isfinite(v) for v in res["probes"]["trained, tokens unpooled"]["r2"].values())
+    # What the decoder draws from fresh frames' latents, under the frames (wam-eval's PNG).
+    from PIL import Image
+
+    from wam_jax import WorldModel
+
+    wm = WorldModel.from_restored(restored)
+    s = wm.image_size
+    frames, _, _ = probe.pusht_frames(3, image_size=s, stride=50, steps=60)
+    grid = probe.reconstruction_grid(wm, frames)
+    assert grid.shape == (2 * s, len(frames) * s, 3) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[:s], np.concatenate(list(frames), 1))
+    drawn = wm.decode(wm.encode(frames[:, None]))[0, 0]  # 8 x 8, drawn at s x s below its frame
+    np.testing.assert_array_equal(grid[s:, :s][:: s // 8, :: s // 8], drawn)
+    path = probe.write_reconstructions(wm, str(tmp_path_factory.mktemp("png") / "r.png"), episodes=2)
+    assert Image.open(path).size == (3 * 2 * s, 3 * 2 * s)
 
 
 def test_energy_agreement_scores_rank_order_and_the_chosen_outcome() -> None:
