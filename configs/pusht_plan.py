@@ -35,9 +35,11 @@ still 1/50, random 3/50), final block error 26-30 px / 15 deg, 0.38-0.40x copy-l
 normalized action rank 0.03-0.06; with `--warm_start=policy` 15/50 and 11/50, 26/100 [0.18, 0.35].
 With stage 2 at 6000 steps (33 min), seed 0: 13/50. With `--config.model.stem=conv` on both
 stages (a convolutional stem: §11.17; 64 + 20 min): 17/50 [0.22, 0.48], 0.365x copy-last,
-action rank 0.044, block probe 0.852 on 300 fresh episodes (pixels 0.817). Left: the
-block's angle is in no latent (§11.13; not at the native 96 px either, which plans worse: §11.15),
-and in half the tasks the planner never pushes the block.
+action rank 0.044, block probe 0.852 on 300 fresh episodes (pixels 0.817); its stage 1
+continued to 4000 steps (§11.18): 0.297x copy-last, rank 0.035, the same probes and 16/50. Left:
+the block's angle is in no latent (§11.13, §11.18: not even a wider decoder draws it; not at the
+native 96 px either, which plans worse: §11.15), and in half the tasks the planner never pushes
+the block.
 
 Better dynamics, same file (BENCHMARKS.md §11.11, 43 min): train what the planner uses, 5-step
 rollouts from one frame on 6-frame clips, with the stride's 5 recorded targets as the action:
