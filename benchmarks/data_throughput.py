@@ -60,6 +60,7 @@ def _config(data: str, args: argparse.Namespace, workers: int) -> Any:
     return c
 
 
+RLDS_ROW = "rlds tfds.as_dataset + tf.data"
 Result = tuple[float, float | None]  # (clips/s wall-clock, CPU ms per clip in this process)
 
 
@@ -213,7 +214,7 @@ def main() -> None:
         benches.append((f"grain workers={w}", lambda w=w: bench_grain(data, args, w)))
     if not args.no_rlds:
         rlds_dir = write_rlds_copy(data, os.path.join(tmp.name, "rlds"))
-        benches.append(("rlds tfds.as_dataset + tf.data", lambda: bench_rlds(rlds_dir, args)))
+        benches.append((RLDS_ROW, lambda: bench_rlds(rlds_dir, args)))
     # Rounds interleave the pipelines so a burst of load from other processes hits all of them;
     # each row keeps its best clips/s and its median CPU time per clip.
     results: dict[str, list[Result]] = {name: [] for name, _ in benches}
@@ -237,13 +238,13 @@ def main() -> None:
     for name in ceilings.values():
         print(f"best grain / {name} (clips/s): {best / by_name[name][0]:.2f}")
     if not args.no_rlds:
-        print(f"best grain / rlds tf.data (clips/s): {best / rows[-1][1][0]:.2f}")
+        print(f"best grain / rlds tf.data (clips/s): {best / by_name[RLDS_ROW][0]:.2f}")
     grain_cpu = by_name.get("grain workers=0", (0.0, None))[1]
     if grain_cpu is not None:
         print(f"CPU per clip, grain workers=0 / simplejpeg decode only: "
               f"{grain_cpu / by_name[ceilings['simplejpeg']][1]:.2f}", end="")
         if not args.no_rlds:
-            print(f"; grain workers=0 / rlds tf.data: {grain_cpu / rows[-1][1][1]:.2f}", end="")
+            print(f"; grain workers=0 / rlds tf.data: {grain_cpu / by_name[RLDS_ROW][1]:.2f}", end="")
         print()
     print("CPU ms / clip counts this process's threads only (not worker processes); on a shared "
           "machine it is steadier than clips/s.")

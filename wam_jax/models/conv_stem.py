@@ -6,8 +6,9 @@ scratch on little data is slow to learn shapes that sit inside patches or stradd
 T is about 2 x 2 patches at 64 px, its stem 4 px wide: no encoder with the patch stem learned the
 block's angle, BENCHMARKS.md §11.12-11.16). A stack of small convolutions ("early convolutions",
 Xiao et al. 2021) gives the tokens local edges and orientations first (at patch 8 and width 128,
-about a fifth more encoder FLOPs; 1.4x the forward time on a 2-core CPU), and yields the same `H/p x W/p` token grid, so everything after the stem (blocks,
-pooling, predictor, planner, export) is unchanged.
+about a fifth more encoder FLOPs; 1.4x the forward time on a 2-core CPU), and yields the same
+`H/p x W/p` token grid, so everything after the stem (blocks, pooling, predictor, planner,
+export) is unchanged.
 
 `log2(p)` stages of `Conv 3x3 stride 2 -> LayerNorm over channels -> GELU` (channels doubling up
 to the encoder width), then a 1x1 projection to the width. Per frame: with `tubelet = 2` a clip's
