@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -101,6 +102,35 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the message names the directory and what was kept."""
 
 
+def _is_closed_loop_report(unraisable: Any) -> bool:
+    """TensorStore's callbacks into the event loop of an Orbax save that already failed."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            break
+        tb = tb.tb_next
+    return (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+            and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+
+
+def _quiet_closed_loop_reports() -> None:
+    """When a write fails (disk full), Orbax closes the save's event loop while TensorStore still
+    completes the other chunks' writes; each completion reports "Event loop is closed" through
+    `sys.unraisablehook`, hundreds of tracebacks that bury the one line naming the failure (and
+    interleave with it). Those reports, and only those, are dropped; the failure itself is raised
+    at the next save (`_write_errors`)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_wam_quiet_closed_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_closed_loop_report(unraisable):
+            previous(unraisable)
+
+    hook._wam_quiet_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     """Async, atomic checkpoints of one training run, with resume and fall-back logic."""
 
@@ -131,6 +161,7 @@ class Checkpointer:
             "stats": ocp.JsonCheckpointHandler(),
         }
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        _quiet_closed_loop_reports()
         self._damaged: list[int] = []  # complete-looking steps newer than the one restored
 
     # -- inspection -------------------------------------------------------------------------
