@@ -25,6 +25,17 @@ def test_probe_recovers_linear_targets_and_not_noise():
     assert r["test_groups"] == 4 and r["train_rows"] + r["test_rows"] == len(x)
 
 
+def test_given_test_groups_are_exactly_the_ones_scored():
+    """A fixed test set shared by several readers: only those groups are scored, none is fitted on
+    (a target that is noise everywhere but a constant shift in the test groups is not learned)."""
+    x, y, g = _data()
+    y = y.copy()
+    y[np.isin(g, [3, 7]), 0] += 100.0  # a fit that saw groups 3 or 7 would absorb part of the shift
+    r = probes.linear_probe(x, y, g, names=["a", "b", "noise"], test_groups=[3, 7])
+    assert r["test_groups"] == 2 and r["test_rows"] == 40
+    assert r["r2"]["b"] > 0.99 and r["r2"]["a"] < 0  # "a" is off by the unseen shift
+
+
 def test_dual_form_equals_the_primal_solution():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(20, 50)), rng.normal(size=(20, 2))  # d > n: the dual form

@@ -86,10 +86,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.spearmanr(x, y)[0])
 
 
-def _split_groups(groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split_groups(groups: np.ndarray, test_fraction: float, seed: int, test_groups: Sequence[Any] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(test group ids, train group ids in a seeded order): whole groups (episodes), `test_fraction`
-    of them held out."""
+    of them held out, or exactly `test_groups` when given."""
     ids = np.random.default_rng(seed).permutation(np.unique(groups))
+    if test_groups is not None:
+        test = np.isin(ids, np.asarray(test_groups))
+        return ids[test], ids[~test]
     n_test = max(1, int(round(len(ids) * test_fraction)))
     return ids[:n_test], ids[n_test:]
 
@@ -144,8 +148,8 @@ def r_squared(y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
 
 
 def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, names: Sequence[str],
-                 test_fraction: float = 1 / 3, alphas: Sequence[float] = ALPHAS, seed: int = 0
-                 ) -> dict[str, Any]:
+                 test_fraction: float = 1 / 3, alphas: Sequence[float] = ALPHAS, seed: int = 0,
+                 test_groups: Sequence[Any] | None = None) -> dict[str, Any]:
     """R^2 per target of a ridge probe, on groups (episodes) held out from fitting.
 
     Args:
@@ -154,13 +158,14 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, names: Seq
       groups: `[n]` group id per row (its episode); whole groups go to train or test.
       names: the k target names.
       test_fraction: share of the groups scored (never fitted on).
+      test_groups: the groups scored instead (a fixed test set shared by several readers).
       alphas: ridge strengths tried; per target, the one with the best validation R^2 (on a
         quarter of the training groups) is refitted on all training groups.
     """
     x, y = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64)
     if len(np.unique(groups)) < 4:
         raise ValueError(f"linear_probe: {len(np.unique(groups))} groups; need at least 4 (train, validation, test)")
-    test_ids, train_ids = _split_groups(groups, test_fraction, seed)
+    test_ids, train_ids = _split_groups(groups, test_fraction, seed, test_groups)
     n_test = len(test_ids)
     n_val = max(1, len(train_ids) // 4)
     val_ids, fit_ids = train_ids[:n_val], train_ids[n_val:]
