@@ -120,8 +120,8 @@ def apply(module: Any, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _drawer(model_cfg: Any, width: int, seed: int) -> Any:
-    """The config's frame decoder at `width`, drawing from the true state (standardized, lifted to
+def _drawer(model_cfg: Any, kind: str, width: int, seed: int) -> Any:
+    """A frame decoder (`model.decoder`) of `kind` at `width`, drawing from the true state (standardized, lifted to
     the latent's size by a 2-layer MLP): uint8-scale frames out, so its drawings can be read back."""
     from flax import nnx
 
@@ -133,7 +133,7 @@ def _drawer(model_cfg: Any, width: int, seed: int) -> Any:
     class Drawer(nnx.Module):
         def __init__(self):
             self.lift = nnx.List([nnx.Linear(len(probe.TARGETS), 256, rngs=rngs), nnx.Linear(256, dim, rngs=rngs)])
-            self.decoder = FrameDecoder(1, dim, int(model_cfg.image_size), width, rngs=rngs)
+            self.decoder = FrameDecoder(1, dim, int(model_cfg.image_size), width, kind=kind, rngs=rngs)
 
         def __call__(self, state):  # normalized pixels, as the recon loss's target
             return self.decoder(self.lift[1](nnx.gelu(self.lift[0](state)))[:, None])
@@ -152,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--override", action="append", default=[], help="config overrides, e.g. --config.model.stem=conv")
     p.add_argument("--train_episodes", default="100,300,900")
     p.add_argument("--readers", default="cnn,encoder")
-    p.add_argument("--decoder_widths", default="64,128",
-                   help="the frame decoder drawing from the true state at these widths, read back by the cnn")
+    p.add_argument("--decoders", default="upsample:64,upsample:128,broadcast:64",
+                   help="KIND:WIDTH frame decoders (model.decoder) drawing from the true state, read back by the cnn")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -183,11 +183,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         x, y = x_all[keep], y_all[keep]
         if len(x) <= PIXEL_RIDGE_MAX_FRAMES:
             pixels = np.concatenate([x, x_test]).reshape(len(x) + len(x_test), -1).astype(np.float32) / 255
-            fit = probes.linear_probe(pixels, np.concatenate([y, y_test]),
+            ridge = probes.linear_probe(pixels, np.concatenate([y, y_test]),
                                       np.concatenate([g_all[keep], np.full(len(x_test), -1)]),
                                       names=probe.TARGETS, seed=args.seed, test_groups=[-1])
             rows.append({"reader": "pixels, ridge", "train_episodes": n, "frames": int(len(x)), "seconds": None,
-                         **_summary(fit["r2"])})
+                         **_summary(ridge["r2"])})
         for kind in args.readers.split(","):
             reader = trained[kind] = _readers(kind, cfg.model, args.seed)
             mu, sd = y.mean(0), y.std(0) + 1e-8
@@ -199,21 +199,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                          **_summary(dict(zip(probe.TARGETS, map(float, r2), strict=True)))})
             print(kind, n, {k: round(rows[-1][k], 3) for k in ("agent_pos", "block_pos", "block_angle")}, flush=True)
     drawn_rows = []
-    if "cnn" in args.readers.split(",") and args.decoder_widths:
+    if "cnn" in args.readers.split(",") and args.decoders:
         from wam_jax.models.encoder import normalize_video
 
         mu, sd = y.mean(0), y.std(0) + 1e-8  # y, x: the largest training set
         s_train, s_test = ((y - mu) / sd).astype(np.float32), ((y_test - mu) / sd).astype(np.float32)
         target = np.asarray(normalize_video(x))
-        for width in (int(w) for w in args.decoder_widths.split(",")):
-            drawer = _drawer(cfg.model, width, args.seed)
+        for spec in args.decoders.split(","):
+            kind, width = spec.split(":")[0], int(spec.split(":")[1])
+            drawer = _drawer(cfg.model, kind, width, args.seed)
             secs = fit(drawer, s_train, target, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
             drawn = to_uint8(apply(drawer, s_test, args.batch))
             mse = float(np.mean(np.square(np.asarray(normalize_video(drawn)) - np.asarray(normalize_video(x_test)))))
             r2 = probes.r_squared(y_test, apply(trained["cnn"], drawn, args.batch) * sd + mu)
-            drawn_rows.append({"decoder_width": width, "train_episodes": sizes[-1], "test_mse": mse, "seconds": secs,
+            drawn_rows.append({"decoder": spec, "train_episodes": sizes[-1], "test_mse": mse, "seconds": secs,
                                **_summary(dict(zip(probe.TARGETS, map(float, r2), strict=True)))})
-            print("drawn", width, {k: round(drawn_rows[-1][k], 3) for k in ("test_mse", "agent_pos", "block_pos",
+            print("drawn", spec, {k: round(drawn_rows[-1][k], 3) for k in ("test_mse", "agent_pos", "block_pos",
                                                                              "block_angle")}, flush=True)
             if args.figure:
                 from PIL import Image
@@ -221,14 +222,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 pick = np.linspace(0, len(x_test) - 1, 8).astype(int)
                 grid = np.concatenate([np.concatenate(list(x_test[pick]), 1), np.concatenate(list(drawn[pick]), 1)], 0)
                 Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(
-                    args.figure.replace(".png", f"_w{width}.png"))
+                    args.figure.replace(".png", f"_{kind}{width}.png"))
     print(common.format_table(rows, [("reader", "reader", ""), ("train_episodes", "train episodes", ""),
                                       ("frames", "frames", ""), ("agent_pos", "agent pos R^2", ".3f"),
                                       ("block_pos", "block pos R^2", ".3f"), ("block_angle", "block angle R^2", ".3f"),
                                       ("seconds", "train s", ".0f")]))
     if drawn_rows:
         print("\nThe frame decoder drawing from the true state, read back by the cnn:")
-        print(common.format_table(drawn_rows, [("decoder_width", "decoder width", ""),
+        print(common.format_table(drawn_rows, [("decoder", "decoder kind:width", ""),
                                                ("test_mse", "test MSE (normalized)", ".4f"),
                                                ("agent_pos", "agent pos R^2", ".3f"), ("block_pos", "block pos R^2", ".3f"),
                                                ("block_angle", "block angle R^2", ".3f"), ("seconds", "train s", ".0f")]))

@@ -55,8 +55,10 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.action_head = mlc.ConfigDict(dict(width=0, depth=1))  # width 0: the predictor's width
     c.num_sources = 8  # static maximum of mixture sources for per-source metrics
     # A frame decoder from pooled latents (models/decoder.py) for loss.recon: size 0 = none, else
-    # the side of the decoded frame (4 x a power of two dividing image_size); width: its first map.
-    c.decoder = mlc.ConfigDict(dict(size=0, width=64))
+    # the side of the decoded frame (4 x a power of two dividing image_size); width: its first map;
+    # kind: 'upsample' (a linear map to 4 x 4, then doublings) or 'broadcast' (the latent tiled
+    # over a size/4 grid with coordinate channels: draws objects at their pose; models/decoder.py).
+    c.decoder = mlc.ConfigDict(dict(size=0, width=64, kind="upsample"))
     c.policy_horizon = 4  # h: action chunk length
     # The flow-matching action stream (models/flow_head.py, trained by loss.flow): depth 0 = none;
     # width 0 = the action heads' width; chunks drawn in sample_steps 'euler' or 'midpoint' steps;

@@ -46,9 +46,25 @@ def test_decoder_sizes_off_powers_of_two():
             decoder.check_size(size, image)
 
 
-def test_recon_trains_the_decoder_and_the_encoder_only():
-    cfg = _cfg()
+def test_broadcast_decoder_tiles_the_latent_with_coordinates():
+    """`kind='broadcast'`: the latent tiled over a size/4 grid with two coordinate channels, then
+    two doublings; any size the upsampling decoder takes (64, PushT's 96, 16). A constant latent
+    still draws a frame that varies across the grid (the coordinates); an unknown kind is named."""
+    for size, first in ((64, 16), (96, 24), (16, 4)):
+        dec = decoder.FrameDecoder(1, 8, size, 16, kind="broadcast", rngs=nnx.Rngs(0))
+        assert dec.first == first and len(dec.convs) == 2 and dec.mix[0].in_features == 18
+        out = dec(jnp.ones((2, 3, 1, 8)))
+        assert out.shape == (2, 3, size, size, 3)
+        assert float(jnp.std(out[0, 0, :, :, 0])) > 0
+    with pytest.raises(ValueError, match=r"model.decoder.kind must be one of \('upsample', 'broadcast'\), got 'mlp'"):
+        WorldActionModel(_cfg(**{"model.decoder.kind": "mlp"}).model, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kind", ["upsample", "broadcast"])
+def test_recon_trains_the_decoder_and_the_encoder_only(kind):
+    cfg = _cfg(**{"model.decoder.kind": kind})
     model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    assert model.frame_decoder.kind == kind
     _, metrics, grads = loss_and_grads(_only(cfg, "recon"))(model, model.make_target_encoder(),
                                                              random_batch(cfg), jax.random.key(0))
     assert float(metrics["loss/recon"]) > 0

@@ -203,7 +203,7 @@ class WorldActionModel(nnx.Module):
             if not spec.pooled:
                 raise ValueError("model.decoder decodes pooled latents; it needs model.pool.kind='mean', 'grid' or 'attn'")
             self.frame_decoder = FrameDecoder(spec.tokens_per_frame, spec.latent_dim, int(dc.size), int(dc.width),
-                                              rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                                              kind=str(dc.kind), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     # -- target encoder / optimizer helpers ------------------------------------------------------
 
