@@ -1,7 +1,9 @@
-"""How much of the PushT state a *supervised* reader gets from the frames: the upper bound for probes.
+"""How much of the PushT state a *supervised* reader gets from the frames, and what a frame decoder
+can draw: the upper bounds behind the probes and behind `loss.recon`.
 
     python benchmarks/angle_upper_bound.py --config=configs/pusht_plan.py:encoder \
         --override=--config.model.stem=conv --train_episodes=100,300,900 [--steps=1500] \
+        [--decoders=upsample:64,broadcast:64 --decoder_steps=1500 --figure=drawn.png] \
         [--output=benchmarks/results/angle_upper_bound.json]
 
 The linear probes of every self-supervised encoder read the block's angle at R^2 <= 0.13
@@ -16,7 +18,10 @@ standardized; squared error),
              by one linear layer (can this architecture carry the angle when asked to?),
 
 and scores R^2 on 100 further episodes that no reader saw, beside a ridge probe on the pixels
-fitted on the same training episodes. Prints a table and writes JSON.
+fitted on the same training episodes. Then each `--decoders` frame decoder (`model.decoder`'s
+kind and width) learns to draw the largest training set's frames from their true state, and the
+`cnn` reads its drawings of the test states back: a decoder that cannot draw the angle from the
+state itself gives an encoder no reason to keep it. Prints tables and writes JSON.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import host  # noqa: E402
 import numpy as np  # noqa: E402
 
 from launch import probe  # noqa: E402
+from wam_jax.inference import probes  # noqa: E402
 
 TEST_EPISODES = 100
 PIXEL_RIDGE_MAX_FRAMES = 8000  # the dual ridge's Gram matrix is frames^2: larger sets take minutes per fit
@@ -146,6 +152,38 @@ def to_uint8(normalized: np.ndarray) -> np.ndarray:
     return np.clip((normalized * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)) * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+def draw_back(model_cfg: Any, args: argparse.Namespace, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
+              y_test: np.ndarray, cnn: Any) -> list[dict[str, Any]]:
+    """Each `--decoders` entry trained to draw the frames `x` from their true state `y`, then its
+    drawings of the test states read back by the supervised `cnn` (fitted on `x`, `y`)."""
+    from wam_jax.models.encoder import normalize_video
+
+    mu, sd = y.mean(0), y.std(0) + 1e-8
+    s_train, s_test = ((y - mu) / sd).astype(np.float32), ((y_test - mu) / sd).astype(np.float32)
+    target = np.asarray(normalize_video(x))
+    rows = []
+    for spec in args.decoders.split(","):
+        kind, width = spec.split(":")[0], int(spec.split(":")[1])
+        drawer = _drawer(model_cfg, kind, width, args.seed)
+        secs = fit(drawer, s_train, target, steps=args.decoder_steps or args.steps, batch=args.batch, lr=args.lr,
+                   seed=args.seed)
+        drawn = to_uint8(apply(drawer, s_test, args.batch))
+        mse = float(np.mean(np.square(np.asarray(normalize_video(drawn)) - np.asarray(normalize_video(x_test)))))
+        r2 = probes.r_squared(y_test, apply(cnn, drawn, args.batch) * sd + mu)
+        rows.append({"decoder": spec, "test_mse": mse, "seconds": secs,
+                     **_summary(dict(zip(probe.TARGETS, map(float, r2), strict=True)))})
+        print("drawn", spec, {k: round(rows[-1][k], 3) for k in ("test_mse", "agent_pos", "block_pos", "block_angle")},
+              flush=True)
+        if args.figure:
+            from PIL import Image
+
+            pick = np.linspace(0, len(x_test) - 1, 8).astype(int)
+            grid = np.concatenate([np.concatenate(list(x_test[pick]), 1), np.concatenate(list(drawn[pick]), 1)], 0)
+            Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(
+                args.figure.replace(".png", f"_{kind}{width}.png"))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/pusht_plan.py:encoder")
@@ -155,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--decoders", default="upsample:64,upsample:128,broadcast:64",
                    help="KIND:WIDTH frame decoders (model.decoder) drawing from the true state, read back by the cnn")
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--decoder_steps", type=int, default=0, help="the drawers' steps (0: --steps)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -165,7 +204,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from data_pipelines.window_index import frame_stride
     from sim.pusht import CONTROL_FPS
     from wam_jax import config_utils
-    from wam_jax.inference import probes
 
     os.chdir(host.REPO)
     cfg = config_utils.load_config(args.config, args.override)
@@ -200,29 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(kind, n, {k: round(rows[-1][k], 3) for k in ("agent_pos", "block_pos", "block_angle")}, flush=True)
     drawn_rows = []
     if "cnn" in args.readers.split(",") and args.decoders:
-        from wam_jax.models.encoder import normalize_video
-
-        mu, sd = y.mean(0), y.std(0) + 1e-8  # y, x: the largest training set
-        s_train, s_test = ((y - mu) / sd).astype(np.float32), ((y_test - mu) / sd).astype(np.float32)
-        target = np.asarray(normalize_video(x))
-        for spec in args.decoders.split(","):
-            kind, width = spec.split(":")[0], int(spec.split(":")[1])
-            drawer = _drawer(cfg.model, kind, width, args.seed)
-            secs = fit(drawer, s_train, target, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-            drawn = to_uint8(apply(drawer, s_test, args.batch))
-            mse = float(np.mean(np.square(np.asarray(normalize_video(drawn)) - np.asarray(normalize_video(x_test)))))
-            r2 = probes.r_squared(y_test, apply(trained["cnn"], drawn, args.batch) * sd + mu)
-            drawn_rows.append({"decoder": spec, "train_episodes": sizes[-1], "test_mse": mse, "seconds": secs,
-                               **_summary(dict(zip(probe.TARGETS, map(float, r2), strict=True)))})
-            print("drawn", spec, {k: round(drawn_rows[-1][k], 3) for k in ("test_mse", "agent_pos", "block_pos",
-                                                                             "block_angle")}, flush=True)
-            if args.figure:
-                from PIL import Image
-
-                pick = np.linspace(0, len(x_test) - 1, 8).astype(int)
-                grid = np.concatenate([np.concatenate(list(x_test[pick]), 1), np.concatenate(list(drawn[pick]), 1)], 0)
-                Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(
-                    args.figure.replace(".png", f"_{kind}{width}.png"))
+        drawn_rows = draw_back(cfg.model, args, x, y, x_test, y_test, trained["cnn"])
     print(common.format_table(rows, [("reader", "reader", ""), ("train_episodes", "train episodes", ""),
                                       ("frames", "frames", ""), ("agent_pos", "agent pos R^2", ".3f"),
                                       ("block_pos", "block pos R^2", ".3f"), ("block_angle", "block angle R^2", ".3f"),
@@ -235,8 +251,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                ("block_angle", "block angle R^2", ".3f"), ("seconds", "train s", ".0f")]))
     result = {"benchmark": "angle_upper_bound", "environment": host.environment(), "config": args.config,
               "overrides": args.override, "image_size": size, "stride": stride, "test_episodes": TEST_EPISODES,
-              "steps": args.steps, "batch": args.batch, "lr": args.lr, "render_seconds": render_s, "rows": rows,
-              "drawn_by_decoder": drawn_rows}
+              "steps": args.steps, "decoder_steps": args.decoder_steps or args.steps, "batch": args.batch,
+              "lr": args.lr, "render_seconds": render_s, "rows": rows,
+              "drawn_by_decoder": {"train_episodes": sizes[-1], "rows": drawn_rows}}
     print(f"\nwritten: {common.write_json(args.output, result)}")
     return result
 

@@ -127,8 +127,10 @@ def probe_pusht(restored: Any, *, episodes: int = PROBE_EPISODES, seed: int = 0,
 def reconstruction_grid(wm: Any, frames: np.ndarray) -> np.ndarray:
     """uint8 `[2 S, n S, 3]`: `frames` `[n, S, S, 3]` (top row) over what the model's frame decoder
     draws from their latents (bottom row, nearest-resized to S): what the latent keeps, at a
-    glance. A blob where the block's outline should be says its angle is not in the latent
-    (BENCHMARKS.md §11.18)."""
+    glance. A blob where the block's outline should be says the decoder did not draw the angle:
+    the latent may lack it, or the decoder may not have learned to draw it yet (even from the true
+    state the `upsample` decoder draws it only after some 6000 steps of 64 frames: BENCHMARKS.md
+    §11.19)."""
     from PIL import Image
 
     drawn = wm.decode(wm.encode(frames[:, None]))
