@@ -15,9 +15,10 @@ Two kinds (`model.decoder.kind`):
 - `broadcast`: a spatial broadcast decoder (Watters et al. 2019): `Linear -> width` tiled over a
   `size / 4` grid with two coordinate channels, two 3x3 convolutions there, then two doublings as
   above. Each cell computes its own function of (latent, x, y), so drawing an object at a pose is
-  local work; from one vector, `upsample` must place it through a linear map to a 4 x 4 map, and
-  on PushT it draws the block as an orientation-less blob even from the true state
-  (BENCHMARKS.md §11.19).
+  local work; from one vector, `upsample` must place it through a linear map to a 4 x 4 map (on
+  PushT, even from the true state, it draws the block's pose only after some 6000 steps of 64
+  frames, the block an orientation-less blob before: BENCHMARKS.md §11.19; `broadcast` was slower
+  still there).
 """
 
 from __future__ import annotations

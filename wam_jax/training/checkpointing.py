@@ -104,13 +104,12 @@ class CheckpointWriteError(OSError):
 
 def _is_closed_loop_report(unraisable: Any) -> bool:
     """TensorStore's callbacks into the event loop of an Orbax save that already failed."""
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
-            break
+    frames, tb = [], unraisable.exc_traceback
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
         tb = tb.tb_next
     return (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
-            and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+            and "call_soon_threadsafe" in frames)
 
 
 def _quiet_closed_loop_reports() -> None:
