@@ -43,7 +43,6 @@ import numpy as np  # noqa: E402
 from launch import probe  # noqa: E402
 from wam_jax.inference import probes  # noqa: E402
 
-TEST_EPISODES = 100
 PIXEL_RIDGE_MAX_FRAMES = 8000  # the dual ridge's Gram matrix is frames^2: larger sets take minutes per fit
 
 
@@ -189,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--config", default="configs/pusht_plan.py:encoder")
     p.add_argument("--override", action="append", default=[], help="config overrides, e.g. --config.model.stem=conv")
     p.add_argument("--train_episodes", default="100,300,900")
+    p.add_argument("--test_episodes", type=int, default=100)
     p.add_argument("--readers", default="cnn,encoder")
     p.add_argument("--decoders", default="upsample:64,upsample:128,broadcast:64",
                    help="KIND:WIDTH frame decoders (model.decoder) drawing from the true state, read back by the cnn")
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sizes = sorted(int(s) for s in args.train_episodes.split(","))
     t0 = time.perf_counter()
     x_all, y_all, g_all = probe.pusht_frames(max(sizes), image_size=size, stride=stride, seed=1)
-    x_test, y_test, _ = probe.pusht_frames(TEST_EPISODES, image_size=size, stride=stride, seed=0)
+    x_test, y_test, _ = probe.pusht_frames(args.test_episodes, image_size=size, stride=stride, seed=0)
     render_s = time.perf_counter() - t0
     rows, trained = [], {}  # the readers fitted on the largest set are kept
     for n in sizes:
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                ("agent_pos", "agent pos R^2", ".3f"), ("block_pos", "block pos R^2", ".3f"),
                                                ("block_angle", "block angle R^2", ".3f"), ("seconds", "train s", ".0f")]))
     result = {"benchmark": "angle_upper_bound", "environment": host.environment(), "config": args.config,
-              "overrides": args.override, "image_size": size, "stride": stride, "test_episodes": TEST_EPISODES,
+              "overrides": args.override, "image_size": size, "stride": stride, "test_episodes": args.test_episodes,
               "steps": args.steps, "decoder_steps": args.decoder_steps or args.steps, "batch": args.batch,
               "lr": args.lr, "render_seconds": render_s, "rows": rows,
               "drawn_by_decoder": {"train_episodes": sizes[-1], "rows": drawn_rows}}

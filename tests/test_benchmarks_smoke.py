@@ -360,3 +360,24 @@ def test_plan_outcomes_splits_failures_and_pairs_runs(tmp_path):
     assert second["paired_with_first_record"] == {"tasks": 4, "both": 1, "only_first": 0, "only_this": 2,
                                                   "mcnemar_p": 0.5}
     assert json.loads((tmp_path / "out.json").read_text())["benchmark"] == "plan_outcomes"
+
+
+def test_angle_upper_bound_smoke(tmp_path):
+    """`angle_upper_bound.py` end to end in miniature: the pixel ridge and the CNN on a shared test
+    set, one decoder drawing from the true state and read back; both tables and the JSON."""
+    out = tmp_path / "aub.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", SDL_VIDEODRIVER="dummy")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/angle_upper_bound.py", "--train_episodes=4", "--test_episodes=2",
+         "--readers=cnn", "--decoders=upsample:8", "--steps=2", "--batch=8", f"--output={out}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sum(line.startswith("|---") for line in proc.stdout.splitlines()) == 2
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "angle_upper_bound" and result["test_episodes"] == 2
+    assert [r["reader"] for r in result["rows"]] == ["pixels, ridge", "cnn"]
+    assert {"agent_pos", "block_pos", "block_angle"} <= set(result["rows"][1])
+    drawn = result["drawn_by_decoder"]
+    assert drawn["train_episodes"] == 4 and [r["decoder"] for r in drawn["rows"]] == ["upsample:8"]
+    assert drawn["rows"][0]["test_mse"] > 0
