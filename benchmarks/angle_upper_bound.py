@@ -51,7 +51,7 @@ def _summary(per: dict[str, float]) -> dict[str, Any]:
             "block_angle": (per["block_cos"] + per["block_sin"]) / 2, "per_target": per}
 
 
-def _readers(kind: str, model_cfg: Any, seed: int) -> Any:
+def _reader(kind: str, model_cfg: Any, seed: int) -> Any:
     """A flax module mapping uint8 frames `[B, S, S, 3]` to the 6 standardized targets."""
     import jax.numpy as jnp
     from flax import nnx
@@ -126,8 +126,9 @@ def apply(module: Any, x: np.ndarray, batch: int) -> np.ndarray:
 
 
 def _drawer(model_cfg: Any, kind: str, width: int, seed: int) -> Any:
-    """A frame decoder (`model.decoder`) of `kind` at `width`, drawing from the true state (standardized, lifted to
-    the latent's size by a 2-layer MLP): uint8-scale frames out, so its drawings can be read back."""
+    """A frame decoder (`model.decoder`) of `kind` at `width`, drawing from the true state
+    (standardized, lifted to the latent's size by a 2-layer MLP) in place of a latent; normalized
+    pixels out, as `loss.recon`'s target (`to_uint8` makes them frames the readers take)."""
     from flax import nnx
 
     from wam_jax.models.decoder import FrameDecoder
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rows.append({"reader": "pixels, ridge", "train_episodes": n, "frames": int(len(x)), "seconds": None,
                          **_summary(ridge["r2"])})
         for kind in args.readers.split(","):
-            reader = trained[kind] = _readers(kind, cfg.model, args.seed)
+            reader = trained[kind] = _reader(kind, cfg.model, args.seed)
             mu, sd = y.mean(0), y.std(0) + 1e-8
             secs = fit(reader, x, ((y - mu) / sd).astype(np.float32), steps=args.steps, batch=args.batch,
                        lr=args.lr, seed=args.seed)
