@@ -47,8 +47,7 @@ PIXEL_RIDGE_MAX_FRAMES = 8000  # the dual ridge's Gram matrix is frames^2: large
 
 
 def _summary(per: dict[str, float]) -> dict[str, Any]:
-    return {"agent_pos": (per["agent_x"] + per["agent_y"]) / 2, "block_pos": (per["block_x"] + per["block_y"]) / 2,
-            "block_angle": (per["block_cos"] + per["block_sin"]) / 2, "per_target": per}
+    return {**probe.parts_r2(per), "per_target": per}
 
 
 def _reader(kind: str, model_cfg: Any, seed: int) -> Any:
@@ -112,17 +111,11 @@ def fit(module: Any, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int, lr
 
 
 def apply(module: Any, x: np.ndarray, batch: int) -> np.ndarray:
-    """`module` over `x` in fixed-size batches (the last zero-padded: one compile)."""
-    import jax
+    """`module` over `x` in fixed-size batches (`probe.in_batches`: one compile)."""
     from flax import nnx
 
     fn = nnx.jit(lambda m, xb: m(xb))
-    out = []
-    for i in range(0, len(x), batch):
-        chunk = x[i:i + batch]
-        pad = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(jax.device_get(fn(module, pad)))[: len(chunk)])
-    return np.concatenate(out)
+    return probe.in_batches(lambda xb: fn(module, xb), x, batch)
 
 
 def _drawer(model_cfg: Any, kind: str, width: int, seed: int) -> Any:

@@ -45,24 +45,36 @@ def pusht_frames(episodes: int, *, image_size: int, stride: int, steps: int = 10
     return np.stack(frames), np.asarray(targets, np.float64), np.asarray(groups)
 
 
-def _in_batches(fn: Any, frames: np.ndarray, batch: int = 64) -> np.ndarray:
-    """`fn` (one-frame clips `[batch, 1, S, S, 3]` -> features) over `frames` in fixed-size batches
-    (the last one zero-padded: one compile), flattened per frame `[n, F]`."""
+def parts_r2(r2: dict[str, float]) -> dict[str, float]:
+    """Per-target R^2 (`TARGETS`) -> the mean over each part: block position, agent position,
+    block angle (its cos and sin)."""
+    return {"block_pos": (r2["block_x"] + r2["block_y"]) / 2, "agent_pos": (r2["agent_x"] + r2["agent_y"]) / 2,
+            "block_angle": (r2["block_cos"] + r2["block_sin"]) / 2}
+
+
+def in_batches(fn: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """`fn` (a jitted function of `[batch, ...]` rows) over `x` in fixed-size batches, the last one
+    zero-padded (one compile); its outputs for the real rows, concatenated."""
     import jax
 
     out = []
-    for i in range(0, len(frames), batch):
-        chunk = frames[i:i + batch]
-        v = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.uint8)])[:, None]
-        out.append(np.asarray(jax.device_get(fn(v)))[: len(chunk)].reshape(len(chunk), -1))
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(jax.device_get(fn(padded)))[: len(chunk)])
     return np.concatenate(out)
+
+
+def _per_frame(fn: Any, frames: np.ndarray) -> np.ndarray:
+    """`fn` of one-frame clips `[batch, 1, S, S, 3]` over uint8 `frames`, flattened per frame `[n, F]`."""
+    return in_batches(lambda v: fn(v[:, None]), frames).reshape(len(frames), -1)
 
 
 def _encode_all(model: Any, encoder: Any, frames: np.ndarray) -> np.ndarray:
     from flax import nnx
 
     fn = nnx.jit(lambda m, e, v: m.encode(v, encoder=e))
-    return _in_batches(lambda v: fn(model, encoder, v), frames)
+    return _per_frame(lambda v: fn(model, encoder, v), frames)
 
 
 def _tokens_all(encoder: Any, frames: np.ndarray) -> np.ndarray:
@@ -72,7 +84,7 @@ def _tokens_all(encoder: Any, frames: np.ndarray) -> np.ndarray:
     from wam_jax.models.encoder import normalize_video
 
     fn = nnx.jit(lambda e, v: e.frame_tokens(normalize_video(v)))
-    return _in_batches(lambda v: fn(encoder, v), frames)
+    return _per_frame(lambda v: fn(encoder, v), frames)
 
 
 def probe_pusht(restored: Any, *, episodes: int = PROBE_EPISODES, seed: int = 0, scene_basis: np.ndarray | None = None
@@ -111,9 +123,7 @@ def probe_pusht(restored: Any, *, episodes: int = PROBE_EPISODES, seed: int = 0,
     for name, x in features.items():
         res = probes.linear_probe(x, y, groups, names=TARGETS, seed=seed)
         r2 = res["r2"]
-        res["block_pos_r2"] = (r2["block_x"] + r2["block_y"]) / 2
-        res["agent_pos_r2"] = (r2["agent_x"] + r2["agent_y"]) / 2
-        res["block_angle_r2"] = (r2["block_cos"] + r2["block_sin"]) / 2
+        res.update({f"{part}_r2": v for part, v in parts_r2(r2).items()})
         # What the features' distance measures: the agent (2) or the block pose (4 columns).
         res["variance_explained"] = {part: probes.explained_variance(x, y[:, cols], groups, seed=seed)
                                      for part, cols in (("agent", slice(0, 2)), ("block", slice(2, 6)))}
