@@ -88,7 +88,9 @@ from configs import pusht_small
 DATA_ROOT = "data/pusht_mix/converted"
 
 
-STAGES = ("encoder", "predictor")
+STAGES = ("autoencoder", "encoder", "predictor")
+# Every loss term the model can be asked for; the autoencoder stage keeps only recon and SIGReg.
+_HEAD_TERMS = ("tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy")
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -117,6 +119,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.loss.rollout_k = 5  # 5-step rollouts from one frame: what the planner uses
         c.model.decoder.size = 64
         c.loss.recon = 10.0
+    if stage == "autoencoder":  # stage 0: encoder and decoder on reconstruction alone
+        c.data.mixture = f"{DATA_ROOT}/pusht_labeled:0.67,{DATA_ROOT}/pusht_video:0.33"  # every frame
+        c.data.num_frames = 2  # the fewest a clip holds; nothing here looks across frames
+        for term in _HEAD_TERMS:
+            setattr(c.loss, term, 0.0)
+        c.optim.lr = 1e-3
+        c.train.num_steps = 6000  # the decoder draws the block's pose only after ~6000 x 64 frames
+        c.train.checkpoint_every = 1000
     if stage == "predictor":  # every variable from stage 1's export; the encoder frozen
         c.model.init_scope = "all"
         c.model.target = "frozen"

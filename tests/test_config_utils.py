@@ -14,6 +14,7 @@ from configs import base
 from tests import runtime_fixtures as rf
 from wam_jax import config_utils
 from wam_jax.config_utils import ConfigError
+from wam_jax.training import objectives
 
 LEGACY_WORKDIR = os.path.join(rf.REPO, "tests", "fixtures", "legacy_v1", "workdir")
 
@@ -245,3 +246,16 @@ def test_the_two_stage_planning_recipe():
     assert pred.model.encoder.width == base.get_config("tiny").model.encoder.width
     with pytest.raises(ValueError, match="at most one preset"):
         config_utils.load_config("configs/pusht_plan.py:tiny,small")
+
+
+def test_the_autoencoder_stage_trains_only_reconstruction_and_sigreg():
+    """`pusht_plan.py:autoencoder` (stage 0) asks the encoder for every frame, labeled or not,
+    and nothing but the decoder's picture of it (SIGReg keeps the latent's shape)."""
+    ae = config_utils.load_config("configs/pusht_plan.py:tiny,autoencoder")
+    config_utils.validate(ae)
+    weighted = {t for t in objectives.LOSS_TERMS if float(ae.loss.get(t, 0.0)) > 0}
+    assert weighted == {"recon", "sigreg"}
+    assert "pusht_video" in ae.data.mixture and ae.data.num_frames == 2
+    # Its export starts stage 1 or 2: the same action space as theirs.
+    enc = config_utils.load_config("configs/pusht_plan.py:tiny,encoder")
+    assert (ae.model.action_dim, ae.model.decoder.size) == (enc.model.action_dim, enc.model.decoder.size)
