@@ -43,6 +43,18 @@ and this encoder carries it when asked (0.66 from 300); the recipe's decoder lea
 even from the true state, only after some 6000 steps of 64 frames, too late to ask the encoder
 for it (§11.19). In half the tasks the planner never pushes the block.
 
+Stage 0 (`:autoencoder`, §11.20; 40 min): the encoder and the decoder on reconstruction and
+SIGReg alone, over every labeled and action-free frame, 6000 steps of 64 frames:
+
+    wam-train --config=configs/pusht_plan.py:autoencoder --workdir=runs/pusht_ae \
+        --config.model.stem=conv
+
+Expected: reconstruction error 0.021 (normalized pixels), the block drawn in place as a
+three-armed shape, the agent not drawn; linear probes block position / angle / agent 0.76 / 0.07 /
+0.59 on 300 fresh episodes (stage 1: 0.85 / 0.13 / 0.99): not a planning latent by itself. Its
+export starts stage 1 with `--config.model.init_from=runs/pusht_ae/export
+--config.model.init_scope=all`.
+
 Better dynamics, same file (BENCHMARKS.md §11.11, 43 min): train what the planner uses, 5-step
 rollouts from one frame on 6-frame clips, with the stride's 5 recorded targets as the action:
 
