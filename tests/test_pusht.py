@@ -3,6 +3,7 @@ data generation + conversion end to end (`data_pipelines.convert.pusht`)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -201,8 +202,8 @@ def test_generation_is_deterministic_and_rerun_is_a_no_op(small_demo, tmp_path):
         pusht_demo.generate(out, pusht_demo.DemoSizes(1, 0, 0, 10, 1), image_size=32, progress=False)
     # The action-free videos too, byte for byte.
     redo = str(tmp_path / "v.mp4")
-    pusht_demo.generate_rollouts(sizes.seeds()["video"][:1], sizes.steps,
-                                 noise_scale=pusht_demo.VIDEO_NOISE_SCALE, video_paths=[redo])
+    list(pusht_demo.generate_rollouts(sizes.seeds()["video"][:1], sizes.steps,
+                                      noise_scale=pusht_demo.VIDEO_NOISE_SCALE, video_paths=[redo]))
     with open(redo, "rb") as f, open(os.path.join(out, "ego4d", "v2", "full_scale", "pusht-00000.mp4"), "rb") as g:
         assert f.read() == g.read()
     foreign = tmp_path / "foreign"
@@ -224,9 +225,13 @@ def test_generation_is_deterministic_and_rerun_is_a_no_op(small_demo, tmp_path):
                                replace_stale=True)["converted_dirs"]["pusht_video"]["episodes"] == 2
     with pytest.raises(FileExistsError, match="other data"):  # never what is not a generation's
         pusht_demo.generate(str(foreign), other, image_size=16, progress=False, replace_stale=True)
-    # Same seed, same episode, whatever the worker count (4+ seeds run in 2 processes).
+    # Same seed, same episode, whatever the worker count and chunk (5 seeds in chunks of 2: three
+    # tasks over 2 processes), yielded lazily in seed order.
     seeds = sizes.seeds()
-    rs = pusht_demo.generate_rollouts(seeds["labeled"] + seeds["test"], sizes.steps, workers=2)
+    stream = pusht_demo.generate_rollouts(seeds["labeled"] + seeds["test"], sizes.steps, workers=2, chunk=2)
+    assert inspect.isgenerator(stream)
+    rs = list(stream)
+    assert [r.seed for r in rs] == seeds["labeled"] + seeds["test"]
     eps = list(records.iter_episodes(records.shard_paths(os.path.join(out, "converted", "pusht_labeled"))))
     assert len(eps) == len(seeds["labeled"])
     for ep, r in zip(eps, rs, strict=False):

@@ -30,10 +30,12 @@ Each episode's `success` is the `sim.success` rule, the one `wam-plan pusht` sco
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -52,14 +54,17 @@ LANGUAGE = "push the T to the target"
 # Rollouts, in worker processes
 
 
-def _rollout_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_size: int,
-                   video_paths: Sequence[str] | None = None, random_fraction: float = 0.0) -> list[Rollout]:
-    """Rollouts for `seeds` in one process. With `video_paths`, each rollout is encoded to its mp4
-    right here and returned without images (so frames never cross process boundaries)."""
+CHUNK = 16  # seeds per worker task; about 2 x workers chunks of frames are in memory at once
+
+
+def _iter_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_size: int,
+                video_paths: Sequence[str] | None = None, random_fraction: float = 0.0) -> Iterator[Rollout]:
+    """Rollouts for `seeds` in this process, one simulator for all. With `video_paths`, each
+    rollout is encoded to its mp4 right here and comes without images (so frames never cross
+    process boundaries)."""
     from data_pipelines.convert import ego4d_writer
 
     env = make_env(image_size, obs_type="state")
-    out = []
     try:
         for i, seed in enumerate(seeds):
             r = rollout(seed, steps, noise_scale=noise_scale, image_size=image_size, env=env,
@@ -68,44 +73,63 @@ def _rollout_batch(seeds: Sequence[int], steps: int, noise_scale: float, image_s
                 # VP9: its encoder output is byte-for-byte reproducible (x264's is not quite).
                 ego4d_writer.encode_video(video_paths[i], r.images, CONTROL_FPS, codec="vp9")
                 r.images = None  # type: ignore[assignment]
-            out.append(r)
+            yield r
     finally:
         env.close()
-    return out
+
+
+def _rollout_batch(*args: Any) -> list[Rollout]:
+    """`_iter_batch` in a worker process (a result must be whole to cross back)."""
+    return list(_iter_batch(*args))
 
 
 def generate_rollouts(seeds: Sequence[int], steps: int, *, noise_scale: float = 1.0,
                       image_size: int = RENDER_SIZE, workers: int = 1,
-                      video_paths: Sequence[str] | None = None, random_fraction: float = 0.0) -> list[Rollout]:
-    """Rollouts for `seeds`, in seed order, deterministic for any `workers` (each rollout depends
-    only on its seed). `video_paths` (one per seed): encode mp4s in the workers instead of
-    returning images."""
+                      video_paths: Sequence[str] | None = None, random_fraction: float = 0.0,
+                      chunk: int = CHUNK) -> Iterator[Rollout]:
+    """Rollouts for `seeds`, yielded in seed order, deterministic for any `workers` and `chunk`
+    (each rollout depends only on its seed). Lazy: `workers` processes work `chunk` seeds at a
+    time, at most two chunks each ahead of the consumer, so memory does not grow with the number
+    of episodes (every frame of 3000 episodes at 96 px is 8 GB). `video_paths` (one per seed):
+    encode mp4s in the workers instead of returning images."""
     seeds = list(seeds)
     if video_paths is not None and len(video_paths) != len(seeds):
         raise ValueError(f"{len(video_paths)} video paths for {len(seeds)} seeds")
-    workers = max(1, min(workers, len(seeds)))
-    if workers == 1 or len(seeds) < 4:
-        return _rollout_batch(seeds, steps, noise_scale, image_size, video_paths, random_fraction)
+
+    def task(lo: int) -> tuple[Any, ...]:
+        hi = min(lo + chunk, len(seeds))
+        return (seeds[lo:hi], steps, noise_scale, image_size,
+                None if video_paths is None else video_paths[lo:hi], random_fraction)
+
+    starts = iter(range(0, len(seeds), chunk))
+    workers = max(1, min(workers, -(-len(seeds) // chunk)))
+    if workers == 1:
+        yield from _iter_batch(seeds, steps, noise_scale, image_size, video_paths, random_fraction)
+        return
     import multiprocessing as mp
 
-    # Interleaved blocks balance the work (episodes that succeed early are shorter).
-    blocks = [list(range(k, len(seeds), workers)) for k in range(workers)]
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [
-            pool.submit(_rollout_batch, [seeds[i] for i in b], steps, noise_scale, image_size,
-                        None if video_paths is None else [video_paths[i] for i in b], random_fraction)
-            for b in blocks
-        ]
-        parts = [f.result() for f in futures]
-    out: list[Rollout | None] = [None] * len(seeds)
-    for b, part in zip(blocks, parts, strict=True):
-        for i, r in zip(b, part, strict=True):
-            out[i] = r
-    return out  # type: ignore[return-value]
+        pending = collections.deque(pool.submit(_rollout_batch, *task(lo))
+                                    for lo in itertools.islice(starts, 2 * workers))
+        while pending:
+            part = pending.popleft().result()
+            lo = next(starts, None)
+            if lo is not None:
+                pending.append(pool.submit(_rollout_batch, *task(lo)))
+            yield from part
 
 
 # ---------------------------------------------------------------------------------------------
 # Writers
+
+
+def _kept_without_frames(stream: Iterable[Rollout], kept: list[Rollout]) -> Iterator[Rollout]:
+    """`stream` passed on (to the writer); each rollout is then kept without its frames in
+    `kept`, for the summary, so the frames of one set are never all in memory."""
+    for r in stream:
+        yield r
+        r.images = None  # type: ignore[assignment]
+        kept.append(r)
 
 
 def rlds_features(image_size: int = RENDER_SIZE) -> Any:
@@ -147,7 +171,7 @@ def rlds_episode(r: Rollout, index: int, split: str) -> dict[str, Any]:
     )
 
 
-def write_rlds(out_dir: str, rollouts: Sequence[Rollout], *, split_tag: str, image_size: int = RENDER_SIZE
+def write_rlds(out_dir: str, rollouts: Iterable[Rollout], *, split_tag: str, image_size: int = RENDER_SIZE
                ) -> str:
     from data_pipelines.convert import rlds_writer as rw
 
@@ -263,17 +287,15 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
         if not seeds[part]:
             continue
         t0 = time.perf_counter()
-        rollouts = generate_rollouts(seeds[part], sizes.steps, workers=workers,
-                                     random_fraction=sizes.random_fraction)
-        timings[f"simulate_{part}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        write_rlds(rlds_dirs[part], rollouts, split_tag="train" if part == "labeled" else "test")
-        timings[f"write_rlds_{part}"] = time.perf_counter() - t0
+        rollouts: list[Rollout] = []
+        stream = generate_rollouts(seeds[part], sizes.steps, workers=workers, random_fraction=sizes.random_fraction)
+        write_rlds(rlds_dirs[part], _kept_without_frames(stream, rollouts),
+                   split_tag="train" if part == "labeled" else "test")
+        timings[f"simulate_write_{part}"] = time.perf_counter() - t0
         report[part] = {**_summary(rollouts), "rlds_dir": os.path.relpath(rlds_dirs[part], output)}
         log(f"{part}: {len(rollouts)} episodes, {report[part]['steps']} steps, success "
             f"{report[part]['success_rate']:.0%}, block moved {report[part]['mean_block_moved_px']:.0f} px "
-            f"on average ({timings[f'simulate_{part}']:.1f} s simulate, {timings[f'write_rlds_{part}']:.1f} s write)")
-        del rollouts
+            f"on average ({timings[f'simulate_write_{part}']:.1f} s to simulate and write)")
 
     # Action-free rollouts: mp4 videos in the Ego4D layout (encoded inside the workers).
     video_root = os.path.join(output, "ego4d")
@@ -282,8 +304,9 @@ def generate(output: str, sizes: DemoSizes = DemoSizes(), *, workers: int = 1, i
         layout = ego4d_writer.Ego4DLayoutWriter(video_root)
         uids = [f"pusht-{i:05d}" for i in range(len(seeds["video"]))]
         videos = [layout.video_path(u) for u in uids]
-        rollouts = generate_rollouts(seeds["video"], sizes.steps, noise_scale=VIDEO_NOISE_SCALE,
-                                     workers=workers, video_paths=videos, random_fraction=sizes.random_fraction)
+        rollouts = list(generate_rollouts(seeds["video"], sizes.steps, noise_scale=VIDEO_NOISE_SCALE,
+                                          workers=workers, video_paths=videos,
+                                          random_fraction=sizes.random_fraction))  # frames stay in the mp4s
         for uid in uids:
             layout.register_video(uid, split="train", scenarios=("pusht",),
                                   narrations=[(0.0, f"#C C starts to {LANGUAGE}")])
