@@ -41,7 +41,8 @@ the block's angle is in no latent (§11.13, §11.18; not at the native 96 px eit
 worse: §11.15), though a supervised CNN reads it from these frames (R^2 0.82 from 900 episodes)
 and this encoder carries it when asked (0.66 from 300); the recipe's decoder learns to draw it,
 even from the true state, only after some 6000 steps of 64 frames, too late to ask the encoder
-for it (§11.19). In half the tasks the planner never pushes the block.
+for it (§11.19); neither a reconstruction-only stage 0 nor 3000 episodes in place of 600 put it
+in the latent (§11.20). In half the tasks the planner never pushes the block.
 
 Stage 0 (`:autoencoder`, §11.20; 40 min): the encoder and the decoder on reconstruction and
 SIGReg alone, over every labeled and action-free frame, 6000 steps of 64 frames:
