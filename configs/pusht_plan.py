@@ -102,7 +102,7 @@ DATA_ROOT = "data/pusht_mix/converted"
 
 
 STAGES = ("autoencoder", "encoder", "predictor")
-# Every loss term the model can be asked for; the autoencoder stage keeps only recon and SIGReg.
+# The terms the autoencoder stage turns off: every one but recon and SIGReg that the base weights.
 _HEAD_TERMS = ("tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy")
 
 
