@@ -39,6 +39,7 @@ def synthetic_batch(config: Any, global_batch: int | None = None, seed: int = 0)
     spec = schema.batch_spec(
         global_batch or int(config.data.global_batch_size), int(config.data.num_frames),
         int(config.model.image_size), int(config.model.action_dim), int(config.model.proprio_dim),
+        int(config.model.privileged_dim),
     )
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}

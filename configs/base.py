@@ -45,6 +45,9 @@ def model_config(preset: str = "tiny") -> mlc.ConfigDict:
     c.predictor.action_cond = "token_channels"
     c.action_dim = 7  # A: padded maximum over embodiments
     c.proprio_dim = 8  # P
+    # K: dims of a recorded privileged state (a simulator's, e.g. PushT's block pose) that the
+    # model reads out of its latents for loss.privileged (0 = no readout; such data is ignored).
+    c.privileged_dim = 0
     c.num_embodiments = 4
     c.latent_action = mlc.ConfigDict(
         dict(dim=8, bottleneck="fsq", fsq_levels=5, noise_std=0.1, width=0, depth=2)
@@ -132,6 +135,10 @@ def loss_config() -> mlc.ConfigDict:
             # Conditional flow matching of the action chunk by model.flow_head (the velocity's
             # squared error on labeled steps, the goal the clip's last frame, as for `policy`).
             flow=0.0,
+            # A linear readout of the recorded privileged state (model.privileged_dim) from each
+            # frame's online latents, squared error on normalized values, full gradient into the
+            # encoder: asks the latent for what the robot does not sense (PushT: the block's pose).
+            privileged=0.0,
         )
     )
 

@@ -107,6 +107,7 @@ def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict,
         image_size=int(config.model.image_size),
         action_dim=int(config.model.action_dim),
         proprio_dim=int(config.model.proprio_dim),
+        privileged_dim=int(config.model.privileged_dim),
         crop_scale=tuple(config.data.crop_scale),
         color_jitter=float(config.data.color_jitter),
         norm=norm if norm is not None else Normalization.of_source(source, index.stride, chunk=_chunked(config)),
@@ -190,6 +191,8 @@ def trained_normalization(source: Source, trained: Mapping[str, Any]) -> Normali
         action_is_delta=None if delta is None else np.asarray(delta, bool),
         proprio_mean=_vector(stats, "proprio", "mean"),
         proprio_std=_vector(stats, "proprio", "std"),
+        privileged_mean=_vector(stats, "privileged", "mean"),
+        privileged_std=_vector(stats, "privileged", "std"),
     )
 
 
@@ -237,7 +240,7 @@ def _eval_dataset(sources: list[EvalSource], config: mlc.ConfigDict, process_ind
         parts.append(grain.MapDataset.range(pad).map(PaddingClip(
             num_frames=int(config.data.num_frames), image_size=int(config.model.image_size),
             action_dim=int(config.model.action_dim), proprio_dim=int(config.model.proprio_dim),
-            dt=first.dt)))
+            privileged_dim=int(config.model.privileged_dim), dt=first.dt)))
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
     return ds[process_index::process_count]
 
@@ -316,6 +319,8 @@ def mixture_info(config: mlc.ConfigDict) -> dict[str, Any]:
             "action_is_delta": list(s.action_is_delta),
             "action_names": list(s.action_names),
             "proprio_names": list(s.proprio_names),
+            "privileged_dim": s.privileged_dim,
+            "privileged_names": list(s.privileged_names),
             "num_episodes": train.num_episodes,
             "train": train.summary(),
             "eval": held.summary(),
@@ -330,6 +335,7 @@ def mixture_info(config: mlc.ConfigDict) -> dict[str, Any]:
         "image_size": int(config.model.image_size),
         "action_dim": int(config.model.action_dim),
         "proprio_dim": int(config.model.proprio_dim),
+        "privileged_dim": int(config.model.privileged_dim),
         "heldout_fraction": float(config.data.heldout_fraction),
     }
 

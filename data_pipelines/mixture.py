@@ -47,6 +47,8 @@ class Source:
     action_is_delta: tuple[bool, ...]  # per action dim; see transforms.transition_actions
     action_names: tuple[str, ...]  # one per action dim (`action_dim` of them)
     proprio_names: tuple[str, ...]  # one per proprio dim
+    privileged_dim: int  # the recorded privileged state (records.Episode.privileged); 0 if none
+    privileged_names: tuple[str, ...]
     info: dict[str, Any] = field(repr=False)
     stats: dict[str, Any] | None = field(repr=False)
 
@@ -164,18 +166,21 @@ def load_source(path: str, *, source_id: int, weight: float, model: mlc.ConfigDi
     if not isinstance(fps, (int, float)) or not (fps > 0 and math.isfinite(fps)):
         raise records.DatasetFormatError(f"{where}: field 'fps' is {fps!r}, expected a positive number")
     dims = {}
-    for key, model_key in (("action_dim", "action_dim"), ("proprio_dim", "proprio_dim")):
+    for key, model_key in (("action_dim", "action_dim"), ("proprio_dim", "proprio_dim"),
+                           ("privileged_dim", "privileged_dim")):
         d = info.get(key) or 0
         if not isinstance(d, int) or d < 0:
             raise records.DatasetFormatError(f"{where}: field {key!r} is {d!r}, expected an int >= 0")
         limit = int(model[model_key])
+        if key == "privileged_dim" and limit == 0:  # a model that reads no privileged state ignores it
+            d = 0
         if d > limit:
             raise ValueError(
                 f"{where}: {key} is {d} but config.model.{model_key} is {limit}; raise "
                 f"config.model.{model_key} to at least {d} (it is the padded maximum over embodiments)"
             )
         dims[key] = d
-    action_dim, proprio_dim = dims["action_dim"], dims["proprio_dim"]
+    action_dim, proprio_dim, privileged_dim = dims["action_dim"], dims["proprio_dim"], dims["privileged_dim"]
     delta = info.get("action_is_delta")
     if delta is None:
         delta = [False] * action_dim
@@ -185,7 +190,7 @@ def load_source(path: str, *, source_id: int, weight: float, model: mlc.ConfigDi
         )
     stats = records.read_stats(path)
     stats_where = os.path.join(path, records.STATS_JSON)
-    for modality, dim in (("action", action_dim), ("proprio", proprio_dim)):
+    for modality, dim in (("action", action_dim), ("proprio", proprio_dim), ("privileged", privileged_dim)):
         if dim:
             _stats_vector(stats, modality, "mean", dim, stats_where)
             _stats_vector(stats, modality, "std", dim, stats_where)
@@ -208,6 +213,9 @@ def load_source(path: str, *, source_id: int, weight: float, model: mlc.ConfigDi
                                      "action", action_dim),
         proprio_names=dimension_names(_recorded_names(info, "proprio_names", proprio_dim, where),
                                       info.get("proprio_keys"), "proprio", proprio_dim),
+        privileged_dim=privileged_dim,
+        privileged_names=dimension_names(_recorded_names(info, "privileged_names", privileged_dim, where), None,
+                                         "privileged", privileged_dim) if privileged_dim else (),
         info=info,
         stats=stats,
     )

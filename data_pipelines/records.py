@@ -63,6 +63,9 @@ class Episode:
     frames: list[bytes]
     action: np.ndarray | None = None  # float32 [T, A]: action taken at step t
     proprio: np.ndarray | None = None  # float32 [T, P]
+    # A state the robot does not sense, recorded by a simulator (PushT: the block's pose): a
+    # training target and probe ground truth, never a model input.
+    privileged: np.ndarray | None = None  # float32 [T, K]
     wrist_frames: list[bytes] = field(default_factory=list)
     language: str = ""
     narrations: list[dict[str, Any]] = field(default_factory=list)
@@ -86,7 +89,7 @@ def frames_shard_name(shard: str) -> str:
 def serialize_episode(ep: Episode, ref: FrameRef) -> bytes:
     """The episode record without its frames, which `ref` locates."""
     n = len(ep.frames)
-    for name, arr in (("action", ep.action), ("proprio", ep.proprio)):
+    for name, arr in (("action", ep.action), ("proprio", ep.proprio), ("privileged", ep.privileged)):
         if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
             raise ValueError(
                 f"episode {ep.episode_id!r}: {name} has shape {arr.shape}, expected [{n}, D] "
@@ -101,6 +104,7 @@ def serialize_episode(ep: Episode, ref: FrameRef) -> bytes:
             "wrist_start": ref.wrist_start,
             "action": encode_array(None if ep.action is None else ep.action.astype(np.float32)),
             "proprio": encode_array(None if ep.proprio is None else ep.proprio.astype(np.float32)),
+            "privileged": encode_array(None if ep.privileged is None else ep.privileged.astype(np.float32)),
             "language": ep.language,
             "narrations": list(ep.narrations),
             "fps": float(ep.fps),
@@ -124,6 +128,7 @@ def deserialize_episode(data: bytes) -> Episode:
         frame_ref=ref,
         action=decode_array(d.get("action")),
         proprio=decode_array(d.get("proprio")),
+        privileged=decode_array(d.get("privileged")),
         language=d.get("language", ""),
         narrations=d.get("narrations") or [],
         fps=float(d.get("fps", 10.0)),

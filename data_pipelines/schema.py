@@ -13,6 +13,8 @@ BATCH_KEYS = (
     "action_mask",
     "proprio",
     "proprio_mask",
+    "privileged",
+    "privileged_mask",
     "timestep_mask",
     "embodiment_id",
     "source_id",
@@ -20,8 +22,8 @@ BATCH_KEYS = (
 )
 
 
-def batch_spec(batch_size: int, num_frames: int, image_size: int, action_dim: int, proprio_dim: int
-               ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def batch_spec(batch_size: int, num_frames: int, image_size: int, action_dim: int, proprio_dim: int,
+               privileged_dim: int = 0) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shapes and dtypes of one batch; the single source of truth for loader, model and tests."""
     b, t = batch_size, num_frames
     return {
@@ -30,6 +32,9 @@ def batch_spec(batch_size: int, num_frames: int, image_size: int, action_dim: in
         "action_mask": ((b, t - 1, action_dim), np.dtype(np.bool_)),
         "proprio": ((b, t, proprio_dim), np.dtype(np.float32)),
         "proprio_mask": ((b, t, proprio_dim), np.dtype(np.bool_)),
+        # A simulator's state (PushT: the block's pose): a training target only, never an input.
+        "privileged": ((b, t, privileged_dim), np.dtype(np.float32)),
+        "privileged_mask": ((b, t, privileged_dim), np.dtype(np.bool_)),
         "timestep_mask": ((b, t), np.dtype(np.bool_)),
         "embodiment_id": ((b,), np.dtype(np.int32)),
         "source_id": ((b,), np.dtype(np.int32)),
@@ -38,7 +43,8 @@ def batch_spec(batch_size: int, num_frames: int, image_size: int, action_dim: in
 
 
 def validate_batch(batch: Mapping[str, Any], *, num_frames: int | None = None, image_size: int | None = None,
-                   action_dim: int | None = None, proprio_dim: int | None = None) -> None:
+                   action_dim: int | None = None, proprio_dim: int | None = None,
+                   privileged_dim: int | None = None) -> None:
     """Raises ValueError naming the key and the expected shape; runs on host before any tracing."""
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
@@ -57,8 +63,9 @@ def validate_batch(batch: Mapping[str, Any], *, num_frames: int | None = None, i
             f"shape [B, T, {image_size}, {image_size}, 3]"
         )
     a = batch["action"].shape[-1]
-    p = batch["proprio"].shape[-1]
-    spec = batch_spec(b, t, h, a if action_dim is None else action_dim, p if proprio_dim is None else proprio_dim)
+    p, k = batch["proprio"].shape[-1], batch["privileged"].shape[-1]
+    spec = batch_spec(b, t, h, a if action_dim is None else action_dim, p if proprio_dim is None else proprio_dim,
+                      k if privileged_dim is None else privileged_dim)
     for key, (shape, dtype) in spec.items():
         x = batch[key]
         if tuple(x.shape) != shape:

@@ -110,18 +110,22 @@ class Normalization:
     action_is_delta: np.ndarray | None = None  # bool [A_s]
     proprio_mean: np.ndarray | None = None
     proprio_std: np.ndarray | None = None
+    privileged_mean: np.ndarray | None = None
+    privileged_std: np.ndarray | None = None
 
     @classmethod
     def of_source(cls, source: Source, stride: int, *, chunk: bool = False) -> Normalization:
         """The source's own statistics (training); `chunk`: `data.stride_actions='chunk'`."""
-        a, p = source.action_dim, source.proprio_dim
+        a, p, k = source.action_dim, source.proprio_dim, source.privileged_dim
         return cls(embodiment_id=source.embodiment_id, stride=1 if chunk else int(stride),
                    chunk=int(stride) if chunk else 1,
                    action_mean=source.stat("action", "mean") if a else None,
                    action_std=source.stat("action", "std") if a else None,
                    action_is_delta=np.asarray(source.action_is_delta, bool),
                    proprio_mean=source.stat("proprio", "mean") if p else None,
-                   proprio_std=source.stat("proprio", "std") if p else None)
+                   proprio_std=source.stat("proprio", "std") if p else None,
+                   privileged_mean=source.stat("privileged", "mean") if k else None,
+                   privileged_std=source.stat("privileged", "std") if k else None)
 
     @property
     def has_actions(self) -> bool:
@@ -242,8 +246,8 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
     """
 
     def __init__(self, source: Source, index: WindowIndex, *, image_size: int, action_dim: int,
-                 proprio_dim: int, crop_scale: Sequence[float] = (0.8, 1.0), color_jitter: float = 0.0,
-                 norm: Normalization | None = None, max_bad_records: int = 100):
+                 proprio_dim: int, privileged_dim: int = 0, crop_scale: Sequence[float] = (0.8, 1.0),
+                 color_jitter: float = 0.0, norm: Normalization | None = None, max_bad_records: int = 100):
         if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
             raise ValueError(f"config.data.crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}")
         if not 0.0 <= color_jitter < 1.0:
@@ -253,6 +257,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         self.image_size = int(image_size)
         self.action_dim = int(action_dim)
         self.proprio_dim = int(proprio_dim)
+        self.privileged_dim = int(privileged_dim)
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.jitter = float(color_jitter)
         h, w = source.info["image_size"]
@@ -293,7 +298,8 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             self._skip(str(e))
             t, s = self.index.num_frames, self.image_size
             return PaddingClip(num_frames=t, image_size=s, action_dim=self.action_dim,
-                               proprio_dim=self.proprio_dim, dt=self.index.dt).map(element)
+                               proprio_dim=self.proprio_dim, privileged_dim=self.privileged_dim,
+                               dt=self.index.dt).map(element)
 
     def _where(self, record: int) -> str:
         """'SHARD record i' for a flat record index (shard lengths are read only on this error path)."""
@@ -331,7 +337,8 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
                 f"{frames[-1]}; 'episode_lengths' does not match the shards"
             )
         for name, arr, dim in (("action", ep.action, self.source.action_dim),
-                               ("proprio", ep.proprio, self.source.proprio_dim)):
+                               ("proprio", ep.proprio, self.source.proprio_dim),
+                               ("privileged", ep.privileged, self.source.privileged_dim)):
             if arr is not None and dim and arr.shape[1] != dim:
                 raise records.DatasetFormatError(
                     f"{self.source.path}: record {record} ({ep.episode_id!r}) has {name} of shape "
@@ -366,12 +373,21 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             p = min(self.source.proprio_dim, len(norm.proprio_mean))
             proprio[:, :p] = normalize(ep.proprio[frames][:, :p], norm.proprio_mean[:p], norm.proprio_std[:p])
             proprio_mask[:, :p] = True
+        privileged = np.zeros((t, self.privileged_dim), np.float32)
+        privileged_mask = np.zeros((t, self.privileged_dim), bool)
+        k = min(self.source.privileged_dim, self.privileged_dim)
+        if k and norm.privileged_mean is not None and norm.privileged_std is not None and ep.privileged is not None:
+            privileged[:, :k] = normalize(ep.privileged[frames][:, :k], norm.privileged_mean[:k],
+                                          norm.privileged_std[:k])
+            privileged_mask[:, :k] = True
         return {
             "video": video,
             "action": action,
             "action_mask": action_mask,
             "proprio": proprio,
             "proprio_mask": proprio_mask,
+            "privileged": privileged,
+            "privileged_mask": privileged_mask,
             "timestep_mask": np.ones((t,), bool),
             "embodiment_id": np.int32(norm.embodiment_id),
             "source_id": np.int32(self.source.source_id),
@@ -383,19 +399,22 @@ class PaddingClip(grain.transforms.Map):
     """An all-masked example (every mask false, zeros) used to fill the last eval batch, so every
     process runs the same number of full batches and no held-out window is dropped."""
 
-    def __init__(self, *, num_frames: int, image_size: int, action_dim: int, proprio_dim: int, dt: float):
-        self.shape = (int(num_frames), int(image_size), int(action_dim), int(proprio_dim))
+    def __init__(self, *, num_frames: int, image_size: int, action_dim: int, proprio_dim: int, dt: float,
+                 privileged_dim: int = 0):
+        self.shape = (int(num_frames), int(image_size), int(action_dim), int(proprio_dim), int(privileged_dim))
         self.dt = float(dt)
 
     def map(self, element: int) -> dict[str, Any]:
         del element
-        t, s, a, p = self.shape
+        t, s, a, p, k = self.shape
         return {
             "video": np.zeros((t, s, s, 3), np.uint8),
             "action": np.zeros((t - 1, a), np.float32),
             "action_mask": np.zeros((t - 1, a), bool),
             "proprio": np.zeros((t, p), np.float32),
             "proprio_mask": np.zeros((t, p), bool),
+            "privileged": np.zeros((t, k), np.float32),
+            "privileged_mask": np.zeros((t, k), bool),
             "timestep_mask": np.zeros((t,), bool),
             "embodiment_id": np.int32(0),
             "source_id": np.int32(0),

@@ -2,7 +2,8 @@
 
 Episodes are built so tests can recover what the loader read: frame `t` of episode `e` has
 `proprio[t, 0] = t` and `proprio[t, 1] = e`, and the default stats are mean 0 / std 1000 so the
-normalized proprio is exactly `(t, e) / 1000`. Actions are `action[t, d] = (d + 1) * (t + 1)`.
+normalized proprio is exactly `(t, e) / 1000`. Actions are `action[t, d] = (d + 1) * (t + 1)`; a
+privileged state, when asked for, `(t, -e)` (normalized the same way).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def write_converted_dataset(
     image_size: tuple[int, int] = (32, 32),
     action_dim: int = 3,
     proprio_dim: int = 4,
+    privileged_dim: int = 0,
     action_is_delta: Sequence[bool] | None = None,
     stats: dict[str, Any] | None = None,
     num_shards: int = 2,
@@ -68,7 +70,7 @@ def write_converted_dataset(
     """Writes `directory` as a converted dataset; returns the directory."""
     os.makedirs(directory, exist_ok=True)
     if kind == "video":
-        action_dim = proprio_dim = 0
+        action_dim = proprio_dim = privileged_dim = 0
     n = len(episode_lengths)
     num_shards = max(1, min(num_shards, n))
     shards = [records.shard_name(i, num_shards) for i in range(num_shards)]
@@ -87,13 +89,19 @@ def write_converted_dataset(
                 proprio[:, 0] = t
                 if proprio_dim > 1:
                     proprio[:, 1] = e
+            privileged = None
+            if privileged_dim:
+                privileged = np.zeros((length, privileged_dim), np.float32)
+                privileged[:, 0] = t
+                if privileged_dim > 1:
+                    privileged[:, 1] = -e
             if static:  # every frame of the episode is the same image (same JPEG bytes)
                 frames = [_jpeg(frame_pixels(e, 0, image_size, texture, rng), jpeg_quality)] * length
             else:
                 frames = [_jpeg(frame_pixels(e, i, image_size, texture, rng), jpeg_quality)
                           for i in range(length)]
             writer.write(records.Episode(
-                episode_id=ids[e], frames=frames, action=action, proprio=proprio,
+                episode_id=ids[e], frames=frames, action=action, proprio=proprio, privileged=privileged,
                 language=f"task {e}", fps=fps, meta={"episode": e},
             ))
         writer.close()
@@ -109,6 +117,7 @@ def write_converted_dataset(
         "fps": fps,
         "action_dim": action_dim,
         "proprio_dim": proprio_dim,
+        "privileged_dim": privileged_dim or None,
         "action_keys": [f"a{d}" for d in range(action_dim)],
         "shards": shards,
     }
@@ -126,7 +135,7 @@ def write_converted_dataset(
                 "q01": [-PROPRIO_SCALE] * dim, "q99": [PROPRIO_SCALE] * dim}
 
     if stats is None:
-        stats = {"action": unit(action_dim), "proprio": unit(proprio_dim)}
+        stats = {"action": unit(action_dim), "proprio": unit(proprio_dim), "privileged": unit(privileged_dim)}
     records.write_json_atomic(os.path.join(directory, records.STATS_JSON), stats)
     records.write_json_atomic(os.path.join(directory, records.MANIFEST_JSON),
                               {"num_episodes": n, "skipped": []})

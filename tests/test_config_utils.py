@@ -116,6 +116,7 @@ def test_unknown_and_mistyped_overrides(tmp_path):
     ("model.dtype", "int8", "--config.model.dtype='int8'"),
     ("data.mixture", " ", "--config.data.mixture=' ': is empty"),
     ("model.init_scope", "all", "--config.model.init_from='': is empty, but model.init_scope='all'"),
+    ("loss.privileged", 1.0, "--config.loss.privileged=1.0: reads out a privileged state: set model.privileged_dim"),
 ])
 def test_validate_names_the_flag(key, value, fragment):
     config = base.get_config("tiny")

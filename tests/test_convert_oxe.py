@@ -124,6 +124,7 @@ def test_standardization_per_registry_entry(tmp_path, layout):
     expected_delta = [False, False] if layout == "pusht" else [True] * 6 + [False]
     assert info["action_is_delta"] == expected_delta
     assert info["proprio_dim"] == fx.episodes[0].proprio.shape[1]
+    assert info["privileged_dim"] is None  # no simulator state in these layouts (PushT's is optional)
     assert info["has_wrist"] == (layout in ("taco_play", "droid"))
     eps = _read(out)
     assert len(eps) == 3 and all(e.fps == spec.fps for e in eps)
@@ -169,6 +170,8 @@ def test_cli_user_spec(tmp_path):
             "--action_key=action[0:3]",
             "--action_key=action[6:7]:invert",
             "--proprio_key=observation/state[0:3]",
+            "--privileged_key=observation/state[3:5]",
+            "--privileged_key=observation/state[5:6]:cos_sin",
             "--language_key=language_instruction",
             "--fps=7",
             "--delta_dims=0:3",
@@ -188,6 +191,12 @@ def test_cli_user_spec(tmp_path):
     np.testing.assert_allclose(ep.action[:, :3], src.action[:, :3], atol=1e-6)
     assert ep.language == src.language
     assert np.abs(_decode(ep.frames[0]).astype(float)).max() < 8  # image_1 is blank
+    assert info["privileged_dim"] == 4
+    assert info["privileged_names"] == ["observation/state[3]", "observation/state[4]",
+                                        "observation/state[5:6] (cos_sin)[0]", "observation/state[5:6] (cos_sin)[1]"]
+    angle = src.proprio[:, 5]
+    np.testing.assert_allclose(ep.privileged, np.stack(
+        [src.proprio[:, 3], src.proprio[:, 4], np.cos(angle), np.sin(angle)], axis=1), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ resumability

@@ -224,6 +224,27 @@ def test_action_normalization_padding_and_masks(tmp_path):
     assert set(batch["source_id"].tolist()) == {0, 1}
 
 
+def test_privileged_state_is_normalized_masked_and_read_only_when_the_model_asks(tmp_path):
+    robot = write_converted_dataset(str(tmp_path / "r"), name="r", episode_lengths=[10] * 4, privileged_dim=2)
+    video = write_converted_dataset(str(tmp_path / "v"), name="v", kind="video", episode_lengths=[30])
+    c = _config(f"{robot},{video}", batch=8)
+    assert next(loader.make_iterator(c))["privileged"].shape == (8, 4, 0)  # model.privileged_dim=0: ignored
+    c.model.privileged_dim = 3
+    batch = next(loader.make_iterator(c))
+    assert batch["privileged"].shape == batch["privileged_mask"].shape == (8, 4, 3)
+    for i in range(8):
+        if batch["source_id"][i] == 1:  # video: no state recorded
+            assert not batch["privileged_mask"][i].any() and not batch["privileged"][i].any()
+            continue
+        assert batch["privileged_mask"][i, :, :2].all() and not batch["privileged_mask"][i, :, 2].any()
+        # (t, -e) normalized as proprio's (t, e): the same frames, no padding dim filled
+        np.testing.assert_allclose(batch["privileged"][i, :, :2], batch["proprio"][i, :, :2] * [1, -1])
+        assert not batch["privileged"][i, :, 2].any()
+    c.model.privileged_dim = 1
+    with pytest.raises(ValueError, match=r"privileged_dim is 2 but config.model.privileged_dim is 1"):
+        loader.make_iterator(c)
+
+
 def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
     """`data.stride_actions='chunk'`: a transition's action is its stride's recorded actions in time
     order, each normalized as one step (no summing), and the inference action space inverts it,

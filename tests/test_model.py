@@ -47,6 +47,8 @@ def random_batch(cfg, batch_size: int = 4, seed: int = 0, labeled: int | None = 
         "action_mask": action_mask,
         "proprio": rng.normal(size=(b, t, p)).astype(np.float32),
         "proprio_mask": np.ones((b, t, p), bool),
+        "privileged": rng.normal(size=(b, t, cfg.model.privileged_dim)).astype(np.float32),
+        "privileged_mask": np.ones((b, t, cfg.model.privileged_dim), bool),
         "timestep_mask": np.ones((b, t), bool),
         "embodiment_id": (np.arange(b) % cfg.model.num_embodiments).astype(np.int32),
         "source_id": (np.arange(b) % 3).astype(np.int32),

@@ -437,3 +437,24 @@ def test_anti_collapse_gradient_reaches_the_encoder_whatever_the_heads_send():
     _, _, grads = loss_and_grads(_only(cfg, "vic_var"))(model, model.make_target_encoder(),
                                                          random_batch(cfg), jax.random.key(0))
     assert _max_abs(grads["encoder"]) > 0
+
+
+def test_privileged_readout_trains_the_head_and_the_encoder_where_the_state_is_recorded():
+    """loss.privileged: the readout's squared error on frames whose state is recorded; its gradient
+    reaches the head and the encoder even with `encoder_from_heads=0` (it is the encoder's own
+    objective, as the anti-collapse terms are); without a recorded state it is exactly zero."""
+    cfg = tiny_config(**{"model.target": "online", "model.privileged_dim": 3, "loss.encoder_from_heads": 0.0})
+    model = WorldActionModel(cfg.model, rngs=nnx.Rngs(0))
+    run = loss_and_grads(_only(cfg, "privileged"))
+    batch = random_batch(cfg)
+    loss, metrics, grads = run(model, model.make_target_encoder(), batch, jax.random.key(0))
+    assert float(loss) > 0.5 and float(metrics["loss/privileged"]) == float(loss)  # targets ~N(0, 1)
+    assert _max_abs(grads["privileged_head"]) > 0 and _max_abs(grads["encoder"]) > 0
+    unrecorded = dict(batch, privileged_mask=np.zeros_like(batch["privileged_mask"]))
+    loss, _, grads = run(model, model.make_target_encoder(), unrecorded, jax.random.key(0))
+    assert float(loss) == 0.0
+    assert _max_abs(grads["privileged_head"]) == 0 and _max_abs(grads["encoder"]) == 0
+    with pytest.raises(ValueError, match="model.privileged_dim"):
+        plain = tiny_config()
+        objectives.loss_fn(WorldActionModel(plain.model, rngs=nnx.Rngs(0)), None, random_batch(plain),
+                           jax.random.key(0), _only(plain, "privileged"))

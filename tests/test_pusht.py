@@ -189,6 +189,15 @@ def test_generation_converts_with_the_real_converters(small_demo):
     assert ep.language == pusht_demo.LANGUAGE and ep.action.shape == (len(ep), 2)
     stats = records.read_stats(os.path.join(conv, "pusht_labeled"))
     assert len(stats["action"]["mean"]) == 2
+    # The simulator's block pose rides along as the privileged state: x, y, cos / sin of the angle.
+    assert labeled["privileged_dim"] == 4
+    assert labeled["privileged_names"] == ["block_x", "block_y", "block_cos", "block_sin"]
+    assert len(stats["privileged"]["mean"]) == 4
+    (rollout,) = pusht_demo.generate_rollouts(sizes.seeds()["labeled"][:1], sizes.steps,
+                                              random_fraction=sizes.random_fraction)
+    pose = rollout.block_pose
+    np.testing.assert_allclose(ep.privileged, np.concatenate(
+        [pose[:, :2], np.cos(pose[:, 2:]), np.sin(pose[:, 2:])], axis=1), rtol=1e-5, atol=1e-4)
     with open(os.path.join(out, "generation.json")) as f:
         saved = json.load(f)
     assert saved["converted_dirs"]["pusht_video"]["episodes"] == sizes.video_episodes

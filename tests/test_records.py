@@ -45,7 +45,8 @@ def test_episodes_round_trip_with_frames_in_their_own_shard(tmp_path):
     w = records.ShardWriter(shard)
     eps = [records.Episode(episode_id=f"e{i}", frames=[bytes([i, t]) * 50 for t in range(5 + i)],
                            wrist_frames=[b"w%d" % t for t in range(5 + i)] if i == 1 else [],
-                           action=np.full((5 + i, 2), i, np.float32), language="push", meta={"i": i})
+                           action=np.full((5 + i, 2), i, np.float32), language="push", meta={"i": i},
+                           privileged=np.full((5 + i, 3), -i, np.float32) if i == 2 else None)
            for i in range(3)]
     for ep in eps:
         w.write(ep)
@@ -57,6 +58,9 @@ def test_episodes_round_trip_with_frames_in_their_own_shard(tmp_path):
         assert (b.episode_id, b.frames, b.wrist_frames, b.language, b.meta, b.frame_ref) == (
             a.episode_id, a.frames, a.wrist_frames, a.language, a.meta, None)
         np.testing.assert_array_equal(a.action, b.action)
+        assert (a.privileged is None) == (b.privileged is None)
+        if a.privileged is not None:
+            np.testing.assert_array_equal(a.privileged, b.privileged)
     with pytest.raises(ValueError, match="read without its frames"):
         records.ShardWriter(str(tmp_path / "other.array_record")).write(
             records.Episode("x", [], frame_ref=records.FrameRef("f", 0, 3)))

@@ -199,9 +199,12 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
          "is empty, but model.init_scope='all' starts every variable from it; set it to a wam_jax export "
          "written with its predictor (a run's WORKDIR/export)")
     for name in ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy", "kl_weight",
-                 "encoder_from_heads", "sigreg", "vic_var", "vic_cov", "recon", "recon_fg", "flow"):
+                 "encoder_from_heads", "sigreg", "vic_var", "vic_cov", "recon", "recon_fg", "flow", "privileged"):
         need(math.isfinite(float(config.loss[name])) and float(config.loss[name]) >= 0, f"loss.{name}",
              "must be a finite number >= 0 (0 = off)")
+    need(int(config.model.privileged_dim) >= 0, "model.privileged_dim", "must be >= 0 (0 = no privileged readout)")
+    need(float(config.loss.privileged) == 0 or int(config.model.privileged_dim) > 0, "loss.privileged",
+         "reads out a privileged state: set model.privileged_dim to the data's privileged_dim (PushT: 4)")
     need(0.0 <= float(config.loss.label_dropout) <= 1.0, "loss.label_dropout", "must be a fraction in [0, 1]")
     need(int(config.loss.rollout_k) >= 1, "loss.rollout_k", "must be >= 1 (steps of the rollout term)")
     need(int(config.loss.sigreg_projections) >= 1, "loss.sigreg_projections", "must be >= 1")

@@ -108,6 +108,7 @@ class ShardResult:
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     action_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
     proprio_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
+    privileged_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     episode_ids: list[str] = dataclasses.field(default_factory=list)  # record order
     episode_lengths: list[int] = dataclasses.field(default_factory=list)
@@ -122,6 +123,7 @@ class ShardResult:
             "skipped": self.skipped,
             "action_stats": self.action_stats.to_json(),
             "proprio_stats": self.proprio_stats.to_json(),
+            "privileged_stats": self.privileged_stats.to_json(),
             "info": self.info,
             "episode_ids": self.episode_ids,
             "episode_lengths": self.episode_lengths,
@@ -137,6 +139,8 @@ class ShardResult:
             skipped=list(d["skipped"]),
             action_stats=RunningStats.from_json(d["action_stats"]),
             proprio_stats=RunningStats.from_json(d["proprio_stats"]),
+            privileged_stats=(RunningStats.from_json(d["privileged_stats"]) if "privileged_stats" in d
+                              else RunningStats()),
             info=dict(d.get("info", {})),
             episode_ids=[str(e) for e in d.get("episode_ids", [])],
             episode_lengths=[int(n) for n in d.get("episode_lengths", [])],
@@ -215,6 +219,8 @@ def write_shard(out_dir: str, plan: ShardPlan, produce: Producer) -> ShardResult
                 result.action_stats.update(ep.action)
             if ep.proprio is not None:
                 result.proprio_stats.update(ep.proprio)
+            if ep.privileged is not None:
+                result.privileged_stats.update(ep.privileged)
     except BaseException:
         writer.abort()
         raise
@@ -448,6 +454,7 @@ def run_conversion(
     info = _check_info(results)
     action = merge_all([r.action_stats for r in results])
     proprio = merge_all([r.proprio_stats for r in results])
+    privileged = merge_all([r.privileged_stats for r in results])
     shards = [r.shard for r in results if r.num_episodes]
     num_frames = sum(r.num_frames for r in results)
 
@@ -460,9 +467,10 @@ def run_conversion(
         "num_frames": num_frames,
         "action_dim": action.dim if action.count else None,
         "proprio_dim": proprio.dim if proprio.count else None,
+        "privileged_dim": privileged.dim if privileged.count else None,
         "shards": shards,
     }
-    for modality in ("action", "proprio"):  # one name per dimension, derived if not recorded
+    for modality in ("action", "proprio", "privileged"):  # one name per dimension, derived if not recorded
         dim, names = ds[f"{modality}_dim"] or 0, ds.get(f"{modality}_names")
         if names is not None and len(names) != dim:
             raise ConversionError(f"{len(names)} {modality}_names {names} for {dim} {modality} dims")
@@ -471,7 +479,7 @@ def run_conversion(
     if all(len(r.episode_ids) == r.num_episodes for r in results):
         ds["episode_ids"] = [e for r in results if r.num_episodes for e in r.episode_ids]
         ds["episode_lengths"] = [n for r in results if r.num_episodes for n in r.episode_lengths]
-    stats = {"action": action.summary(), "proprio": proprio.summary()}
+    stats = {"action": action.summary(), "proprio": proprio.summary(), "privileged": privileged.summary()}
     fresh = [r for r in results if not r.resumed]
     elapsed = time.time() - t0
     fresh_eps = sum(r.num_episodes for r in fresh)

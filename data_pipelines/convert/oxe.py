@@ -145,7 +145,7 @@ def produce(
                 continue
             bad = [
                 name
-                for name, arr in (("action", std.action), ("proprio", std.proprio))
+                for name, arr in (("action", std.action), ("proprio", std.proprio), ("privileged", std.privileged))
                 if arr is not None and not np.all(np.isfinite(arr))
             ]
             if bad:
@@ -164,10 +164,10 @@ def produce(
             log.set_info("action_is_delta", spec.delta_mask(int(std.action.shape[1])))
             log.set_info("action_dim", int(std.action.shape[1]))
             log.set_info("proprio_dim", None if std.proprio is None else int(std.proprio.shape[1]))
+            log.set_info("privileged_dim", None if std.privileged is None else int(std.privileged.shape[1]))
             if not named:  # once per shard: the names follow from the keys and their widths
-                action_names, proprio_names = spec.dim_names(ep)
-                log.set_info("action_names", action_names)
-                log.set_info("proprio_names", proprio_names)
+                for modality, names in spec.dim_names(ep).items():
+                    log.set_info(f"{modality}_names", names)
                 named = True
             meta: dict[str, Any] = {"source_file": fname, "source_index": int(i), "length": n}
             md = ep.get("episode_metadata")
@@ -179,6 +179,7 @@ def produce(
                 wrist_frames=wrist,
                 action=std.action,
                 proprio=std.proprio,
+                privileged=std.privileged,
                 language=std.language,
                 fps=spec.fps,
                 meta=meta,
@@ -324,10 +325,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         help="step key(s) concatenated into the action: 'path', 'path[a:b]', "
-        "'path[a:b]:transform' (rel2abs_gripper, binarize_gripper, invert, clip01); repeatable",
+        "'path[a:b]:transform' (rel2abs_gripper, binarize_gripper, invert, clip01, cos_sin); repeatable",
     )
     parser.add_argument(
         "--proprio_key", action="append", default=None, help="step key(s) of proprio; repeatable"
+    )
+    parser.add_argument(
+        "--privileged_key", action="append", default=None,
+        help="step key(s) of a state the robot does not sense (a simulator's object pose; an angle "
+        "as 'path[2:3]:cos_sin'): a training target (loss.privileged), never an input; repeatable",
     )
     parser.add_argument(
         "--language_key", default=None, help="step or episode_metadata key of the instruction"
@@ -359,6 +365,7 @@ def spec_from_args(args: argparse.Namespace, builder_name: str | None = None) ->
         args.wrist_image_key,
         args.action_key,
         args.proprio_key,
+        args.privileged_key,
         args.language_key,
         args.fps,
         args.embodiment,
@@ -372,6 +379,7 @@ def spec_from_args(args: argparse.Namespace, builder_name: str | None = None) ->
         image_key=args.image_key,
         action_keys=args.action_key or (),
         proprio_keys=args.proprio_key or (),
+        privileged_keys=args.privileged_key or (),
         language_key=args.language_key,
         wrist_image_key=args.wrist_image_key,
         fps=args.fps,

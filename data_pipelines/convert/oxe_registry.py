@@ -146,6 +146,9 @@ register(
         action_keys=("target_x", "target_y"),
         action_is_delta=(False, False),
         proprio=(Part("observation/state|observation/agent_pos"),),
+        # The simulator's block pose, where recorded (`wam-convert pusht` writes it): x, y, angle.
+        privileged=(Part("observation/block_pose", 0, 2), Part("observation/block_pose", 2, 3, transform="cos_sin")),
+        privileged_keys=("block_x", "block_y", "block_cos", "block_sin"),
         language_keys=("language_instruction", "episode_metadata/language_instruction"),
         fps=10.0,
         embodiment="pusht",
@@ -170,6 +173,7 @@ def custom_spec(
     image_key: str | None = None,
     action_keys: Sequence[str] = (),
     proprio_keys: Sequence[str] = (),
+    privileged_keys: Sequence[str] = (),
     language_key: str | None = None,
     wrist_image_key: str | None = None,
     fps: float | None = None,
@@ -201,6 +205,9 @@ def custom_spec(
         fields["delta_dims"] = None
     if proprio_keys:
         fields["proprio"] = tuple(parse_part(k) for k in proprio_keys)
+    if privileged_keys:
+        fields["privileged"] = tuple(parse_part(k) for k in privileged_keys)
+        fields["privileged_keys"] = ()  # unnamed dims: named after the parts
     if language_key is not None:
         fields["language_keys"] = (language_key,) if language_key else ()
     if delta_dims is not None:
@@ -220,6 +227,7 @@ def custom_spec(
         embodiment=embodiment or name,
         wrist_image_keys=fields.get("wrist_image_keys", ()),
         proprio=fields.get("proprio", ()),
+        privileged=fields.get("privileged", ()),
         language_keys=fields.get("language_keys", ()),
         delta_dims=fields.get("delta_dims"),
         notes="user-supplied spec",

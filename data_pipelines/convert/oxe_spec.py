@@ -10,6 +10,9 @@ converter writes:
   `[dx, dy, dz, droll, dpitch, dyaw, gripper]` with an *absolute* gripper command in [0, 1],
   1 = open (PushT: its native 2-d absolute target position);
 * `proprio`: concatenated `Part`s (end-effector pose + gripper, as the dataset records them);
+* `privileged`: concatenated `Part`s of a state the robot does not sense but a simulator (or motion
+  capture) records, e.g. PushT's block pose: never a model input, only a training target
+  (`loss.privileged`) and the ground truth of probes;
 * `language_keys`: where the instruction lives: a step key (first non-empty step value is used),
   an episode-level key (`episode_metadata/...`), or zero-padded Unicode code points (language_table);
 * `fps`: the control rate.
@@ -78,6 +81,8 @@ TRANSFORMS = {
     "binarize_gripper": binarize_gripper,
     "invert": lambda x: 1.0 - x,
     "clip01": lambda x: np.clip(x, 0.0, 1.0),
+    # An angle (radians) -> (cos, sin): continuous across the wrap, so a regression can target it.
+    "cos_sin": lambda x: np.concatenate([np.cos(x), np.sin(x)], axis=1),
 }
 
 
@@ -124,6 +129,8 @@ class Part:
             return [f"{key}[{start + i}]" for i in range(width)]
         if width == 1:  # a scalar key, or a transform that reduced a slice to one value
             return [key if not sliced else f"{key}[{self.start or ''}:{self.stop or ''}]"]
+        if self.transform != "identity":  # a transform that changed the width (cos_sin)
+            return [f"{self.describe()}[{i}]" for i in range(width)]
         return [f"{key}[{i}]" for i in range(width)]
 
 
@@ -158,6 +165,7 @@ class StandardEpisode:
     action: np.ndarray  # float32 [T, A]
     proprio: np.ndarray | None  # float32 [T, P]
     language: str
+    privileged: np.ndarray | None = None  # float32 [T, K]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -174,6 +182,8 @@ class DatasetSpec:
     embodiment: str
     wrist_image_keys: tuple[str, ...] = ()
     proprio: tuple[Part, ...] = ()
+    privileged: tuple[Part, ...] = ()
+    privileged_keys: tuple[str, ...] = ()  # one name per privileged dim (else derived from the parts)
     language_keys: tuple[str, ...] = ()
     language_encoding: str = "text"  # 'text' | 'code_points'
     action_keys: tuple[str, ...] = EEF_ACTION_KEYS
@@ -225,12 +235,25 @@ class DatasetSpec:
             wrist_image_keys=pick("wrist image", self.wrist_image_keys, False),
             action=resolve_parts("action", self.action),
             proprio=resolve_parts("proprio", self.proprio),
+            privileged=self._optional_parts(ds, "privileged", self.privileged, resolve_parts),
             # language: every present candidate, tried in order per episode (DROID leaves
             # its first instruction empty on some episodes)
             language_keys=tuple(
                 k for c in self.language_keys for k in pick("language", (c,), False)
             ),
         )
+
+    def _optional_parts(self, ds: RLDSDataset, field_name: str, parts: Sequence[Part], resolve_parts: Any
+                        ) -> tuple[Part, ...]:
+        """`parts` resolved, or none when a key is missing: a privileged state is recorded by some
+        copies of a dataset only (a simulator's), and its absence is no reason to skip one. A
+        user-given (strict) spec still names the missing key."""
+        try:
+            return resolve_parts(field_name, parts)
+        except RLDSKeyError:
+            if self.strict:
+                raise
+            return ()
 
     # ---------------------------------------------------------------- standardization
     def _vector(self, steps: Mapping[str, Any], parts: Sequence[Part], n: int) -> np.ndarray:
@@ -279,7 +302,8 @@ class DatasetSpec:
         wrist = list(lookup(steps, self.wrist_image_keys[0])) if self.wrist_image_keys else []
         action = self._vector(steps, self.action, n)
         proprio = self._vector(steps, self.proprio, n) if self.proprio else None
-        return StandardEpisode(frames, wrist, action, proprio, self.language(episode))
+        privileged = self._vector(steps, self.privileged, n) if self.privileged else None
+        return StandardEpisode(frames, wrist, action, proprio, self.language(episode), privileged)
 
     def delta_mask(self, action_dim: int) -> list[bool]:
         """`dataset.json`'s `action_is_delta` for an action of `action_dim` dims."""
@@ -301,20 +325,23 @@ class DatasetSpec:
             return [True] * 6 + [False]
         return [False] * action_dim
 
-    def dim_names(self, episode: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-        """`dataset.json`'s `action_names` and `proprio_names`: one name per dimension. Actions take
-        `action_keys` when they name every dim (the registry's names), else each part's key, with
-        the index (`key[i]`) when the part holds a vector or a slice; proprio the latter."""
+    def dim_names(self, episode: Mapping[str, Any]) -> dict[str, list[str]]:
+        """`dataset.json`'s `action_names`, `proprio_names` and `privileged_names` (by modality):
+        one name per dimension. Actions (privileged state) take `action_keys` (`privileged_keys`)
+        when they name every dim (the registry's names), else each part's key, with the index
+        (`key[i]`) when the part holds a vector or a slice; proprio the latter."""
         steps = episode["steps"]
         n = len(lookup(steps, self.image_keys[0]))
 
         def derived(parts: Sequence[Part]) -> list[str]:
             return [name for p in parts for name in p.dim_names(self._vector(steps, (p,), n).shape[1])]
 
-        action = derived(self.action)
-        if len(self.action_keys) == len(action):
-            action = list(self.action_keys)
-        return action, derived(self.proprio)
+        def named(parts: Sequence[Part], keys: Sequence[str]) -> list[str]:
+            names = derived(parts)
+            return list(keys) if len(keys) == len(names) else names
+
+        return {"action": named(self.action, self.action_keys), "proprio": derived(self.proprio),
+                "privileged": named(self.privileged, self.privileged_keys)}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -323,6 +350,7 @@ class DatasetSpec:
             "wrist_image_key": list(self.wrist_image_keys),
             "action": [p.describe() for p in self.action],
             "proprio": [p.describe() for p in self.proprio],
+            "privileged": [p.describe() for p in self.privileged],
             "language_key": list(self.language_keys),
             "fps": self.fps,
         }

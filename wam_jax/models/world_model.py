@@ -35,6 +35,7 @@ from wam_jax.models.action_head import InverseDynamicsHead, PolicyHead
 from wam_jax.models.checks import array_shape, check_array
 from wam_jax.models.decoder import FrameDecoder, check_size
 from wam_jax.models.latent_actions import ActionEmbedder, LatentActionModel, LatentActions
+from wam_jax.models.linear import EmbodimentLinear
 from wam_jax.models.ops import use_matmul_dtype
 from wam_jax.models.partitioning import eager_sharding_scope
 from wam_jax.models.predictor import LatentPredictor, MaskedPredictor
@@ -65,6 +66,7 @@ class ModelSpec:
     ssl_num_blocks: int
     ssl_block_scale: float
     pooled: bool = False  # latents are the projector's outputs (`model.pool`), not patch tokens
+    privileged_dim: int = 0  # K of the privileged-state readout (0 = none)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -93,7 +95,7 @@ def spec_from_config(cfg: Any) -> ModelSpec:
         bottleneck=str(la.bottleneck), video_cond=video_cond, policy_horizon=int(cfg.policy_horizon),
         target=str(cfg.target), ssl_enabled=ssl_enabled,
         ssl_mask_ratio=float(cfg.ssl.mask_ratio), ssl_num_blocks=int(cfg.ssl.num_blocks),
-        ssl_block_scale=float(cfg.ssl.block_scale),
+        ssl_block_scale=float(cfg.ssl.block_scale), privileged_dim=int(cfg.get("privileged_dim", 0)),
     )
 
 
@@ -196,6 +198,14 @@ class WorldActionModel(nnx.Module):
                 mlp_ratio=pc.mlp_ratio, **common)
         else:
             self.ssl_predictor = None
+        # A linear map from a frame's latents (all tokens, flattened) to the privileged state, one
+        # per embodiment (what the state means differs): loss.privileged asks the encoder to make
+        # that state linearly readable, which is what a latent distance can then measure.
+        self.privileged_head: EmbodimentLinear | None = nnx.data(None)
+        if spec.privileged_dim > 0:
+            self.privileged_head = EmbodimentLinear(
+                spec.num_embodiments, spec.tokens_per_frame * spec.latent_dim, spec.privileged_dim,
+                ("embed", None), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.frame_decoder: FrameDecoder | None = nnx.data(None)
         dc = cfg.decoder
         if int(dc.size) > 0:

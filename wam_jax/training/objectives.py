@@ -2,7 +2,7 @@
 
     loss = λ_ssl L_ssl + λ_tf L_tf + λ_roll L_roll + λ_align L_align + λ_align_u L_align_u + λ_bottleneck L_bn
          + λ_act L_act + λ_act_pred L_act_pred + λ_policy L_policy + λ_flow L_flow + λ_recon L_recon
-         + anti-collapse
+         + λ_privileged L_privileged + anti-collapse
 
 Every term is a masked mean with a `max(count, 1)` denominator and `jnp.where` masking, so a term
 whose mask is empty contributes exactly zero (and exactly zero gradient: a batch of action-free
@@ -37,7 +37,7 @@ from wam_jax.training import anti_collapse, health, masks
 sg = jax.lax.stop_gradient
 
 LOSS_TERMS = ("ssl", "tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy",
-              "sigreg", "vic_var", "vic_cov", "recon", "flow")
+              "sigreg", "vic_var", "vic_cov", "recon", "flow", "privileged")
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -97,7 +97,7 @@ def validate_batch(batch: Any, spec: ModelSpec) -> None:
     T >= 2 frames, and T a multiple of the tubelet when SSL encodes whole clips. Static checks
     on shapes and dtypes only (ValueError naming the key)."""
     schema.validate_batch(batch, image_size=spec.image_size, action_dim=spec.action_dim,
-                          proprio_dim=spec.proprio_dim)
+                          proprio_dim=spec.proprio_dim, privileged_dim=spec.privileged_dim)
     t = batch["video"].shape[1]
     if t < 2:
         raise ValueError(f"batch['video'] has {t} frames, expected [B, T, H, W, 3] with T >= 2")
@@ -147,6 +147,8 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         raise ValueError("config.loss.ssl > 0 needs model.ssl.enabled=True (the SSL predictor)")
     if w["recon"] > 0 and model.frame_decoder is None:
         raise ValueError("config.loss.recon > 0 needs a frame decoder: set model.decoder.size (e.g. 32)")
+    if w["privileged"] > 0 and model.privileged_head is None:
+        raise ValueError("config.loss.privileged > 0 needs the readout: set model.privileged_dim (PushT: 4)")
     if w["flow"] > 0 and model.flow_head is None:
         raise ValueError("config.loss.flow > 0 needs the flow head: set model.flow_head.depth (e.g. 2)")
     if spec.target == "ema" and target_encoder is None:
@@ -178,6 +180,10 @@ def loss_fn(model: WorldActionModel, target_encoder: nnx.Module | None, batch: d
         target = decoder_lib.downsample(video, dec.size)
         err = jnp.square(dec(z) - target)
         terms["recon"] = masked_mean(foreground_mean(err, target, _weight(loss_cfg, "recon_fg")), tm)
+    if w["privileged"] > 0:  # the recorded state read out of every frame's latents, where recorded
+        k_hat = model.privileged_head(z.reshape(b, t, -1), emb)
+        terms["privileged"] = masked_mean(jnp.square(k_hat - batch["privileged"]),
+                                          batch["privileged_mask"] & tm[..., None])
     step_valid = tm[:, :-1] & tm[:, 1:]  # [B, T-1] transition t -> t+1 exists
     a_mask = batch["action_mask"] & step_valid[..., None]  # [B, T-1, A]
     labeled = jnp.any(a_mask, axis=-1)  # [B, T-1]

@@ -420,6 +420,7 @@ def abstract_batch(config: Any, global_batch: int | None = None) -> dict[str, ja
         config.model.image_size,
         config.model.action_dim,
         config.model.proprio_dim,
+        config.model.privileged_dim,
     )
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
