@@ -88,8 +88,8 @@ Recipe, and why:
   absolute actions), as in `configs/pusht_small.py`.
 
 Arguments (`--config=configs/pusht_plan.py:ARG`): comma-separated, a model preset name (default
-`small`) and a stage: none (this recipe), `encoder` or `predictor` (the two-stage recipe above;
-`predictor` needs `--config.model.init_from=` stage 1's export).
+`small`), a stage: none (this recipe), `encoder` or `predictor` (the two-stage recipe above;
+`predictor` needs `--config.model.init_from=` stage 1's export), and `privileged` (below).
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ DATA_ROOT = "data/pusht_mix/converted"
 
 
 STAGES = ("autoencoder", "encoder", "predictor")
+PRIVILEGED = "privileged"  # the option that reads the simulator's block pose out of the latent
 # The terms the autoencoder stage turns off: every one but recon and SIGReg that the base weights.
 _HEAD_TERMS = ("tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred", "policy")
 
@@ -109,7 +110,7 @@ _HEAD_TERMS = ("tf", "roll", "align", "align_u", "bottleneck", "act", "act_pred"
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     parts = [p for p in (arg or "").split(",") if p]
     stage = next((p for p in parts if p in STAGES), None)
-    presets = [p for p in parts if p not in STAGES]
+    presets = [p for p in parts if p not in (*STAGES, PRIVILEGED)]
     if len(presets) > 1:
         raise ValueError(f"configs/pusht_plan.py:{arg}: at most one preset name and one stage of {STAGES}")
     c = pusht_small.get_config(presets[0] if presets else None)
@@ -146,4 +147,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.loss.recon = 0.0
         c.train.num_steps = 4000  # 19 min on 2 cores: the two stages fit an hour (6000: no better)
         c.train.checkpoint_every = 1000
+    if PRIVILEGED in parts:  # every stage, so stage 2 loads stage 1's readout and keeps it fitted
+        c.model.privileged_dim = 4  # block x, y, cos, sin (data/pusht_mix as `wam-convert pusht` writes it)
+        c.loss.privileged = 1.0
     return c

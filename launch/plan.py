@@ -217,10 +217,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="what CEM samples: 'box' the model's actions in the data's q01..q99 box; 'walk' "
                         "per-step moves of the agent's target from the agent (launch/plan.py walk_decoder)")
     p.add_argument("--walk_step_px", type=float, default=50.0, help="--actions=walk: largest move per model step")
-    p.add_argument("--cost", default="latent", choices=["latent", "decoded", "scene"],
+    p.add_argument("--cost", default="latent", choices=["latent", "decoded", "scene", "privileged"],
                    help="the energy: L1 to the goal latents; between the frames the model's frame decoder "
                         "draws from the prediction and from the goal (models trained with model.decoder); "
-                        "scene: L1 to the goal latents without the directions the agent's position explains")
+                        "scene: L1 to the goal latents without the directions the agent's position explains; "
+                        "privileged: L1 between the block poses the model reads out of both (loss.privileged)")
     p.add_argument("--scene_data", default=None,
                    help="--cost=scene: converted dataset whose frames and proprio fit those directions "
                         "(default: the first dataset of the model's training mixture)")

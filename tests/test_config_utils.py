@@ -260,3 +260,15 @@ def test_the_autoencoder_stage_trains_only_reconstruction_and_sigreg():
     # Its export starts stage 1 or 2: the same action space as theirs.
     enc = config_utils.load_config("configs/pusht_plan.py:tiny,encoder")
     assert (ae.model.action_dim, ae.model.decoder.size) == (enc.model.action_dim, enc.model.decoder.size)
+
+
+def test_the_privileged_option_reads_the_block_pose_in_every_stage():
+    """`pusht_plan.py:...,privileged` asks stage 1 for the simulator's block pose (4 dims) and keeps
+    the readout in stage 2, whose export-loaded model must have it; other terms as without it."""
+    for stage in ("encoder", "predictor"):
+        with_it = config_utils.load_config(f"configs/pusht_plan.py:tiny,{stage},privileged")
+        without = config_utils.load_config(f"configs/pusht_plan.py:tiny,{stage}")
+        assert (with_it.model.privileged_dim, with_it.loss.privileged) == (4, 1.0)
+        assert (without.model.privileged_dim, without.loss.privileged) == (0, 0.0)
+        with_it.model.privileged_dim, with_it.loss.privileged = 0, 0.0
+        assert with_it.to_dict() == without.to_dict()

@@ -87,13 +87,14 @@ def test_decoder_configurations_that_cannot_work_are_named():
 
 @pytest.fixture(scope="module")
 def decoder_wm(tmp_path_factory):
-    """A tiny pooled workdir with a frame decoder, loaded as a `WorldModel`."""
+    """A tiny pooled workdir with a frame decoder and a privileged-state readout (untrained: its
+    data records no state), loaded as a `WorldModel`."""
     from tests.test_world_model_api import make_tiny_workdir, one_device_mesh
     from wam_jax import WorldModel
 
     workdir, _ = make_tiny_workdir(str(tmp_path_factory.mktemp("wam_decoder")), **{
         "model.target": "online", "model.pool.kind": "mean", "model.pool.dim": 16, "model.decoder.size": 16,
-        "loss.recon": 1.0, "loss.sigreg": 0.09})
+        "model.privileged_dim": 3, "loss.recon": 1.0, "loss.sigreg": 0.09})
     return WorldModel.load(workdir, mesh=one_device_mesh())
 
 
@@ -149,3 +150,25 @@ def test_world_model_decodes_and_plans_in_decoded_frames(decoder_wm, tmp_path_fa
         plain.decode(plain.encode(frames))
     with pytest.raises(ValueError, match="cost='decoded' needs a model trained with a frame decoder"):
         plain.plan_latents(plain.encode(frames[0]), plain.encode(frames[1]), cost="decoded")
+
+
+def test_world_model_plans_on_the_privileged_readout(decoder_wm, tmp_path_factory):
+    """`cost='privileged'`: the energy is the L1 between the states the model's readout
+    (`loss.privileged`) gives for the predicted last frame and for the goal; a model without the
+    readout refuses it, naming what to train."""
+    from tests.test_world_model_api import shared_workdir
+    from wam_jax import WorldModel
+
+    wm = decoder_wm
+    frames = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    z = wm.encode(frames)
+    res = wm.plan_latents(z[0], z[1], preset=wm.planner_config("vjepa2_ac", num_samples=8, num_elites=2,
+                                                                num_iterations=2), cost="privileged")
+    pred = np.asarray(wm.predict(z[0], res.best_actions))[-1]
+    head = nnx.merge(wm._model_graph, wm._model_state).privileged_head
+    emb = jnp.zeros((2,), jnp.int32)
+    read = np.asarray(head(jnp.stack([jnp.asarray(pred), jnp.asarray(z[1])]).reshape(2, -1), emb))
+    assert float(res.best_energy) == pytest.approx(np.abs(read[0] - read[1]).mean(), rel=1e-3, abs=1e-6)
+    plain = WorldModel.load(shared_workdir(tmp_path_factory)[0])
+    with pytest.raises(ValueError, match="cost='privileged' needs a model trained to read out"):
+        plain.plan_latents(plain.encode(frames[0]), plain.encode(frames[1]), cost="privileged")

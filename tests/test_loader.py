@@ -243,6 +243,9 @@ def test_privileged_state_is_normalized_masked_and_read_only_when_the_model_asks
     c.model.privileged_dim = 1
     with pytest.raises(ValueError, match=r"privileged_dim is 2 but config.model.privileged_dim is 1"):
         loader.make_iterator(c)
+    c.model.privileged_dim, c.loss.privileged, c.data.mixture = 3, 1.0, video  # nothing to read out
+    with pytest.raises(ValueError, match=r"config.loss.privileged reads out a privileged state, but no dataset"):
+        loader.make_iterator(c)
 
 
 def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):

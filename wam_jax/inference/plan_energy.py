@@ -6,7 +6,9 @@ DINO-WM), or of the frames the model's frame decoder draws from both (`cost='dec
 trained with `model.decoder`): a cost in what the frames show, whatever the latent spends its
 dimensions on; or the latent L1 without the directions the robot's own state explains
 (`cost='scene'`, `wam_jax.inference.state_subspace`): a cost in what the robot moves, not where
-the goal frame shows the robot.
+the goal frame shows the robot; or the L1 between the privileged state the model reads out of both
+(`cost='privileged'`, a model trained with `loss.privileged`, e.g. PushT's block pose): a cost in
+exactly what success is scored on, read from images at plan time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from wam_jax.inference import planning
 from wam_jax.inference.action_space import ActionSpace
 from wam_jax.inference.state_subspace import remove_subspace
 
-COSTS = ("latent", "decoded", "scene")
+COSTS = ("latent", "decoded", "scene", "privileged")
 
 
 def context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.Array, emb: jax.Array
@@ -36,7 +38,7 @@ def context_and_action_conds(model: Any, z: jax.Array, a: jax.Array, mask: jax.A
     return model.conditioning(z, jnp.pad(a, observed), jnp.pad(mask, observed), emb, use_action).cond
 
 
-def check_cost(cost: str, has_decoder: bool, has_basis: bool = False) -> None:
+def check_cost(cost: str, has_decoder: bool, has_basis: bool = False, has_privileged: bool = False) -> None:
     if cost not in COSTS:
         raise ValueError(f"cost={cost!r}; expected one of {COSTS}")
     if cost == "decoded" and not has_decoder:
@@ -45,6 +47,9 @@ def check_cost(cost: str, has_decoder: bool, has_basis: bool = False) -> None:
     if cost == "scene" and not has_basis:
         raise ValueError("cost='scene' needs scene_basis, the latent directions the robot's state explains "
                          "(WorldModel.state_subspace)")
+    if cost == "privileged" and not has_privileged:
+        raise ValueError("cost='privileged' needs a model trained to read out a privileged state "
+                         "(model.privileged_dim > 0, loss.privileged > 0)")
 
 
 def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, steps: str, *,
@@ -75,6 +80,9 @@ def build_planner(graph: Any, cfg: planning.PlannerConfig, space: ActionSpace, s
             frames = model.frame_decoder(preds[:, -1:] if steps == "last" else preds)  # draw only what counts
             preds = frames.reshape(*frames.shape[:2], -1, 3)
             goal = model.frame_decoder(goal[None]).reshape(-1, 3)
+        elif cost == "privileged":  # [S, H, 1, K]: the state read out of each predicted frame
+            preds = model.privileged_head(preds.reshape(*preds.shape[:2], -1), emb)[:, :, None]
+            goal = model.privileged_head(goal.reshape(1, -1), emb[:1])
         elif cost == "scene":  # [S, H, N * D] as one token, without the robot state's directions
             preds = remove_subspace(preds.reshape(*preds.shape[:2], 1, -1), basis)
             goal = remove_subspace(goal.reshape(1, -1), basis)

@@ -446,9 +446,11 @@ class WorldModel:
         `cost`: 'latent' (L1 to the goal latents) or 'decoded' (L1 between the frames the model's
         frame decoder draws from the prediction and from the goal; `wam_jax.inference.plan_energy`)
         or 'scene' (L1 to the goal latents without the directions of `scene_basis`, `[N * D, r]`
-        from `state_subspace`: what the robot's own state explains)."""
+        from `state_subspace`: what the robot's own state explains) or 'privileged' (L1 between the
+        privileged states read out of both: `loss.privileged`)."""
         self._need_model("plan")
-        plan_energy.check_cost(cost, self.has_decoder, scene_basis is not None)
+        plan_energy.check_cost(cost, self.has_decoder, scene_basis is not None,
+                               self.has_predictor and int(self.config.model.get("privileged_dim", 0)) > 0)
         space = self.action_space(embodiment)
         cfg = self.planner_config(preset)
         z = self._latents(context_latents, "context_latents", 2, 3)
