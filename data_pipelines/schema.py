@@ -22,6 +22,12 @@ BATCH_KEYS = (
 )
 
 
+def privileged_width(dim: int) -> int:
+    """Columns of `privileged` for a model that reads `dim` dims out: at least one (masked), since
+    Grain's shared-memory batching cannot hold an empty array."""
+    return max(1, int(dim))
+
+
 def batch_spec(batch_size: int, num_frames: int, image_size: int, action_dim: int, proprio_dim: int,
                privileged_dim: int = 0) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shapes and dtypes of one batch; the single source of truth for loader, model and tests."""
@@ -33,8 +39,8 @@ def batch_spec(batch_size: int, num_frames: int, image_size: int, action_dim: in
         "proprio": ((b, t, proprio_dim), np.dtype(np.float32)),
         "proprio_mask": ((b, t, proprio_dim), np.dtype(np.bool_)),
         # A simulator's state (PushT: the block's pose): a training target only, never an input.
-        "privileged": ((b, t, privileged_dim), np.dtype(np.float32)),
-        "privileged_mask": ((b, t, privileged_dim), np.dtype(np.bool_)),
+        "privileged": ((b, t, privileged_width(privileged_dim)), np.dtype(np.float32)),
+        "privileged_mask": ((b, t, privileged_width(privileged_dim)), np.dtype(np.bool_)),
         "timestep_mask": ((b, t), np.dtype(np.bool_)),
         "embodiment_id": ((b,), np.dtype(np.int32)),
         "source_id": ((b,), np.dtype(np.int32)),

@@ -38,7 +38,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from data_pipelines import records
+from data_pipelines import records, schema
 from data_pipelines.mixture import Source
 from data_pipelines.window_index import WindowIndex
 
@@ -257,7 +257,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         self.image_size = int(image_size)
         self.action_dim = int(action_dim)
         self.proprio_dim = int(proprio_dim)
-        self.privileged_dim = int(privileged_dim)
+        self.privileged_dim = schema.privileged_width(privileged_dim)
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.jitter = float(color_jitter)
         h, w = source.info["image_size"]
@@ -401,7 +401,8 @@ class PaddingClip(grain.transforms.Map):
 
     def __init__(self, *, num_frames: int, image_size: int, action_dim: int, proprio_dim: int, dt: float,
                  privileged_dim: int = 0):
-        self.shape = (int(num_frames), int(image_size), int(action_dim), int(proprio_dim), int(privileged_dim))
+        self.shape = (int(num_frames), int(image_size), int(action_dim), int(proprio_dim),
+                      schema.privileged_width(privileged_dim))
         self.dt = float(dt)
 
     def map(self, element: int) -> dict[str, Any]:

@@ -228,7 +228,8 @@ def test_privileged_state_is_normalized_masked_and_read_only_when_the_model_asks
     robot = write_converted_dataset(str(tmp_path / "r"), name="r", episode_lengths=[10] * 4, privileged_dim=2)
     video = write_converted_dataset(str(tmp_path / "v"), name="v", kind="video", episode_lengths=[30])
     c = _config(f"{robot},{video}", batch=8)
-    assert next(loader.make_iterator(c))["privileged"].shape == (8, 4, 0)  # model.privileged_dim=0: ignored
+    unread = next(loader.make_iterator(c))  # model.privileged_dim=0: ignored (one masked column)
+    assert unread["privileged"].shape == (8, 4, 1) and not unread["privileged_mask"].any()
     c.model.privileged_dim = 3
     batch = next(loader.make_iterator(c))
     assert batch["privileged"].shape == batch["privileged_mask"].shape == (8, 4, 3)

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from configs import base
+from data_pipelines import schema
 from wam_jax.models import latent_actions as la_lib
 from wam_jax.models.world_model import WorldActionModel
 
@@ -47,8 +48,9 @@ def random_batch(cfg, batch_size: int = 4, seed: int = 0, labeled: int | None = 
         "action_mask": action_mask,
         "proprio": rng.normal(size=(b, t, p)).astype(np.float32),
         "proprio_mask": np.ones((b, t, p), bool),
-        "privileged": rng.normal(size=(b, t, cfg.model.privileged_dim)).astype(np.float32),
-        "privileged_mask": np.ones((b, t, cfg.model.privileged_dim), bool),
+        "privileged": rng.normal(size=(b, t, schema.privileged_width(cfg.model.privileged_dim))).astype(np.float32),
+        "privileged_mask": np.full((b, t, schema.privileged_width(cfg.model.privileged_dim)),
+                                   cfg.model.privileged_dim > 0),
         "timestep_mask": np.ones((b, t), bool),
         "embodiment_id": (np.arange(b) % cfg.model.num_embodiments).astype(np.int32),
         "source_id": (np.arange(b) % 3).astype(np.int32),
