@@ -226,6 +226,14 @@ class DatasetSpec:
                 out.append(replace(p, key=key))
             return tuple(out)
 
+        # A privileged state is recorded by some copies of a dataset only (a simulator's): its
+        # absence skips nothing. A user-given (strict) spec still names the missing key.
+        try:
+            privileged = resolve_parts("privileged", self.privileged)
+        except RLDSKeyError:
+            if self.strict:
+                raise
+            privileged = ()
         image = pick("image", self.image_keys, True)
         if ds.step_leaf(image[0]).kind not in ("image", "tensor"):
             raise RLDSKeyError(f"{ds.name}: image key {image[0]!r} is not an image feature")
@@ -235,25 +243,13 @@ class DatasetSpec:
             wrist_image_keys=pick("wrist image", self.wrist_image_keys, False),
             action=resolve_parts("action", self.action),
             proprio=resolve_parts("proprio", self.proprio),
-            privileged=self._optional_parts(ds, "privileged", self.privileged, resolve_parts),
+            privileged=privileged,
             # language: every present candidate, tried in order per episode (DROID leaves
             # its first instruction empty on some episodes)
             language_keys=tuple(
                 k for c in self.language_keys for k in pick("language", (c,), False)
             ),
         )
-
-    def _optional_parts(self, ds: RLDSDataset, field_name: str, parts: Sequence[Part], resolve_parts: Any
-                        ) -> tuple[Part, ...]:
-        """`parts` resolved, or none when a key is missing: a privileged state is recorded by some
-        copies of a dataset only (a simulator's), and its absence is no reason to skip one. A
-        user-given (strict) spec still names the missing key."""
-        try:
-            return resolve_parts(field_name, parts)
-        except RLDSKeyError:
-            if self.strict:
-                raise
-            return ()
 
     # ---------------------------------------------------------------- standardization
     def _vector(self, steps: Mapping[str, Any], parts: Sequence[Part], n: int) -> np.ndarray:
