@@ -267,6 +267,11 @@ def make_dataset(config: mlc.ConfigDict, *, split: str = "train", process_index:
         raise ValueError(f"config.data.num_workers must be >= 0, got {num_workers}")
     if split == "train":
         mixture = load_mixture(config)
+        if float(config.loss.privileged) > 0 and not any(s.privileged_dim for s in mixture.sources):
+            raise ValueError(
+                f"config.loss.privileged reads out a privileged state, but no dataset of config.data.mixture "
+                f"({config.data.mixture}) records one (dataset.json privileged_dim); PushT data converted "
+                f"before it was recorded needs `wam-convert pusht` again (or `wam-convert oxe` of its RLDS)")
         indices = [window_index(source, config, split) for source in mixture.sources]
         seed = int(config.seed if seed is None else seed)
         ds = _train_dataset(mixture, indices, config, seed, process_index, process_count)

@@ -231,11 +231,6 @@ def load_mixture(config: mlc.ConfigDict) -> Mixture:
         if src.embodiment not in embodiments:
             embodiments.append(src.embodiment)
         sources.append(replace(src, embodiment_id=embodiments.index(src.embodiment)))
-    if float(config.get("loss", {}).get("privileged", 0.0)) > 0 and not any(s.privileged_dim for s in sources):
-        raise ValueError(
-            f"config.loss.privileged reads out a privileged state, but no dataset of config.data.mixture "
-            f"({config.data.mixture}) records one (dataset.json privileged_dim); PushT data converted before "
-            f"it was recorded needs `wam-convert pusht` again (or `wam-convert oxe` of its RLDS)")
     limit = int(config.model.num_embodiments)
     if len(embodiments) > limit:
         raise ValueError(

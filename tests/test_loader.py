@@ -247,6 +247,8 @@ def test_privileged_state_is_normalized_masked_and_read_only_when_the_model_asks
     c.model.privileged_dim, c.loss.privileged, c.data.mixture = 3, 1.0, video  # nothing to read out
     with pytest.raises(ValueError, match=r"config.loss.privileged reads out a privileged state, but no dataset"):
         loader.make_iterator(c)
+    held_out = next(loader.make_iterator(c, split="eval", data=video))  # evaluating such a model on it is fine
+    assert held_out["privileged"].shape == (8, 4, 3) and not held_out["privileged_mask"].any()
 
 
 def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
