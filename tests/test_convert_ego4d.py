@@ -99,8 +99,8 @@ def test_dataset_files(converted):
     info = records.read_dataset_info(out)
     assert info["kind"] == "video" and info["embodiment"] == "ego4d"
     assert info["image_size"] == [32, 32] and info["fps"] == 10.0
-    assert info["action_dim"] is None and info["proprio_dim"] is None
-    assert records.read_stats(out) == {"action": None, "proprio": None}
+    assert info["action_dim"] is None and info["proprio_dim"] is None and info["privileged_dim"] is None
+    assert records.read_stats(out) == {"action": None, "proprio": None, "privileged": None}
     assert manifest["videos"]["converted"] == 4 and manifest["num_skipped"] == 0
     assert manifest["throughput"]["decoded_frames"] == 180 + 100 + 120 + 90
     assert manifest["throughput"]["decoded_frames_per_s"] > 0

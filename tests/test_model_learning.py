@@ -184,29 +184,21 @@ def test_end_to_end_pooled_adaln_recipe_learns_the_dynamics_and_uses_the_actions
     end to end with SIGReg, AdaLN-zero action conditioning. Held out, the predictor beats the
     copy baseline by far and shuffling the actions across clips multiplies its error (measured
     at 300 steps: 0.30x copy, shuffled / true 3.5; 'token_channels': 0.62x, 1.28; at 200 steps
-    only 0.69x and 1.16: BENCHMARKS.md §11.3)."""
+    only 0.69x and 1.16: BENCHMARKS.md §11.3). With `loss.privileged` on the recorded state (the
+    square's position, about unit std) its linear readout explains that state on held-out clips
+    (R^2 > 0.8; measured with it: 0.39x copy, shuffled / true 3.3, readout R^2 0.96)."""
     cfg = learning_config("online")
     cfg.model.pool.kind, cfg.model.pool.dim = "mean", 32
     cfg.model.predictor.action_cond = "adaln"
     cfg.loss.sigreg, cfg.loss.collapse_samples, cfg.loss.encoder_from_heads = 0.09, "all", 1.0
+    cfg.loss.privileged = 1.0
     evaluate_batch, _ = train(cfg, 300)
     r = evaluate(evaluate_batch)
+    mse = np.mean([float(evaluate_batch(moving_square_batch(16, seed=j))["loss/privileged"]) for j in range(4)])
+    target = np.concatenate([moving_square_batch(16, seed=j)["privileged"] for j in range(4)]).reshape(-1, 2)
+    r["privileged_r2"] = 1.0 - mse / float(np.mean(target.var(0)))
+    print(f"\npooled adaln recipe, held out: {r}")
     assert r["target_std"] > 0.1, r
     assert r["pred_to_copy"] < 0.6, r
     assert r["pred_l1_shuffled_actions"] > 1.5 * r["pred_l1"], r
-
-
-def test_privileged_readout_puts_the_recorded_state_in_the_latent():
-    """loss.privileged: a linear readout of a recorded state (here the square's position, about unit
-    std) from each frame's pooled latent, its gradient into the encoder trained end to end. Held
-    out, after 250 steps, the readout explains the state (R^2 > 0.8; 0.78 after 150 steps)."""
-    cfg = learning_config("online")
-    cfg.model.pool.kind, cfg.model.pool.dim = "mean", 32
-    cfg.model.predictor.action_cond = "adaln"
-    cfg.loss.sigreg, cfg.loss.collapse_samples, cfg.loss.privileged = 0.09, "all", 1.0
-    evaluate_batch, _ = train(cfg, 250)
-    mse = np.mean([float(evaluate_batch(moving_square_batch(16, seed=j))["loss/privileged"]) for j in range(4)])
-    target = np.concatenate([moving_square_batch(16, seed=j)["privileged"] for j in range(4)]).reshape(-1, 2)
-    r2 = 1.0 - mse / float(np.mean(target.var(0)))
-    print(f"\nprivileged readout, held-out R^2 {r2:.3f}")
-    assert r2 > 0.8, r2
+    assert r["privileged_r2"] > 0.8, r
