@@ -69,7 +69,9 @@ Expected (one seed; §11.21 trained stage 1 at weight 1 to step 1271, then at th
 10 from the start is not yet measured): probes block position / angle /
 agent 0.953 / 0.733 / 0.957 on 300 fresh episodes (without the target 0.852 / 0.13 / 0.994; pixels
 0.817 / 0.060 / 0.783). Weight 1 alone leaves the angle out (the readout's share of the gradient
-is too small beside recon 10). Planning: BENCHMARKS.md §11.21.
+is too small beside recon 10). Yet it plans fewer goals: 9/50 [0.10, 0.31] with the latent cost,
+7/50 with `--cost=privileged` (17/50 without the target): the predictor on this latent, which
+the block now dominates, hardly uses the action (1.06x error under shuffled actions; §11.21).
 
 Better dynamics, same file (BENCHMARKS.md §11.11, 43 min): train what the planner uses, 5-step
 rollouts from one frame on 6-frame clips, with the stride's 5 recorded targets as the action:
