@@ -13,7 +13,7 @@ import pytest
 
 from configs import base
 from data_pipelines import loader, records, schema
-from data_pipelines.transforms import NORM_CLIP, color_matrix, decode_crop_resize
+from data_pipelines.transforms import NORM_CLIP
 from tests.converted_fixtures import PROPRIO_SCALE, decode_windows, write_converted_dataset
 
 
@@ -224,33 +224,6 @@ def test_action_normalization_padding_and_masks(tmp_path):
     assert set(batch["source_id"].tolist()) == {0, 1}
 
 
-def test_privileged_state_is_normalized_masked_and_read_only_when_the_model_asks(tmp_path):
-    robot = write_converted_dataset(str(tmp_path / "r"), name="r", episode_lengths=[10] * 4, privileged_dim=2)
-    video = write_converted_dataset(str(tmp_path / "v"), name="v", kind="video", episode_lengths=[30])
-    c = _config(f"{robot},{video}", batch=8)
-    unread = next(loader.make_iterator(c))  # model.privileged_dim=0: ignored (one masked column)
-    assert unread["privileged"].shape == (8, 4, 1) and not unread["privileged_mask"].any()
-    c.model.privileged_dim = 3
-    batch = next(loader.make_iterator(c))
-    assert batch["privileged"].shape == batch["privileged_mask"].shape == (8, 4, 3)
-    for i in range(8):
-        if batch["source_id"][i] == 1:  # video: no state recorded
-            assert not batch["privileged_mask"][i].any() and not batch["privileged"][i].any()
-            continue
-        assert batch["privileged_mask"][i, :, :2].all() and not batch["privileged_mask"][i, :, 2].any()
-        # (t, -e) normalized as proprio's (t, e): the same frames, no padding dim filled
-        np.testing.assert_allclose(batch["privileged"][i, :, :2], batch["proprio"][i, :, :2] * [1, -1])
-        assert not batch["privileged"][i, :, 2].any()
-    c.model.privileged_dim = 1
-    with pytest.raises(ValueError, match=r"privileged_dim is 2 but config.model.privileged_dim is 1"):
-        loader.make_iterator(c)
-    c.model.privileged_dim, c.loss.privileged, c.data.mixture = 3, 1.0, video  # nothing to read out
-    with pytest.raises(ValueError, match=r"config.loss.privileged reads out a privileged state, but no dataset"):
-        loader.make_iterator(c)
-    held_out = next(loader.make_iterator(c, split="eval", data=video))  # evaluating such a model on it is fine
-    assert held_out["privileged"].shape == (8, 4, 3) and not held_out["privileged_mask"].any()
-
-
 def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
     """`data.stride_actions='chunk'`: a transition's action is its stride's recorded actions in time
     order, each normalized as one step (no summing), and the inference action space inverts it,
@@ -332,64 +305,6 @@ def test_train_augmentation_is_consistent_across_the_clip(tmp_path):
                                       split="eval"))
     assert [e for e, _ in decode_windows(evals)] == [0, 0]  # eval is in order: episode 0 first
     np.testing.assert_array_equal(evals["video"][0], evals["video"][1])
-
-
-def test_color_matrix_is_brightness_then_contrast_then_saturation():
-    gray = np.asarray([0.299, 0.587, 0.114])
-    x = np.random.default_rng(0).uniform(70, 180, (16, 16, 3))  # stays in range: no clipping
-    b, c, s = 1.1, 0.85, 1.25
-    x1 = b * x
-    m = (x1 @ gray).mean()
-    x2 = (x1 - m) * c + m
-    g = (x2 @ gray)[..., None]
-    x3 = (x2 - g) * s + g
-    mat = np.asarray(color_matrix(b, c, s, float((x @ gray).mean()))).reshape(3, 4)
-    np.testing.assert_allclose(x @ mat[:, :3].T + mat[:, 3], x3, rtol=1e-6)
-    np.testing.assert_allclose(color_matrix(1, 1, 1, 77.0), [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0], atol=1e-12)
-
-
-def test_decode_crop_resize_uses_the_box_and_identity_jitter(tmp_path):
-    import io
-
-    from PIL import Image
-
-    px = np.zeros((64, 96, 3), np.uint8)
-    px[:, :48] = (200, 30, 30)  # left half red, right half blue
-    px[:, 48:] = (30, 30, 200)
-    buf = io.BytesIO()
-    Image.fromarray(px).save(buf, format="JPEG", quality=95)
-    left = decode_crop_resize(buf.getvalue(), (0.0, 0.0, 0.4, 1.0), 16).astype(int)
-    right = decode_crop_resize(buf.getvalue(), (0.6, 0.0, 1.0, 1.0), 16, (1.0, 1.0, 1.0)).astype(int)
-    assert left.shape == right.shape == (16, 16, 3)
-    assert np.abs(left - [200, 30, 30]).max() <= 6 and np.abs(right - [30, 30, 200]).max() <= 6
-    # draft downscaling kicks in for small outputs and keeps the colours
-    tiny = decode_crop_resize(buf.getvalue(), (0.0, 0.0, 0.4, 1.0), 4).astype(int)
-    assert np.abs(tiny - [200, 30, 30]).max() <= 6
-
-
-@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
-def test_decode_rgb_matches_pillow_and_shrinks_only_by_2x_or_more(mode):
-    """libjpeg-turbo (simplejpeg) decodes what Pillow does, within JPEG rounding; CMYK goes
-    through Pillow; the DCT shrink is taken only when it halves the frame or more."""
-    import io
-
-    from PIL import Image
-
-    from data_pipelines.transforms import decode_rgb
-
-    rng = np.random.default_rng(0)
-    px = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
-    buf = io.BytesIO()
-    Image.fromarray(px).convert(mode).save(buf, format="JPEG", quality=95)
-    jpeg = buf.getvalue()
-    want = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
-    got = decode_rgb(jpeg)
-    assert got.mode == "RGB" and got.size == (128, 96)
-    assert np.abs(np.asarray(got).astype(int) - want).mean() < 1.0
-    assert decode_rgb(jpeg, (64, 48)).size == (64, 48)  # 2x: the decoder's DCT scaling
-    assert decode_rgb(jpeg, (65, 48)).size == (128, 96)  # 1.97x: full size, resized later
-    with pytest.raises(OSError):  # Pillow's error for a truncated file, which LoadClip catches
-        decode_rgb(jpeg[: len(jpeg) // 2]).load()
 
 
 def test_heldout_split_is_disjoint_and_eval_covers_it_once(tmp_path):
