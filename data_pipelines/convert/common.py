@@ -13,7 +13,7 @@ A converter provides two things:
 
 `run_conversion` then writes every shard not finished by an earlier run (atomically, through
 `records.ShardWriter`), keeps one small JSON result per finished shard in `DIR/.progress/`
-(counts, skips, mergeable action / proprio stats), and writes the dataset files. Resuming after a
+(counts, skips, mergeable action / proprio / privileged stats), and writes the dataset files. Resuming after a
 kill: a finished shard (final file + result JSON) is kept, an interrupted one (`.tmp`) is redone.
 A conversion that yields no valid episode raises `NoValidEpisodesError` and removes everything it
 wrote, including `DIR` itself when it left it empty.
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import paths, records
-from data_pipelines.convert.shard_result import ShardResult
+from data_pipelines.convert.shard_result import MODALITIES, ShardResult
 from data_pipelines.convert.stats import merge_all
 from data_pipelines.mixture import dimension_names
 
@@ -166,12 +166,9 @@ def write_shard(out_dir: str, plan: ShardPlan, produce: Producer) -> ShardResult
             result.num_frames += n
             result.episode_ids.append(ep.episode_id)
             result.episode_lengths.append(n)
-            if ep.action is not None:
-                result.action_stats.update(ep.action)
-            if ep.proprio is not None:
-                result.proprio_stats.update(ep.proprio)
-            if ep.privileged is not None:
-                result.privileged_stats.update(ep.privileged)
+            for modality in MODALITIES:
+                if getattr(ep, modality) is not None:
+                    result.stats[modality].update(getattr(ep, modality))
     except BaseException:
         writer.abort()
         raise
@@ -403,9 +400,7 @@ def run_conversion(
             f"nothing was written to {out_dir}" + (f". First skip: {skipped[0]}" if skipped else "")
         )
     info = _check_info(results)
-    action = merge_all([r.action_stats for r in results])
-    proprio = merge_all([r.proprio_stats for r in results])
-    privileged = merge_all([r.privileged_stats for r in results])
+    merged = {m: merge_all([r.stats[m] for r in results]) for m in MODALITIES}
     shards = [r.shard for r in results if r.num_episodes]
     num_frames = sum(r.num_frames for r in results)
 
@@ -416,12 +411,10 @@ def run_conversion(
         **dataset_info,
         "num_episodes": num_episodes,
         "num_frames": num_frames,
-        "action_dim": action.dim if action.count else None,
-        "proprio_dim": proprio.dim if proprio.count else None,
-        "privileged_dim": privileged.dim if privileged.count else None,
+        **{f"{m}_dim": s.dim if s.count else None for m, s in merged.items()},
         "shards": shards,
     }
-    for modality in ("action", "proprio", "privileged"):  # one name per dimension, derived if not recorded
+    for modality in MODALITIES:  # one name per dimension, derived if not recorded
         dim, names = ds[f"{modality}_dim"] or 0, ds.get(f"{modality}_names")
         if names is not None and len(names) != dim:
             raise ConversionError(f"{len(names)} {modality}_names {names} for {dim} {modality} dims")
@@ -430,7 +423,7 @@ def run_conversion(
     if all(len(r.episode_ids) == r.num_episodes for r in results):
         ds["episode_ids"] = [e for r in results if r.num_episodes for e in r.episode_ids]
         ds["episode_lengths"] = [n for r in results if r.num_episodes for n in r.episode_lengths]
-    stats = {"action": action.summary(), "proprio": proprio.summary(), "privileged": privileged.summary()}
+    stats = {m: s.summary() for m, s in merged.items()}
     fresh = [r for r in results if not r.resumed]
     elapsed = time.time() - t0
     fresh_eps = sum(r.num_episodes for r in fresh)

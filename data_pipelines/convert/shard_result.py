@@ -9,6 +9,8 @@ from typing import Any
 
 from data_pipelines.convert.stats import RunningStats
 
+MODALITIES = ("action", "proprio", "privileged")  # the per-step vectors an episode may carry
+
 
 @dataclasses.dataclass
 class ShardResult:
@@ -19,9 +21,9 @@ class ShardResult:
     num_frames: int = 0
     seconds: float = 0.0
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    action_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
-    proprio_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
-    privileged_stats: RunningStats = dataclasses.field(default_factory=RunningStats)
+    # Per modality of MODALITIES (stored as '<modality>_stats').
+    stats: dict[str, RunningStats] = dataclasses.field(
+        default_factory=lambda: {m: RunningStats() for m in MODALITIES})
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     episode_ids: list[str] = dataclasses.field(default_factory=list)  # record order
     episode_lengths: list[int] = dataclasses.field(default_factory=list)
@@ -34,9 +36,7 @@ class ShardResult:
             "num_frames": self.num_frames,
             "seconds": self.seconds,
             "skipped": self.skipped,
-            "action_stats": self.action_stats.to_json(),
-            "proprio_stats": self.proprio_stats.to_json(),
-            "privileged_stats": self.privileged_stats.to_json(),
+            **{f"{m}_stats": self.stats[m].to_json() for m in MODALITIES},
             "info": self.info,
             "episode_ids": self.episode_ids,
             "episode_lengths": self.episode_lengths,
@@ -50,10 +50,9 @@ class ShardResult:
             num_frames=int(d["num_frames"]),
             seconds=float(d["seconds"]),
             skipped=list(d["skipped"]),
-            action_stats=RunningStats.from_json(d["action_stats"]),
-            proprio_stats=RunningStats.from_json(d["proprio_stats"]),
-            privileged_stats=(RunningStats.from_json(d["privileged_stats"]) if "privileged_stats" in d
-                              else RunningStats()),
+            # a shard finished before privileged states were recorded has none
+            stats={m: RunningStats.from_json(d[f"{m}_stats"]) if f"{m}_stats" in d else RunningStats()
+                   for m in MODALITIES},
             info=dict(d.get("info", {})),
             episode_ids=[str(e) for e in d.get("episode_ids", [])],
             episode_lengths=[int(n) for n in d.get("episode_lengths", [])],
