@@ -7,6 +7,9 @@ Prints one table of clips/s and frames/s:
   loader's decoder; the faster of the two is the ceiling): what a single core can do at best.
 - `grain workers=N`: `data_pipelines.loader.make_iterator` (random windows, random resized crop,
   colour jitter, normalization, batching), for each N in --workers.
+- `views on device (host part)`: the loader with `config.data.augment_on='device'`: it decodes
+  the clip's frames at the stored size and draws the view; `views rendered by jax` times the part
+  moved to the accelerator (crop, resize, jitter of a batch, jitted) on this process's backend.
 - `rlds tf.data`: the same episodes written as an RLDS builder dir (`rlds_writer`) and read the way
   users do today: `tfds.builder_from_directory(dir).as_dataset()` (decodes every frame), clips of T
   consecutive steps per episode (non-overlapping), the same random resized crop and colour jitter
@@ -42,8 +45,9 @@ from configs import base  # noqa: E402
 from data_pipelines import loader, records  # noqa: E402
 
 
-def _config(data: str, args: argparse.Namespace, workers: int) -> Any:
+def _config(data: str, args: argparse.Namespace, workers: int, augment_on: str = "host") -> Any:
     c = base.get_config()
+    c.data.augment_on = augment_on
     c.data.mixture = data
     c.data.num_frames = args.num_frames
     c.data.global_batch_size = args.batch
@@ -61,6 +65,7 @@ def _config(data: str, args: argparse.Namespace, workers: int) -> Any:
 
 
 RLDS_ROW = "rlds tfds.as_dataset + tf.data"
+DEVICE_ROW = "views rendered by jax (device part, this backend)"
 Result = tuple[float, float | None]  # (clips/s wall-clock, CPU ms per clip in this process)
 
 
@@ -75,13 +80,31 @@ def _timed(next_batch: Any, args: argparse.Namespace, in_process: bool = True) -
     return clips / wall, (1e3 * cpu / clips if in_process else None)
 
 
-def bench_grain(data: str, args: argparse.Namespace, workers: int) -> Result:
-    """The loader after `--warmup` batches (worker start-up excluded)."""
-    it = loader.make_iterator(_config(data, args, workers), seed=0)
+def bench_grain(data: str, args: argparse.Namespace, workers: int, augment_on: str = "host") -> Result:
+    """The loader after `--warmup` batches (worker start-up excluded); `augment_on='device'`: its
+    host part only (decode; the view is rendered by `bench_device_render`)."""
+    it = loader.make_iterator(_config(data, args, workers, augment_on), seed=0)
     try:
         return _timed(lambda: next(it), args, in_process=workers == 0)
     finally:
         it.close()
+
+
+def bench_device_render(data: str, args: argparse.Namespace) -> Result:
+    """What `augment_on='device'` moves to the accelerator: rendering a batch's views (crop,
+    resize, jitter; `wam_jax.training.device_views`), jitted, here on this process's JAX backend."""
+    import jax
+
+    from wam_jax.training import device_views
+
+    it = loader.make_iterator(_config(data, args, 0, "device"), seed=0)
+    try:
+        batch = next(it)
+    finally:
+        it.close()
+    video, views = jax.device_put(batch["video"]), jax.device_put(batch["view"])
+    render = jax.jit(lambda v, w: device_views.render_views(v, w, args.image_size))
+    return _timed(lambda: render(video, views).block_until_ready(), args)
 
 
 def bench_decode_only(data: str, args: argparse.Namespace, decoder: str) -> Result:
@@ -184,6 +207,8 @@ def main() -> None:
     p.add_argument("--read-threads", type=int, default=4)
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.8, 1.0))
     p.add_argument("--color-jitter", type=float, default=0.1)
+    p.add_argument("--augment-on", default="host",
+                   help="comma-separated config.data.augment_on values for the grain rows (host,device)")
     p.add_argument("--no-rlds", action="store_true", help="skip the RLDS + tf.data row")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; best clips/s is kept")
     p.add_argument("--json", default=common.default_json_path("data_throughput", False),
@@ -211,7 +236,11 @@ def main() -> None:
     benches: list[tuple[str, Any]] = [(name, lambda d=d: bench_decode_only(data, args, d))
                                       for d, name in ceilings.items()]
     for w in (int(x) for x in args.workers.split(",")):
-        benches.append((f"grain workers={w}", lambda w=w: bench_grain(data, args, w)))
+        for on in args.augment_on.split(","):
+            name = f"grain workers={w}" + (", views on device (host part)" if on == "device" else "")
+            benches.append((name, lambda w=w, on=on: bench_grain(data, args, w, on)))
+    if "device" in args.augment_on.split(","):
+        benches.append((DEVICE_ROW, lambda: bench_device_render(data, args)))
     if not args.no_rlds:
         rlds_dir = write_rlds_copy(data, os.path.join(tmp.name, "rlds"))
         benches.append((RLDS_ROW, lambda: bench_rlds(rlds_dir, args)))
@@ -233,12 +262,13 @@ def main() -> None:
         cpu_s = "(workers)" if cpu is None else f"{cpu:.1f}"
         print(f"| {name} | {cps:.1f} | {cps * args.num_frames:.0f} | {cpu_s} |")
     by_name = dict(rows)
-    best = max(r[0] for n, r in rows if n.startswith("grain"))
     print()
-    for name in ceilings.values():
-        print(f"best grain / {name} (clips/s): {best / by_name[name][0]:.2f}")
-    if not args.no_rlds:
-        print(f"best grain / rlds tf.data (clips/s): {best / by_name[RLDS_ROW][0]:.2f}")
+    for on in args.augment_on.split(","):
+        best = max(r[0] for n, r in rows if n.startswith("grain") and ("on device" in n) == (on == "device"))
+        for name in ceilings.values():
+            print(f"best grain ({on} views) / {name} (clips/s): {best / by_name[name][0]:.2f}")
+        if not args.no_rlds:
+            print(f"best grain ({on} views) / rlds tf.data (clips/s): {best / by_name[RLDS_ROW][0]:.2f}")
     grain_cpu = by_name.get("grain workers=0", (0.0, None))[1]
     if grain_cpu is not None:
         print(f"CPU per clip, grain workers=0 / simplejpeg decode only: "

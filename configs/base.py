@@ -163,6 +163,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.prefetch = 2  # device prefetch depth
     c.data.crop_scale = (0.8, 1.0)
     c.data.color_jitter = 0.1
+    # Where the training view (crop, resize, jitter) is rendered: 'host' (the loader, in Pillow) or
+    # 'device' (the loader decodes only; the accelerator renders it: for hosts whose few cores feed
+    # many devices, BENCHMARKS.md §5.3). Evaluation's center crop is always the host's.
+    c.data.augment_on = "host"
     # Unreadable records (corrupt chunk, bad JPEG) skipped and logged before the run stops (0 = the first stops it).
     c.data.max_bad_records = 100
     c.data.heldout_fraction = 0.1  # episodes held out for evaluation (by episode hash)

@@ -112,6 +112,7 @@ def _clip_transform(source: Source, index: WindowIndex, config: mlc.ConfigDict,
         color_jitter=float(config.data.color_jitter),
         norm=norm if norm is not None else Normalization.of_source(source, index.stride, chunk=_chunked(config)),
         max_bad_records=int(config.data.max_bad_records),
+        view_on_device=str(config.data.augment_on) == "device",
     )
 
 
@@ -126,6 +127,13 @@ def _ensure_absl_flags_parsed() -> None:
 
 def _train_dataset(mixture: Mixture, indices: list[WindowIndex], config: mlc.ConfigDict, seed: int,
                    process_index: int, process_count: int) -> grain.MapDataset:
+    if str(config.data.augment_on) == "device":  # one batch holds the stored frames of every source
+        sizes = {tuple(s.info["image_size"]) for s in mixture.sources}
+        if len(sizes) > 1:
+            raise ValueError("config.data.augment_on='device' batches frames at their stored size, but the "
+                             "mixture's datasets differ: " + ", ".join(
+                                 f"{s.path} {list(s.info['image_size'])}" for s in mixture.sources)
+                             + "; re-convert them at one size or use config.data.augment_on='host'")
     datasets = []
     for source, index in zip(mixture.sources, indices, strict=True):
         if len(index) == 0:

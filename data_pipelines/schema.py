@@ -22,6 +22,19 @@ BATCH_KEYS = (
 )
 
 
+# `config.data.augment_on='device'`: training batches also carry each clip's view, float32 [B, 7]
+# (crop box x0, y0, x1, y1 as fractions of the frame; brightness, contrast, saturation factors), and
+# their frames at the stored size; the trainer renders the view on the device
+# (`wam_jax.training.device_views`) and drops the key before the step sees the batch.
+VIEW_KEY = "view"
+VIEW_WIDTH = 7
+
+
+def view_vector(box: tuple[float, float, float, float], jitter: tuple[float, float, float] | None) -> np.ndarray:
+    """One clip's view: its crop box and its colour factors (1, 1, 1: none)."""
+    return np.asarray((*box, *(jitter or (1.0, 1.0, 1.0))), np.float32)
+
+
 def privileged_width(dim: int) -> int:
     """Columns of `privileged` for a model that reads `dim` dims out: at least one (masked), since
     Grain's shared-memory batching cannot hold an empty array."""

@@ -49,7 +49,7 @@ _SIMPLEJPEG_COLORSPACES = ("YCbCr", "Gray", "RGB")  # CMYK / YCCK: Pillow conver
 NORM_CLIP = 5.0  # normalized actions / proprio are clipped to this many standard deviations
 STD_FLOOR = 1e-6  # constant dims (std 0) normalize to 0 instead of inf
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)  # random resized crop aspect ratio (w / h), log-uniform
-_GRAY = np.asarray([0.299, 0.587, 0.114])  # ITU-R 601 luma, as in PIL and torchvision
+GRAY = np.asarray([0.299, 0.587, 0.114])  # ITU-R 601 luma, as in PIL and torchvision
 
 
 def transition_actions(actions: np.ndarray, frames: np.ndarray, stride: int, is_delta: np.ndarray,
@@ -177,7 +177,7 @@ def color_matrix(brightness: float, contrast: float, saturation: float, mean_gra
     offset = (1.0 - c) * b * mean_gray
     rows: list[float] = []
     for i in range(3):
-        rows.extend(c * b * (s * (i == j) + (1.0 - s) * float(_GRAY[j])) for j in range(3))
+        rows.extend(c * b * (s * (i == j) + (1.0 - s) * float(GRAY[j])) for j in range(3))
         rows.append(offset)
     return tuple(rows)
 
@@ -220,7 +220,7 @@ def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size
     if jitter is not None:
         hist = np.asarray(out.histogram(), np.float64).reshape(3, 256)
         channel_mean = hist @ np.arange(256.0) / (size * size)
-        out = out.convert("RGB", color_matrix(*jitter, float(channel_mean @ _GRAY)))
+        out = out.convert("RGB", color_matrix(*jitter, float(channel_mean @ GRAY)))
     return np.asarray(out, dtype=np.uint8)
 
 
@@ -243,11 +243,16 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
     gets an all-masked example, so batch counts stay fixed. Past `max_bad_records` skips (counted
     per process, or per worker process with `data.num_workers > 0`) `BadRecordsError` stops the
     run with the list.
+
+    `view_on_device` (`config.data.augment_on='device'`): the training view is drawn as on the host
+    but not rendered: frames at the stored size and the view (`schema.VIEW_KEY`) for the trainer to
+    render on the accelerator (`wam_jax.training.device_views`). The evaluation view is the host's.
     """
 
     def __init__(self, source: Source, index: WindowIndex, *, image_size: int, action_dim: int,
                  proprio_dim: int, privileged_dim: int = 0, crop_scale: Sequence[float] = (0.8, 1.0),
-                 color_jitter: float = 0.0, norm: Normalization | None = None, max_bad_records: int = 100):
+                 color_jitter: float = 0.0, norm: Normalization | None = None, max_bad_records: int = 100,
+                 view_on_device: bool = False):
         if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
             raise ValueError(f"config.data.crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}")
         if not 0.0 <= color_jitter < 1.0:
@@ -260,6 +265,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
         self.privileged_dim = schema.privileged_width(privileged_dim)
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.jitter = float(color_jitter)
+        self.view_on_device = bool(view_on_device)
         h, w = source.info["image_size"]
         self.frame_hw = (int(h), int(w))
         self.is_delta = np.asarray(source.action_is_delta, dtype=bool)
@@ -286,7 +292,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             lo, hi = 1.0 - self.jitter, 1.0 + self.jitter
             jitter = (rng.uniform(lo, hi), rng.uniform(lo, hi), rng.uniform(lo, hi))
         try:
-            return self.load(int(element), box, jitter)
+            return self.load(int(element), box, jitter, on_device=self.view_on_device)
         except _BadRecord as e:
             self._skip(str(e))
             return None
@@ -326,7 +332,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             raise _BadRecord(f"{self._where(record)}: {type(e).__name__}: {e}") from e
 
     def load(self, window: int, box: tuple[float, float, float, float],
-             jitter: tuple[float, float, float] | None) -> dict[str, Any]:
+             jitter: tuple[float, float, float] | None, on_device: bool = False) -> dict[str, Any]:
         record, start = self.index.lookup(window)
         ep = self._episode(record)
         frames = self.index.frame_indices(start)
@@ -350,10 +356,18 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             raise _BadRecord(f"{self._where(record)} ({ep.episode_id!r}), frames {list(frames)} in "
                              f"{ep.frame_ref.shard if ep.frame_ref else 'the record'}: {e}") from e
         try:
-            video = np.stack([decode_crop_resize(j, box, self.image_size, jitter) for j in jpegs])
+            if on_device:  # the stored frames; the trainer renders the view
+                video = np.stack([np.asarray(decode_rgb(j)) for j in jpegs])
+            else:
+                video = np.stack([decode_crop_resize(j, box, self.image_size, jitter) for j in jpegs])
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for corrupt or truncated JPEGs
             raise _BadRecord(f"{self._where(record)} ({ep.episode_id!r}), a frame of {list(frames)}: "
                              f"{type(e).__name__}: {e}") from e
+        if on_device and video.shape[1:3] != self.frame_hw:
+            raise records.DatasetFormatError(
+                f"{self.source.path}: record {record} ({ep.episode_id!r}) has frames of "
+                f"{video.shape[2]}x{video.shape[1]} px, but dataset.json says image_size={list(self.frame_hw)}; "
+                f"config.data.augment_on='device' batches frames at the stored size (use 'host')")
 
         t = self.index.num_frames
         norm = self.norm
@@ -380,7 +394,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             privileged[:, :k] = normalize(ep.privileged[frames][:, :k], norm.privileged_mean[:k],
                                           norm.privileged_std[:k])
             privileged_mask[:, :k] = True
-        return {
+        out = {
             "video": video,
             "action": action,
             "action_mask": action_mask,
@@ -393,6 +407,9 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
             "source_id": np.int32(self.source.source_id),
             "dt": np.float32(self.index.dt),
         }
+        if on_device:
+            out[schema.VIEW_KEY] = schema.view_vector(box, jitter)
+        return out
 
 
 class PaddingClip(grain.transforms.Map):

@@ -185,6 +185,8 @@ def validate(config: mlc.ConfigDict, *, needs_data: bool = True) -> None:
     need(int(config.data.num_frames) >= 2, "data.num_frames", "must be >= 2 (a clip has T-1 transitions)")
     need(str(config.data.stride_actions) in ("reduce", "chunk"), "data.stride_actions",
          "expected 'reduce' (one action per transition) or 'chunk' (the stride's recorded actions concatenated)")
+    need(str(config.data.augment_on) in ("host", "device"), "data.augment_on",
+         "expected 'host' (the loader renders the crop and jitter) or 'device' (the accelerator does)")
     if needs_data:
         need(bool(str(config.data.mixture).strip()), "data.mixture",
              "is empty; set it to converted datasets 'DIR[:weight],DIR[:weight]' (see `wam-convert`)")

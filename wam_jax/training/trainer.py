@@ -192,13 +192,13 @@ def _train(config: Any, workdir: str, *, model_factory: ts.ModelFactory, loss_fn
         max_to_keep=int(config.train.max_to_keep),
         keep_period=int(config.train.keep_period),
     )
+    from wam_jax.training import device_views  # with the loader: only a run that trains needs them
+
+    place = device_views.batch_placer(config, mesh, global_batch)
     # The device-prefetch iterator is what gets checkpointed: its state is the position right
     # after the last batch handed to the step, however many batches are in flight.
-    batches = loader.device_prefetch(
-        _make_iterator(config, int(config.seed)),
-        lambda b: sharding.local_to_global(b, mesh, global_batch),
-        max(int(config.data.prefetch), 0),
-    )
+    batches = loader.device_prefetch(_make_iterator(config, int(config.seed)), place,
+                                     max(int(config.data.prefetch), 0))
     logger = None
     preemption = None
     finished = False  # the body returned normally (errors while closing are then raised)
