@@ -112,12 +112,12 @@ class PlannerController:
 
     def __init__(self, wm: Any, config: Any, *, execute: int = 1, seed: int = 0, name: str = "planner",
                  warm_start: str = "previous", context_proprio: bool = False, decoder: Any = None,
-                 cost: str = "latent", scene_basis: Any = None):
+                 cost: str = "latent", scene_basis: Any = None, cost_steps: str = "last"):
         if warm_start not in WARM_STARTS:
             raise ValueError(f"--warm_start={warm_start!r}; expected one of {WARM_STARTS}")
         if decoder is not None and warm_start == "policy" and decoder.encode is None:
             raise ValueError(f"--warm_start=policy: the search {decoder.name!r} cannot start from actions")
-        self.decoder, self.cost, self.scene_basis = decoder, cost, scene_basis
+        self.decoder, self.cost, self.scene_basis, self.cost_steps = decoder, cost, scene_basis, cost_steps
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
         self.context_proprio = bool(context_proprio)
@@ -151,7 +151,7 @@ class PlannerController:
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,
                                    context_proprio=agent if self.context_proprio else None,
                                    decoder=self.decoder, anchor=np.asarray(agent, np.float32), cost=self.cost,
-                                   scene_basis=self.scene_basis)
+                                   scene_basis=self.scene_basis, steps=self.cost_steps)
         actions = np.asarray(res.actions)
         self.times.append(time.perf_counter() - t0)
         n = min(self.execute, actions.shape[0])
@@ -222,6 +222,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "draws from the prediction and from the goal (models trained with model.decoder); "
                         "scene: L1 to the goal latents without the directions the agent's position explains; "
                         "privileged: L1 between the block poses the model reads out of both (loss.privileged)")
+    p.add_argument("--cost_steps", default="last", choices=["last", "all"],
+                   help="the predicted steps the cost compares with the goal: the horizon's last (V-JEPA "
+                        "2-AC, DINO-WM) or the mean over all of them")
     p.add_argument("--scene_data", default=None,
                    help="--cost=scene: converted dataset whose frames and proprio fit those directions "
                         "(default: the first dataset of the model's training mixture)")
@@ -300,13 +303,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     decoder = walk_decoder(space, args.walk_step_px) if args.actions == "walk" else None
     if decoder is not None:
         name = name[:-1] + f", walk {args.walk_step_px:g} px)"
-    if args.cost != "latent":
-        name = name[:-1] + f", {args.cost} cost)"
+    if args.cost != "latent" or args.cost_steps != "last":
+        name = name[:-1] + f", {args.cost} cost{' on all steps' if args.cost_steps == 'all' else ''})"
     basis, scene = (scene_subspace(wm, args.scene_data, args.scene_frames, args.seed) if args.cost == "scene"
                     else (None, None))
     controllers: list[Any] = [PlannerController(wm, cfg, execute=args.execute, seed=args.seed, name=name,
                                                 warm_start=args.warm_start, context_proprio=use_proprio,
-                                                decoder=decoder, cost=args.cost, scene_basis=basis)
+                                                decoder=decoder, cost=args.cost, scene_basis=basis,
+                                                cost_steps=args.cost_steps)
                               ] if args.planner == "on" else []
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in baselines:
@@ -326,7 +330,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     record = {"workdir": paths.absolute(args.workdir), "step": wm.step, "preset": args.preset,
               "planner": dataclasses.asdict(cfg), "budget": args.budget, "episodes": args.episodes,
               "goal_offset": args.goal_offset, "execute": args.execute, "warm_start": args.warm_start,
-              "context_proprio": use_proprio, "actions": args.actions, "walk_step_px": args.walk_step_px, "cost": args.cost,
+              "context_proprio": use_proprio, "actions": args.actions, "walk_step_px": args.walk_step_px,
+              "cost": args.cost, "cost_steps": args.cost_steps,
               "scene": scene, "results": results}
     out = paths.absolute(args.output or os.path.join(args.workdir, "plan", f"pusht_{args.preset}.json"))
     out = write_metrics(record, os.path.dirname(out), os.path.basename(out))  # local or gs://

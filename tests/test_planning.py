@@ -238,9 +238,10 @@ def test_pusht_tasks_and_harness_replay_reaches_the_goal() -> None:
     assert "planner" not in pusht_tasks.format_results(res, "x") and "replay" in pusht_tasks.format_results(res, "x")
 
 
-def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
+def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys, monkeypatch) -> None:
     from launch import plan
     from tests.test_world_model_api import shared_workdir
+    from wam_jax import WorldModel
 
     workdir, _ = shared_workdir(tmp_path_factory)
     out = str(tmp_path_factory.mktemp("plan") / "pusht.json")
@@ -260,12 +261,21 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys) -> None:
                         "--warm_start=policy", f"--output={out}"])
     assert record["warm_start"] == "policy"
     assert record["results"]["planner (dino_wm, policy warm start)"]["num_plans"] == 2
-    # Searching target walks from the agent instead of the action box (from the policy's chunk).
+    # Searching target walks from the agent instead of the action box (from the policy's chunk),
+    # with the cost over every predicted step.
+    plan_latents, steps_seen = WorldModel.plan_latents, []
+
+    def spy(self, *args, **kwargs):
+        steps_seen.append(kwargs["steps"])
+        return plan_latents(self, *args, **kwargs)
+
+    monkeypatch.setattr(WorldModel, "plan_latents", spy)
     record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=2", "--samples=8",
                         "--iterations=1", "--horizon=3", "--devices=1", "--baselines=none", "--actions=walk",
-                        "--warm_start=policy", f"--output={out}"])
-    assert record["actions"] == "walk"
-    assert record["results"]["planner (dino_wm, policy warm start, walk 50 px)"]["num_plans"] == 2
+                        "--warm_start=policy", "--cost_steps=all", f"--output={out}"])
+    assert record["actions"] == "walk" and record["cost_steps"] == "all" and steps_seen == ["all", "all"]
+    assert record["results"]["planner (dino_wm, policy warm start, walk 50 px, latent cost on all steps)"][
+        "num_plans"] == 2
 
 
 def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
