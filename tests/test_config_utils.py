@@ -268,7 +268,7 @@ def test_the_privileged_option_reads_the_block_pose_in_every_stage():
     for stage in ("encoder", "predictor"):
         with_it = config_utils.load_config(f"configs/pusht_plan.py:tiny,{stage},privileged")
         without = config_utils.load_config(f"configs/pusht_plan.py:tiny,{stage}")
-        assert (with_it.model.privileged_dim, with_it.loss.privileged) == (4, 10.0)
+        assert (with_it.model.privileged_dim, with_it.loss.privileged) == (4, 3.0)
         assert (without.model.privileged_dim, without.loss.privileged) == (0, 0.0)
         with_it.model.privileged_dim, with_it.loss.privileged = 0, 0.0
         assert with_it.to_dict() == without.to_dict()
