@@ -224,7 +224,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "privileged: L1 between the block poses the model reads out of both (loss.privileged)")
     p.add_argument("--cost_steps", default="last", choices=["last", "all"],
                    help="the predicted steps the cost compares with the goal: the horizon's last (V-JEPA "
-                        "2-AC, DINO-WM) or the mean over all of them")
+                        "2-AC, DINO-WM) or the mean over all of them (fewer goals on PushT: BENCHMARKS.md §11.22)")
     p.add_argument("--scene_data", default=None,
                    help="--cost=scene: converted dataset whose frames and proprio fit those directions "
                         "(default: the first dataset of the model's training mixture)")
