@@ -194,8 +194,9 @@ def test_end_to_end_pooled_adaln_recipe_learns_the_dynamics_and_uses_the_actions
     cfg.loss.privileged = 1.0
     evaluate_batch, _ = train(cfg, 300)
     r = evaluate(evaluate_batch)
-    mse = np.mean([float(evaluate_batch(moving_square_batch(16, seed=j))["loss/privileged"]) for j in range(4)])
-    target = np.concatenate([moving_square_batch(16, seed=j)["privileged"] for j in range(4)]).reshape(-1, 2)
+    held_out = [moving_square_batch(16, seed=j) for j in range(4)]
+    mse = np.mean([float(evaluate_batch(b)["loss/privileged"]) for b in held_out])
+    target = np.concatenate([b["privileged"] for b in held_out]).reshape(-1, 2)
     r["privileged_r2"] = 1.0 - mse / float(np.mean(target.var(0)))
     print(f"\npooled adaln recipe, held out: {r}")
     assert r["target_std"] > 0.1, r

@@ -57,6 +57,12 @@ def batch_placer(config: Any, mesh: Any, global_batch: int) -> Callable[[dict[st
     """The trainer's host batch -> global, sharded device batch: placed (`sharding.local_to_global`)
     and, with `config.data.augment_on='device'`, its views rendered in one jitted call that keeps
     the batch layout the train step expects (`sharding.batch_sharding`)."""
+
+    def place(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return sharding.local_to_global(batch, mesh, global_batch)
+
+    if str(config.data.augment_on) != "device":
+        return place
     size = int(config.model.image_size)
 
     @jax.jit
@@ -65,8 +71,4 @@ def batch_placer(config: Any, mesh: Any, global_batch: int) -> Callable[[dict[st
         out["video"] = render_views(batch["video"], batch[VIEW_KEY], size)
         return {k: jax.lax.with_sharding_constraint(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in out.items()}
 
-    def place(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        placed = sharding.local_to_global(batch, mesh, global_batch)
-        return render(placed) if str(config.data.augment_on) == "device" else placed
-
-    return place
+    return lambda batch: render(place(batch))
