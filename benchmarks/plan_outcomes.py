@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any
@@ -25,7 +24,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
-from launch.pusht_tasks import wilson_interval  # noqa: E402
+from launch.pusht_tasks import paired, wilson_interval  # noqa: E402
 from sim.success import SUCCESS_ANGLE_TOL_DEG, SUCCESS_POS_TOL  # noqa: E402
 
 UNMOVED_PX, UNMOVED_DEG = 1.0, 1.0
@@ -45,24 +44,6 @@ def outcomes(episodes: list[dict[str, Any]]) -> dict[str, Any]:
                                 and abs(e["angle_error"] - e["start_angle_error"]) < UNMOVED_DEG for e in episodes),
             "fail_angle_only": angle_only, "fail_position_only": position_only,
             "fail_both": len(fails) - angle_only - position_only}
-
-
-def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Exact two-sided McNemar p-value: the discordant tasks as fair coin flips."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2.0**n
-    return float(min(1.0, 2.0 * tail))
-
-
-def paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
-    wa, wb = ({e["seed"]: bool(e["success"]) for e in x} for x in (a, b))
-    common = sorted(set(wa) & set(wb))
-    only_a = sum(wa[s] and not wb[s] for s in common)
-    only_b = sum(wb[s] and not wa[s] for s in common)
-    return {"tasks": len(common), "both": sum(wa[s] and wb[s] for s in common), "only_first": only_a,
-            "only_this": only_b, "mcnemar_p": mcnemar_p(only_a, only_b)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,19 +1,34 @@
 """Behaviour cloning on frozen exported world-model features vs. the same policy from pixels.
 
     python examples/downstream_policy.py --export=workdirs/pusht_plan/export \\
-        --data=data/pusht/converted/pusht_labeled [--test_data=data/pusht/converted/pusht_test]
+        --data=data/pusht/converted/pusht_labeled [--test_data=data/pusht/converted/pusht_test] \\
+        [--task=goal --episodes=50 --budget=50]
 
 Takes the encoder exported by `wam-export` (loaded with `wam_jax.load_encoder`: plain JAX, no Flax,
 no wam_jax model code) into a policy of your own, here written in plain JAX + optax:
 
-- `features`: frozen exported encoder -> per-token linear (D -> 8) -> flatten -> MLP -> action;
+- `features`: frozen exported encoder -> per-token linear -> flatten -> MLP -> action;
 - `pixels`:   a small CNN trained from scratch -> the same per-cell linear -> flatten -> MLP -> action,
+
+the per-cell linear sized so both flattened grids are `FLAT` wide (a pooled latent's one token gets
+all of it, an 8 x 8 grid 8 channels per cell),
 
 both fed the agent position (proprio) too, trained on the same PushT demonstrations with the same
 budget (steps, batch, optimizer, learning rate), then rolled out in the simulator from the same
-initial states. Reported per policy: held-out action MAE (robot units, px), success rate by the
-DINO-WM rule at the end of a fixed step budget (no early stop), how often the goal was reached at
-some step, and wall time; the scripted demonstrator on the same initial states is the reference.
+initial states. Two tasks:
+
+- `--task=full` (default): PushT's own fixed goal from the env's random initial states; the
+  scripted demonstrator on the same states is the reference.
+- `--task=goal`: `wam-plan pusht`'s tasks (the same seeds: a goal 25 steps ahead on a held-out
+  demonstration, the goal frame given), so a policy's success sits beside the planner's. The
+  policies are goal-conditioned: the goal's features (or the CNN's grid of the goal frame) are
+  concatenated to the current frame's on every cell, trained with hindsight goals (the frame
+  1..`--goal_offset` steps later in the same episode). References: holding still and replaying the
+  demonstration's own actions open loop; features and pixels are paired on the tasks (McNemar).
+
+Reported per policy: held-out action MAE (robot units, px), success by the DINO-WM rule at the end
+of a fixed step budget (no early stop) with its 95 % interval, how often the goal was reached at
+some step, and wall time.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ import numpy as np
 import optax
 
 EVAL_SEED_BASE = 950_000  # disjoint from the demo's data seeds and from wam-plan's tasks
+FLAT = 512  # width of the flattened per-cell projection, for every policy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,7 +90,8 @@ def _dense(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
 
 def init_head(key: jax.Array, cells: int, channels: int, proprio_dim: int, width: int = 256) -> dict[str, Any]:
     k = jax.random.split(key, 4)
-    return {"cell": _dense(k[0], channels, 8), "fc1": _dense(k[1], cells * 8 + proprio_dim, width),
+    per_cell = max(8, FLAT // cells)  # the same MLP input width for one pooled token and a grid
+    return {"cell": _dense(k[0], channels, per_cell), "fc1": _dense(k[1], cells * per_cell + proprio_dim, width),
             "fc2": _dense(k[2], width, width), "out": _dense(k[3], width, 2)}
 
 
@@ -162,7 +179,14 @@ def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed
                         "pos_error": pos, "angle_error": ang})
     finally:
         env.close()
+    return summarize_episodes(out)
+
+
+def summarize_episodes(out: list[dict[str, Any]]) -> dict[str, Any]:
+    from launch.pusht_tasks import wilson_interval
+
     return {"success_rate": float(np.mean([e["success"] for e in out])),
+            "success_ci95": wilson_interval(sum(bool(e["success"]) for e in out), len(out)),
             "reached_rate": float(np.mean([e["reached"] for e in out])),
             "mean_pos_error": float(np.mean([e["pos_error"] for e in out])),
             "mean_angle_error": float(np.mean([e["angle_error"] for e in out]))}
@@ -192,10 +216,67 @@ def scripted_reference(*, episodes: int, budget: int, image_size: int, seed: int
     finally:
         env.close()
     del image_size
-    return {"success_rate": float(np.mean([e["success"] for e in out])),
-            "reached_rate": float(np.mean([e["reached"] for e in out])),
-            "mean_pos_error": float(np.mean([e["pos_error"] for e in out])),
-            "mean_angle_error": float(np.mean([e["angle_error"] for e in out]))}
+    return summarize_episodes(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Goal-conditioned policies on wam-plan's tasks
+
+
+def hindsight_spans(episode: np.ndarray, max_offset: int) -> np.ndarray:
+    """Per frame, the largest goal offset inside its own episode (0 for an episode's last frame).
+
+    `episode` holds each frame's episode index, frames of one episode contiguous (`load_demos`)."""
+    last = np.searchsorted(episode, episode, side="right") - 1
+    return np.minimum(max_offset, last - np.arange(len(episode)))
+
+
+def sample_hindsight(rng: np.random.Generator, spans: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`size` (frame, goal frame) index pairs: the goal 1..span steps later in the same episode."""
+    valid = np.flatnonzero(spans > 0)
+    idx = valid[rng.integers(0, len(valid), size)]
+    return idx, idx + rng.integers(1, spans[idx] + 1)
+
+
+def with_goal(grid: jax.Array, goal_grid: jax.Array | None) -> jax.Array:
+    """The goal's grid concatenated to the current one on every cell's channels."""
+    return grid if goal_grid is None else jnp.concatenate([grid, goal_grid], axis=-1)
+
+
+def pixel_grid(cnn: list[dict[str, jax.Array]], frames: jax.Array, goals: jax.Array | None) -> jax.Array:
+    """The CNN's grid of the frames, with the same CNN's grid of the goal frames beside it."""
+    if goals is None:
+        return apply_cnn(cnn, frames)
+    both = apply_cnn(cnn, jnp.concatenate([frames, goals]))
+    return with_goal(*jnp.split(both, 2))
+
+
+class PolicyController:
+    """A trained policy as a `launch.pusht_tasks` controller: one action per env step."""
+
+    repeat = 1
+
+    def __init__(self, name: str, act, embed_goal):
+        self.name, self.act_fn, self.embed_goal, self.goal = name, act, embed_goal, None
+
+    def reset(self, task: Any) -> None:
+        self.goal = self.embed_goal(task.goal_image)
+
+    def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
+        return self.act_fn(frame, agent, self.goal)[None]
+
+
+class DemoReplayController:
+    """The demonstration's own actions, open loop (its last action held after them): the
+    reference every task is reachable by."""
+
+    name, repeat = "demonstration replay", 1
+
+    def reset(self, task: Any) -> None:
+        self.actions = np.asarray(task.demo_actions, np.float64)
+
+    def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
+        return self.actions[min(step, len(self.actions) - 1)][None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,110 +288,161 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--export", required=True, help="wam-export output directory")
     p.add_argument("--data", default="data/pusht/converted/pusht_labeled", help="converted PushT demonstrations")
     p.add_argument("--test_data", default=None, help="held-out converted demonstrations (action MAE)")
+    p.add_argument("--task", choices=("full", "goal"), default="full",
+                   help="full: PushT's fixed goal from random starts; goal: wam-plan's goal-reaching tasks")
+    p.add_argument("--goal_offset", type=int, default=25,
+                   help="--task=goal: steps from start to goal on the tasks, and the largest hindsight offset")
+    p.add_argument("--task_seed", type=int, default=0, help="--task=goal: the tasks of `wam-plan --seed`")
     p.add_argument("--max_episodes", type=int, default=None)
     p.add_argument("--steps", type=int, default=1500, help="gradient steps for each policy (the shared budget)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--episodes", type=int, default=10, help="simulator episodes per policy")
+    p.add_argument("--episodes", type=int, default=10, help="simulator episodes (tasks) per policy")
     p.add_argument("--budget", type=int, default=100, help="env steps per episode (no early stop)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (and --task=full's initial states)")
     p.add_argument("--output", default=None, help="JSON with the results")
-    return p.parse_args(list(argv))
+    args = p.parse_args(list(argv))
+    if args.goal_offset < 1:
+        p.error(f"--goal_offset={args.goal_offset}: must be at least 1")
+    return args
+
+
+def encode(encoder: Any, frames: np.ndarray, chunk: int = 256) -> np.ndarray:
+    return np.concatenate([encoder(frames[i:i + chunk]) for i in range(0, len(frames), chunk)])
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
     args = parse_args(argv)
     import wam_jax
 
+    goal_task = args.task == "goal"
     encoder = wam_jax.load_encoder(args.export)  # the exported artifact: jax + safetensors only
     size = int(encoder.preprocessing["resize"]["size"][0])
     demos = load_demos(args.data, size, args.max_episodes)
     test = load_demos(args.test_data, size) if args.test_data else None
-    print(f"{len(demos['frames'])} demonstration frames from {args.data}; encoder {encoder}")
+    print(f"{len(demos['frames'])} demonstration frames from {args.data}; encoder {encoder}; task {args.task}")
 
     a_norm, p_norm = Normalizer(demos["action"]), Normalizer(demos["proprio"])
     t0 = time.perf_counter()
-    feats = np.concatenate([encoder(demos["frames"][i:i + 256]) for i in range(0, len(demos["frames"]), 256)])
+    feats = encode(encoder, demos["frames"])
     t_feat = time.perf_counter() - t0
     n, cells, dim = feats.shape
     targets = a_norm(demos["action"]).astype(np.float32)
     prop = p_norm(demos["proprio"]).astype(np.float32)
+    spans = hindsight_spans(demos["episode"], args.goal_offset)
 
     def batches(x_source):
         def sample(rng):
+            if goal_task:
+                idx, goal = sample_hindsight(rng, spans, args.batch_size)
+                return x_source[idx], x_source[goal], prop[idx], targets[idx]
             idx = rng.integers(0, n, args.batch_size)
-            return x_source[idx], prop[idx], targets[idx]
+            return x_source[idx], None, prop[idx], targets[idx]
         return sample
 
     key = jax.random.key(args.seed)
     k_feat, k_pix_head, k_cnn = jax.random.split(key, 3)
-    results: dict[str, Any] = {}
+    width = 2 if goal_task else 1  # the goal's channels beside the frame's
 
     # -- policy on frozen exported features
+    def feat_apply(p, z, zg, pr):
+        return apply_head(p, with_goal(z, zg), pr)
+
     def feat_loss(p, batch):
-        x, pr, y = batch
-        return jnp.mean(jnp.abs(apply_head(p, x, pr) - y))
+        x, g, pr, y = batch
+        return jnp.mean(jnp.abs(feat_apply(p, x, g, pr) - y))
 
     t0 = time.perf_counter()
-    feat_params, feat_curve = train(feat_loss, init_head(k_feat, cells, dim, prop.shape[1]), batches(feats),
+    feat_params, feat_curve = train(feat_loss, init_head(k_feat, cells, width * dim, prop.shape[1]), batches(feats),
                                     steps=args.steps, lr=args.lr, seed=args.seed)
     t_feat_train = time.perf_counter() - t0
-    feat_act = jax.jit(lambda p, x, pr: apply_head(p, x, pr))
-
-    def act_features(frame, agent_pos):
-        z = encoder(frame)[None]
-        pr = p_norm(np.asarray(agent_pos, np.float32))[None]
-        return a_norm.inverse(np.asarray(feat_act(feat_params, z, pr))[0])
 
     # -- the same head on a CNN trained from pixels, same budget
     cnn_cells = (size // 8) ** 2
-    pix_params0 = {"cnn": init_cnn(k_cnn), "head": init_head(k_pix_head, cnn_cells, 64, prop.shape[1])}
+    pix_params0 = {"cnn": init_cnn(k_cnn), "head": init_head(k_pix_head, cnn_cells, width * 64, prop.shape[1])}
+
+    def pix_apply(p, x, xg, pr):
+        return apply_head(p["head"], pixel_grid(p["cnn"], x, xg), pr)
 
     def pix_loss(p, batch):
-        x, pr, y = batch
-        return jnp.mean(jnp.abs(apply_head(p["head"], apply_cnn(p["cnn"], x), pr) - y))
+        x, g, pr, y = batch
+        return jnp.mean(jnp.abs(pix_apply(p, x, g, pr) - y))
 
     t0 = time.perf_counter()
     pix_params, pix_curve = train(pix_loss, pix_params0, batches(demos["frames"]), steps=args.steps, lr=args.lr,
                                   seed=args.seed)
     t_pix_train = time.perf_counter() - t0
-    pix_act = jax.jit(lambda p, x, pr: apply_head(p["head"], apply_cnn(p["cnn"], x), pr))
 
-    def act_pixels(frame, agent_pos):
-        pr = p_norm(np.asarray(agent_pos, np.float32))[None]
-        return a_norm.inverse(np.asarray(pix_act(pix_params, frame[None], pr))[0])
-
-    for name, act, curve, t_train, extra in (
-        ("features (frozen export)", act_features, feat_curve, t_feat_train, t_feat),
-        ("pixels (CNN from scratch)", act_pixels, pix_curve, t_pix_train, 0.0),
-    ):
+    policies = {  # name -> (jitted apply, params, observation -> policy input, train curve, train s, encode s)
+        "features (frozen export)": (jax.jit(feat_apply), feat_params, lambda f: encoder(f), feat_curve,
+                                     t_feat_train, t_feat),
+        "pixels (CNN from scratch)": (jax.jit(pix_apply), pix_params, lambda f: f, pix_curve, t_pix_train, 0.0),
+    }
+    results: dict[str, Any] = {}
+    controllers = []
+    for name, (apply, params, embed, curve, t_train, t_embed) in policies.items():
         r: dict[str, Any] = {"final_train_l1": float(np.mean(curve[-50:])), "train_s": t_train,
-                             "feature_extraction_s": extra}
+                             "feature_extraction_s": t_embed}
         if test is not None:
-            if name.startswith("features"):
-                zt = np.concatenate([encoder(test["frames"][i:i + 256]) for i in range(0, len(test["frames"]), 256)])
-                pred = np.concatenate([np.asarray(feat_act(feat_params, zt[i:i + 256], p_norm(test["proprio"][i:i + 256])))
-                                       for i in range(0, len(zt), 256)])
+            xt = encode(encoder, test["frames"]) if name.startswith("features") else test["frames"]
+            if goal_task:  # one hindsight goal per frame, drawn the same way for every policy
+                idx, goal = sample_hindsight(np.random.default_rng(0), hindsight_spans(test["episode"], args.goal_offset),
+                                             len(xt))
             else:
-                pred = np.concatenate([np.asarray(pix_act(pix_params, test["frames"][i:i + 256], p_norm(test["proprio"][i:i + 256])))
-                                       for i in range(0, len(test["frames"]), 256)])
-            r["heldout_action_mae_px"] = float(np.abs(a_norm.inverse(pred) - test["action"]).mean())
-        t0 = time.perf_counter()
-        r.update(rollout_success(act, episodes=args.episodes, budget=args.budget, image_size=size, seed=args.seed))
-        r["rollout_s"] = time.perf_counter() - t0
-        results[name] = r
-    results["scripted demonstrator"] = scripted_reference(episodes=args.episodes, budget=args.budget,
-                                                          image_size=size, seed=args.seed)
+                idx, goal = np.arange(len(xt)), None
+            pt = p_norm(test["proprio"])
+            pred = np.concatenate([np.asarray(apply(params, xt[idx[i:i + 256]],
+                                                    None if goal is None else xt[goal[i:i + 256]], pt[idx[i:i + 256]]))
+                                   for i in range(0, len(idx), 256)])
+            r["heldout_action_mae_px"] = float(np.abs(a_norm.inverse(pred) - test["action"][idx]).mean())
 
-    print(f"\nBehaviour cloning on PushT: {n} frames, {args.steps} steps x batch {args.batch_size} per policy, "
-          f"{args.episodes} episodes x {args.budget} steps (no early stop), DINO-WM success rule")
-    print(f"  {'policy':<28s}{'train L1':>9s}{'test MAE px':>12s}{'success':>9s}{'reached':>9s}"
+        def act(frame, agent, goal, apply=apply, params=params, embed=embed):
+            pr = p_norm(np.asarray(agent, np.float32))[None]
+            g = None if goal is None else goal[None]
+            return a_norm.inverse(np.asarray(apply(params, embed(frame)[None], g, pr))[0])
+
+        if goal_task:
+            controllers.append(PolicyController(name, act, embed))
+        else:
+            t0 = time.perf_counter()
+            r.update(rollout_success(lambda f, a, act=act: act(f, a, None), episodes=args.episodes,
+                                     budget=args.budget, image_size=size, seed=args.seed))
+            r["rollout_s"] = time.perf_counter() - t0
+        results[name] = r
+
+    if goal_task:
+        from launch.plan import HoldStillController
+        from launch.pusht_tasks import evaluate_controllers, make_tasks, paired
+
+        tasks = make_tasks(args.episodes, image_size=size, goal_offset=args.goal_offset, seed=args.task_seed)
+        rolled = evaluate_controllers([*controllers, HoldStillController(), DemoReplayController()], tasks,
+                                      budget=args.budget, image_size=size, progress=False)
+        for name, r in rolled.items():
+            results[name] = {**results.get(name, {}), **r}
+        feat_eps, pix_eps = (results[k]["episode_records"] for k in policies)
+        results["features vs pixels"] = paired(pix_eps, feat_eps)  # only_this: tasks only the features reach
+    else:
+        results["scripted demonstrator"] = scripted_reference(episodes=args.episodes, budget=args.budget,
+                                                              image_size=size, seed=args.seed)
+
+    print(f"\nBehaviour cloning on PushT ({args.task} task): {n} frames, {args.steps} steps x batch "
+          f"{args.batch_size} per policy, {args.episodes} episodes x {args.budget} steps (no early stop), "
+          f"DINO-WM success rule")
+    print(f"  {'policy':<28s}{'train L1':>9s}{'test MAE px':>12s}{'success':>9s}{'95% interval':>15s}{'reached':>9s}"
           f"{'pos err':>9s}{'train s':>9s}")
     for name, r in results.items():
+        if "success_rate" not in r:
+            continue
         mae = r.get("heldout_action_mae_px")
+        lo, hi = r.get("success_ci95", (float("nan"), float("nan")))
         print(f"  {name:<28s}{r.get('final_train_l1', float('nan')):>9.3f}"
-              f"{(f'{mae:.1f}' if mae is not None else '-'):>12s}{r['success_rate']:>9.2f}{r['reached_rate']:>9.2f}"
+              f"{(f'{mae:.1f}' if mae is not None else '-'):>12s}{r['success_rate']:>9.2f}{f'[{lo:.2f}, {hi:.2f}]':>15s}"
+              f"{r.get('reached_rate', r.get('reached_at_some_step', float('nan'))):>9.2f}"
               f"{r['mean_pos_error']:>9.1f}{r.get('train_s', float('nan')):>9.1f}")
+    if goal_task:
+        pair = results["features vs pixels"]
+        print(f"  paired on {pair['tasks']} tasks: both {pair['both']}, pixels only {pair['only_first']}, "
+              f"features only {pair['only_this']}, McNemar p = {pair['mcnemar_p']:.3f}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

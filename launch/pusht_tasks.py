@@ -5,6 +5,7 @@ scored by DINO-WM's rule, success rates with their Wilson interval."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -130,6 +131,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: the discordant tasks as fair coin flips."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2.0**n
+    return float(min(1.0, 2.0 * tail))
+
+
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two controllers on the tasks both ran (matched by task seed): both, one only, McNemar."""
+    wa, wb = ({e["seed"]: bool(e["success"]) for e in x} for x in (a, b))
+    common = sorted(set(wa) & set(wb))
+    only_a = sum(wa[s] and not wb[s] for s in common)
+    only_b = sum(wb[s] and not wa[s] for s in common)
+    return {"tasks": len(common), "both": sum(wa[s] and wb[s] for s in common), "only_first": only_a,
+            "only_this": only_b, "mcnemar_p": mcnemar_p(only_a, only_b)}
 
 
 def summarize(episodes: list[dict[str, Any]], times: Sequence[float] = ()) -> dict[str, Any]:
