@@ -1,4 +1,5 @@
-"""How planning runs fail, and whether two runs on the same tasks differ (`wam-plan pusht` JSONs).
+"""How planning runs fail, and whether two runs on the same tasks differ (`wam-plan pusht` JSONs,
+or `examples/downstream_policy.py --task=goal`'s).
 
     python benchmarks/plan_outcomes.py RUN.json [RUN2.json ...] [--output=OUT.json]
 
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for path, record in zip(args.records, names, strict=True):
         with open(path) as f:
             results = json.load(f)["results"]
-        for i, (name, res) in enumerate(results.items()):
+        controllers = {k: v for k, v in results.items() if "episode_records" in v}  # not summaries
+        for i, (name, res) in enumerate(controllers.items()):
             row = {"record": record, "controller": name, **outcomes(res["episode_records"])}
             if i == 0:
                 firsts.append(res["episode_records"])

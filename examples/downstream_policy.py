@@ -293,6 +293,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--goal_offset", type=int, default=25,
                    help="--task=goal: steps from start to goal on the tasks, and the largest hindsight offset")
     p.add_argument("--task_seed", type=int, default=0, help="--task=goal: the tasks of `wam-plan --seed`")
+    p.add_argument("--policies", default="features,pixels",
+                   help="which policies to train (comma list); the pixel policy does not depend on --export")
     p.add_argument("--max_episodes", type=int, default=None)
     p.add_argument("--steps", type=int, default=1500, help="gradient steps for each policy (the shared budget)")
     p.add_argument("--batch_size", type=int, default=64)
@@ -304,6 +306,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(list(argv))
     if args.goal_offset < 1:
         p.error(f"--goal_offset={args.goal_offset}: must be at least 1")
+    args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+    if not args.policies or set(args.policies) - {"features", "pixels"}:
+        p.error(f"--policies={','.join(args.policies)!r}: expected a comma list of 'features' and 'pixels'")
     return args
 
 
@@ -324,9 +329,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
     a_norm, p_norm = Normalizer(demos["action"]), Normalizer(demos["proprio"])
     t0 = time.perf_counter()
-    feats = encode(encoder, demos["frames"])
+    feats = encode(encoder, demos["frames"]) if "features" in args.policies else None
     t_feat = time.perf_counter() - t0
-    n, cells, dim = feats.shape
+    n = len(demos["frames"])
+    cells, dim = encoder(demos["frames"][0]).shape
     targets = a_norm(demos["action"]).astype(np.float32)
     prop = p_norm(demos["proprio"]).astype(np.float32)
     spans = hindsight_spans(demos["episode"], args.goal_offset)
@@ -344,40 +350,32 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     k_feat, k_pix_head, k_cnn = jax.random.split(key, 3)
     width = 2 if goal_task else 1  # the goal's channels beside the frame's
 
-    # -- policy on frozen exported features
+    # -- the policy on frozen exported features, and the same head on a CNN trained from pixels
     def feat_apply(p, z, zg, pr):
         return apply_head(p, with_goal(z, zg), pr)
-
-    def feat_loss(p, batch):
-        x, g, pr, y = batch
-        return jnp.mean(jnp.abs(feat_apply(p, x, g, pr) - y))
-
-    t0 = time.perf_counter()
-    feat_params, feat_curve = train(feat_loss, init_head(k_feat, cells, width * dim, prop.shape[1]), batches(feats),
-                                    steps=args.steps, lr=args.lr, seed=args.seed)
-    t_feat_train = time.perf_counter() - t0
-
-    # -- the same head on a CNN trained from pixels, same budget
-    cnn_cells = (size // 8) ** 2
-    pix_params0 = {"cnn": init_cnn(k_cnn), "head": init_head(k_pix_head, cnn_cells, width * 64, prop.shape[1])}
 
     def pix_apply(p, x, xg, pr):
         return apply_head(p["head"], pixel_grid(p["cnn"], x, xg), pr)
 
-    def pix_loss(p, batch):
-        x, g, pr, y = batch
-        return jnp.mean(jnp.abs(pix_apply(p, x, g, pr) - y))
-
-    t0 = time.perf_counter()
-    pix_params, pix_curve = train(pix_loss, pix_params0, batches(demos["frames"]), steps=args.steps, lr=args.lr,
-                                  seed=args.seed)
-    t_pix_train = time.perf_counter() - t0
-
-    policies = {  # name -> (jitted apply, params, observation -> policy input, train curve, train s, encode s)
-        "features (frozen export)": (jax.jit(feat_apply), feat_params, lambda f: encoder(f), feat_curve,
-                                     t_feat_train, t_feat),
-        "pixels (CNN from scratch)": (jax.jit(pix_apply), pix_params, lambda f: f, pix_curve, t_pix_train, 0.0),
+    cnn_cells = (size // 8) ** 2
+    setups = {  # flag -> (name, apply, initial params, training inputs, observation -> policy input, encode s)
+        "features": ("features (frozen export)", feat_apply, init_head(k_feat, cells, width * dim, prop.shape[1]),
+                     feats, lambda f: encoder(f), t_feat),
+        "pixels": ("pixels (CNN from scratch)", pix_apply,
+                   {"cnn": init_cnn(k_cnn), "head": init_head(k_pix_head, cnn_cells, width * 64, prop.shape[1])},
+                   demos["frames"], lambda f: f, 0.0),
     }
+    policies = {}  # name -> (jitted apply, params, observation -> policy input, train curve, train s, encode s)
+    for flag in args.policies:
+        name, apply, params0, inputs, embed, t_embed = setups[flag]
+
+        def loss(p, batch, apply=apply):
+            x, g, pr, y = batch
+            return jnp.mean(jnp.abs(apply(p, x, g, pr) - y))
+
+        t0 = time.perf_counter()
+        params, curve = train(loss, params0, batches(inputs), steps=args.steps, lr=args.lr, seed=args.seed)
+        policies[name] = (jax.jit(apply), params, embed, curve, time.perf_counter() - t0, t_embed)
     results: dict[str, Any] = {}
     controllers = []
     for name, (apply, params, embed, curve, t_train, t_embed) in policies.items():
@@ -419,8 +417,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                                       budget=args.budget, image_size=size, progress=False)
         for name, r in rolled.items():
             results[name] = {**results.get(name, {}), **r}
-        feat_eps, pix_eps = (results[k]["episode_records"] for k in policies)
-        results["features vs pixels"] = paired(pix_eps, feat_eps)  # only_this: tasks only the features reach
+        if len(policies) == 2:
+            feat_eps, pix_eps = (results[k]["episode_records"] for k in policies)
+            results["features vs pixels"] = paired(pix_eps, feat_eps)  # only_this: tasks only the features reach
     else:
         results["scripted demonstrator"] = scripted_reference(episodes=args.episodes, budget=args.budget,
                                                               image_size=size, seed=args.seed)
@@ -439,7 +438,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
               f"{(f'{mae:.1f}' if mae is not None else '-'):>12s}{r['success_rate']:>9.2f}{f'[{lo:.2f}, {hi:.2f}]':>15s}"
               f"{r.get('reached_rate', r.get('reached_at_some_step', float('nan'))):>9.2f}"
               f"{r['mean_pos_error']:>9.1f}{r.get('train_s', float('nan')):>9.1f}")
-    if goal_task:
+    if "features vs pixels" in results:
         pair = results["features vs pixels"]
         print(f"  paired on {pair['tasks']} tasks: both {pair['both']}, pixels only {pair['only_first']}, "
               f"features only {pair['only_this']}, McNemar p = {pair['mcnemar_p']:.3f}")

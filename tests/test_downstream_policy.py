@@ -81,6 +81,9 @@ def test_goal_task_scores_wam_plan_tasks_with_references(tmp_path_factory, tmp_p
     assert saved["args"]["task"] == "goal" and "episode_records" in saved["results"]["hold still"]
 
 
-def test_goal_offset_is_validated():
-    with pytest.raises(SystemExit):
-        _example().parse_args(["--export=x", "--goal_offset=0"])
+def test_flags_are_validated():
+    dp = _example()
+    for bad in ("--goal_offset=0", "--policies=pixel", "--policies=,"):
+        with pytest.raises(SystemExit):
+            dp.parse_args(["--export=x", bad])
+    assert dp.parse_args(["--export=x", "--policies=features"]).policies == ["features"]
