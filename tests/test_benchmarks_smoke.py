@@ -359,9 +359,24 @@ def test_plan_outcomes_splits_failures_and_pairs_runs(tmp_path):
     first, second = out["rows"]
     assert (first["success"], first["never_pushed"], first["fail_angle_only"], first["fail_position_only"],
             first["fail_both"]) == (1, 1, 1, 1, 2)
-    assert second["paired_with_first_record"] == {"tasks": 4, "both": 1, "only_first": 0, "only_this": 2,
-                                                  "mcnemar_p": 0.5}
+    assert second["paired_with_reference"] == {"tasks": 4, "both": 1, "only_first": 0, "only_this": 2,
+                                               "mcnemar_p": 0.5}
     assert json.loads((tmp_path / "out.json").read_text())["benchmark"] == "plan_outcomes"
+    # Two seeds pooled (x is a under seed 0 and b under seed 1): a task seed counts once per seed;
+    # every row paired with the named reference.
+    seeds = [str(tmp_path / f"seed{k}.json") for k in (0, 1)]
+    for path, (x, y) in zip(seeds, ((a, b), (b, a)), strict=True):
+        with open(path, "w") as f:
+            json.dump({"results": {"x": {"episode_records": x}, "y": {"episode_records": y},
+                                   "x vs y": {"tasks": 4}}}, f)
+    pooled = plan_outcomes.main([*seeds, "--pool=2", "--reference=y"])["rows"]
+    assert [(r["controller"], r["tasks"], r["success"]) for r in pooled] == [("x", 10, 5), ("y", 10, 5)]
+    assert pooled[0]["paired_with_reference"] == {"tasks": 8, "both": 2, "only_first": 2, "only_this": 2,
+                                                  "mcnemar_p": 1.0}
+    assert "paired_with_reference" not in pooled[1]
+    for bad in ("--pool=3", "--reference=z"):
+        with pytest.raises(SystemExit):
+            plan_outcomes.main([*seeds, bad])
 
 
 def test_angle_upper_bound_smoke(tmp_path):
