@@ -13,9 +13,9 @@ no wam_jax model code) into a policy of your own, here written in plain JAX + op
 the per-cell linear sized so both flattened grids are `FLAT` wide (a pooled latent's one token gets
 all of it, an 8 x 8 grid 8 channels per cell),
 
-both fed the agent position (proprio) too, trained on the same PushT demonstrations with the same
-budget (steps, batch, optimizer, learning rate), then rolled out in the simulator from the same
-initial states. Two tasks:
+both fed the agent position (proprio; `--proprio=off` withholds it), trained on the same PushT
+demonstrations with the same budget (steps, batch, optimizer, learning rate), then rolled out in
+the simulator from the same initial states. Two tasks:
 
 - `--task=full` (default): PushT's own fixed goal from the env's random initial states; the
   scripted demonstrator on the same states is the reference.
@@ -122,12 +122,17 @@ def apply_cnn(layers: list[dict[str, jax.Array]], frames: jax.Array) -> jax.Arra
 
 
 class Normalizer:
-    def __init__(self, x: np.ndarray):
+    """Standardizes with the training set's statistics; `off` feeds zeros of the same shape (the
+    input withheld, the network unchanged)."""
+
+    def __init__(self, x: np.ndarray, *, off: bool = False):
         self.mean = x.mean(0)
         self.std = np.maximum(x.std(0), 1e-6)
+        self.off = off
 
     def __call__(self, x):
-        return (x - self.mean) / self.std
+        y = (x - self.mean) / self.std
+        return y * 0.0 if self.off else y
 
     def inverse(self, x):
         return x * self.std + self.mean
@@ -295,6 +300,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--task_seed", type=int, default=0, help="--task=goal: the tasks of `wam-plan --seed`")
     p.add_argument("--policies", default="features,pixels",
                    help="which policies to train (comma list); the pixel policy does not depend on --export")
+    p.add_argument("--proprio", choices=("on", "off"), default="on",
+                   help="off: the policies get no agent position (what the frames, or features, carry of it)")
     p.add_argument("--max_episodes", type=int, default=None)
     p.add_argument("--steps", type=int, default=1500, help="gradient steps for each policy (the shared budget)")
     p.add_argument("--batch_size", type=int, default=64)
@@ -327,7 +334,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     test = load_demos(args.test_data, size) if args.test_data else None
     print(f"{len(demos['frames'])} demonstration frames from {args.data}; encoder {encoder}; task {args.task}")
 
-    a_norm, p_norm = Normalizer(demos["action"]), Normalizer(demos["proprio"])
+    a_norm, p_norm = Normalizer(demos["action"]), Normalizer(demos["proprio"], off=args.proprio == "off")
     t0 = time.perf_counter()
     feats = encode(encoder, demos["frames"]) if "features" in args.policies else None
     t_feat = time.perf_counter() - t0

@@ -87,3 +87,5 @@ def test_flags_are_validated():
         with pytest.raises(SystemExit):
             dp.parse_args(["--export=x", bad])
     assert dp.parse_args(["--export=x", "--policies=features"]).policies == ["features"]
+    x = np.random.default_rng(0).normal(3.0, 2.0, (50, 2))
+    assert np.abs(dp.Normalizer(x)(x).mean(0)).max() < 1e-6 and not dp.Normalizer(x, off=True)(x).any()
