@@ -257,12 +257,10 @@ def pixel_grid(cnn: list[dict[str, jax.Array]], frames: jax.Array, goals: jax.Ar
 
 
 class PolicyController:
-    """A trained policy as a `launch.pusht_tasks` controller: one action per env step."""
+    """A trained policy as a `launch.pusht_tasks` controller: each action held `repeat` env steps."""
 
-    repeat = 1
-
-    def __init__(self, name: str, act, embed_goal):
-        self.name, self.act_fn, self.embed_goal, self.goal = name, act, embed_goal, None
+    def __init__(self, name: str, act, embed_goal, repeat: int = 1):
+        self.name, self.act_fn, self.embed_goal, self.goal, self.repeat = name, act, embed_goal, None, repeat
 
     def reset(self, task: Any) -> None:
         self.goal = self.embed_goal(task.goal_image)
@@ -302,6 +300,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="which policies to train (comma list); the pixel policy does not depend on --export")
     p.add_argument("--proprio", choices=("on", "off"), default="on",
                    help="off: the policies get no agent position (what the frames, or features, carry of it)")
+    p.add_argument("--loss", choices=("l1", "l2"), default="l1",
+                   help="regression loss on the normalized action (l2 averages the modes of mixed demonstrations)")
+    p.add_argument("--act_every", type=int, default=1,
+                   help="--task=goal: env steps each action is held (5: the planner's and the policy head's rate)")
     p.add_argument("--max_episodes", type=int, default=None)
     p.add_argument("--steps", type=int, default=1500, help="gradient steps for each policy (the shared budget)")
     p.add_argument("--batch_size", type=int, default=64)
@@ -313,6 +315,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(list(argv))
     if args.goal_offset < 1:
         p.error(f"--goal_offset={args.goal_offset}: must be at least 1")
+    if args.act_every < 1:
+        p.error(f"--act_every={args.act_every}: must be at least 1")
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     if not args.policies or set(args.policies) - {"features", "pixels"}:
         p.error(f"--policies={','.join(args.policies)!r}: expected a comma list of 'features' and 'pixels'")
@@ -378,7 +382,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
         def loss(p, batch, apply=apply):
             x, g, pr, y = batch
-            return jnp.mean(jnp.abs(apply(p, x, g, pr) - y))
+            err = apply(p, x, g, pr) - y
+            return jnp.mean(jnp.abs(err) if args.loss == "l1" else jnp.square(err))
 
         t0 = time.perf_counter()
         params, curve = train(loss, params0, batches(inputs), steps=args.steps, lr=args.lr, seed=args.seed)
@@ -386,7 +391,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     controllers = []
     for name, (apply, params, embed, curve, t_train, t_embed) in policies.items():
-        r: dict[str, Any] = {"final_train_l1": float(np.mean(curve[-50:])), "train_s": t_train,
+        r: dict[str, Any] = {"final_train_loss": float(np.mean(curve[-50:])), "train_s": t_train,
                              "feature_extraction_s": t_embed}
         if test is not None:
             xt = encode(encoder, test["frames"]) if name.startswith("features") else test["frames"]
@@ -407,7 +412,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             return a_norm.inverse(np.asarray(apply(params, embed(frame)[None], g, pr))[0])
 
         if goal_task:
-            controllers.append(PolicyController(name, act, embed))
+            controllers.append(PolicyController(name, act, embed, repeat=args.act_every))
         else:
             t0 = time.perf_counter()
             r.update(rollout_success(lambda f, a, act=act: act(f, a, None), episodes=args.episodes,
@@ -434,14 +439,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     print(f"\nBehaviour cloning on PushT ({args.task} task): {n} frames, {args.steps} steps x batch "
           f"{args.batch_size} per policy, {args.episodes} episodes x {args.budget} steps (no early stop), "
           f"DINO-WM success rule")
-    print(f"  {'policy':<28s}{'train L1':>9s}{'test MAE px':>12s}{'success':>9s}{'95% interval':>15s}{'reached':>9s}"
+    print(f"  {'policy':<28s}{'train loss':>11s}{'test MAE px':>12s}{'success':>9s}{'95% interval':>15s}{'reached':>9s}"
           f"{'pos err':>9s}{'train s':>9s}")
     for name, r in results.items():
         if "success_rate" not in r:
             continue
         mae = r.get("heldout_action_mae_px")
         lo, hi = r.get("success_ci95", (float("nan"), float("nan")))
-        print(f"  {name:<28s}{r.get('final_train_l1', float('nan')):>9.3f}"
+        print(f"  {name:<28s}{r.get('final_train_loss', float('nan')):>11.3f}"
               f"{(f'{mae:.1f}' if mae is not None else '-'):>12s}{r['success_rate']:>9.2f}{f'[{lo:.2f}, {hi:.2f}]':>15s}"
               f"{r.get('reached_rate', r.get('reached_at_some_step', float('nan'))):>9.2f}"
               f"{r['mean_pos_error']:>9.1f}{r.get('train_s', float('nan')):>9.1f}")

@@ -98,15 +98,17 @@ class PolicyHeadController:
         return self.space.to_env_steps(chunk[: self.execute])
 
 
-WARM_STARTS = ("previous", "policy")
+WARM_STARTS = ("previous", "policy", "demonstration")
 
 
 class PlannerController:
     """Latent CEM/MPPI with receding horizon and warm starts; records the time of each plan.
 
-    `warm_start`: 'previous' (the last plan shifted by the executed actions) or 'policy' (every
+    `warm_start`: 'previous' (the last plan shifted by the executed actions), 'policy' (every
     plan starts from the goal-conditioned policy head's chunk, padded with its last action to
-    the horizon). Returns one action per env step (`ActionSpace.to_env_steps`)."""
+    the horizon) or 'demonstration' (from the task's own demonstration actions still ahead, its
+    last one held: an oracle start that measures whether the energy keeps a solution it is handed,
+    not a planner to report). Returns one action per env step (`ActionSpace.to_env_steps`)."""
 
     repeat = 1
 
@@ -115,8 +117,8 @@ class PlannerController:
                  cost: str = "latent", scene_basis: Any = None, cost_steps: str = "last"):
         if warm_start not in WARM_STARTS:
             raise ValueError(f"--warm_start={warm_start!r}; expected one of {WARM_STARTS}")
-        if decoder is not None and warm_start == "policy" and decoder.encode is None:
-            raise ValueError(f"--warm_start=policy: the search {decoder.name!r} cannot start from actions")
+        if decoder is not None and warm_start != "previous" and decoder.encode is None:
+            raise ValueError(f"--warm_start={warm_start}: the search {decoder.name!r} cannot start from actions")
         self.decoder, self.cost, self.scene_basis, self.cost_steps = decoder, cost, scene_basis, cost_steps
         self.wm, self.config, self.execute, self.seed, self.name = wm, config, int(execute), seed, name
         self.warm_start = warm_start
@@ -124,13 +126,17 @@ class PlannerController:
         self.space = wm.action_space()
         self.goal = None
         self.prev = None
+        self.demo = None
         self.times: list[float] = []
         self.key = None
 
     def reset(self, task: PushTTask) -> None:
         import jax
 
+        if self.warm_start == "demonstration" and task.demo_actions is None:
+            raise ValueError(f"--warm_start=demonstration: task {task.seed} has no demonstration actions")
         self.goal = self.wm.encode(task.goal_image)
+        self.demo = task.demo_actions
         self.prev = None
         self.key = jax.random.key(self.seed * 1_000_003 + task.seed)
 
@@ -146,8 +152,13 @@ class PlannerController:
         if self.warm_start == "policy":
             chunk = np.asarray(self.wm.policy(z, self.goal), np.float32)[: self.config.horizon]
             init = np.concatenate([chunk, np.repeat(chunk[-1:], self.config.horizon - len(chunk), axis=0)])
-            if self.decoder is not None:
-                init = self.decoder.encode(init, np.asarray(agent, np.float32))
+        elif self.warm_start == "demonstration":
+            need = self.config.horizon * self.space.frame_stride
+            ahead = np.asarray(self.demo[min(step, len(self.demo) - 1):][:need], np.float32)
+            ahead = np.concatenate([ahead, np.repeat(ahead[-1:], need - len(ahead), axis=0)])
+            init = self.space.from_env_steps(ahead).astype(np.float32)
+        if self.warm_start != "previous" and self.decoder is not None:
+            init = self.decoder.encode(init, np.asarray(agent, np.float32))
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,
                                    context_proprio=agent if self.context_proprio else None,
                                    decoder=self.decoder, anchor=np.asarray(agent, np.float32), cost=self.cost,
@@ -230,7 +241,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "(default: the first dataset of the model's training mixture)")
     p.add_argument("--scene_frames", type=int, default=2048, help="--cost=scene: frames sampled to fit them")
     p.add_argument("--warm_start", default="previous", choices=list(WARM_STARTS),
-                   help="CEM's initial mean: the previous plan shifted, or the policy head's chunk")
+                   help="CEM's initial mean: the previous plan shifted, the policy head's chunk, or the task's "
+                        "demonstration actions still ahead (an oracle start: does the energy keep a solution?)")
     p.add_argument("--context_proprio", default="on", choices=["on", "off"],
                    help="give the planner's rollouts the agent position at the current frame (the "
                         "predictor trains with proprio beside every observed frame); off: latents only")
@@ -298,7 +310,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
     # The agent position is PushT's proprio; a model trained without proprio plans on latents alone.
     use_proprio = args.context_proprio == "on" and space.proprio_dim > 0 and space.proprio_mean is not None
-    name = (f"planner ({args.preset}{', policy warm start' if args.warm_start == 'policy' else ''}"
+    name = (f"planner ({args.preset}{f', {args.warm_start} warm start' if args.warm_start != 'previous' else ''}"
             f"{', latents only' if not use_proprio else ''})")
     decoder = walk_decoder(space, args.walk_step_px) if args.actions == "walk" else None
     if decoder is not None:

@@ -83,7 +83,7 @@ def test_goal_task_scores_wam_plan_tasks_with_references(tmp_path_factory, tmp_p
 
 def test_flags_are_validated():
     dp = _example()
-    for bad in ("--goal_offset=0", "--policies=pixel", "--policies=,"):
+    for bad in ("--goal_offset=0", "--policies=pixel", "--policies=,", "--act_every=0"):
         with pytest.raises(SystemExit):
             dp.parse_args(["--export=x", bad])
     assert dp.parse_args(["--export=x", "--policies=features"]).policies == ["features"]

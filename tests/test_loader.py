@@ -252,6 +252,7 @@ def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
     np.testing.assert_allclose(norm[0, :6], ((robot_units.reshape(2, 3) - mean) / std).reshape(-1), rtol=1e-6)
     np.testing.assert_allclose(space.denormalize(norm), robot_units, rtol=1e-6)
     np.testing.assert_array_equal(space.to_env_steps(robot_units), [[3.0, 4.0, 0.6], [6.0, 7.0, 0.9]])
+    np.testing.assert_array_equal(space.from_env_steps(space.to_env_steps(robot_units)), robot_units)
     low, high = space.step_box()  # one recorded action's box (the fixture has no quantiles: mean ± 2 std)
     np.testing.assert_allclose(low, np.subtract(mean, 2 * np.asarray(std)))
     np.testing.assert_allclose(high, np.add(mean, 2 * np.asarray(std)))
@@ -271,6 +272,11 @@ def test_reduced_actions_execute_as_the_stride_they_sum(tmp_path):
     assert space.stride == 2 and space.chunk == 1 and list(space.is_delta) == [True, True, False]
     steps = space.to_env_steps(np.array([[3.0, -4.0, 0.6], [1.0, 2.0, -0.2]]))
     np.testing.assert_allclose(steps, [[1.5, -2.0, 0.6], [1.5, -2.0, 0.6], [0.5, 1.0, -0.2], [0.5, 1.0, -0.2]])
+    # Back to model actions as the loader reduces recorded steps: deltas summed, absolute dims' last.
+    np.testing.assert_allclose(space.from_env_steps(steps), [[3.0, -4.0, 0.6], [1.0, 2.0, -0.2]])
+    np.testing.assert_allclose(space.from_env_steps([[1, 1, 0.1], [2, 3, 0.7]]), [[3, 4, 0.7]])
+    with pytest.raises(ValueError, match="whole number"):
+        space.from_env_steps(steps[:3])
 
 
 def test_eval_view_is_deterministic_center_crop(tmp_path):

@@ -276,6 +276,26 @@ def test_wam_plan_cli_on_a_tiny_workdir(tmp_path_factory, capsys, monkeypatch) -
     assert record["actions"] == "walk" and record["cost_steps"] == "all" and steps_seen == ["all", "all"]
     assert record["results"]["planner (dino_wm, policy warm start, walk 50 px, latent cost on all steps)"][
         "num_plans"] == 2
+    # The oracle start: each plan begins at the demonstration's actions still ahead, as model actions.
+    inits = []
+
+    def spy_init(self, *args, **kwargs):
+        inits.append(np.asarray(kwargs["init_mean"]))
+        return plan_latents(self, *args, **kwargs)
+
+    monkeypatch.setattr(WorldModel, "plan_latents", spy_init)
+    record = plan.main(["pusht", f"--workdir={workdir}", "--episodes=1", "--budget=2", "--samples=8",
+                        "--iterations=1", "--horizon=3", "--devices=1", "--baselines=none",
+                        "--warm_start=demonstration", f"--output={out}"])
+    assert record["results"]["planner (dino_wm, demonstration warm start)"]["num_plans"] == len(inits)
+    from launch.pusht_tasks import make_tasks
+
+    wm = WorldModel.load(workdir)
+    space = wm.action_space()
+    (task,) = make_tasks(1, image_size=wm.image_size)
+    assert 3 * space.frame_stride <= len(task.demo_actions)
+    np.testing.assert_allclose(inits[0], space.from_env_steps(task.demo_actions[:3 * space.frame_stride]),
+                               rtol=1e-6)
 
 
 def test_probe_pusht_on_a_tiny_workdir(tmp_path_factory) -> None:
