@@ -156,7 +156,7 @@ class PlannerController:
             need = self.config.horizon * self.space.frame_stride
             ahead = np.asarray(self.demo[min(step, len(self.demo) - 1):][:need], np.float32)
             ahead = np.concatenate([ahead, np.repeat(ahead[-1:], need - len(ahead), axis=0)])
-            init = self.space.from_env_steps(ahead).astype(np.float32)
+            init = self.space.from_env_steps(ahead)
         if self.warm_start != "previous" and self.decoder is not None:
             init = self.decoder.encode(init, np.asarray(agent, np.float32))
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,

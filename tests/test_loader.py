@@ -252,7 +252,7 @@ def test_chunked_stride_actions_feed_every_recorded_action(tmp_path):
     np.testing.assert_allclose(norm[0, :6], ((robot_units.reshape(2, 3) - mean) / std).reshape(-1), rtol=1e-6)
     np.testing.assert_allclose(space.denormalize(norm), robot_units, rtol=1e-6)
     np.testing.assert_array_equal(space.to_env_steps(robot_units), [[3.0, 4.0, 0.6], [6.0, 7.0, 0.9]])
-    np.testing.assert_array_equal(space.from_env_steps(space.to_env_steps(robot_units)), robot_units)
+    np.testing.assert_allclose(space.from_env_steps(space.to_env_steps(robot_units)), robot_units, rtol=1e-6)
     low, high = space.step_box()  # one recorded action's box (the fixture has no quantiles: mean ± 2 std)
     np.testing.assert_allclose(low, np.subtract(mean, 2 * np.asarray(std)))
     np.testing.assert_allclose(high, np.add(mean, 2 * np.asarray(std)))

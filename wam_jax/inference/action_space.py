@@ -85,17 +85,19 @@ class ActionSpace:
 
     def from_env_steps(self, steps: ArrayLike) -> np.ndarray:
         """One action per recorded step `[n * frame_stride, dim / chunk]` -> model actions `[n, dim]`
-        (robot units), as the loader forms them: a chunk concatenated in time; reduced, the stride's
-        delta dims summed and its absolute dims' last value. `to_env_steps`' inverse."""
-        a = np.asarray(steps)
+        (robot units), by the loader's own rule (`transforms.transition_actions`: a chunk
+        concatenated in time; reduced, the stride's delta dims summed and absolute dims' last).
+        `to_env_steps`' inverse."""
+        from data_pipelines import transforms
+
+        a = np.asarray(steps, np.float32)
         n = a.shape[0] // self.frame_stride
         if n * self.frame_stride != a.shape[0]:
             raise ValueError(f"{a.shape[0]} recorded steps are not a whole number of model actions "
                              f"({self.frame_stride} recorded steps each)")
-        if self.chunk > 1:
-            return a.reshape(n, self.dim)
-        per = a.reshape(n, self.stride, self.dim)
-        return np.where(self.is_delta[: self.dim], per.sum(axis=1), per[:, -1])
+        raw = self.dim // self.chunk
+        return transforms.transition_actions(a, np.arange(n + 1) * self.frame_stride, self.frame_stride,
+                                             np.asarray(self.is_delta[:raw]), chunk=self.chunk > 1)
 
     def normalize(self, actions: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Robot-unit actions `[..., dim]` -> (normalized `[..., model_dim]`, mask `[..., model_dim]`)."""
