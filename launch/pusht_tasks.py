@@ -44,7 +44,9 @@ def make_tasks(num: int, *, image_size: int, goal_offset: int = 25, seed: int = 
     """`num` start/goal pairs: a scripted demonstration's state at t=0 and at t=goal_offset.
 
     Pairs whose start already satisfies the success rule (the block barely moved) are skipped, so
-    doing nothing never counts as success; the next seed is tried instead (deterministically).
+    no task is solved at its first frame; the next seed is tried instead (deterministically). A
+    start just outside the rule can still end inside it without a plan (holding still solves 1 of
+    the first 50: the agent's contact settles the block), so hold still is reported beside.
     """
     from sim import pusht
     from sim.rollouts import rollout
