@@ -371,7 +371,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     cnn_cells = (size // 8) ** 2
     setups = {  # flag -> (name, apply, initial params, training inputs, observation -> policy input, encode s)
         "features": ("features (frozen export)", feat_apply, init_head(k_feat, cells, width * dim, prop.shape[1]),
-                     feats, lambda f: encoder(f), t_feat),
+                     feats, encoder, t_feat),
         "pixels": ("pixels (CNN from scratch)", pix_apply,
                    {"cnn": init_cnn(k_cnn), "head": init_head(k_pix_head, cnn_cells, width * 64, prop.shape[1])},
                    demos["frames"], lambda f: f, 0.0),
