@@ -161,10 +161,11 @@ def train(loss_fn, params: Any, sample_batch, *, steps: int, lr: float, seed: in
 # Rollouts
 
 
-def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
-    """Runs `act_fn(frame uint8, agent_pos) -> action (px)` from the env's random initial states
-    (seeds EVAL_SEED_BASE + seed * 1000 + i) for exactly `budget` steps; DINO-WM success at the end."""
-    from launch.pusht_tasks import observe
+def _full_task_episodes(new_actor, *, episodes: int, budget: int, seed: int) -> dict[str, Any]:
+    """Episodes from the env's random initial states (seeds EVAL_SEED_BASE + seed * 1000 + i), each
+    exactly `budget` steps of `new_actor()`'s `(env, goal pose) -> action (px)`; DINO-WM success at
+    the end, summarized as `wam-plan`'s harness does."""
+    from launch.pusht_tasks import step_env, summarize
     from sim import pusht
     from sim.success import is_success, pose_error
 
@@ -173,55 +174,41 @@ def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed
     try:
         for i in range(episodes):
             env.reset(seed=EVAL_SEED_BASE + seed * 1000 + i)
-            goal = pusht.goal_pose(env)
-            reached = False
+            actor, goal, reached = new_actor(), pusht.goal_pose(env), False
             for _ in range(budget):
-                a = act_fn(observe(env, image_size), pusht.get_state(env)[:2])
-                env.step(np.clip(np.asarray(a, np.float64), 0.0, 512.0).astype(np.float32))
+                step_env(env, np.asarray(actor(env, goal), np.float64))
                 reached = reached or is_success(pusht.block_pose(env), goal)
             pos, ang = pose_error(pusht.block_pose(env), goal)
-            out.append({"success": is_success(pusht.block_pose(env), goal), "reached": reached,
+            out.append({"success": is_success(pusht.block_pose(env), goal), "reached_at_some_step": reached,
                         "pos_error": pos, "angle_error": ang})
     finally:
         env.close()
-    return summarize_episodes(out)
+    return summarize(out)
 
 
-def summarize_episodes(out: list[dict[str, Any]]) -> dict[str, Any]:
-    from launch.pusht_tasks import wilson_interval
+def rollout_success(act_fn, *, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
+    """`act_fn(frame uint8, agent_pos) -> action (px)` on the full task."""
+    from launch.pusht_tasks import observe
+    from sim import pusht
 
-    return {"success_rate": float(np.mean([e["success"] for e in out])),
-            "success_ci95": wilson_interval(sum(bool(e["success"]) for e in out), len(out)),
-            "reached_rate": float(np.mean([e["reached"] for e in out])),
-            "mean_pos_error": float(np.mean([e["pos_error"] for e in out])),
-            "mean_angle_error": float(np.mean([e["angle_error"] for e in out]))}
+    def actor(env, goal):
+        return act_fn(observe(env, image_size), pusht.get_state(env)[:2])
+
+    return _full_task_episodes(lambda: actor, episodes=episodes, budget=budget, seed=seed)
 
 
-def scripted_reference(*, episodes: int, budget: int, image_size: int, seed: int = 0) -> dict[str, Any]:
+def scripted_reference(*, episodes: int, budget: int, seed: int = 0) -> dict[str, Any]:
     """The demonstrator itself on the same initial states (an upper reference for BC)."""
     from sim import pusht
     from sim.scripted_policy import PolicyParams, ScriptedPushPolicy
-    from sim.success import is_success, pose_error
 
     rng = np.random.default_rng(seed)
-    env = pusht.make_env(pusht.RENDER_SIZE, obs_type="state")
-    out = []
-    try:
-        for i in range(episodes):
-            env.reset(seed=EVAL_SEED_BASE + seed * 1000 + i)
-            policy = ScriptedPushPolicy(rng, PolicyParams.sample(rng))  # reads the true state
-            goal = pusht.goal_pose(env)
-            reached = False
-            for _ in range(budget):
-                env.step(policy.act(pusht.get_state(env), goal))
-                reached = reached or is_success(pusht.block_pose(env), goal)
-            pos, ang = pose_error(pusht.block_pose(env), goal)
-            out.append({"success": is_success(pusht.block_pose(env), goal), "reached": reached,
-                        "pos_error": pos, "angle_error": ang})
-    finally:
-        env.close()
-    del image_size
-    return summarize_episodes(out)
+
+    def new_actor():
+        policy = ScriptedPushPolicy(rng, PolicyParams.sample(rng))  # reads the true state
+        return lambda env, goal: policy.act(pusht.get_state(env), goal)
+
+    return _full_task_episodes(new_actor, episodes=episodes, budget=budget, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,10 +263,10 @@ class DemoReplayController:
     name, repeat = "demonstration replay", 1
 
     def reset(self, task: Any) -> None:
-        self.actions = np.asarray(task.demo_actions, np.float64)
+        self.task = task
 
     def act(self, frame: np.ndarray, step: int, agent: np.ndarray) -> np.ndarray:
-        return self.actions[min(step, len(self.actions) - 1)][None]
+        return self.task.demo_ahead(step, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,7 +421,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             results["features vs pixels"] = paired(pix_eps, feat_eps)  # only_this: tasks only the features reach
     else:
         results["scripted demonstrator"] = scripted_reference(episodes=args.episodes, budget=args.budget,
-                                                              image_size=size, seed=args.seed)
+                                                              seed=args.seed)
 
     print(f"\nBehaviour cloning on PushT ({args.task} task): {n} frames, {args.steps} steps x batch "
           f"{args.batch_size} per policy, {args.episodes} episodes x {args.budget} steps (no early stop), "
@@ -448,7 +435,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         lo, hi = r.get("success_ci95", (float("nan"), float("nan")))
         print(f"  {name:<28s}{r.get('final_train_loss', float('nan')):>11.3f}"
               f"{(f'{mae:.1f}' if mae is not None else '-'):>12s}{r['success_rate']:>9.2f}{f'[{lo:.2f}, {hi:.2f}]':>15s}"
-              f"{r.get('reached_rate', r.get('reached_at_some_step', float('nan'))):>9.2f}"
+              f"{r['reached_at_some_step']:>9.2f}"
               f"{r['mean_pos_error']:>9.1f}{r.get('train_s', float('nan')):>9.1f}")
     if "features vs pixels" in results:
         pair = results["features vs pixels"]

@@ -126,7 +126,7 @@ class PlannerController:
         self.space = wm.action_space()
         self.goal = None
         self.prev = None
-        self.demo = None
+        self.task = None
         self.times: list[float] = []
         self.key = None
 
@@ -136,7 +136,7 @@ class PlannerController:
         if self.warm_start == "demonstration" and task.demo_actions is None:
             raise ValueError(f"--warm_start=demonstration: task {task.seed} has no demonstration actions")
         self.goal = self.wm.encode(task.goal_image)
-        self.demo = task.demo_actions
+        self.task = task
         self.prev = None
         self.key = jax.random.key(self.seed * 1_000_003 + task.seed)
 
@@ -153,10 +153,7 @@ class PlannerController:
             chunk = np.asarray(self.wm.policy(z, self.goal), np.float32)[: self.config.horizon]
             init = np.concatenate([chunk, np.repeat(chunk[-1:], self.config.horizon - len(chunk), axis=0)])
         elif self.warm_start == "demonstration":
-            need = self.config.horizon * self.space.frame_stride
-            ahead = np.asarray(self.demo[min(step, len(self.demo) - 1):][:need], np.float32)
-            ahead = np.concatenate([ahead, np.repeat(ahead[-1:], need - len(ahead), axis=0)])
-            init = self.space.from_env_steps(ahead)
+            init = self.space.from_env_steps(self.task.demo_ahead(step, self.config.horizon * self.space.frame_stride))
         if self.warm_start != "previous" and self.decoder is not None:
             init = self.decoder.encode(init, np.asarray(agent, np.float32))
         res = self.wm.plan_latents(z, self.goal, preset=self.config, key=sub, init_mean=init,

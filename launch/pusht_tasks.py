@@ -31,6 +31,14 @@ class PushTTask:
     def goal_pose(self) -> np.ndarray:
         return self.goal_state[2:]
 
+    def demo_ahead(self, step: int, n: int) -> np.ndarray:
+        """The demonstration's `n` actions from env step `step` on, its last one held past its end
+        ([n, 2]): replayed from the start they reach the goal."""
+        if self.demo_actions is None:
+            raise ValueError(f"task {self.seed} has no demonstration actions")
+        ahead = np.asarray(self.demo_actions[min(step, len(self.demo_actions) - 1):][:n], np.float32)
+        return np.concatenate([ahead, np.repeat(ahead[-1:], n - len(ahead), axis=0)])
+
 
 def observe(env: Any, image_size: int) -> np.ndarray:
     """The frame as the training data saw it (`sim.pusht.to_model_size` of the render)."""
