@@ -66,6 +66,10 @@ class Episode:
     # A state the robot does not sense, recorded by a simulator (PushT: the block's pose): a
     # training target and probe ground truth, never a model input.
     privileged: np.ndarray | None = None  # float32 [T, K]
+    # Each frame's latent in the space of the model that generated the episode (`wam-synth
+    # --latents`: the imagined latents themselves), so a consumer of that model's encoder can
+    # train on them without the decoder's round trip.
+    latent: np.ndarray | None = None  # float32 [T, ...]
     wrist_frames: list[bytes] = field(default_factory=list)
     language: str = ""
     narrations: list[dict[str, Any]] = field(default_factory=list)
@@ -95,6 +99,8 @@ def serialize_episode(ep: Episode, ref: FrameRef) -> bytes:
                 f"episode {ep.episode_id!r}: {name} has shape {arr.shape}, expected [{n}, D] "
                 f"(one row per frame)"
             )
+    if ep.latent is not None and (ep.latent.ndim < 2 or ep.latent.shape[0] != n):
+        raise ValueError(f"episode {ep.episode_id!r}: latent has shape {ep.latent.shape}, expected [{n}, ...]")
     return msgpack.packb(
         {
             "episode_id": ep.episode_id,
@@ -105,6 +111,7 @@ def serialize_episode(ep: Episode, ref: FrameRef) -> bytes:
             "action": encode_array(None if ep.action is None else ep.action.astype(np.float32)),
             "proprio": encode_array(None if ep.proprio is None else ep.proprio.astype(np.float32)),
             "privileged": encode_array(None if ep.privileged is None else ep.privileged.astype(np.float32)),
+            "latent": encode_array(None if ep.latent is None else ep.latent.astype(np.float32)),
             "language": ep.language,
             "narrations": list(ep.narrations),
             "fps": float(ep.fps),
@@ -129,6 +136,7 @@ def deserialize_episode(data: bytes) -> Episode:
         action=decode_array(d.get("action")),
         proprio=decode_array(d.get("proprio")),
         privileged=decode_array(d.get("privileged")),
+        latent=decode_array(d.get("latent")),
         language=d.get("language", ""),
         narrations=d.get("narrations") or [],
         fps=float(d.get("fps", 10.0)),

@@ -26,6 +26,11 @@ the simulator from the same initial states. Two tasks:
   1..`--goal_offset` steps later in the same episode). References: holding still and replaying the
   demonstration's own actions open loop; features and pixels are paired on the tasks (McNemar).
 
+`--synthetic=DIR[:WEIGHT]` (with `--task=goal`, the features policy, `--proprio=off`) adds VAG's
+generated pairs: a `wam-synth --latents` dataset of the export's own model, whose imagined latents
+train the features policy beside the demonstrations' (a WEIGHT share of every batch, default 0.5);
+the labels then follow the synthetic episodes' stride (`--label_stride`, `policy_data.py`).
+
 Reported per policy: held-out action MAE (robot units, px), success by the DINO-WM rule at the end
 of a fixed step budget (no early stop) with its 95 % interval, how often the goal was reached at
 some step, and wall time.
@@ -34,7 +39,6 @@ some step, and wall time.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -47,37 +51,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the example's data module beside it
+from policy_data import goal_batch, hindsight_spans, load_demos, load_synthetic, sample_hindsight  # noqa: E402
+
 EVAL_SEED_BASE = 950_000  # disjoint from the demo's data seeds and from wam-plan's tasks
 FLAT = 512  # width of the flattened per-cell projection, for every policy
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
-
-
-def load_demos(path: str, image_size: int, max_episodes: int | None = None) -> dict[str, np.ndarray]:
-    """Frames (uint8, resized to `image_size`), actions and proprio of a converted PushT dataset."""
-    from PIL import Image
-
-    from data_pipelines import records
-
-    info = records.read_dataset_info(path)
-    if not info.get("action_dim"):
-        raise ValueError(f"{path}: dataset has no actions (kind {info.get('kind')!r}); pass a labeled PushT dataset")
-    frames, actions, proprio, episode = [], [], [], []
-    for i, ep in enumerate(records.iter_episodes(records.shard_paths(path, info))):
-        if max_episodes is not None and i >= max_episodes:
-            break
-        for jpeg in ep.frames:
-            img = Image.open(io.BytesIO(jpeg)).convert("RGB")
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-            frames.append(np.asarray(img, np.uint8))
-        actions.append(ep.action)
-        proprio.append(ep.proprio if ep.proprio is not None else np.zeros((len(ep), 2), np.float32))
-        episode += [i] * len(ep)
-    return {"frames": np.stack(frames), "action": np.concatenate(actions).astype(np.float32),
-            "proprio": np.concatenate(proprio).astype(np.float32), "episode": np.asarray(episode)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,21 +193,6 @@ def scripted_reference(*, episodes: int, budget: int, seed: int = 0) -> dict[str
 # Goal-conditioned policies on wam-plan's tasks
 
 
-def hindsight_spans(episode: np.ndarray, max_offset: int) -> np.ndarray:
-    """Per frame, the largest goal offset inside its own episode (0 for an episode's last frame).
-
-    `episode` holds each frame's episode index, frames of one episode contiguous (`load_demos`)."""
-    last = np.searchsorted(episode, episode, side="right") - 1
-    return np.minimum(max_offset, last - np.arange(len(episode)))
-
-
-def sample_hindsight(rng: np.random.Generator, spans: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`size` (frame, goal frame) index pairs: the goal 1..span steps later in the same episode."""
-    valid = np.flatnonzero(spans > 0)
-    idx = valid[rng.integers(0, len(valid), size)]
-    return idx, idx + rng.integers(1, spans[idx] + 1)
-
-
 def with_goal(grid: jax.Array, goal_grid: jax.Array | None) -> jax.Array:
     """The goal's grid concatenated to the current one on every cell's channels."""
     return grid if goal_grid is None else jnp.concatenate([grid, goal_grid], axis=-1)
@@ -292,6 +255,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--act_every", type=int, default=1,
                    help="--task=goal: env steps each action is held (5: the planner's and the policy head's rate)")
     p.add_argument("--max_episodes", type=int, default=None)
+    p.add_argument("--label_stride", type=int, default=1,
+                   help="each frame's action reduced over this many recorded steps from it (the loader's rule)")
+    p.add_argument("--synthetic", default=None,
+                   help="--task=goal: DIR[:WEIGHT], a `wam-synth --latents` dataset mixed into the features "
+                        "policy's batches at WEIGHT (default 0.5)")
     p.add_argument("--steps", type=int, default=1500, help="gradient steps for each policy (the shared budget)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -304,9 +272,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(f"--goal_offset={args.goal_offset}: must be at least 1")
     if args.act_every < 1:
         p.error(f"--act_every={args.act_every}: must be at least 1")
+    if args.label_stride < 1:
+        p.error(f"--label_stride={args.label_stride}: must be at least 1")
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     if not args.policies or set(args.policies) - {"features", "pixels"}:
         p.error(f"--policies={','.join(args.policies)!r}: expected a comma list of 'features' and 'pixels'")
+    if args.synthetic:
+        path, _, weight = args.synthetic.partition(":")
+        try:
+            args.synthetic_weight = float(weight or 0.5)
+        except ValueError:
+            args.synthetic_weight = -1.0
+        if not 0.0 < args.synthetic_weight < 1.0:
+            p.error(f"--synthetic={args.synthetic}: WEIGHT must be a number between 0 and 1")
+        args.synthetic = path
+        for flag, ok in (("--task=goal", args.task == "goal"), ("--policies=features", args.policies == ["features"]),
+                         ("--proprio=off", args.proprio == "off")):
+            if not ok:  # latents of action-free starts: goal-conditioned, features only, no proprio
+                p.error(f"--synthetic needs {flag}")
     return args
 
 
@@ -321,8 +304,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     goal_task = args.task == "goal"
     encoder = wam_jax.load_encoder(args.export)  # the exported artifact: jax + safetensors only
     size = int(encoder.preprocessing["resize"]["size"][0])
-    demos = load_demos(args.data, size, args.max_episodes)
-    test = load_demos(args.test_data, size) if args.test_data else None
+    demos = load_demos(args.data, size, args.max_episodes, args.label_stride)
+    test = load_demos(args.test_data, size, label_stride=args.label_stride) if args.test_data else None
     print(f"{len(demos['frames'])} demonstration frames from {args.data}; encoder {encoder}; task {args.task}")
 
     a_norm, p_norm = Normalizer(demos["action"]), Normalizer(demos["proprio"], off=args.proprio == "off")
@@ -334,12 +317,20 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     targets = a_norm(demos["action"]).astype(np.float32)
     prop = p_norm(demos["proprio"]).astype(np.float32)
     spans = hindsight_spans(demos["episode"], args.goal_offset)
+    syn = None
+    if args.synthetic:
+        syn = load_synthetic(args.synthetic, encoder, image_size=size, label_stride=args.label_stride,
+                             demo_fps=demos["fps"], action_dim=demos["action"].shape[1])
+        mix = (syn["latent"], a_norm(syn["action"]).astype(np.float32),
+               hindsight_spans(syn["episode"], args.goal_offset // args.label_stride))
+        print(f"{len(syn['latent'])} synthetic frames from {args.synthetic} (start latents re-encode "
+              f"{syn['start_gap']:.3f} apart), {args.synthetic_weight:g} of every features batch")
 
-    def batches(x_source):
+    def batches(x_source, synthetic: tuple[np.ndarray, ...] | None = None):
         def sample(rng):
             if goal_task:
-                idx, goal = sample_hindsight(rng, spans, args.batch_size)
-                return x_source[idx], x_source[goal], prop[idx], targets[idx]
+                return goal_batch(rng, args.batch_size, (x_source, prop, targets, spans), synthetic,
+                                  args.synthetic_weight if synthetic is not None else 0.0)
             idx = rng.integers(0, n, args.batch_size)
             return x_source[idx], None, prop[idx], targets[idx]
         return sample
@@ -373,13 +364,17 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             return jnp.mean(jnp.abs(err) if args.loss == "l1" else jnp.square(err))
 
         t0 = time.perf_counter()
-        params, curve = train(loss, params0, batches(inputs), steps=args.steps, lr=args.lr, seed=args.seed)
+        params, curve = train(loss, params0, batches(inputs, mix if syn is not None and flag == "features" else None),
+                              steps=args.steps, lr=args.lr, seed=args.seed)
         policies[name] = (jax.jit(apply), params, embed, curve, time.perf_counter() - t0, t_embed)
     results: dict[str, Any] = {}
     controllers = []
     for name, (apply, params, embed, curve, t_train, t_embed) in policies.items():
         r: dict[str, Any] = {"final_train_loss": float(np.mean(curve[-50:])), "train_s": t_train,
                              "feature_extraction_s": t_embed}
+        if syn is not None and name.startswith("features"):
+            r["synthetic"] = {"path": args.synthetic, "weight": args.synthetic_weight, "frames": len(syn["latent"]),
+                              "start_gap": syn["start_gap"]}
         if test is not None:
             xt = encode(encoder, test["frames"]) if name.startswith("features") else test["frames"]
             if goal_task:  # one hindsight goal per frame, drawn the same way for every policy

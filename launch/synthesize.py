@@ -14,6 +14,12 @@ start frames of a converted dataset, typically action-free video, into labeled e
    reduced as the loader reduces a stride (delta dims summed, absolute dims the last recorded
    step); no proprio (the video has none).
 
+`--latents` also stores each frame's latent in the episode (`records.Episode.latent`): the
+imagined latents themselves (the start frame's encoding first), or the recorded frames' encodings
+under `--frames=recorded`. A consumer of this model's encoder (its export) then trains on the
+pairs as generated, without the decoder's round trip (`benchmarks/synthetic_pairs.py` measures
+what that round trip loses).
+
 `--frames=recorded` is the control that isolates the generated frames: the source's own frames
 at the model's stride, each labeled with the model's inverse-dynamics head (the action between it
 and the next frame), VPT-style pseudo-labels; it needs neither flow head nor decoder.
@@ -53,6 +59,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--frames", default="generated", choices=["generated", "recorded"],
                    help="generated: decoded imagined frames, flow-head actions; recorded: the source's frames, "
                         "inverse-dynamics actions (the control)")
+    p.add_argument("--latents", action="store_true",
+                   help="also store each frame's latent (the imagined one; encoded for real frames)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_level", default="INFO")
     return p.parse_args(argv)
@@ -82,43 +90,49 @@ def recorded_rate(space: Any, model_actions: np.ndarray) -> np.ndarray:
 
 
 def generate_episodes(wm: Any, starts: np.ndarray, goals: np.ndarray, *, steps: int, seed: int, batch: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(frames `[n, steps + 1, S, S, 3]`: the start frame, then the decoded imagined ones;
-    recorded-rate actions `[n, steps + 1, A]`, robot units, reduced per model step)."""
+    recorded-rate actions `[n, steps + 1, A]`, robot units, reduced per model step; latents
+    `[n, steps + 1, N, D]`: the start frame's encoding, then the imagined latents drawn)."""
     space = wm.action_space()
-    frames, actions = [], []
+    frames, actions, latents = [], [], []
     for b0 in range(0, len(starts), batch):
         z = wm.encode(starts[b0:b0 + batch])
         g = wm.encode(goals[b0:b0 + batch])
-        lat, act, k = [], [], 0
+        lat, act, k = [z], [], 0
         while len(act) < steps + 1:  # one more action than imagined frames: the last frame's own
             z_h, chunk = wm.generate(z, g, sample=seed * 100_003 + b0 + k)
             lat.extend(np.moveaxis(z_h, 1, 0))
             act.extend(np.moveaxis(chunk, 1, 0))
             z, k = z_h[:, -1], k + 1
-        imagined = wm.decode(np.stack(lat[:steps], axis=1))  # [b, steps, S, S, 3]
+        latents.append(np.stack(lat[:steps + 1], axis=1))
+        imagined = wm.decode(latents[-1][:, 1:])  # [b, steps, S, S, 3]
         frames.append(np.concatenate([starts[b0:b0 + batch, None], imagined], axis=1))
         actions.append(recorded_rate(space, np.stack(act[:steps + 1], axis=1)))
-    return np.concatenate(frames), np.concatenate(actions)
+    return np.concatenate(frames), np.concatenate(actions), np.concatenate(latents)
 
 
-def label_recorded(wm: Any, windows: np.ndarray, *, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def label_recorded(wm: Any, windows: np.ndarray, *, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The control: windows of `steps + 2` recorded frames -> (their first `steps + 1` frames, the
-    inverse-dynamics action from each to the next, reduced per model step)."""
+    inverse-dynamics action from each to the next, reduced per model step, those frames' latents)."""
     space = wm.action_space()
-    actions = [recorded_rate(space, wm.infer_actions(wm.encode(windows[b0:b0 + batch])))
-               for b0 in range(0, len(windows), batch)]
-    return windows[:, :-1], np.concatenate(actions)
+    actions, latents = [], []
+    for b0 in range(0, len(windows), batch):
+        z = wm.encode(windows[b0:b0 + batch])
+        actions.append(recorded_rate(space, wm.infer_actions(z)))
+        latents.append(np.asarray(z)[:, :-1])
+    return windows[:, :-1], np.concatenate(actions), np.concatenate(latents)
 
 
-def produce(plan: Any, log_: Any, *, frames: np.ndarray, actions: np.ndarray, names: Sequence[str], fps: float,
-            quality: int = 95) -> Iterator[records.Episode]:
+def produce(plan: Any, log_: Any, *, frames: np.ndarray, actions: np.ndarray, latents: np.ndarray | None,
+            names: Sequence[str], fps: float, quality: int = 95) -> Iterator[records.Episode]:
     """The converter producer (`convert.common`) of the generated episodes `plan.items`."""
     from data_pipelines.convert.common import encode_jpeg
 
     for i in plan.items:
         yield records.Episode(episode_id=f"synthetic-{i:06d}", frames=[encode_jpeg(f, quality) for f in frames[i]],
-                              action=actions[i], fps=fps, meta={"start": names[i], "synthetic": True})
+                              action=actions[i], latent=None if latents is None else latents[i], fps=fps,
+                              meta={"start": names[i], "synthetic": True})
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
@@ -143,10 +157,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     windows, names = sample_windows(args.source, image_size=wm.image_size, target_fps=fps, length=length,
                                     count=args.episodes, seed=args.seed)
     if generated:
-        frames, actions = generate_episodes(wm, windows[:, 0], windows[:, -1], steps=args.steps, seed=args.seed,
-                                            batch=args.batch)
+        frames, actions, latents = generate_episodes(wm, windows[:, 0], windows[:, -1], steps=args.steps,
+                                                     seed=args.seed, batch=args.batch)
     else:
-        frames, actions = label_recorded(wm, windows, batch=args.batch)
+        frames, actions, latents = label_recorded(wm, windows, batch=args.batch)
     log.info("wrote %d episodes of %d %s frames from %s", len(frames), frames.shape[1], args.frames, args.source)
     raw = space.dim // space.chunk
     names_a = list(space.action_names[:raw]) if space.chunk == 1 else [n.rsplit("@", 1)[0] for n in space.action_names[:raw]]
@@ -156,9 +170,11 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             "jpeg_quality": 95, "min_length": args.steps + 1}
     generator = {"workdir": paths.absolute(args.workdir), "step": wm.step, "source": paths.absolute(args.source),
                  "episodes": args.episodes, "steps": args.steps, "goal_steps": args.goal_steps, "seed": args.seed,
-                 "frames": args.frames, "actions": "flow head" if generated else "inverse dynamics"}
+                 "frames": args.frames, "actions": "flow head" if generated else "inverse dynamics",
+                 "latents": list(latents.shape[2:]) if args.latents else None}
     plans = common.plan_shards(list(range(len(frames))), items_per_shard=512)
-    produce_fn = functools.partial(produce, frames=frames, actions=actions, names=names, fps=fps)
+    produce_fn = functools.partial(produce, frames=frames, actions=actions, names=names, fps=fps,
+                                   latents=latents if args.latents else None)
     ds = common.run_conversion(args.output, plans, produce_fn, dataset_info=info,
                                manifest_extra={"synthetic": True, "generator": generator},
                                desc=f"{info['name']} ({len(frames)} episodes)")

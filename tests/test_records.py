@@ -46,7 +46,8 @@ def test_episodes_round_trip_with_frames_in_their_own_shard(tmp_path):
     eps = [records.Episode(episode_id=f"e{i}", frames=[bytes([i, t]) * 50 for t in range(5 + i)],
                            wrist_frames=[b"w%d" % t for t in range(5 + i)] if i == 1 else [],
                            action=np.full((5 + i, 2), i, np.float32), language="push", meta={"i": i},
-                           privileged=np.full((5 + i, 3), -i, np.float32) if i == 2 else None)
+                           privileged=np.full((5 + i, 3), -i, np.float32) if i == 2 else None,
+                           latent=np.arange((5 + i) * 8, dtype=np.float32).reshape(5 + i, 2, 4) if i == 1 else None)
            for i in range(3)]
     for ep in eps:
         w.write(ep)
@@ -61,9 +62,15 @@ def test_episodes_round_trip_with_frames_in_their_own_shard(tmp_path):
         assert (a.privileged is None) == (b.privileged is None)
         if a.privileged is not None:
             np.testing.assert_array_equal(a.privileged, b.privileged)
+        assert (a.latent is None) == (b.latent is None)
+        if a.latent is not None:  # a token grid per frame keeps its shape
+            np.testing.assert_array_equal(a.latent, b.latent)
     with pytest.raises(ValueError, match="read without its frames"):
         records.ShardWriter(str(tmp_path / "other.array_record")).write(
             records.Episode("x", [], frame_ref=records.FrameRef("f", 0, 3)))
+    with pytest.raises(ValueError, match="'y': latent has shape \\(2, 4\\), expected \\[3, ...\\]"):
+        records.ShardWriter(str(tmp_path / "other2.array_record")).write(
+            records.Episode("y", [b"a"] * 3, latent=np.zeros((2, 4), np.float32)))
 
 
 def test_a_clip_reads_only_its_frames(robot, monkeypatch):

@@ -11,15 +11,17 @@ import pytest
 
 from tests import runtime_fixtures as rf
 
+# A tiny generator: a flow head (with the bridge), a frame decoder, one pooled latent of 16.
+GENERATOR = {"model.flow_head.depth": 1, "model.flow_head.bridge": (2, 1, 1), "model.flow_head.sample_steps": 2,
+             "model.pool.kind": "mean", "model.pool.dim": 16, "model.decoder.size": 32, "loss.recon": 1.0}
+
 
 @pytest.fixture(scope="module")
 def synth_workdir(tmp_path_factory) -> tuple[str, str]:
     """A tiny workdir whose model has a flow head (with the bridge) and a frame decoder."""
     from tests.test_world_model_api import make_tiny_workdir
 
-    return make_tiny_workdir(str(tmp_path_factory.mktemp("synth")), steps=(1, 2), **{
-        "model.flow_head.depth": 1, "model.flow_head.bridge": (2, 1, 1), "model.flow_head.sample_steps": 2,
-        "model.pool.kind": "mean", "model.pool.dim": 16, "model.decoder.size": 32, "loss.recon": 1.0})
+    return make_tiny_workdir(str(tmp_path_factory.mktemp("synth")), steps=(1, 2), **GENERATOR)
 
 
 def test_wam_synth_writes_generated_pairs_that_the_loader_mixes(synth_workdir, tmp_path):
@@ -32,24 +34,29 @@ def test_wam_synth_writes_generated_pairs_that_the_loader_mixes(synth_workdir, t
     robot, video = (p.rsplit(":", 1)[0] for p in mixture.split(","))
     out = str(tmp_path / "synthetic")
     ds = synthesize.main([f"--workdir={workdir}", f"--source={video}", f"--output={out}", "--episodes=5",
-                          "--steps=3", "--goal_steps=2", "--batch=4", "--seed=1"])
+                          "--steps=3", "--goal_steps=2", "--batch=4", "--seed=1", "--latents"])
     assert ds["synthetic"] and ds["kind"] == "robot" and ds["num_episodes"] == 5 and ds["num_frames"] == 20
     with open(os.path.join(out, records.MANIFEST_JSON)) as f:
         manifest = json.load(f)
     assert manifest["synthetic"] and manifest["generator"]["step"] == 2 and manifest["generator"]["steps"] == 3
+    assert manifest["generator"]["latents"] == [1, 16]  # one pooled token of 16
 
     # What was written is what the model generates: the start frame, then the decoded imagined
     # latents of the flow head's chunks; each frame's action the chunk step taken from it.
     wm = WorldModel.load(workdir, mesh=one_device_mesh())
     windows, names = synthesize.sample_windows(video, image_size=32, target_fps=10.0, length=3, count=5, seed=1)
     starts, goals = windows[:, 0], windows[:, -1]
-    frames, actions = synthesize.generate_episodes(wm, starts, goals, steps=3, seed=1, batch=4)
-    z_h, chunk = wm.generate(wm.encode(starts[:4]), wm.encode(goals[:4]), sample=1 * 100_003)
+    frames, actions, latents = synthesize.generate_episodes(wm, starts, goals, steps=3, seed=1, batch=4)
+    z0 = wm.encode(starts[:4])
+    z_h, chunk = wm.generate(z0, wm.encode(goals[:4]), sample=1 * 100_003)
     np.testing.assert_allclose(actions[:4], chunk, rtol=1e-5, atol=1e-5)  # h = 4 covers the 3 + 1 steps
     np.testing.assert_array_equal(frames[:4, 1:], wm.decode(z_h[:, :3]))
+    np.testing.assert_allclose(latents[:4, 0], z0, rtol=1e-5, atol=1e-5)  # the start frame's encoding,
+    np.testing.assert_allclose(latents[:4, 1:], z_h[:, :3], rtol=1e-5, atol=1e-5)  # then the imagined ones
     written = list(records.iter_episodes(records.shard_paths(out)))
     assert [e.meta["start"] for e in written] == names and all(e.meta["synthetic"] for e in written)
     np.testing.assert_allclose(np.stack([e.action for e in written]), actions, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.stack([e.latent for e in written]), latents, rtol=1e-5, atol=1e-5)
     from data_pipelines.transforms import decode_crop_resize
 
     first = decode_crop_resize(written[0].frames[0], (0.0, 0.0, 1.0, 1.0), 32).astype(int)
@@ -100,15 +107,17 @@ def test_wam_synth_refuses_a_model_without_decoder_or_flow_head_and_labels_recor
         synthesize.main([f"--workdir={workdir}", f"--source={video}", "--output=unused"])
     out = str(tmp_path_factory.mktemp("recorded") / "labeled")
     ds = synthesize.main([f"--workdir={workdir}", f"--source={video}", f"--output={out}", "--frames=recorded",
-                          "--episodes=3", "--steps=3", "--seed=2"])
+                          "--episodes=3", "--steps=3", "--seed=2", "--latents"])
     assert ds["synthetic"] and ds["num_frames"] == 12
     with open(os.path.join(out, records.MANIFEST_JSON)) as f:
         assert json.load(f)["generator"]["actions"] == "inverse dynamics"
     windows, _ = synthesize.sample_windows(video, image_size=32, target_fps=10.0, length=5, count=3, seed=2)
     wm = WorldModel.load(workdir, mesh=one_device_mesh())
     written = list(records.iter_episodes(records.shard_paths(out)))
-    np.testing.assert_allclose(np.stack([e.action for e in written]), wm.infer_actions(wm.encode(windows)),
+    z = wm.encode(windows)
+    np.testing.assert_allclose(np.stack([e.action for e in written]), wm.infer_actions(z),
                                rtol=1e-5, atol=1e-4)  # frame t's action: inverse dynamics from t to t + 1
+    np.testing.assert_allclose(np.stack([e.latent for e in written]), np.asarray(z)[:, :4], rtol=1e-5, atol=1e-5)
     got = np.stack([decode_crop_resize(f, (0.0, 0.0, 1.0, 1.0), 32) for f in written[1].frames]).astype(int)
     assert np.abs(got - windows[1, :4]).mean() < 4  # the recorded frames, through JPEG
     with pytest.raises(ValueError, match="--steps=0"):
