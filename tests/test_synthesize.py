@@ -122,3 +122,37 @@ def test_wam_synth_refuses_a_model_without_decoder_or_flow_head_and_labels_recor
     assert np.abs(got - windows[1, :4]).mean() < 4  # the recorded frames, through JPEG
     with pytest.raises(ValueError, match="--steps=0"):
         synthesize.main([f"--workdir={workdir}", f"--source={video}", "--output=unused", "--steps=0"])
+
+
+def test_shuffled_actions_control_keeps_frames_and_latents_and_moves_every_label(synth_workdir, tmp_path):
+    """`benchmarks/shuffle_actions.py`: each episode keeps its frames and latents and takes another
+    episode's actions, of the same length, whole."""
+    import sys
+
+    from data_pipelines import records
+    from launch import synthesize
+
+    sys.path.insert(0, os.path.join(rf.REPO, "benchmarks"))
+    import shuffle_actions
+
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 5, 3, 3, 7, 5, 3])
+    perm = shuffle_actions.derangement(lengths, rng)
+    assert sorted(perm.tolist()) == list(range(7)) and (lengths[perm] == lengths).all()
+    assert (perm != np.arange(7)).sum() == 6 and perm[4] == 4  # the one length-7 episode has no partner
+
+    workdir, mixture = synth_workdir
+    video = mixture.split(",")[1].rsplit(":", 1)[0]
+    src, out = str(tmp_path / "synthetic"), str(tmp_path / "shuffled")
+    synthesize.main([f"--workdir={workdir}", f"--source={video}", f"--output={src}", "--episodes=6", "--steps=2",
+                     "--goal_steps=2", "--latents"])
+    ds = shuffle_actions.main([f"--source={src}", f"--output={out}", "--seed=3"])
+    assert ds["synthetic"] and ds["num_episodes"] == 6 and ds["fps"] == 10.0
+    before = {e.episode_id: e for e in records.iter_episodes(records.shard_paths(src))}
+    after = list(records.iter_episodes(records.shard_paths(out)))
+    for e in after:
+        own, donor = before[e.episode_id], before[e.meta["actions_of"]]
+        assert donor is not own and e.frames == own.frames
+        np.testing.assert_array_equal(e.latent, own.latent)
+        np.testing.assert_array_equal(e.action, donor.action)
+    assert sorted(e.meta["actions_of"] for e in after) == sorted(before)  # every label used once
