@@ -182,27 +182,45 @@ def color_matrix(brightness: float, contrast: float, saturation: float, mean_gra
     return tuple(rows)
 
 
+def _libjpeg_turbo(jpeg: bytes, min_size: tuple[int, int]) -> np.ndarray | None:
+    """uint8 [H, W, 3] from libjpeg-turbo (simplejpeg), or None where Pillow must decide: CMYK /
+    YCCK JPEGs (which simplejpeg would decode to wrong colours) and whatever simplejpeg refuses
+    (it raises on corrupt or truncated data; Pillow then names the error)."""
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(jpeg)
+        if colorspace in _SIMPLEJPEG_COLORSPACES:
+            small = 2 * min_size[0] <= w and 2 * min_size[1] <= h
+            return simplejpeg.decode_jpeg(jpeg, "RGB", min_width=min_size[0] if small else 0,
+                                          min_height=min_size[1] if small else 0)
+    except ValueError:
+        pass
+    return None
+
+
+def _pillow(jpeg: bytes, min_size: tuple[int, int]) -> Image.Image:
+    img = Image.open(io.BytesIO(jpeg))
+    if min(min_size) > 0:
+        img.draft("RGB", min_size)  # shrinks by 2x or more, or not at all
+    return img.convert("RGB")
+
+
 def decode_rgb(jpeg: bytes, min_size: tuple[int, int] = (0, 0)) -> Image.Image:
     """One JPEG as an RGB PIL image, at least `min_size` (width, height) when the decoder's DCT
     scaling can shrink it by 2x or more (finer factors decode slower than full size).
 
     libjpeg-turbo through simplejpeg decodes at about twice Pillow's speed on small frames
-    (BENCHMARKS.md §5.3); CMYK / YCCK JPEGs, and any simplejpeg refuses (it raises on corrupt or
-    truncated data), go through Pillow, which reads the former and raises OSError on the latter.
+    (BENCHMARKS.md §5.3); CMYK / YCCK JPEGs, and any simplejpeg refuses, go through Pillow, which
+    reads the former and raises OSError on the latter.
     """
-    try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(jpeg)
-        if colorspace in _SIMPLEJPEG_COLORSPACES:
-            small = 2 * min_size[0] <= w and 2 * min_size[1] <= h
-            rgb = simplejpeg.decode_jpeg(jpeg, "RGB", min_width=min_size[0] if small else 0,
-                                         min_height=min_size[1] if small else 0)
-            return Image.fromarray(rgb, "RGB")
-    except ValueError:
-        pass  # Pillow decides: it reads what libjpeg-turbo's simple API does not, and names the error
-    img = Image.open(io.BytesIO(jpeg))
-    if min(min_size) > 0:
-        img.draft("RGB", min_size)  # shrinks by 2x or more, or not at all
-    return img.convert("RGB")
+    rgb = _libjpeg_turbo(jpeg, min_size)
+    return _pillow(jpeg, min_size) if rgb is None else Image.fromarray(rgb, "RGB")
+
+
+def decode_rgb_array(jpeg: bytes) -> np.ndarray:
+    """uint8 [H, W, 3]: one JPEG at its stored size, as `decode_rgb` decodes it, without the trip
+    through a PIL image (what `augment_on='device'` ships)."""
+    rgb = _libjpeg_turbo(jpeg, (0, 0))
+    return np.asarray(_pillow(jpeg, (0, 0))) if rgb is None else rgb
 
 
 def decode_crop_resize(jpeg: bytes, box: tuple[float, float, float, float], size: int,
@@ -357,7 +375,7 @@ class LoadClip(grain.transforms.RandomMap, grain.transforms.Map):
                              f"{ep.frame_ref.shard if ep.frame_ref else 'the record'}: {e}") from e
         try:
             if on_device:  # the stored frames; the trainer renders the view
-                video = np.stack([np.asarray(decode_rgb(j)) for j in jpegs])
+                video = np.stack([decode_rgb_array(j) for j in jpegs])
             else:
                 video = np.stack([decode_crop_resize(j, box, self.image_size, jitter) for j in jpegs])
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for corrupt or truncated JPEGs

@@ -49,7 +49,7 @@ def test_decode_rgb_matches_pillow_and_shrinks_only_by_2x_or_more(mode):
 
     from PIL import Image
 
-    from data_pipelines.transforms import decode_rgb
+    from data_pipelines.transforms import decode_rgb, decode_rgb_array
 
     rng = np.random.default_rng(0)
     px = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
@@ -60,7 +60,12 @@ def test_decode_rgb_matches_pillow_and_shrinks_only_by_2x_or_more(mode):
     got = decode_rgb(jpeg)
     assert got.mode == "RGB" and got.size == (128, 96)
     assert np.abs(np.asarray(got).astype(int) - want).mean() < 1.0
+    array = decode_rgb_array(jpeg)  # the same pixels without the PIL image
+    assert array.dtype == np.uint8 and array.shape == (96, 128, 3)
+    np.testing.assert_array_equal(array, np.asarray(got))
     assert decode_rgb(jpeg, (64, 48)).size == (64, 48)  # 2x: the decoder's DCT scaling
     assert decode_rgb(jpeg, (65, 48)).size == (128, 96)  # 1.97x: full size, resized later
     with pytest.raises(OSError):  # Pillow's error for a truncated file, which LoadClip catches
         decode_rgb(jpeg[: len(jpeg) // 2]).load()
+    with pytest.raises(OSError):
+        decode_rgb_array(jpeg[: len(jpeg) // 2])
