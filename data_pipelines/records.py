@@ -268,6 +268,19 @@ def open_shards(files: Sequence[str]) -> Any:
         raise
 
 
+def open_frames(path: str) -> Any:
+    """An `ArrayRecordReader` over one frames shard, so a clip's frames come in one `read` call
+    (one call per frame, as `ArrayRecordDataSource` makes them, costs several times as much:
+    BENCHMARKS.md §5.3); a shard that cannot be opened is named as `open_shards` names it."""
+    from array_record.python import array_record_module
+
+    reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
+    if not reader.ok():
+        open_shards([path])  # raises with the reader's own reason
+        raise DatasetFormatError(f"{path}: this shard cannot be opened; re-convert the dataset")
+    return reader
+
+
 class FrameReader:
     """Reads frames of a dataset's episodes by index: from the frames shards (version 2, opened
     on construction, so a damaged one is named at start-up) or from the record itself (version 1).
@@ -280,7 +293,7 @@ class FrameReader:
         self._open()
 
     def _open(self) -> None:
-        self.sources = {n: open_shards([os.path.join(self.directory, n)]) for n in self.names}
+        self.sources = {n: open_frames(os.path.join(self.directory, n)) for n in self.names}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"directory": self.directory, "names": self.names}
@@ -300,8 +313,10 @@ class FrameReader:
             raise DatasetFormatError(f"{self.directory}: episode {ep.episode_id!r} points at frames shard "
                                      f"{ref.shard!r}, which is not beside its episode shard")
         start = ref.wrist_start if wrist else ref.start
-        source = self.sources[ref.shard]  # one by one: `__getitems__` starts a thread pool per call
-        return [source[start + int(i)] for i in indices]
+        positions = [start + int(i) for i in indices]
+        if positions and positions == list(range(positions[0], positions[0] + len(positions))):
+            return list(self.sources[ref.shard].read(positions[0], positions[-1] + 1))  # one range
+        return list(self.sources[ref.shard].read(positions)) if positions else []
 
     def episode(self, ep: Episode) -> Episode:
         """`ep` with its frames (and wrist frames) read in."""

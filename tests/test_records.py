@@ -65,6 +65,10 @@ def test_episodes_round_trip_with_frames_in_their_own_shard(tmp_path):
         assert (a.latent is None) == (b.latent is None)
         if a.latent is not None:  # a token grid per frame keeps its shape
             np.testing.assert_array_equal(a.latent, b.latent)
+    reader = records.FrameReader(str(tmp_path), [os.path.basename(shard)])
+    lazy = records.deserialize_episode(records.open_shards([shard])[2])
+    for idx in ([3, 4, 5], [6, 0, 3, 3], [1, 5], []):  # a range, any order and repeats, a stride, none
+        assert reader.frames(lazy, idx) == [eps[2].frames[i] for i in idx]
     with pytest.raises(ValueError, match="read without its frames"):
         records.ShardWriter(str(tmp_path / "other.array_record")).write(
             records.Episode("x", [], frame_ref=records.FrameRef("f", 0, 3)))
@@ -83,9 +87,9 @@ def test_a_clip_reads_only_its_frames(robot, monkeypatch):
         def __init__(self, source):
             self.source = source
 
-        def __getitem__(self, key):
-            reads.append(key)
-            return self.source[key]
+        def read(self, *args):  # (positions) or (begin, end): a clip's frames in one call
+            reads.extend(args[0] if len(args) == 1 else range(*args))
+            return self.source.read(*args)
 
     real_open, real_frames = records.FrameReader._open, records.FrameReader.frames
 
