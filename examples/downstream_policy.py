@@ -277,6 +277,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     if not args.policies or set(args.policies) - {"features", "pixels"}:
         p.error(f"--policies={','.join(args.policies)!r}: expected a comma list of 'features' and 'pixels'")
+    args.synthetic_weight = 0.0
     if args.synthetic:
         path, _, weight = args.synthetic.partition(":")
         try:
@@ -317,7 +318,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     targets = a_norm(demos["action"]).astype(np.float32)
     prop = p_norm(demos["proprio"]).astype(np.float32)
     spans = hindsight_spans(demos["episode"], args.goal_offset)
-    syn = None
+    syn = mix = None
     if args.synthetic:
         syn = load_synthetic(args.synthetic, encoder, image_size=size, label_stride=args.label_stride,
                              demo_fps=demos["fps"], action_dim=demos["action"].shape[1])
@@ -330,7 +331,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         def sample(rng):
             if goal_task:
                 return goal_batch(rng, args.batch_size, (x_source, prop, targets, spans), synthetic,
-                                  args.synthetic_weight if synthetic is not None else 0.0)
+                                  args.synthetic_weight)
             idx = rng.integers(0, n, args.batch_size)
             return x_source[idx], None, prop[idx], targets[idx]
         return sample
@@ -364,7 +365,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             return jnp.mean(jnp.abs(err) if args.loss == "l1" else jnp.square(err))
 
         t0 = time.perf_counter()
-        params, curve = train(loss, params0, batches(inputs, mix if syn is not None and flag == "features" else None),
+        params, curve = train(loss, params0, batches(inputs, mix),  # --synthetic: features only
                               steps=args.steps, lr=args.lr, seed=args.seed)
         policies[name] = (jax.jit(apply), params, embed, curve, time.perf_counter() - t0, t_embed)
     results: dict[str, Any] = {}
