@@ -71,6 +71,7 @@ def load_synthetic(path: str, encoder: Any, *, image_size: int, label_stride: in
     `encoder`: its episodes must carry latents of the encoder's shape, at the stride's fps, and
     their real start frames must encode to their first latent (the generator's latent space)."""
     from data_pipelines import records
+    from data_pipelines.frame_sample import FULL_FRAME
     from data_pipelines.transforms import decode_crop_resize
 
     info = records.read_dataset_info(path)
@@ -82,7 +83,8 @@ def load_synthetic(path: str, encoder: Any, *, image_size: int, label_stride: in
         raise ValueError(f"--label_stride={label_stride}: {path} has one frame per {stride:g} recorded steps "
                          f"({info['fps']:g} fps against the demonstrations' {demo_fps:g}); pass "
                          f"--label_stride={stride:g} (also to every run it is compared with)")
-    eps = list(records.iter_episodes(records.shard_paths(path, info)))
+    source = records.open_shards(records.shard_paths(path, info))  # the records alone: no frames read
+    eps = [records.deserialize_episode(source[i]) for i in range(len(source))]
     if action_dim is not None and eps[0].action.shape[1] != action_dim:
         raise ValueError(f"{path}: {eps[0].action.shape[1]} action dims, the demonstrations have {action_dim}")
     if any(ep.latent is None for ep in eps):
@@ -90,7 +92,8 @@ def load_synthetic(path: str, encoder: Any, *, image_size: int, label_stride: in
     shape = tuple(encoder(np.zeros((image_size, image_size, 3), np.uint8)).shape)
     if eps[0].latent.shape[1:] != shape:
         raise ValueError(f"{path}: latents of shape {eps[0].latent.shape[1:]} per frame, the encoder gives {shape}")
-    starts = np.stack([decode_crop_resize(ep.frames[0], (0.0, 0.0, 1.0, 1.0), image_size) for ep in eps[:START_CHECK]])
+    reader = records.FrameReader(path, info["shards"])
+    starts = np.stack([decode_crop_resize(reader.frames(ep, [0])[0], FULL_FRAME, image_size) for ep in eps[:START_CHECK]])
     first = np.stack([ep.latent[0] for ep in eps[:START_CHECK]])
     gap = float(np.abs(np.asarray(encoder(starts)) - first).mean() / max(np.abs(first).mean(), 1e-8))
     if gap > START_TOLERANCE:
